@@ -1,0 +1,374 @@
+"""Every Numba kernel of minimobile, in one place.
+
+Kernels are loops over preallocated arrays, outputs first (llm.c's order). They allocate only
+small per-thread scratch buffers, never in the innermost loop. `prange` runs only over disjoint
+writes (images for forward passes, channels wherever a weight gradient or a per-channel
+statistic is summed), so every result is the same from run to run and for any thread count.
+The plain NumPy references these are tested against live in `minimobile/reference.py`.
+
+Debugging: `NUMBA_DISABLE_JIT=1 pytest -x tests/test_kernels.py` runs these as plain Python,
+or call `kernel.py_func(...)` on small arrays to step through one with pdb.
+
+Two performance notes that shape the code:
+- Inner loops index with slices that start at the offset (`src = xp[off:]; src[q]`) instead of
+  `xp[q + off]`: Numba must guard a possibly negative index for wrap-around, and that guard
+  stops LLVM from vectorising the loop. A slice starts at a known non-negative index.
+- Sums that must be exact in order (gradient checks compare at 1e-10) are accumulated
+  elementwise into small vectors and reduced at the end, so LLVM can vectorise the
+  accumulation without reordering floating-point additions (we never use fastmath).
+"""
+
+import numpy as np
+from numba import njit, prange
+
+
+# ---------------------------------------------------------------------------------------------
+# Depthwise convolution: w (C, 1, K, K), one K x K filter per channel.
+#
+# Each (n, c) plane is copied into a zero-padded scratch plane xp of pitch Wp = W + 2p, so the
+# convolution becomes K*K shifted, branch-free, vectorisable passes over a flat array ("wide"
+# output with row pitch Wp, of which the first Wo1 columns are real). Stride 2 reuses the same
+# passes: its output is the stride-1 output sampled at every other row and column, and its
+# backward is the stride-1 backward of a dout spread onto that grid with zeros in between.
+# This costs 4x the multiply-adds of a stride-2 layer but keeps every loop vectorised, and
+# MobileNets have only four or five stride-2 depthwise layers.
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, parallel=True)
+def depthwise_conv2d_forward_kernel(out, x, w, stride, pad, ntasks):
+    """out[n,c,i,j] = sum_{ki,kj} w[c,0,ki,kj] * xpad[n,c,i*s+ki,j*s+kj]; parallel over planes."""
+    N, C, H, W = x.shape
+    K = w.shape[2]
+    Ho, Wo = out.shape[2], out.shape[3]
+    Hp, Wp = H + 2 * pad, W + 2 * pad
+    Ho1, Wo1 = Hp - K + 1, Wp - K + 1
+    L = (Ho1 - 1) * Wp + Wo1  # length of the wide stride-1 output, pitch Wp
+    total = N * C
+    for t in prange(ntasks):
+        xp = np.zeros(Hp * Wp, dtype=x.dtype)  # borders stay zero: only the interior is rewritten
+        acc = np.empty(L, dtype=x.dtype)
+        for nc in range(t * total // ntasks, (t + 1) * total // ntasks):
+            n = nc // C
+            c = nc % C
+            xi = x[n, c]
+            for i in range(H):
+                row = xp[(i + pad) * Wp + pad:]
+                src = xi[i]
+                for j in range(W):
+                    row[j] = src[j]
+            w0 = w[c, 0, 0, 0]
+            for q in range(L):
+                acc[q] = w0 * xp[q]
+            for k in range(1, K * K):
+                wk = w[c, 0, k // K, k % K]
+                src = xp[(k // K) * Wp + k % K:]
+                for q in range(L):
+                    acc[q] += wk * src[q]
+            o = out[n, c]
+            if stride == 1:
+                for i in range(Ho):
+                    row = acc[i * Wp:]
+                    dst = o[i]
+                    for j in range(Wo):
+                        dst[j] = row[j]
+            else:
+                for i in range(Ho):
+                    row = acc[stride * i * Wp:]
+                    for j in range(Wo):
+                        o[i, j] = row[stride * j]
+
+
+@njit(cache=True, parallel=True)
+def depthwise_conv2d_backward_kernel(dx, dw, dout, x, w, stride, pad):
+    """dx = w scattered by dout; dw[c] = sum_n,i,j dout * xpad window. Parallel over channels."""
+    N, C, H, W = x.shape
+    K = w.shape[2]
+    Ho, Wo = dout.shape[2], dout.shape[3]
+    Hp, Wp = H + 2 * pad, W + 2 * pad
+    Ho1, Wo1 = Hp - K + 1, Wp - K + 1
+    L = (Ho1 - 1) * Wp + Wo1
+    for c in prange(C):
+        xp = np.zeros(Hp * Wp, dtype=x.dtype)
+        gw = np.zeros(L, dtype=x.dtype)  # dout on the stride-1 grid; off-grid entries stay 0
+        dxp = np.empty(Hp * Wp, dtype=x.dtype)
+        dw_partial = np.zeros((K * K, L), dtype=x.dtype)  # one lane per wide position
+        for n in range(N):
+            xi = x[n, c]
+            for i in range(H):
+                row = xp[(i + pad) * Wp + pad:]
+                src = xi[i]
+                for j in range(W):
+                    row[j] = src[j]
+            g = dout[n, c]
+            for i in range(Ho):
+                row = gw[stride * i * Wp:]
+                src = g[i]
+                for j in range(Wo):
+                    row[stride * j] = src[j]
+            dxp[:] = 0
+            for k in range(K * K):
+                wk = w[c, 0, k // K, k % K]
+                off = (k // K) * Wp + k % K
+                dst = dxp[off:]
+                src = xp[off:]
+                lanes = dw_partial[k]
+                for q in range(L):
+                    dst[q] += wk * gw[q]
+                    lanes[q] += gw[q] * src[q]
+            d = dx[n, c]
+            for i in range(H):
+                row = dxp[(i + pad) * Wp + pad:]
+                dst = d[i]
+                for j in range(W):
+                    dst[j] = row[j]
+        for k in range(K * K):
+            total = 0.0
+            for q in range(L):
+                total += dw_partial[k, q]
+            dw[c, 0, k // K, k % K] = total
+
+
+# ---------------------------------------------------------------------------------------------
+# Pointwise (1x1) convolution: per image a matrix product W (Co, Ci) @ X (Ci, H*W). The matrix
+# product itself is BLAS's job (np.dot inside Numba calls it); the kernels add what BLAS lacks:
+# the bias and the per-image accumulation of dw, in a fixed order.
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def pointwise_conv2d_forward_kernel(out, x, w2, b, has_bias):
+    """out[n] = w2 @ x[n] (+ b); x (N, Ci, HW), w2 (Co, Ci), out (N, Co, HW)."""
+    N = x.shape[0]
+    for n in range(N):
+        np.dot(w2, x[n], out[n])
+        if has_bias:
+            o = out[n]
+            for co in range(o.shape[0]):
+                bc = b[co]
+                row = o[co]
+                for p in range(row.shape[0]):
+                    row[p] += bc
+
+
+@njit(cache=True)
+def pointwise_conv2d_backward_kernel(dx, dw2, db, dout, x, w2t, has_bias):
+    """dx[n] = w2^T @ dout[n]; dw2 = sum_n dout[n] @ x[n]^T; db = sum of dout over n and HW."""
+    N, Co, P = dout.shape
+    Ci = x.shape[1]
+    dw2[:, :] = 0
+    part = np.empty((Co, Ci), dtype=x.dtype)
+    for n in range(N):
+        np.dot(w2t, dout[n], dx[n])
+        np.dot(dout[n], x[n].T, part)
+        dw2 += part
+    if has_bias:
+        for co in range(Co):
+            total = 0.0
+            for n in range(N):
+                row = dout[n, co]
+                for p in range(P):
+                    total += row[p]
+            db[co] = total
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch norm over (N, H, W) for each channel. Parallel over channels: thread c alone reads and
+# writes channel c, so the statistics are summed in the same order on every run.
+# Statistics are accumulated in float64 whatever the input dtype, in two passes (mean, then
+# centred variance), which is exact enough for float64 gradient checks.
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, parallel=True)
+def batchnorm2d_forward_kernel(out, mean, var, x, gamma, beta, eps):
+    """mean, var (biased) over (N, H, W); out = gamma * (x - mean) / sqrt(var + eps) + beta."""
+    N, C, P = x.shape
+    for c in prange(C):
+        lanes = np.zeros(P)
+        for n in range(N):
+            row = x[n, c]
+            for p in range(P):
+                lanes[p] += row[p]
+        m = lanes.sum() / (N * P)
+        lanes[:] = 0.0
+        for n in range(N):
+            row = x[n, c]
+            for p in range(P):
+                d = row[p] - m
+                lanes[p] += d * d
+        v = lanes.sum() / (N * P)
+        mean[c] = m
+        var[c] = v
+        scale = gamma[c] / np.sqrt(v + eps)
+        shift = beta[c] - m * scale
+        s = x.dtype.type(scale)
+        t = x.dtype.type(shift)
+        for n in range(N):
+            src = x[n, c]
+            dst = out[n, c]
+            for p in range(P):
+                dst[p] = src[p] * s + t
+
+
+@njit(cache=True, parallel=True)
+def batchnorm2d_backward_kernel(dx, dgamma, dbeta, dout, x, mean, invstd, gamma):
+    """dx = gamma*invstd/M * (M*dout - sum(dout) - xhat*sum(dout*xhat)), xhat recomputed."""
+    N, C, P = x.shape
+    M = N * P
+    for c in prange(C):
+        lanes_g = np.zeros(P)
+        lanes_gx = np.zeros(P)
+        m = mean[c]
+        for n in range(N):
+            g = dout[n, c]
+            src = x[n, c]
+            for p in range(P):
+                lanes_g[p] += g[p]
+                lanes_gx[p] += g[p] * (src[p] - m)
+        sum_g = lanes_g.sum()
+        sum_gxhat = lanes_gx.sum() * invstd[c]
+        dbeta[c] = sum_g
+        dgamma[c] = sum_gxhat
+        k = gamma[c] * invstd[c]
+        a = x.dtype.type(k)
+        b = x.dtype.type(k * invstd[c] * sum_gxhat / M)  # xhat * this = (x - m) * invstd * ...
+        cm = x.dtype.type(-k * sum_g / M)
+        mm = x.dtype.type(m)
+        for n in range(N):
+            g = dout[n, c]
+            src = x[n, c]
+            d = dx[n, c]
+            for p in range(P):
+                d[p] = a * g[p] - b * (src[p] - mm) + cm
+
+
+@njit(cache=True, parallel=True)
+def channel_affine_kernel(out, x, scale, shift):
+    """out[n, c] = x[n, c] * scale[c] + shift[c]: batch norm with running statistics."""
+    N, C, P = x.shape
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        s = x.dtype.type(scale[c])
+        t = x.dtype.type(shift[c])
+        src = x[n, c]
+        dst = out[n, c]
+        for p in range(P):
+            dst[p] = src[p] * s + t
+
+
+# ---------------------------------------------------------------------------------------------
+# Activations, elementwise on flat arrays. Gradients at the kinks follow PyTorch.
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, parallel=True)
+def relu_forward_kernel(out, x):
+    for i in prange(x.size):
+        out[i] = max(x[i], 0)
+
+
+@njit(cache=True, parallel=True)
+def relu_backward_kernel(dx, dout, x):
+    for i in prange(x.size):
+        dx[i] = dout[i] if x[i] > 0 else 0
+
+
+@njit(cache=True, parallel=True)
+def relu6_forward_kernel(out, x):
+    for i in prange(x.size):
+        out[i] = min(max(x[i], 0), 6)
+
+
+@njit(cache=True, parallel=True)
+def relu6_backward_kernel(dx, dout, x):
+    """Gradient 1 on the open interval (0, 6), 0 at and beyond both kinks (PyTorch's)."""
+    for i in prange(x.size):
+        dx[i] = dout[i] if (x[i] > 0 and x[i] < 6) else 0
+
+
+@njit(cache=True, parallel=True)
+def hardswish_forward_kernel(out, x):
+    """x * relu6(x + 3) / 6."""
+    for i in prange(x.size):
+        v = x[i]
+        out[i] = v * (min(max(v + 3, 0), 6) / 6)
+
+
+@njit(cache=True, parallel=True)
+def hardswish_backward_kernel(dx, dout, x):
+    """0 below -3, x/3 + 1/2 on the closed [-3, 3], 1 above 3 (PyTorch's)."""
+    for i in prange(x.size):
+        v = x[i]
+        if v < -3:
+            dx[i] = 0
+        elif v <= 3:
+            dx[i] = dout[i] * (v / 3 + 0.5)
+        else:
+            dx[i] = dout[i]
+
+
+@njit(cache=True, parallel=True)
+def hardsigmoid_forward_kernel(out, x):
+    """relu6(x + 3) / 6."""
+    for i in prange(x.size):
+        out[i] = min(max(x[i] + 3, 0), 6) / 6
+
+
+@njit(cache=True, parallel=True)
+def hardsigmoid_backward_kernel(dx, dout, x):
+    """1/6 on the open interval (-3, 3), else 0 (PyTorch's)."""
+    for i in prange(x.size):
+        dx[i] = dout[i] / 6 if (x[i] > -3 and x[i] < 3) else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Standard convolution by im2col: the stem (C_in = 3) and the dense conv that the cost
+# comparison needs. Columns are laid out per image as (C_in*K*K, Ho*Wo) so that one matrix
+# product per image gives NCHW output directly.
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, parallel=True)
+def im2col_kernel(cols, x, K, stride, pad, Ho, Wo):
+    """cols[n, (c*K+ki)*K+kj, i*Wo+j] = xpad[n, c, i*s+ki, j*s+kj]; parallel over images."""
+    N, C, H, W = x.shape
+    for n in prange(N):
+        for c in range(C):
+            for ki in range(K):
+                for kj in range(K):
+                    row = cols[n, (c * K + ki) * K + kj]
+                    for i in range(Ho):
+                        r = i * stride + ki - pad
+                        dst = row[i * Wo:]
+                        if r < 0 or r >= H:
+                            for j in range(Wo):
+                                dst[j] = 0
+                            continue
+                        src = x[n, c, r]
+                        for j in range(Wo):
+                            col = j * stride + kj - pad
+                            dst[j] = src[col] if (col >= 0 and col < W) else 0
+
+
+@njit(cache=True, parallel=True)
+def col2im_kernel(dx, dcols, K, stride, pad, Ho, Wo):
+    """The adjoint of im2col: dx[n, c, r, col] += dcols[...]; parallel over images."""
+    N, C, H, W = dx.shape
+    for n in prange(N):
+        dx[n] = 0
+        for c in range(C):
+            for ki in range(K):
+                for kj in range(K):
+                    row = dcols[n, (c * K + ki) * K + kj]
+                    for i in range(Ho):
+                        r = i * stride + ki - pad
+                        if r < 0 or r >= H:
+                            continue
+                        dst = dx[n, c, r]
+                        src = row[i * Wo:]
+                        for j in range(Wo):
+                            col = j * stride + kj - pad
+                            if col >= 0 and col < W:
+                                dst[col] += src[j]

@@ -1,0 +1,524 @@
+"""The functional ops: pure `*_forward(...) -> (out, cache)` and `*_backward(dout, cache)`.
+
+Arrays are NCHW; weights use PyTorch's layouts so state dicts map one to one. float32 and
+float64 both work; an op never mixes them. Each backward returns the gradients in the order of
+the forward's array arguments. The derivations live in the notebooks; the fast loops live in
+`minimobile.kernels`, and the slow readable versions in `minimobile.reference`.
+"""
+
+from typing import NamedTuple, Optional
+
+import numpy as np
+from numba import get_num_threads
+
+from . import kernels
+from .errors import NonFiniteError
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks: every message names the op, what was expected and what came.
+# --------------------------------------------------------------------------------------------
+
+
+def _check_float(op, name, a, ndim=None):
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{op}: expected {name} to be a numpy array, got {type(a).__name__}")
+    if a.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{op}: expected {name} of dtype float32 or float64, got {a.dtype}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(
+            f"{op}: expected {name} of rank {ndim}, got shape {a.shape} (rank {a.ndim})")
+    return np.ascontiguousarray(a)
+
+
+def _check_same_dtype(op, x, **others):
+    for name, a in others.items():
+        if a is not None and a.dtype != x.dtype:
+            raise ValueError(f"{op}: expected {name} of dtype {x.dtype} like x, got {a.dtype}")
+
+
+def _check_shape(op, name, a, expected):
+    if a.shape != tuple(expected):
+        raise ValueError(f"{op}: expected {name} of shape {tuple(expected)}, got {a.shape}")
+
+
+def _check_dout(op, dout, expected_shape, dtype):
+    dout = _check_float(op + " backward", "dout", dout)
+    _check_shape(op + " backward", "dout", dout, expected_shape)
+    if dout.dtype != dtype:
+        raise ValueError(f"{op} backward: expected dout of dtype {dtype}, got {dout.dtype}")
+    return dout
+
+
+def conv_output_size(size, kernel_size, stride, padding):
+    """Output length of a convolution along one axis: floor((size + 2p - K) / s) + 1."""
+    return (size + 2 * padding - kernel_size) // stride + 1
+
+
+def _check_conv_geometry(op, H, W, K, stride, padding):
+    if stride < 1 or padding < 0:
+        raise ValueError(f"{op}: expected stride >= 1 and padding >= 0, got stride={stride}, "
+                         f"padding={padding}")
+    if H + 2 * padding < K or W + 2 * padding < K:
+        raise ValueError(f"{op}: kernel {K}x{K} does not fit input {H}x{W} with padding "
+                         f"{padding}")
+
+
+# --------------------------------------------------------------------------------------------
+# Standard convolution (the stem; the dense conv of the cost comparison)
+# --------------------------------------------------------------------------------------------
+
+
+class Conv2dCache(NamedTuple):
+    x_shape: tuple
+    cols: np.ndarray  # (N, C_in*K*K, Ho*Wo): the im2col matrix, reused for dw
+    w: np.ndarray
+    stride: int
+    padding: int
+
+
+def conv2d_forward(x, w, stride=1, padding=0):
+    """out[n] = W (C_out, C_in*K*K) @ im2col(x[n]); x (N, C_in, H, W), w (C_out, C_in, K, K).
+
+    Caches the im2col matrix (C_in*K*K times the output size per image), since the
+    weight gradient needs it and rebuilding it costs as much as the forward.
+    """
+    op = "conv2d"
+    x = _check_float(op, "x", x, 4)
+    w = _check_float(op, "w", w, 4)
+    _check_same_dtype(op, x, w=w)
+    N, C, H, W = x.shape
+    C_out, C_in, K, K2 = w.shape
+    if C_in != C or K != K2:
+        raise ValueError(f"{op}: expected w of shape (C_out, {C}, K, K) for x of shape {x.shape}, "
+                         f"got {w.shape}")
+    _check_conv_geometry(op, H, W, K, stride, padding)
+    Ho, Wo = conv_output_size(H, K, stride, padding), conv_output_size(W, K, stride, padding)
+    cols = np.empty((N, C * K * K, Ho * Wo), dtype=x.dtype)
+    kernels.im2col_kernel(cols, x, K, stride, padding, Ho, Wo)
+    out = np.matmul(w.reshape(C_out, -1), cols)  # (N, C_out, Ho*Wo)
+    return out.reshape(N, C_out, Ho, Wo), Conv2dCache(x.shape, cols, w, stride, padding)
+
+
+def conv2d_backward(dout, cache):
+    """Returns (dx, dw): dw = sum_n dout[n] @ cols[n]^T, dx = col2im(W^T @ dout[n])."""
+    N, C, H, W = cache.x_shape
+    C_out, _, K, _ = cache.w.shape
+    Ho = conv_output_size(H, K, cache.stride, cache.padding)
+    Wo = conv_output_size(W, K, cache.stride, cache.padding)
+    dout = _check_dout("conv2d", dout, (N, C_out, Ho, Wo), cache.w.dtype)
+    d2 = dout.reshape(N, C_out, Ho * Wo)
+    dw = np.matmul(d2, cache.cols.transpose(0, 2, 1)).sum(axis=0).reshape(cache.w.shape)
+    dcols = np.matmul(cache.w.reshape(C_out, -1).T, d2)  # (N, C_in*K*K, Ho*Wo)
+    dx = np.empty(cache.x_shape, dtype=dout.dtype)
+    kernels.col2im_kernel(dx, dcols, K, cache.stride, cache.padding, Ho, Wo)
+    return dx, dw
+
+
+# --------------------------------------------------------------------------------------------
+# Depthwise convolution
+# --------------------------------------------------------------------------------------------
+
+
+class DepthwiseConv2dCache(NamedTuple):
+    x: np.ndarray
+    w: np.ndarray
+    stride: int
+    padding: int
+
+
+def depthwise_conv2d_forward(x, w, stride=1, padding=1):
+    """out[n,c] = w[c] (K x K) correlated with x[n,c]; x (N, C, H, W), w (C, 1, K, K).
+
+    One filter per channel: C*K*K*Ho*Wo multiply-adds per image instead of a standard conv's
+    C_out times that. Caches x and w (the backward needs both, nothing else).
+    """
+    op = "depthwise_conv2d"
+    x = _check_float(op, "x", x, 4)
+    w = _check_float(op, "w", w, 4)
+    _check_same_dtype(op, x, w=w)
+    N, C, H, W = x.shape
+    if w.shape[0] != C or w.shape[1] != 1 or w.shape[2] != w.shape[3]:
+        raise ValueError(f"{op}: expected w of shape ({C}, 1, K, K) for x of shape {x.shape}, "
+                         f"got {w.shape}")
+    K = w.shape[2]
+    _check_conv_geometry(op, H, W, K, stride, padding)
+    Ho, Wo = conv_output_size(H, K, stride, padding), conv_output_size(W, K, stride, padding)
+    out = np.empty((N, C, Ho, Wo), dtype=x.dtype)
+    ntasks = min(N * C, 8 * get_num_threads())
+    kernels.depthwise_conv2d_forward_kernel(out, x, w, stride, padding, ntasks)
+    return out, DepthwiseConv2dCache(x, w, stride, padding)
+
+
+def depthwise_conv2d_backward(dout, cache):
+    """Returns (dx, dw)."""
+    x, w = cache.x, cache.w
+    N, C, H, W = x.shape
+    K = w.shape[2]
+    Ho = conv_output_size(H, K, cache.stride, cache.padding)
+    Wo = conv_output_size(W, K, cache.stride, cache.padding)
+    dout = _check_dout("depthwise_conv2d", dout, (N, C, Ho, Wo), x.dtype)
+    dx = np.empty_like(x)
+    dw = np.empty_like(w)
+    kernels.depthwise_conv2d_backward_kernel(dx, dw, dout, x, w, cache.stride, cache.padding)
+    return dx, dw
+
+
+# --------------------------------------------------------------------------------------------
+# Pointwise (1x1) convolution
+# --------------------------------------------------------------------------------------------
+
+
+class PointwiseConv2dCache(NamedTuple):
+    x: np.ndarray
+    w: np.ndarray
+    has_bias: bool
+
+
+def pointwise_conv2d_forward(x, w, b=None):
+    """out[n] = W (C_out, C_in) @ x[n] (C_in, H*W) + b; w (C_out, C_in, 1, 1), b (C_out,).
+
+    A 1x1 conv is a matrix multiply per image. Caches x and w.
+    """
+    op = "pointwise_conv2d"
+    x = _check_float(op, "x", x, 4)
+    w = _check_float(op, "w", w, 4)
+    _check_same_dtype(op, x, w=w)
+    N, C, H, W = x.shape
+    if w.shape[1:] != (C, 1, 1):
+        raise ValueError(f"{op}: expected w of shape (C_out, {C}, 1, 1) for x of shape "
+                         f"{x.shape}, got {w.shape}")
+    C_out = w.shape[0]
+    if b is not None:
+        b = _check_float(op, "b", b, 1)
+        _check_same_dtype(op, x, b=b)
+        _check_shape(op, "b", b, (C_out,))
+    out = np.empty((N, C_out, H * W), dtype=x.dtype)
+    bias = b if b is not None else np.zeros(1, dtype=x.dtype)
+    kernels.pointwise_conv2d_forward_kernel(out, x.reshape(N, C, H * W),
+                                            w.reshape(C_out, C), bias, b is not None)
+    return out.reshape(N, C_out, H, W), PointwiseConv2dCache(x, w, b is not None)
+
+
+def pointwise_conv2d_backward(dout, cache):
+    """Returns (dx, dw, db); db is None when the forward had no bias."""
+    x, w = cache.x, cache.w
+    N, C, H, W = x.shape
+    C_out = w.shape[0]
+    dout = _check_dout("pointwise_conv2d", dout, (N, C_out, H, W), x.dtype)
+    dx = np.empty_like(x)
+    dw2 = np.empty((C_out, C), dtype=x.dtype)
+    db = np.empty(C_out, dtype=x.dtype)
+    w2t = np.ascontiguousarray(w.reshape(C_out, C).T)
+    kernels.pointwise_conv2d_backward_kernel(dx.reshape(N, C, H * W), dw2, db,
+                                             dout.reshape(N, C_out, H * W),
+                                             x.reshape(N, C, H * W), w2t, cache.has_bias)
+    return dx, dw2.reshape(w.shape), (db if cache.has_bias else None)
+
+
+# --------------------------------------------------------------------------------------------
+# Batch norm
+# --------------------------------------------------------------------------------------------
+
+
+class BatchNorm2dCache(NamedTuple):
+    x: np.ndarray
+    gamma: np.ndarray
+    mean: np.ndarray  # (C,) float64 batch mean: the layer updates running_mean from it
+    var: np.ndarray  # (C,) float64 biased batch variance: the layer makes it unbiased
+    invstd: np.ndarray  # (C,) float64 1 / sqrt(var + eps)
+
+
+def _check_bn_args(op, x, gamma, beta):
+    x = _check_float(op, "x", x, 4)
+    C = x.shape[1]
+    gamma = _check_float(op, "gamma", gamma, 1)
+    beta = _check_float(op, "beta", beta, 1)
+    _check_same_dtype(op, x, gamma=gamma, beta=beta)
+    _check_shape(op, "gamma", gamma, (C,))
+    _check_shape(op, "beta", beta, (C,))
+    return x, gamma, beta
+
+
+def batchnorm2d_forward(x, gamma, beta, eps=1e-5):
+    """Training mode: out = gamma * (x - mean) / sqrt(var + eps) + beta, statistics over N, H, W.
+
+    The cache holds the batch mean and biased variance so that a layer can update its running
+    statistics; the normalised x is recomputed in the backward rather than cached (one tensor
+    less to keep, at the price of one subtract and multiply).
+    """
+    op = "batchnorm2d"
+    x, gamma, beta = _check_bn_args(op, x, gamma, beta)
+    N, C, H, W = x.shape
+    if N * H * W < 2:
+        raise ValueError(f"{op}: expected more than one value per channel in training mode, "
+                         f"got input of shape {x.shape}")
+    out = np.empty_like(x)
+    mean = np.empty(C)
+    var = np.empty(C)
+    kernels.batchnorm2d_forward_kernel(out.reshape(N, C, H * W), mean, var,
+                                       x.reshape(N, C, H * W), gamma, beta, float(eps))
+    invstd = 1.0 / np.sqrt(var + eps)
+    return out, BatchNorm2dCache(x, gamma, mean, var, invstd)
+
+
+def batchnorm2d_backward(dout, cache):
+    """Returns (dx, dgamma, dbeta), through the batch statistics."""
+    x = cache.x
+    N, C, H, W = x.shape
+    dout = _check_dout("batchnorm2d", dout, x.shape, x.dtype)
+    dx = np.empty_like(x)
+    dgamma = np.empty(C)
+    dbeta = np.empty(C)
+    kernels.batchnorm2d_backward_kernel(dx.reshape(N, C, H * W), dgamma, dbeta,
+                                        dout.reshape(N, C, H * W), x.reshape(N, C, H * W),
+                                        cache.mean, cache.invstd, cache.gamma)
+    return dx, dgamma.astype(x.dtype), dbeta.astype(x.dtype)
+
+
+class BatchNorm2dInferenceCache(NamedTuple):
+    x: np.ndarray
+    gamma: np.ndarray
+    mean: np.ndarray
+    invstd: np.ndarray
+
+
+def batchnorm2d_inference_forward(x, gamma, beta, running_mean, running_var, eps=1e-5):
+    """Evaluation mode: the same formula with the running statistics, a per-channel affine map.
+
+    Caches x and the statistics, so a network in eval mode can still be differentiated.
+    """
+    op = "batchnorm2d_inference"
+    x, gamma, beta = _check_bn_args(op, x, gamma, beta)
+    C = x.shape[1]
+    for name, a in (("running_mean", running_mean), ("running_var", running_var)):
+        a = _check_float(op, name, a, 1)
+        _check_shape(op, name, a, (C,))
+    mean = running_mean.astype(np.float64)
+    invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
+    scale = gamma * invstd
+    shift = beta - mean * scale
+    out = np.empty_like(x)
+    N, C, H, W = x.shape
+    kernels.channel_affine_kernel(out.reshape(N, C, H * W), x.reshape(N, C, H * W),
+                                  scale, shift)
+    return out, BatchNorm2dInferenceCache(x, gamma, mean, invstd)
+
+
+def batchnorm2d_inference_backward(dout, cache):
+    """Returns (dx, dgamma, dbeta); the running statistics are constants here."""
+    x = cache.x
+    N, C, H, W = x.shape
+    dout = _check_dout("batchnorm2d_inference", dout, x.shape, x.dtype)
+    scale = cache.gamma * cache.invstd
+    dx = np.empty_like(x)
+    kernels.channel_affine_kernel(dx.reshape(N, C, H * W), dout.reshape(N, C, H * W),
+                                  scale, np.zeros(C))
+    xhat = (x - cache.mean[:, None, None].astype(x.dtype)) * cache.invstd[:, None, None].astype(
+        x.dtype)
+    dgamma = np.einsum("nchw,nchw->c", dout, xhat)
+    dbeta = dout.sum(axis=(0, 2, 3))
+    return dx, dgamma.astype(x.dtype), dbeta.astype(x.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Activations: the cache is the input, which decides the gradient's piece.
+# --------------------------------------------------------------------------------------------
+
+
+class ActivationCache(NamedTuple):
+    x: np.ndarray
+
+
+def _elementwise_forward(op, kernel, x):
+    x = _check_float(op, "x", x)
+    out = np.empty_like(x)
+    kernel(out.reshape(-1), x.reshape(-1))
+    return out, ActivationCache(x)
+
+
+def _elementwise_backward(op, kernel, dout, cache):
+    x = cache.x
+    dout = _check_dout(op, dout, x.shape, x.dtype)
+    dx = np.empty_like(x)
+    kernel(dx.reshape(-1), dout.reshape(-1), x.reshape(-1))
+    return dx
+
+
+def relu_forward(x):
+    """out = max(x, 0)."""
+    return _elementwise_forward("relu", kernels.relu_forward_kernel, x)
+
+
+def relu_backward(dout, cache):
+    """dx = dout where x > 0, else 0 (0 at x = 0, as PyTorch)."""
+    return _elementwise_backward("relu", kernels.relu_backward_kernel, dout, cache)
+
+
+def relu6_forward(x):
+    """out = min(max(x, 0), 6)."""
+    return _elementwise_forward("relu6", kernels.relu6_forward_kernel, x)
+
+
+def relu6_backward(dout, cache):
+    """dx = dout on the open (0, 6), else 0 (0 at both kinks, as PyTorch)."""
+    return _elementwise_backward("relu6", kernels.relu6_backward_kernel, dout, cache)
+
+
+def hardswish_forward(x):
+    """out = x * relu6(x + 3) / 6."""
+    return _elementwise_forward("hardswish", kernels.hardswish_forward_kernel, x)
+
+
+def hardswish_backward(dout, cache):
+    """dx = 0 below -3, dout * (x/3 + 1/2) on [-3, 3], dout above 3 (as PyTorch)."""
+    return _elementwise_backward("hardswish", kernels.hardswish_backward_kernel, dout, cache)
+
+
+def hardsigmoid_forward(x):
+    """out = relu6(x + 3) / 6."""
+    return _elementwise_forward("hardsigmoid", kernels.hardsigmoid_forward_kernel, x)
+
+
+def hardsigmoid_backward(dout, cache):
+    """dx = dout / 6 on the open (-3, 3), else 0 (as PyTorch)."""
+    return _elementwise_backward("hardsigmoid", kernels.hardsigmoid_backward_kernel, dout,
+                                 cache)
+
+
+# --------------------------------------------------------------------------------------------
+# Pooling, channel scaling (squeeze-excite), linear, dropout, loss
+# --------------------------------------------------------------------------------------------
+
+
+class GlobalAvgPoolCache(NamedTuple):
+    x_shape: tuple
+
+
+def global_avg_pool_forward(x):
+    """out[n, c, 0, 0] = mean over H, W of x[n, c]; (N, C, H, W) -> (N, C, 1, 1), as PyTorch's
+    AdaptiveAvgPool2d(1). Caches only the input shape."""
+    x = _check_float("global_avg_pool", "x", x, 4)
+    return x.mean(axis=(2, 3), keepdims=True), GlobalAvgPoolCache(x.shape)
+
+
+def global_avg_pool_backward(dout, cache):
+    """Returns dx: each of the H*W inputs gets dout / (H*W)."""
+    N, C, H, W = cache.x_shape
+    dout = _check_float("global_avg_pool backward", "dout", dout)
+    _check_shape("global_avg_pool backward", "dout", dout, (N, C, 1, 1))
+    dx = np.empty(cache.x_shape, dtype=dout.dtype)
+    dx[...] = dout / (H * W)
+    return dx
+
+
+class ScaleChannelsCache(NamedTuple):
+    x: np.ndarray
+    s: np.ndarray
+
+
+def scale_channels_forward(x, s):
+    """out[n, c] = x[n, c] * s[n, c]: squeeze-excite's gate; x (N, C, H, W), s (N, C, 1, 1)."""
+    op = "scale_channels"
+    x = _check_float(op, "x", x, 4)
+    s = _check_float(op, "s", s, 4)
+    _check_same_dtype(op, x, s=s)
+    _check_shape(op, "s", s, x.shape[:2] + (1, 1))
+    return x * s, ScaleChannelsCache(x, s)
+
+
+def scale_channels_backward(dout, cache):
+    """Returns (dx, ds): dx = dout * s, ds = sum over H, W of dout * x."""
+    dout = _check_dout("scale_channels", dout, cache.x.shape, cache.x.dtype)
+    dx = dout * cache.s
+    ds = np.einsum("nchw,nchw->nc", dout, cache.x)[:, :, None, None]
+    return dx, ds
+
+
+class LinearCache(NamedTuple):
+    x: np.ndarray
+    w: np.ndarray
+
+
+def linear_forward(x, w, b):
+    """out = x @ w.T + b; x (N, in), w (out, in) as PyTorch, b (out,) or None. Caches x, w."""
+    op = "linear"
+    x = _check_float(op, "x", x, 2)
+    w = _check_float(op, "w", w, 2)
+    _check_same_dtype(op, x, w=w)
+    if w.shape[1] != x.shape[1]:
+        raise ValueError(f"{op}: expected w of shape (out_features, {x.shape[1]}) for x of "
+                         f"shape {x.shape}, got {w.shape}")
+    out = x @ w.T
+    if b is not None:
+        b = _check_float(op, "b", b, 1)
+        _check_same_dtype(op, x, b=b)
+        _check_shape(op, "b", b, (w.shape[0],))
+        out += b
+    return out, LinearCache(x, w)
+
+
+def linear_backward(dout, cache):
+    """Returns (dx, dw, db)."""
+    dout = _check_dout("linear", dout, (cache.x.shape[0], cache.w.shape[0]), cache.x.dtype)
+    return dout @ cache.w, dout.T @ cache.x, dout.sum(axis=0)
+
+
+class DropoutCache(NamedTuple):
+    mask: Optional[np.ndarray]  # None when dropout was the identity
+
+
+def dropout_forward(x, p, rng, training=True):
+    """Inverted dropout: zero each element with probability p, scale the rest by 1/(1-p), so
+    evaluation needs no rescaling. rng is an explicit np.random.Generator. Caches the mask."""
+    op = "dropout"
+    x = _check_float(op, "x", x)
+    if not 0 <= p < 1:
+        raise ValueError(f"{op}: expected 0 <= p < 1, got p={p}")
+    if not training or p == 0:
+        return x, DropoutCache(None)
+    mask = (rng.random(x.shape, dtype=x.dtype) >= p).astype(x.dtype) / x.dtype.type(1 - p)
+    return x * mask, DropoutCache(mask)
+
+
+def dropout_backward(dout, cache):
+    """Returns dx = dout * mask (the same scaled mask)."""
+    if cache.mask is None:
+        return dout
+    dout = _check_dout("dropout", dout, cache.mask.shape, cache.mask.dtype)
+    return dout * cache.mask
+
+
+def softmax_cross_entropy(logits, labels, label_smoothing=0.0):
+    """Mean cross-entropy of softmax(logits) against integer labels, and its gradient.
+
+    With smoothing e the target is (1 - e) * onehot + e / classes, as PyTorch's. Stable:
+    logits are shifted by their row maximum before exp. Returns (loss, dlogits); raises
+    NonFiniteError if the logits or the loss are not finite, instead of carrying NaN on.
+    """
+    op = "softmax_cross_entropy"
+    logits = _check_float(op, "logits", logits, 2)
+    labels = np.asarray(labels)
+    N, num_classes = logits.shape
+    if labels.shape != (N,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{op}: expected integer labels of shape ({N},), got "
+                         f"{labels.dtype} array of shape {labels.shape}")
+    if N and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"{op}: expected labels in [0, {num_classes}), got values from "
+                         f"{labels.min()} to {labels.max()}")
+    if not 0 <= label_smoothing < 1:
+        raise ValueError(f"{op}: expected 0 <= label_smoothing < 1, got {label_smoothing}")
+    if not np.isfinite(logits).all():
+        raise NonFiniteError(f"{op}: logits contain NaN or inf "
+                             f"({np.count_nonzero(~np.isfinite(logits))} of {logits.size})")
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    target = np.full_like(logits, label_smoothing / num_classes)
+    target[np.arange(N), labels] += 1 - label_smoothing
+    loss = float(-(target * log_probs).sum() / N)
+    if not np.isfinite(loss):
+        raise NonFiniteError(f"{op}: the loss is {loss}")
+    dlogits = (np.exp(log_probs) - target) / N
+    return loss, dlogits
