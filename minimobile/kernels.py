@@ -372,3 +372,32 @@ def col2im_kernel(dx, dcols, K, stride, pad, Ho, Wo):
                             col = j * stride + kj - pad
                             if col >= 0 and col < W:
                                 dst[col] += src[j]
+
+
+# ---------------------------------------------------------------------------------------------
+# Data augmentation
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, parallel=True)
+def crop_flip_kernel(out, x, dy, dx, flipped, padding):
+    """Kernel of crop_flip: reads x directly, treating out-of-range pixels as the zero padding.
+
+    Never materialises the padded array, which would be 1.6x the input. Debug with
+    NUMBA_DISABLE_JIT=1, or call crop_flip_kernel.py_func(...) for plain Python.
+    """
+    N, C, H, W = x.shape
+    for n in prange(N):  # thread n alone writes out[n]: disjoint, so deterministic
+        # Output column j reads source column base + step * j; hoisting the flip out of the
+        # pixel loop and zeroing padded rows whole halves the time of a per-pixel test.
+        step = -1 if flipped[n] else 1
+        base = W - 1 + dx[n] - padding if flipped[n] else dx[n] - padding
+        for c in range(C):
+            for i in range(H):
+                si = i + dy[n] - padding
+                if si < 0 or si >= H:
+                    out[n, c, i, :] = 0
+                    continue
+                for j in range(W):
+                    sj = base + step * j
+                    out[n, c, i, j] = x[n, c, si, sj] if 0 <= sj < W else 0

@@ -1,0 +1,188 @@
+"""Blocks: the units MobileNets are stacked from, and where skip-connection gradients are summed.
+
+`DepthwiseSeparable` is V1's unit, `InvertedResidual` V2's and `Bneck` V3's. Each is a Module
+whose children carry torchvision's names (`conv` for V2, `block` for V3), so state dicts map one
+to one, and each has a `use_res_connect` attribute as torchvision's blocks do. A skip
+connection y = x + f(x) sends dout to x along two paths, so the backward adds them:
+dx = dout + f.backward(dout).
+"""
+
+import numpy as np
+
+from .layers import (BatchNorm2d, Conv2d, DepthwiseConv2d, Hardswish, Module, PointwiseConv2d,
+                     ReLU, ReLU6, Sequential, SqueezeExcitation, _rng)
+
+# V3's tables name activations by the paper's abbreviations.
+ACTIVATIONS = {"RE": ReLU, "HS": Hardswish}
+
+
+def make_divisible(v, divisor=8, min_value=None):
+    """v rounded to the nearest multiple of divisor, at least min_value (default: divisor).
+
+    torchvision's `_make_divisible`: if rounding went down by more than 10 %, go up one step
+    instead, so a width multiplier never removes more channels than asked. Every channel count
+    of the V2 and V3 models (and of V1 here) goes through it.
+    """
+    if min_value is None:
+        min_value = divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v
+
+
+class ConvBNActivation(Sequential):
+    """conv -> BatchNorm2d -> activation, children "0", "1", "2" (torchvision's
+    Conv2dNormActivation). The conv is picked by shape: PointwiseConv2d for 1x1 at stride 1,
+    DepthwiseConv2d when groups equals both channel counts, Conv2d otherwise (the stem).
+    Padding (K - 1) // 2 keeps the size at stride 1. `activation` is a layer class, or None for
+    a linear output (then there are only two children, as in torchvision).
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, groups=1,
+                 activation=ReLU6, bn_eps=1e-5, bn_momentum=0.1, rng=None, dtype=np.float32):
+        rng = _rng(rng)
+        padding = (kernel_size - 1) // 2
+        if groups == 1 and kernel_size == 1 and stride == 1:
+            conv = PointwiseConv2d(in_channels, out_channels, rng=rng, dtype=dtype)
+        elif groups == in_channels == out_channels:
+            conv = DepthwiseConv2d(in_channels, kernel_size, stride, padding, rng=rng,
+                                   dtype=dtype)
+        elif groups == 1:
+            conv = Conv2d(in_channels, out_channels, kernel_size, stride, padding, rng=rng,
+                          dtype=dtype)
+        else:
+            raise ValueError(f"ConvBNActivation: groups must be 1 or equal both channel counts, "
+                             f"got groups={groups} for {in_channels} -> {out_channels}")
+        layers = [conv, BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum, dtype=dtype)]
+        if activation is not None:
+            layers.append(activation())
+        super().__init__(*layers)
+
+
+class DepthwiseSeparable(Module):
+    """V1's unit (Howard et al. 2017, Figure 3): 3x3 depthwise conv + BN + ReLU, then 1x1
+    pointwise conv + BN + ReLU; children `dw` and `pw` (ConvBNActivation each).
+
+    There is no skip connection in V1: use_res_connect is always False, kept so that every block
+    answers the same questions.
+    """
+
+    def __init__(self, in_channels, out_channels, stride=1, activation=ReLU, bn_eps=1e-5,
+                 bn_momentum=0.1, rng=None, dtype=np.float32):
+        super().__init__()
+        rng = _rng(rng)
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        self.use_res_connect = False
+        self.dw = ConvBNActivation(in_channels, in_channels, 3, stride, groups=in_channels,
+                                   activation=activation, bn_eps=bn_eps,
+                                   bn_momentum=bn_momentum, rng=rng, dtype=dtype)
+        self.pw = ConvBNActivation(in_channels, out_channels, 1, activation=activation,
+                                   bn_eps=bn_eps, bn_momentum=bn_momentum, rng=rng, dtype=dtype)
+
+    def forward(self, x):
+        return self.pw.forward(self.dw.forward(x))
+
+    def backward(self, dout):
+        return self.dw.backward(self.pw.backward(dout))
+
+    def extra_repr(self):
+        return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
+
+
+class InvertedResidual(Module):
+    """V2's unit (Sandler et al. 2018): 1x1 expand to t*C_in (skipped when t = 1) + BN + ReLU6,
+    3x3 depthwise + BN + ReLU6, then a linear 1x1 projection + BN (no activation: the "linear
+    bottleneck"). Child `conv` holds them, as in torchvision. out = x + conv(x) when stride is 1
+    and C_in == C_out (use_res_connect), else conv(x).
+    """
+
+    def __init__(self, in_channels, out_channels, stride, expand_ratio, activation=ReLU6,
+                 bn_eps=1e-5, bn_momentum=0.1, rng=None, dtype=np.float32):
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"InvertedResidual: expected stride 1 or 2, got {stride}")
+        rng = _rng(rng)
+        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum, rng=rng, dtype=dtype)
+        hidden = int(round(in_channels * expand_ratio))
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        self.expand_ratio = expand_ratio
+        self.use_res_connect = stride == 1 and in_channels == out_channels
+        layers = []
+        if expand_ratio != 1:
+            layers.append(ConvBNActivation(in_channels, hidden, 1, activation=activation, **bn))
+        layers += [
+            ConvBNActivation(hidden, hidden, 3, stride, groups=hidden, activation=activation,
+                             **bn),
+            PointwiseConv2d(hidden, out_channels, rng=rng, dtype=dtype),
+            BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum, dtype=dtype),
+        ]
+        self.conv = Sequential(*layers)
+
+    def forward(self, x):
+        out = self.conv.forward(x)
+        return x + out if self.use_res_connect else out
+
+    def backward(self, dout):
+        dx = self.conv.backward(dout)
+        if self.use_res_connect:
+            dx = dx + dout  # the skip passes dout to x unchanged; the two paths add
+        return dx
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, stride={self.stride}, "
+                f"expand_ratio={self.expand_ratio}, use_res_connect={self.use_res_connect}")
+
+
+class Bneck(Module):
+    """V3's unit (Howard et al. 2019; torchvision's mobilenetv3.InvertedResidual): 1x1 expand
+    (skipped when expanded == C_in) + BN + act, K x K depthwise + BN + act, squeeze-excite
+    (optional, squeeze width make_divisible(expanded // 4)), linear 1x1 projection + BN; all
+    under child `block`. Arguments in the order of a row of the paper's table; activation is
+    "RE" (ReLU) or "HS" (hard-swish). Residual when stride is 1 and C_in == C_out.
+    """
+
+    def __init__(self, in_channels, kernel_size, expanded_channels, out_channels, use_se,
+                 activation, stride, bn_eps=1e-3, bn_momentum=0.01, rng=None, dtype=np.float32):
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"Bneck: expected stride 1 or 2, got {stride}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"Bneck: expected activation 'RE' or 'HS', got {activation!r}")
+        rng = _rng(rng)
+        act = ACTIVATIONS[activation]
+        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum, rng=rng, dtype=dtype)
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        self.kernel_size, self.expanded_channels = kernel_size, expanded_channels
+        self.use_se, self.activation = use_se, activation
+        self.use_res_connect = stride == 1 and in_channels == out_channels
+        layers = []
+        if expanded_channels != in_channels:
+            layers.append(ConvBNActivation(in_channels, expanded_channels, 1, activation=act,
+                                           **bn))
+        layers.append(ConvBNActivation(expanded_channels, expanded_channels, kernel_size,
+                                       stride, groups=expanded_channels, activation=act, **bn))
+        if use_se:
+            layers.append(SqueezeExcitation(expanded_channels,
+                                            make_divisible(expanded_channels // 4, 8),
+                                            rng=rng, dtype=dtype))
+        layers.append(ConvBNActivation(expanded_channels, out_channels, 1, activation=None,
+                                       **bn))
+        self.block = Sequential(*layers)
+
+    def forward(self, x):
+        out = self.block.forward(x)
+        return x + out if self.use_res_connect else out
+
+    def backward(self, dout):
+        # The squeeze-excite's two paths to its input are summed inside SqueezeExcitation;
+        # here only the skip's path is added.
+        dx = self.block.backward(dout)
+        if self.use_res_connect:
+            dx = dx + dout
+        return dx
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.kernel_size}, {self.expanded_channels}, "
+                f"{self.out_channels}, use_se={self.use_se}, {self.activation}, "
+                f"stride={self.stride}, use_res_connect={self.use_res_connect}")

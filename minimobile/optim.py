@@ -1,0 +1,298 @@
+"""Optimisers: SGD, RMSprop and AdamW, with PyTorch's update rules, updating parameters in place.
+
+Each optimiser takes a model's ``named_parameters()``, an iterable of ``(name, param, grad)``
+triples, and keeps references to the arrays: layers own them, so every update writes into
+``param`` and never rebinds it. The trainer sets ``optimizer.lr`` from a schedule before each
+``step()``. ``state_dict()`` is a flat dict of arrays and Python scalars, so a checkpoint can
+store it in an ``.npz`` and a resumed run continues bit for bit.
+"""
+
+import numpy as np
+
+
+def default_no_decay(name, param):
+    """True for parameters that weight decay should leave alone: those with fewer than 2 dims.
+
+    The 1-D parameters of a MobileNet are exactly the batch-norm gamma and beta and the conv and
+    linear biases; decaying them only fights batch norm's scale invariance (torchvision's
+    recipes set ``norm_weight_decay=0.0`` for the same reason). ``name`` is unused but lets a
+    custom rule go by name. Pass ``no_decay=lambda name, param: False`` to decay everything.
+    """
+    return param.ndim < 2
+
+
+def _check(ok, what, expected, got):
+    if not ok:
+        raise ValueError(f"{what}: expected {expected}, got {got!r}")
+
+
+def _as_scalar(value):
+    # np.savez turns Python scalars into 0-d arrays; unwrap them so a state read back from an
+    # .npz file loads the same as one kept in memory.
+    if isinstance(value, (np.ndarray, np.generic)) and np.ndim(value) == 0:
+        return value.item()
+    return value
+
+
+class Optimizer:
+    """Shared plumbing: the parameter list, the decay mask, per-parameter buffers, state dicts.
+
+    Subclasses name their hyper-parameters in ``_hyper`` (name -> type), create their buffers
+    with ``_add_buffer(kind)``, and implement ``_update(i, p, g, lr, wd, work)``, where ``work``
+    holds scratch views shaped like ``p`` so a step allocates nothing.
+    """
+
+    _hyper = {}
+    _n_scratch = 1
+
+    def __init__(self, params, lr, weight_decay, no_decay):
+        self.names, self.params, self.grads = [], [], []
+        for name, param, grad in params:
+            _check(isinstance(param, np.ndarray) and param.dtype.kind == "f",
+                   f"param {name}", "a float NumPy array", type(param).__name__)
+            _check(isinstance(grad, np.ndarray) and grad.shape == param.shape
+                   and grad.dtype == param.dtype, f"grad of {name}",
+                   f"an array of shape {param.shape} and dtype {param.dtype}",
+                   f"{getattr(grad, 'shape', None)} {getattr(grad, 'dtype', type(grad).__name__)}")
+            self.names.append(name)
+            self.params.append(param)
+            self.grads.append(grad)
+        _check(len(self.params) > 0, "params", "at least one (name, param, grad) triple", 0)
+        duplicates = sorted({n for n in self.names if self.names.count(n) > 1})
+        _check(not duplicates, "param names", "unique names", duplicates)
+        _check(lr >= 0.0, "lr", ">= 0", lr)
+        _check(weight_decay >= 0.0, "weight_decay", ">= 0", weight_decay)
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.num_steps = 0
+        self.decay = [not no_decay(n, p) for n, p in zip(self.names, self.params)]
+        self.buffers = {}
+        # One flat scratch array per dtype, sized for the largest parameter; each parameter
+        # gets reshaped views into it, so steps reuse the same memory instead of allocating.
+        sizes = {}
+        for p in self.params:
+            sizes[p.dtype] = max(sizes.get(p.dtype, 0), p.size)
+        flat = {dt: [np.empty(n, dt) for _ in range(self._n_scratch)] for dt, n in sizes.items()}
+        self._work = [[s[:p.size].reshape(p.shape) for s in flat[p.dtype]] for p in self.params]
+
+    def _add_buffer(self, kind):
+        self.buffers[kind] = [np.zeros_like(p) for p in self.params]
+
+    def step(self):
+        """Apply one update to every parameter, in place, from the gradients now in ``grads``."""
+        self.num_steps += 1
+        # Plain Python floats stay "weak" in NumPy's casting rules, so float32 params are
+        # updated in float32 even if a schedule hands us an np.float64.
+        lr = float(self.lr)
+        for i, (p, g) in enumerate(zip(self.params, self.grads)):
+            wd = float(self.weight_decay) if self.decay[i] else 0.0
+            self._update(i, p, g, lr, wd, self._work[i])
+
+    def _update(self, i, p, g, lr, wd, work):
+        raise NotImplementedError
+
+    def zero_grad(self):
+        """Fill every gradient with 0 in place (layers keep references to the grad arrays)."""
+        for g in self.grads:
+            g.fill(0)
+
+    def state_dict(self):
+        """Flat dict: ``step``, the hyper-parameters, and ``<buffer>/<param name>`` array copies."""
+        state = {"step": self.num_steps}
+        state.update({key: typ(getattr(self, key)) for key, typ in self._hyper.items()})
+        for kind, bufs in self.buffers.items():
+            for name, buf in zip(self.names, bufs):
+                state[f"{kind}/{name}"] = buf.copy()
+        return state
+
+    def load_state_dict(self, state):
+        """Restore step count, hyper-parameters and buffers from ``state_dict()`` output.
+
+        Accepts 0-d arrays for scalars (what ``np.load`` gives back). Raises ValueError listing
+        every missing or unexpected key and every shape or dtype mismatch before changing anything.
+        """
+        arrays = {f"{kind}/{name}": buf for kind, bufs in self.buffers.items()
+                  for name, buf in zip(self.names, bufs)}
+        expected = {"step", *self._hyper, *arrays}
+        problems = []
+        missing = sorted(expected - set(state))
+        unexpected = sorted(set(state) - expected)
+        if missing:
+            problems.append(f"missing keys {missing}")
+        if unexpected:
+            problems.append(f"unexpected keys {unexpected}")
+        for key, buf in arrays.items():
+            if key in state:
+                value = np.asarray(state[key])
+                if value.shape != buf.shape:
+                    problems.append(f"{key}: expected shape {buf.shape}, got {value.shape}")
+                elif value.dtype != buf.dtype:
+                    problems.append(f"{key}: expected dtype {buf.dtype}, got {value.dtype}")
+        step = _as_scalar(state.get("step", 0))
+        if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0:
+            problems.append(f"step: expected an integer >= 0, got {step!r}")
+        if problems:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: " + "; ".join(problems))
+        self.num_steps = int(step)
+        for key, typ in self._hyper.items():
+            setattr(self, key, typ(_as_scalar(state[key])))
+        for key, buf in arrays.items():
+            np.copyto(buf, state[key])
+
+    def __repr__(self):
+        hyper = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._hyper)
+        skipped = len(self.decay) - sum(self.decay)
+        return (f"{type(self).__name__}({hyper}; {len(self.params)} params, "
+                f"{skipped} without weight decay)")
+
+
+class SGD(Optimizer):
+    """PyTorch's SGD with dampening 0: ``d = g + wd*p``; ``buf = momentum*buf + d`` (``buf = d``
+    on the first step); ``d = d + momentum*buf`` if nesterov else ``d = buf``; ``p -= lr*d``.
+
+    Buffers: ``momentum_buffer`` (only when momentum > 0). Weight decay skips params for which
+    ``no_decay(name, param)`` is True; see ``default_no_decay``.
+    """
+
+    _hyper = {"lr": float, "momentum": float, "nesterov": bool, "weight_decay": float}
+    _n_scratch = 2
+
+    def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0,
+                 no_decay=default_no_decay):
+        super().__init__(params, lr, weight_decay, no_decay)
+        _check(momentum >= 0.0, "momentum", ">= 0", momentum)
+        _check(not nesterov or momentum > 0.0, "nesterov=True", "momentum > 0", momentum)
+        self.momentum = momentum
+        self.nesterov = bool(nesterov)
+        if momentum > 0.0:
+            self._add_buffer("momentum_buffer")
+
+    def _update(self, i, p, g, lr, wd, work):
+        a, b = work
+        d = g  # the gradient is read, never written: a trainer may still want to log it
+        if wd != 0.0:
+            np.multiply(p, wd, out=a)
+            a += g  # d = g + wd*p
+            d = a
+        if self.momentum != 0.0:
+            buf = self.buffers["momentum_buffer"][i]
+            if self.num_steps == 1:
+                np.copyto(buf, d)
+            else:
+                buf *= self.momentum
+                buf += d
+            if self.nesterov:
+                np.multiply(buf, self.momentum, out=b)
+                b += d
+                d = b
+            else:
+                d = buf
+        np.multiply(d, lr, out=a)
+        p -= a
+
+
+class RMSprop(Optimizer):
+    """PyTorch's RMSprop: ``d = g + wd*p``; ``v = alpha*v + (1-alpha)*d**2``; ``s = sqrt(v) + eps``
+    (centered: ``s = sqrt(v - m**2) + eps`` with ``m`` the running mean of ``d``);
+    ``buf = momentum*buf + d/s``; ``p -= lr*buf`` (``p -= lr*d/s`` without momentum).
+
+    Defaults are the MobileNet recipe (alpha 0.9, momentum 0.9, weight decay 4e-5). TensorFlow
+    adds eps inside the root, ``sqrt(v + eps)``, and starts ``v`` at 1; its eps=1e-3 is about
+    eps=sqrt(1e-3)=0.0316 here, torchvision's choice. Buffers: ``square_avg``,
+    ``momentum_buffer`` (momentum > 0), ``grad_avg`` (centered).
+    """
+
+    _hyper = {"lr": float, "alpha": float, "eps": float, "momentum": float,
+              "centered": bool, "weight_decay": float}
+    _n_scratch = 2
+
+    def __init__(self, params, lr, alpha=0.9, eps=0.0316, momentum=0.9, weight_decay=4e-5,
+                 centered=False, no_decay=default_no_decay):
+        super().__init__(params, lr, weight_decay, no_decay)
+        _check(0.0 <= alpha <= 1.0, "alpha", "a value in [0, 1]", alpha)
+        _check(eps >= 0.0, "eps", ">= 0", eps)
+        _check(momentum >= 0.0, "momentum", ">= 0", momentum)
+        self.alpha, self.eps, self.momentum = alpha, eps, momentum
+        self.centered = bool(centered)
+        self._add_buffer("square_avg")
+        if momentum > 0.0:
+            self._add_buffer("momentum_buffer")
+        if centered:
+            self._add_buffer("grad_avg")
+
+    def _update(self, i, p, g, lr, wd, work):
+        a, b = work
+        d = g
+        if wd != 0.0:
+            np.multiply(p, wd, out=a)
+            a += g  # d = g + wd*p
+            d = a
+        v = self.buffers["square_avg"][i]
+        np.multiply(d, d, out=b)
+        b *= 1.0 - self.alpha
+        v *= self.alpha
+        v += b
+        if self.centered:
+            m = self.buffers["grad_avg"][i]
+            np.subtract(d, m, out=b)  # m += (1-alpha)*(d - m) is PyTorch's lerp_
+            b *= 1.0 - self.alpha
+            m += b
+            np.multiply(m, m, out=b)
+            np.subtract(v, b, out=b)
+            np.sqrt(b, out=b)
+        else:
+            np.sqrt(v, out=b)
+        b += self.eps  # s
+        np.divide(d, b, out=b)
+        if self.momentum > 0.0:
+            buf = self.buffers["momentum_buffer"][i]
+            buf *= self.momentum
+            buf += b
+            np.multiply(buf, lr, out=b)
+        else:
+            b *= lr
+        p -= b
+
+
+class AdamW(Optimizer):
+    """PyTorch's AdamW: ``p *= 1 - lr*wd`` (decoupled decay); ``m = b1*m + (1-b1)*g``;
+    ``v = b2*v + (1-b2)*g**2``; ``p -= lr/(1-b1**t) * m / (sqrt(v)/sqrt(1-b2**t) + eps)``.
+
+    ``t`` counts steps from 1; the two bias corrections undo the zero start of ``m`` and ``v``.
+    Buffers: ``exp_avg`` (m) and ``exp_avg_sq`` (v). Weight decay skips ``no_decay`` params.
+    """
+
+    _hyper = {"lr": float, "beta1": float, "beta2": float, "eps": float, "weight_decay": float}
+
+    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
+                 no_decay=default_no_decay):
+        super().__init__(params, lr, weight_decay, no_decay)
+        _check(len(betas) == 2 and all(0.0 <= b < 1.0 for b in betas),
+               "betas", "two values in [0, 1)", betas)
+        _check(eps >= 0.0, "eps", ">= 0", eps)
+        self.beta1, self.beta2 = betas
+        self.eps = eps
+        self._add_buffer("exp_avg")
+        self._add_buffer("exp_avg_sq")
+
+    def _update(self, i, p, g, lr, wd, work):
+        (a,) = work
+        t = self.num_steps
+        if wd != 0.0:
+            p *= 1.0 - lr * wd
+        m = self.buffers["exp_avg"][i]
+        v = self.buffers["exp_avg_sq"][i]
+        np.subtract(g, m, out=a)  # m += (1-b1)*(g - m) is PyTorch's lerp_
+        a *= 1.0 - self.beta1
+        m += a
+        np.multiply(g, g, out=a)
+        a *= 1.0 - self.beta2
+        v *= self.beta2
+        v += a
+        step_size = lr / (1.0 - self.beta1 ** t)
+        np.sqrt(v, out=a)
+        a /= (1.0 - self.beta2 ** t) ** 0.5
+        a += self.eps
+        np.divide(m, a, out=a)
+        a *= step_size
+        p -= a

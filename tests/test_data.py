@@ -1,0 +1,441 @@
+"""Tests for minimobile.data: finding and reading CIFAR-10, augmentation and batching.
+
+Nothing here touches the network: an autouse fixture replaces data._urlopen, and the tests of
+the download path hand it a fake response instead.
+"""
+
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minimobile import data
+from minimobile.data import (
+    ARCHIVE_NAME,
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR10_URL,
+    FOLDER_NAME,
+    REQUIRED_FILES,
+    Batches,
+    CorruptDataError,
+    DataNotFoundError,
+    crop_flip,
+    iterate_minibatches,
+    load_cifar10,
+    normalize,
+    random_crop_flip,
+    write_fake_cifar10,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+           "dog", "frog", "horse", "ship", "truck")
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """Make any unexpected download fail the way a closed network does."""
+    def refuse(url, timeout=None):
+        raise urllib.error.URLError("network is unreachable (tests run offline)")
+    monkeypatch.setattr(data, "_urlopen", refuse)
+
+
+class FakeResponse(io.BytesIO):
+    """Stands in for urlopen's response: a readable body plus headers."""
+
+    def __init__(self, payload):
+        super().__init__(payload)
+        self.headers = {"Content-Length": str(len(payload))}
+
+
+def fake_archive_bytes(tmp_path):
+    """The bytes of a small fake cifar-10-python.tar.gz."""
+    return write_fake_cifar10(tmp_path / "source", as_archive=True).read_bytes()
+
+
+def serve(monkeypatch, payload, requested):
+    """Answer every download with `payload`, recording the URLs asked for in `requested`."""
+    def fake_urlopen(url, timeout=None):
+        requested.append(url)
+        return FakeResponse(payload)
+    monkeypatch.setattr(data, "_urlopen", fake_urlopen)
+
+
+def unpickle(path):
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="bytes")
+
+
+def rewrite_batch(path, **changes):
+    """Re-pickle the batch at `path` with some of its byte-string keys replaced."""
+    batch = unpickle(path)
+    batch.update({key.encode(): value for key, value in changes.items()})
+    path.write_bytes(pickle.dumps(batch, protocol=4))
+
+
+def check_fake_dataset(ds, n_train_per_batch=20, n_test=20):
+    assert ds.x_train.shape == (5 * n_train_per_batch, 3, 32, 32)
+    assert ds.x_test.shape == (n_test, 3, 32, 32)
+    assert ds.x_train.dtype == ds.x_test.dtype == np.uint8
+    assert ds.y_train.shape == (5 * n_train_per_batch,) and ds.y_train.dtype == np.int64
+    assert ds.y_test.shape == (n_test,) and ds.y_test.dtype == np.int64
+    assert ds.classes == CLASSES
+
+
+def test_write_fake_cifar10_writes_the_official_layout(tmp_path):
+    folder = write_fake_cifar10(tmp_path, n_train_per_batch=7, n_test=12)
+    assert folder == tmp_path / FOLDER_NAME
+    assert sorted(p.name for p in folder.iterdir()) == sorted(REQUIRED_FILES)
+    batch = unpickle(folder / "data_batch_1")
+    assert batch[b"data"].dtype == np.uint8 and batch[b"data"].shape == (7, 3072)
+    assert len(batch[b"labels"]) == 7 and set(batch[b"labels"]) <= set(range(10))
+    assert set(unpickle(folder / "test_batch")[b"labels"]) == set(range(10))
+    assert unpickle(folder / "batches.meta")[b"label_names"][0] == b"airplane"
+
+    archive = write_fake_cifar10(tmp_path / "a", as_archive=True)
+    assert archive == tmp_path / "a" / ARCHIVE_NAME
+    with tarfile.open(archive) as tar:
+        assert sorted(tar.getnames()) == sorted(f"{FOLDER_NAME}/{n}" for n in REQUIRED_FILES)
+
+
+def test_load_cifar10_reads_folder_layout(tmp_path):
+    folder = write_fake_cifar10(tmp_path)
+    ds = load_cifar10(tmp_path, download=False)
+    check_fake_dataset(ds)
+    # Rows are channel-planar (1024 R, 1024 G, 1024 B), so image 25 is row 5 of batch 2.
+    row = unpickle(folder / "data_batch_2")[b"data"][5]
+    for c in range(3):
+        plane = row[1024 * c:1024 * (c + 1)].reshape(32, 32)
+        np.testing.assert_array_equal(ds.x_train[25, c], plane)
+    np.testing.assert_array_equal(ds.y_train[20:40], unpickle(folder / "data_batch_2")[b"labels"])
+    np.testing.assert_array_equal(ds.y_test, unpickle(folder / "test_batch")[b"labels"])
+
+
+def test_load_cifar10_accepts_the_batches_folder_itself(tmp_path):
+    folder = write_fake_cifar10(tmp_path, n_train_per_batch=3, n_test=4)
+    check_fake_dataset(load_cifar10(folder, download=False), n_train_per_batch=3, n_test=4)
+
+
+def test_load_cifar10_reads_archive_layout_and_extracts_it_beside_the_archive(tmp_path):
+    write_fake_cifar10(tmp_path, as_archive=True)
+    check_fake_dataset(load_cifar10(str(tmp_path), download=False))
+    assert sorted(p.name for p in (tmp_path / FOLDER_NAME).iterdir()) == sorted(REQUIRED_FILES)
+
+
+def test_load_cifar10_falls_back_to_the_env_var(tmp_path, monkeypatch):
+    write_fake_cifar10(tmp_path, n_train_per_batch=2)
+    monkeypatch.setenv("MINIMOBILE_DATA", str(tmp_path))
+    check_fake_dataset(load_cifar10(download=False), n_train_per_batch=2)
+
+
+def test_load_cifar10_root_argument_takes_precedence_over_the_env_var(tmp_path, monkeypatch):
+    write_fake_cifar10(tmp_path / "arg", n_train_per_batch=2)
+    write_fake_cifar10(tmp_path / "env", n_train_per_batch=3)
+    monkeypatch.setenv("MINIMOBILE_DATA", str(tmp_path / "env"))
+    check_fake_dataset(load_cifar10(tmp_path / "arg", download=False), n_train_per_batch=2)
+
+
+def test_load_cifar10_falls_back_to_the_home_cache(tmp_path, monkeypatch):
+    write_fake_cifar10(tmp_path / ".cache" / "minimobile", n_train_per_batch=2)
+    monkeypatch.delenv("MINIMOBILE_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    check_fake_dataset(load_cifar10(download=False), n_train_per_batch=2)
+
+
+@pytest.mark.parametrize("root_name", ["data", FOLDER_NAME])
+def test_missing_data_message_lists_every_location_and_how_to_supply_data(tmp_path, root_name):
+    root = tmp_path / root_name
+    home = tmp_path if root_name == FOLDER_NAME else root  # where the archive would be
+    with pytest.raises(DataNotFoundError) as info:
+        load_cifar10(root)
+    message = str(info.value)
+    assert isinstance(info.value, FileNotFoundError)
+    for place in [root, home / FOLDER_NAME, home / ARCHIVE_NAME]:
+        assert str(place) in message
+    for hint in [CIFAR10_URL, "network is unreachable", "--data", "MINIMOBILE_DATA"]:
+        assert hint in message
+    assert not any(p.name.endswith(".part") for p in tmp_path.rglob("*"))
+
+
+def test_missing_data_message_names_the_default_cache_when_nothing_is_given(tmp_path, monkeypatch):
+    monkeypatch.delenv("MINIMOBILE_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(DataNotFoundError, match="default cache") as info:
+        load_cifar10()
+    assert str(tmp_path / ".cache" / "minimobile" / ARCHIVE_NAME) in str(info.value)
+
+
+def test_missing_data_with_download_false_never_opens_a_url(tmp_path, monkeypatch):
+    requested = []
+    serve(monkeypatch, b"", requested)
+    with pytest.raises(DataNotFoundError, match="download=False"):
+        load_cifar10(tmp_path, download=False)
+    assert requested == []
+
+
+def test_missing_data_message_says_which_files_an_incomplete_folder_lacks(tmp_path):
+    folder = write_fake_cifar10(tmp_path)
+    (folder / "test_batch").unlink()
+    with pytest.raises(DataNotFoundError, match=r"incomplete, lacks test_batch"):
+        load_cifar10(tmp_path, download=False)
+
+
+def test_load_cifar10_downloads_verifies_and_extracts_the_archive(tmp_path, monkeypatch):
+    payload = fake_archive_bytes(tmp_path)
+    monkeypatch.setattr(data, "CIFAR10_MD5", hashlib.md5(payload).hexdigest())
+    requested = []
+    serve(monkeypatch, payload, requested)
+    root = tmp_path / "cache" / "minimobile"  # does not exist yet: created on download
+    check_fake_dataset(load_cifar10(root))
+    assert requested == [CIFAR10_URL]
+    assert (root / ARCHIVE_NAME).read_bytes() == payload
+    assert sorted(p.name for p in root.iterdir()) == sorted([ARCHIVE_NAME, FOLDER_NAME])
+
+
+def test_bad_checksum_raises_with_every_location_and_keeps_no_archive(tmp_path, monkeypatch):
+    serve(monkeypatch, fake_archive_bytes(tmp_path), [])
+    root = tmp_path / "data"
+    with pytest.raises(CorruptDataError) as info:
+        load_cifar10(root)
+    message = str(info.value)
+    assert isinstance(info.value, RuntimeError)
+    assert "MD5" in message and data.CIFAR10_MD5 in message
+    for hint in [str(root), str(root / FOLDER_NAME), str(root / ARCHIVE_NAME), "--data",
+                 "MINIMOBILE_DATA"]:
+        assert hint in message
+    assert list(root.iterdir()) == []  # neither the archive nor a .part file is left behind
+
+
+def test_truncated_batch_file_error_names_the_file(tmp_path):
+    path = write_fake_cifar10(tmp_path) / "data_batch_3"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CorruptDataError, match="truncated") as info:
+        load_cifar10(tmp_path, download=False)
+    assert str(path) in str(info.value)
+
+
+def test_wrong_row_length_error_names_the_file(tmp_path):
+    path = write_fake_cifar10(tmp_path) / "data_batch_2"
+    rewrite_batch(path, data=np.zeros((20, 3000), dtype=np.uint8))
+    with pytest.raises(CorruptDataError, match="3072") as info:
+        load_cifar10(tmp_path, download=False)
+    assert str(path) in str(info.value)
+
+
+def test_label_count_mismatch_error_names_the_file(tmp_path):
+    path = write_fake_cifar10(tmp_path) / "test_batch"
+    rewrite_batch(path, labels=list(range(10)) * 2 + [3])
+    with pytest.raises(CorruptDataError, match="20 images but 21 labels") as info:
+        load_cifar10(tmp_path, download=False)
+    assert str(path) in str(info.value)
+
+
+def test_corrupt_archive_error_names_the_archive(tmp_path):
+    (tmp_path / ARCHIVE_NAME).write_bytes(b"this is not a gzip file")
+    with pytest.raises(CorruptDataError) as info:
+        load_cifar10(tmp_path, download=False)
+    assert str(tmp_path / ARCHIVE_NAME) in str(info.value)
+
+
+@pytest.mark.parametrize("member", ["../escaped.txt", "/tmp/minimobile_escaped.txt"])
+def test_archive_extraction_refuses_paths_outside_the_root(tmp_path, member):
+    root = tmp_path / "root"
+    root.mkdir()
+    with tarfile.open(root / ARCHIVE_NAME, "w:gz") as tar:
+        info = tarfile.TarInfo(member)
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"evil"))
+    with pytest.raises(CorruptDataError, match="refusing"):
+        load_cifar10(root, download=False)
+    assert not (tmp_path / "escaped.txt").exists()
+    assert not Path("/tmp/minimobile_escaped.txt").exists()
+
+
+def crop_flip_reference(x, dy, dx, flipped, padding):
+    """Slow and obviously correct: pad each image, slice its window, mirror the columns."""
+    N, C, H, W = x.shape
+    out = np.empty_like(x)
+    for n in range(N):
+        xp = np.pad(x[n], ((0, 0), (padding, padding), (padding, padding)))  # (C, H+2p, W+2p)
+        window = xp[:, dy[n]:dy[n] + H, dx[n]:dx[n] + W]
+        out[n] = window[:, :, ::-1] if flipped[n] else window
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+@pytest.mark.parametrize("shape, padding", [((6, 3, 32, 32), 4), ((5, 1, 7, 5), 2),
+                                            ((4, 2, 6, 6), 0), ((6, 3, 3, 4), 5)])
+def test_crop_flip_matches_the_slow_reference(dtype, shape, padding):
+    rng = np.random.default_rng(0)
+    x = (rng.random(shape) * 255).astype(dtype)
+    N = shape[0]
+    dy, dx = rng.integers(0, 2 * padding + 1, size=(2, N))
+    dy[:2], dx[:2] = [0, 2 * padding], [2 * padding, 0]  # the extreme corners, always
+    flipped = np.arange(N) % 2 == 0
+    out = crop_flip(x, dy, dx, flipped, padding)
+    assert out.dtype == x.dtype and out.shape == x.shape
+    np.testing.assert_array_equal(out, crop_flip_reference(x, dy, dx, flipped, padding))
+
+
+def test_crop_flip_rejects_offsets_outside_the_padding():
+    x = np.zeros((2, 3, 8, 8), dtype=np.uint8)
+    with pytest.raises(ValueError, match="0..8"):
+        crop_flip(x, [0, 9], [0, 0], [False, False], padding=4)
+
+
+def test_random_crop_flip_crops_are_genuine_sub_windows_of_the_padded_image():
+    padding, N = 2, 64
+    x = np.random.default_rng(0).integers(1, 256, size=(N, 3, 8, 10), dtype=np.uint8)
+    out = random_crop_flip(x, np.random.default_rng(1), padding=padding)
+    choices = [(i, j, f) for i in range(2 * padding + 1) for j in range(2 * padding + 1)
+               for f in (False, True)]
+    found = []
+    for n in range(N):
+        windows = {(i, j, f): crop_flip_reference(x[n:n + 1], [i], [j], [f], padding)[0]
+                   for i, j, f in choices}
+        matches = [c for c, window in windows.items() if np.array_equal(out[n], window)]
+        assert len(matches) == 1, f"image {n} is not exactly one window of its padded image"
+        found += matches
+    # Every offset in 0..2*padding occurs, on both axes: no off-by-one in the draws.
+    assert {i for i, _, _ in found} == {j for _, j, _ in found} == set(range(2 * padding + 1))
+    assert {f for _, _, f in found} == {False, True}
+
+
+def test_random_crop_flip_flips_about_half_and_flips_horizontally():
+    x = np.random.default_rng(0).integers(0, 256, size=(1000, 3, 5, 6), dtype=np.uint8)
+    out = random_crop_flip(x, np.random.default_rng(1), padding=0)
+    kept = np.all(out == x, axis=(1, 2, 3))
+    mirrored = np.all(out == x[:, :, :, ::-1], axis=(1, 2, 3))
+    assert np.all(kept ^ mirrored)  # each image is either untouched or mirrored left-right
+    assert 400 < mirrored.sum() < 600
+
+
+def test_random_crop_flip_without_padding_or_flip_is_the_identity():
+    x = np.random.default_rng(0).random((4, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(random_crop_flip(x, np.random.default_rng(1), 0, False), x)
+
+
+def test_random_crop_flip_is_determined_by_the_rng_state():
+    x = np.random.default_rng(0).integers(0, 256, size=(50, 3, 32, 32), dtype=np.uint8)
+    rng = np.random.default_rng(7)
+    state = rng.bit_generator.state
+    first = random_crop_flip(x, rng)
+    second = random_crop_flip(x, rng)
+    assert not np.array_equal(first, second)  # the rng moved on
+    rng.bit_generator.state = state
+    np.testing.assert_array_equal(random_crop_flip(x, rng), first)
+    # Same draws for any dtype: augmenting floats crops and flips exactly like uint8.
+    floats = random_crop_flip(x.astype(np.float32), np.random.default_rng(7))
+    np.testing.assert_array_equal(floats, first.astype(np.float32))
+
+
+def test_normalize_computes_x_over_255_minus_mean_over_std():
+    x = np.random.default_rng(0).integers(0, 256, size=(4, 3, 5, 7), dtype=np.uint8)
+    mean = np.array(CIFAR10_MEAN).reshape(1, 3, 1, 1)
+    std = np.array(CIFAR10_STD).reshape(1, 3, 1, 1)
+    expected = (x / 255.0 - mean) / std
+    out = normalize(x)
+    assert out.dtype == np.float32 and out.shape == x.shape
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(normalize(x, dtype=np.float64), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(normalize(x, mean=(0.5,) * 3, std=(0.5,) * 3, dtype=np.float64),
+                               x / 127.5 - 1.0, atol=1e-12)
+
+
+def test_normalize_maps_the_mean_colour_to_zero_and_black_to_minus_mean_over_std():
+    pixels = np.zeros((2, 3, 1, 1))
+    pixels[0, :, 0, 0] = np.array(CIFAR10_MEAN) * 255.0
+    out = normalize(pixels, dtype=np.float64)
+    np.testing.assert_allclose(out[0, :, 0, 0], 0.0, atol=1e-12)
+    np.testing.assert_allclose(out[1, :, 0, 0], -np.array(CIFAR10_MEAN) / CIFAR10_STD)
+
+
+@pytest.mark.parametrize("N, batch_size, drop_last", [(10, 3, False), (10, 3, True), (12, 4, False),
+                                                      (12, 4, True), (7, 10, False), (7, 10, True)])
+def test_iterate_minibatches_covers_every_sample_exactly_once_per_epoch(N, batch_size, drop_last):
+    x = np.arange(N)[:, None] * 10  # row n holds 10 * n, so pairs can be checked
+    y = np.arange(N)
+    batches = list(iterate_minibatches(x, y, batch_size, np.random.default_rng(0),
+                                       drop_last=drop_last))
+    sizes = [len(yb) for _, yb in batches]
+    assert sizes == [batch_size] * (N // batch_size) + ([] if drop_last or N % batch_size == 0
+                                                        else [N % batch_size])
+    for xb, yb in batches:
+        np.testing.assert_array_equal(xb[:, 0], 10 * yb)
+    seen = np.concatenate([yb for _, yb in batches]) if batches else np.array([], dtype=int)
+    assert len(set(seen.tolist())) == len(seen) == sum(sizes)  # no sample twice
+    if not drop_last:
+        np.testing.assert_array_equal(np.sort(seen), y)
+
+
+def test_iterate_minibatches_shuffles_differently_each_epoch_and_not_without_shuffle():
+    y = np.arange(100)
+    rng = np.random.default_rng(0)
+    epoch1 = np.concatenate([yb for _, yb in iterate_minibatches(y, y, 32, rng)])
+    epoch2 = np.concatenate([yb for _, yb in iterate_minibatches(y, y, 32, rng)])
+    assert not np.array_equal(epoch1, y) and not np.array_equal(epoch1, epoch2)
+    ordered = np.concatenate([yb for _, yb in iterate_minibatches(y, y, 32, shuffle=False)])
+    np.testing.assert_array_equal(ordered, y)
+
+
+def test_iterate_minibatches_asks_for_an_rng_to_shuffle_at_call_time():
+    with pytest.raises(ValueError, match="explicit rng"):
+        iterate_minibatches(np.zeros(4), np.zeros(4), 2)
+
+
+def test_batches_yield_normalised_float32_batches_and_know_their_length(tmp_path):
+    ds = load_cifar10(write_fake_cifar10(tmp_path, n_train_per_batch=10), download=False)
+    plain = Batches(ds.x_train, ds.y_train, 16, shuffle=False)
+    assert len(plain) == 4 and len(Batches(ds.x_train, ds.y_train, 16, shuffle=False,
+                                           drop_last=True)) == 3
+    batches = list(plain)
+    assert [len(yb) for _, yb in batches] == [16, 16, 16, 2]
+    np.testing.assert_array_equal(np.concatenate([xb for xb, _ in batches]), normalize(ds.x_train))
+    augmented = list(Batches(ds.x_train, ds.y_train, 16, augment=True,
+                             rng=np.random.default_rng(0)))
+    assert len(augmented) == 4
+    assert all(xb.dtype == np.float32 and xb.shape[1:] == (3, 32, 32) for xb, _ in augmented)
+
+
+def test_batches_replay_an_epoch_exactly_from_a_saved_rng_state():
+    x = np.random.default_rng(0).integers(0, 256, size=(40, 3, 32, 32), dtype=np.uint8)
+    y = np.arange(40) % 10
+    batches = Batches(x, y, 16, augment=True, rng=np.random.default_rng(3))
+    list(batches)  # epoch 1
+    state = batches.rng.bit_generator.state  # what the trainer checkpoints
+    epoch2 = list(batches)
+    resumed = Batches(x, y, 16, augment=True, rng=np.random.default_rng())
+    resumed.rng.bit_generator.state = state
+    for (xb, yb), (xr, yr) in zip(epoch2, resumed, strict=True):
+        np.testing.assert_array_equal(xb, xr)
+        np.testing.assert_array_equal(yb, yr)
+
+
+def test_batches_ask_for_an_rng_to_shuffle_or_augment():
+    with pytest.raises(ValueError, match="explicit rng"):
+        Batches(np.zeros((4, 3, 32, 32), np.uint8), np.zeros(4), 2)
+
+
+REAL_DATA = Path(os.environ.get("MINIMOBILE_DATA") or REPO_ROOT.parent / "shared" / FOLDER_NAME)
+
+
+@pytest.mark.skipif(not REAL_DATA.exists(), reason=f"no real CIFAR-10 at {REAL_DATA}")
+def test_real_cifar10_has_the_official_shapes_and_balanced_classes():
+    ds = load_cifar10(REAL_DATA, download=False)
+    assert ds.x_train.shape == (50000, 3, 32, 32) and ds.x_train.dtype == np.uint8
+    assert ds.x_test.shape == (10000, 3, 32, 32) and ds.x_test.dtype == np.uint8
+    assert ds.y_train.shape == (50000,) and ds.y_test.shape == (10000,)
+    assert ds.classes == CLASSES
+    np.testing.assert_array_equal(np.bincount(ds.y_test, minlength=10), [1000] * 10)
+    np.testing.assert_array_equal(np.bincount(ds.y_train, minlength=10), [5000] * 10)
+    # The published constants standardise the real images: mean near 0, std near 1.
+    z = normalize(ds.x_train[:5000], dtype=np.float64)
+    np.testing.assert_allclose(z.mean(axis=(0, 2, 3)), 0.0, atol=0.03)
+    np.testing.assert_allclose(z.std(axis=(0, 2, 3)), 1.0, atol=0.03)

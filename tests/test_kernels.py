@@ -1,0 +1,209 @@
+"""The Numba kernels (through the ops that call them) against the slow loop references.
+
+float64 must agree to 1e-10 and float32 to 1e-5, relative to the largest magnitude, on shapes
+that cover stride 2, odd and non-square sizes, K = 5, one channel and batch 1, and on shapes
+drawn by hypothesis for the convolutions.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minimobile import ops, reference
+from minimobile.gradcheck import relative_error
+
+TOL = {np.float64: 1e-10, np.float32: 1e-5}
+DTYPES = [np.float64, np.float32]
+
+# (N, C, H, W, K, stride)
+CONV_SHAPES = [
+    (2, 3, 7, 7, 3, 1),
+    (2, 3, 7, 7, 3, 2),
+    (1, 1, 5, 5, 5, 1),
+    (2, 4, 8, 8, 5, 2),
+    (1, 2, 6, 9, 3, 2),
+    (3, 1, 4, 4, 3, 1),
+    (1, 5, 2, 3, 3, 1),
+]
+
+
+def _arrays(rng, dtype, *shapes):
+    return [rng.standard_normal(s).astype(dtype) for s in shapes]
+
+
+def _assert_close(actual, expected, dtype, what):
+    err = relative_error(actual, expected)
+    assert err < TOL[dtype], f"{what}: relative error {err:.2e} above {TOL[dtype]:.0e}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,C,H,W,K,stride", CONV_SHAPES)
+def test_depthwise_kernels_match_reference(rng, dtype, N, C, H, W, K, stride):
+    pad = K // 2
+    x, w = _arrays(rng, dtype, (N, C, H, W), (C, 1, K, K))
+    out, cache = ops.depthwise_conv2d_forward(x, w, stride, pad)
+    _assert_close(out, reference.depthwise_conv2d_forward(x, w, stride, pad), dtype, "out")
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx, dw = ops.depthwise_conv2d_backward(dout, cache)
+    rdx, rdw = reference.depthwise_conv2d_backward(dout, x, w, stride, pad)
+    _assert_close(dx, rdx, dtype, "dx")
+    _assert_close(dw, rdw, dtype, "dw")
+    assert out.dtype == dx.dtype == dw.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,C,H,W,K,stride", CONV_SHAPES)
+def test_conv2d_kernels_match_reference(rng, dtype, N, C, H, W, K, stride):
+    pad = K // 2
+    x, w = _arrays(rng, dtype, (N, C, H, W), (4, C, K, K))
+    out, cache = ops.conv2d_forward(x, w, stride, pad)
+    _assert_close(out, reference.conv2d_forward(x, w, stride, pad), dtype, "out")
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx, dw = ops.conv2d_backward(dout, cache)
+    rdx, rdw = reference.conv2d_backward(dout, x, w, stride, pad)
+    _assert_close(dx, rdx, dtype, "dx")
+    _assert_close(dw, rdw, dtype, "dw")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("N,C_in,C_out,H,W", [(2, 3, 5, 4, 4), (1, 1, 1, 3, 5), (3, 6, 2, 1, 1)])
+def test_pointwise_kernels_match_reference(rng, dtype, bias, N, C_in, C_out, H, W):
+    x, w, b = _arrays(rng, dtype, (N, C_in, H, W), (C_out, C_in, 1, 1), (C_out,))
+    b = b if bias else None
+    out, cache = ops.pointwise_conv2d_forward(x, w, b)
+    _assert_close(out, reference.pointwise_conv2d_forward(x, w, b), dtype, "out")
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx, dw, db = ops.pointwise_conv2d_backward(dout, cache)
+    rdx, rdw, rdb = reference.pointwise_conv2d_backward(dout, x, w, b)
+    _assert_close(dx, rdx, dtype, "dx")
+    _assert_close(dw, rdw, dtype, "dw")
+    if bias:
+        _assert_close(db, rdb, dtype, "db")
+    else:
+        assert db is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(4, 3, 5, 5), (1, 1, 3, 2), (5, 6, 1, 1)])
+def test_batchnorm_kernels_match_reference(rng, dtype, shape):
+    x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
+    gamma, beta = _arrays(rng, dtype, shape[1:2], shape[1:2])
+    out, cache = ops.batchnorm2d_forward(x, gamma, beta, eps=1e-5)
+    rout, rmean, rvar = reference.batchnorm2d_forward(x, gamma, beta, eps=1e-5)
+    _assert_close(out, rout, dtype, "out")
+    _assert_close(cache.mean, rmean, dtype, "batch mean")
+    _assert_close(cache.var, rvar, dtype, "batch variance")
+    dout = rng.standard_normal(shape).astype(dtype)
+    dx, dgamma, dbeta = ops.batchnorm2d_backward(dout, cache)
+    rdx, rdgamma, rdbeta = reference.batchnorm2d_backward(dout, x, gamma, eps=1e-5)
+    _assert_close(dx, rdx, dtype, "dx")
+    _assert_close(dgamma, rdgamma, dtype, "dgamma")
+    _assert_close(dbeta, rdbeta, dtype, "dbeta")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batchnorm_inference_kernel_matches_reference(rng, dtype):
+    x, gamma, beta, mean = _arrays(rng, dtype, (2, 3, 4, 5), (3,), (3,), (3,))
+    var = rng.uniform(0.5, 2.0, 3).astype(dtype)
+    out, _ = ops.batchnorm2d_inference_forward(x, gamma, beta, mean, var, eps=1e-3)
+    _assert_close(out, reference.batchnorm2d_inference_forward(x, gamma, beta, mean, var, 1e-3),
+                  dtype, "out")
+
+
+ACTIVATIONS = ["relu", "relu6", "hardswish", "hardsigmoid"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_activation_kernels_match_reference_including_the_kinks(rng, dtype, name):
+    # Exactly at the kinks the kernels must take PyTorch's side, like the reference does.
+    kinks = np.array([-3.0, 0.0, 3.0, 6.0, -4.0, 7.0, 1.5])
+    x = np.concatenate([kinks, rng.uniform(-8, 8, 50)]).astype(dtype).reshape(1, 1, 1, -1)
+    forward, backward = getattr(ops, f"{name}_forward"), getattr(ops, f"{name}_backward")
+    out, cache = forward(x)
+    _assert_close(out, getattr(reference, f"{name}_forward")(x), dtype, "out")
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    _assert_close(backward(dout, cache), getattr(reference, f"{name}_backward")(dout, x), dtype,
+                  "dx")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pool_linear_and_loss_match_reference(rng, dtype):
+    x, w, b = _arrays(rng, dtype, (3, 4, 2, 5), (6, 4), (6,))
+    pooled, cache = ops.global_avg_pool_forward(x)
+    _assert_close(pooled, reference.global_avg_pool_forward(x), dtype, "pool out")
+    dpool = rng.standard_normal(pooled.shape).astype(dtype)
+    _assert_close(ops.global_avg_pool_backward(dpool, cache),
+                  reference.global_avg_pool_backward(dpool, x), dtype, "pool dx")
+    flat = pooled.reshape(3, 4)
+    out, cache = ops.linear_forward(flat, w, b)
+    _assert_close(out, reference.linear_forward(flat, w, b), dtype, "linear out")
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    for got, want, what in zip(ops.linear_backward(dout, cache),
+                               reference.linear_backward(dout, flat, w), ("dx", "dw", "db")):
+        _assert_close(got, want, dtype, f"linear {what}")
+    labels = np.array([0, 5, 2])
+    for smoothing in (0.0, 0.1):
+        loss, dlogits = ops.softmax_cross_entropy(out, labels, smoothing)
+        rloss, rdlogits = reference.softmax_cross_entropy(out, labels, smoothing)
+        assert abs(loss - rloss) < TOL[dtype] * abs(rloss)
+        _assert_close(dlogits, rdlogits, dtype, "dlogits")
+
+
+conv_cases = st.tuples(
+    st.integers(1, 3),  # N
+    st.integers(1, 5),  # C
+    st.integers(1, 9),  # H
+    st.integers(1, 9),  # W
+    st.sampled_from([1, 3, 5]),  # K
+    st.sampled_from([1, 2]),  # stride
+    st.booleans(),  # same padding (K // 2) or none
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=conv_cases, seed=st.integers(0, 2**32 - 1))
+def test_depthwise_kernels_match_reference_on_fuzzed_shapes(case, seed):
+    N, C, H, W, K, stride, same = case
+    pad = K // 2 if same else 0
+    if H + 2 * pad < K or W + 2 * pad < K:
+        return
+    rng = np.random.default_rng(seed)
+    x, w = _arrays(rng, np.float64, (N, C, H, W), (C, 1, K, K))
+    out, cache = ops.depthwise_conv2d_forward(x, w, stride, pad)
+    _assert_close(out, reference.depthwise_conv2d_forward(x, w, stride, pad), np.float64, "out")
+    dout = rng.standard_normal(out.shape)
+    dx, dw = ops.depthwise_conv2d_backward(dout, cache)
+    rdx, rdw = reference.depthwise_conv2d_backward(dout, x, w, stride, pad)
+    _assert_close(dx, rdx, np.float64, "dx")
+    _assert_close(dw, rdw, np.float64, "dw")
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=conv_cases, c_out=st.integers(1, 4), seed=st.integers(0, 2**32 - 1))
+def test_conv2d_kernels_match_reference_on_fuzzed_shapes(case, c_out, seed):
+    N, C, H, W, K, stride, same = case
+    pad = K // 2 if same else 0
+    if H + 2 * pad < K or W + 2 * pad < K:
+        return
+    rng = np.random.default_rng(seed)
+    x, w = _arrays(rng, np.float64, (N, C, H, W), (c_out, C, K, K))
+    out, cache = ops.conv2d_forward(x, w, stride, pad)
+    _assert_close(out, reference.conv2d_forward(x, w, stride, pad), np.float64, "out")
+    dout = rng.standard_normal(out.shape)
+    dx, dw = ops.conv2d_backward(dout, cache)
+    rdx, rdw = reference.conv2d_backward(dout, x, w, stride, pad)
+    _assert_close(dx, rdx, np.float64, "dx")
+    _assert_close(dw, rdw, np.float64, "dw")
+
+
+def test_depthwise_kernel_is_deterministic_across_runs(rng):
+    x, w = _arrays(rng, np.float32, (8, 16, 12, 12), (16, 1, 3, 3))
+    out, cache = ops.depthwise_conv2d_forward(x, w)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    first = ops.depthwise_conv2d_backward(dout, cache)
+    for _ in range(3):
+        again = ops.depthwise_conv2d_backward(dout, cache)
+        assert all(np.array_equal(a, b) for a, b in zip(first, again))
