@@ -131,45 +131,46 @@ def depthwise_conv2d_backward_kernel(dx, dw, dout, x, w, stride, pad):
 
 # ---------------------------------------------------------------------------------------------
 # Pointwise (1x1) convolution: per image a matrix product W (Co, Ci) @ X (Ci, H*W). The matrix
-# product itself is BLAS's job (np.dot inside Numba calls it); the kernels add what BLAS lacks:
-# the bias and the per-image accumulation of dw, in a fixed order.
+# product is BLAS's job, called from NumPy (`np.matmul` over the batch): calling np.dot from
+# inside a Numba loop instead goes through SciPy's BLAS, whose threads fight Numba's and ran
+# up to 100x slower on this 2-core machine. The kernels add what BLAS lacks: bias and its sum.
 # ---------------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
-def pointwise_conv2d_forward_kernel(out, x, w2, b, has_bias):
-    """out[n] = w2 @ x[n] (+ b); x (N, Ci, HW), w2 (Co, Ci), out (N, Co, HW)."""
-    N = x.shape[0]
-    for n in range(N):
-        np.dot(w2, x[n], out[n])
-        if has_bias:
-            o = out[n]
-            for co in range(o.shape[0]):
-                bc = b[co]
-                row = o[co]
-                for p in range(row.shape[0]):
-                    row[p] += bc
+@njit(cache=True, parallel=True)
+def add_channel_bias_kernel(out, b):
+    """out[n, c, :] += b[c]; out (N, C, P)."""
+    N, C, P = out.shape
+    for nc in prange(N * C):
+        row = out[nc // C, nc % C]
+        bc = b[nc % C]
+        for p in range(P):
+            row[p] += bc
 
 
-@njit(cache=True)
-def pointwise_conv2d_backward_kernel(dx, dw2, db, dout, x, w2t, has_bias):
-    """dx[n] = w2^T @ dout[n]; dw2 = sum_n dout[n] @ x[n]^T; db = sum of dout over n and HW."""
-    N, Co, P = dout.shape
-    Ci = x.shape[1]
-    dw2[:, :] = 0
-    part = np.empty((Co, Ci), dtype=x.dtype)
-    for n in range(N):
-        np.dot(w2t, dout[n], dx[n])
-        np.dot(dout[n], x[n].T, part)
-        dw2 += part
-    if has_bias:
-        for co in range(Co):
-            total = 0.0
-            for n in range(N):
-                row = dout[n, co]
-                for p in range(P):
-                    total += row[p]
-            db[co] = total
+@njit(cache=True, parallel=True)
+def channel_sum_kernel(sums, x):
+    """sums[c] = sum over n and p of x[n, c, p], in float64, the same order on every run."""
+    N, C, P = x.shape
+    for c in prange(C):
+        lanes = np.zeros(P)
+        for n in range(N):
+            row = x[n, c]
+            for p in range(P):
+                lanes[p] += row[p]
+        sums[c] = lanes.sum()
+
+
+@njit(cache=True, parallel=True)
+def spatial_mean_kernel(out, x):
+    """out[n, c] = mean over p of x[n, c, p]: global average pooling; x (N, C, P)."""
+    N, C, P = x.shape
+    for nc in prange(N * C):
+        row = x[nc // C, nc % C]
+        total = 0.0
+        for p in range(P):
+            total += row[p]
+        out[nc // C, nc % C] = total / P
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,62 +266,71 @@ def channel_affine_kernel(out, x, scale, shift):
 
 @njit(cache=True, parallel=True)
 def relu_forward_kernel(out, x):
+    zero = x.dtype.type(0)
     for i in prange(x.size):
-        out[i] = max(x[i], 0)
+        out[i] = max(x[i], zero)
 
 
 @njit(cache=True, parallel=True)
 def relu_backward_kernel(dx, dout, x):
+    zero = x.dtype.type(0)
     for i in prange(x.size):
-        dx[i] = dout[i] if x[i] > 0 else 0
+        dx[i] = dout[i] if x[i] > zero else zero
 
 
 @njit(cache=True, parallel=True)
 def relu6_forward_kernel(out, x):
+    zero, six = x.dtype.type(0), x.dtype.type(6)
     for i in prange(x.size):
-        out[i] = min(max(x[i], 0), 6)
+        out[i] = min(max(x[i], zero), six)
 
 
 @njit(cache=True, parallel=True)
 def relu6_backward_kernel(dx, dout, x):
     """Gradient 1 on the open interval (0, 6), 0 at and beyond both kinks (PyTorch's)."""
+    zero, six = x.dtype.type(0), x.dtype.type(6)
     for i in prange(x.size):
-        dx[i] = dout[i] if (x[i] > 0 and x[i] < 6) else 0
+        v = x[i]
+        dx[i] = dout[i] if (v > zero and v < six) else zero
 
 
 @njit(cache=True, parallel=True)
 def hardswish_forward_kernel(out, x):
     """x * relu6(x + 3) / 6."""
+    three, six, zero = x.dtype.type(3), x.dtype.type(6), x.dtype.type(0)
     for i in prange(x.size):
         v = x[i]
-        out[i] = v * (min(max(v + 3, 0), 6) / 6)
+        out[i] = v * min(max(v + three, zero), six) / six
 
 
 @njit(cache=True, parallel=True)
 def hardswish_backward_kernel(dx, dout, x):
-    """0 below -3, x/3 + 1/2 on the closed [-3, 3], 1 above 3 (PyTorch's)."""
+    """0 below -3, x/3 + 1/2 on the closed [-3, 3], 1 above 3 (PyTorch's). Written as selects
+    rather than an if-chain so that LLVM vectorises it."""
+    three, half, zero, one = x.dtype.type(3), x.dtype.type(0.5), x.dtype.type(0), x.dtype.type(1)
     for i in prange(x.size):
         v = x[i]
-        if v < -3:
-            dx[i] = 0
-        elif v <= 3:
-            dx[i] = dout[i] * (v / 3 + 0.5)
-        else:
-            dx[i] = dout[i]
+        slope = v / three + half
+        slope = zero if v < -three else slope
+        slope = one if v > three else slope
+        dx[i] = dout[i] * slope
 
 
 @njit(cache=True, parallel=True)
 def hardsigmoid_forward_kernel(out, x):
     """relu6(x + 3) / 6."""
+    three, six, zero = x.dtype.type(3), x.dtype.type(6), x.dtype.type(0)
     for i in prange(x.size):
-        out[i] = min(max(x[i] + 3, 0), 6) / 6
+        out[i] = min(max(x[i] + three, zero), six) / six
 
 
 @njit(cache=True, parallel=True)
 def hardsigmoid_backward_kernel(dx, dout, x):
     """1/6 on the open interval (-3, 3), else 0 (PyTorch's)."""
+    three, six, zero = x.dtype.type(3), x.dtype.type(6), x.dtype.type(0)
     for i in prange(x.size):
-        dx[i] = dout[i] / 6 if (x[i] > -3 and x[i] < 3) else 0
+        v = x[i]
+        dx[i] = dout[i] / six if (v > -three and v < three) else zero
 
 
 # ---------------------------------------------------------------------------------------------

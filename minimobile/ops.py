@@ -195,27 +195,31 @@ def pointwise_conv2d_forward(x, w, b=None):
         b = _check_float(op, "b", b, 1)
         _check_same_dtype(op, x, b=b)
         _check_shape(op, "b", b, (C_out,))
-    out = np.empty((N, C_out, H * W), dtype=x.dtype)
-    bias = b if b is not None else np.zeros(1, dtype=x.dtype)
-    kernels.pointwise_conv2d_forward_kernel(out, x.reshape(N, C, H * W),
-                                            w.reshape(C_out, C), bias, b is not None)
+    out = np.matmul(w.reshape(C_out, C), x.reshape(N, C, H * W))  # (N, C_out, H*W)
+    if b is not None:
+        kernels.add_channel_bias_kernel(out, b)
     return out.reshape(N, C_out, H, W), PointwiseConv2dCache(x, w, b is not None)
 
 
 def pointwise_conv2d_backward(dout, cache):
-    """Returns (dx, dw, db); db is None when the forward had no bias."""
+    """Returns (dx, dw, db); db is None when the forward had no bias.
+
+    dx[n] = W^T @ dout[n]; dw = sum_n dout[n] @ x[n]^T, done as one matrix product over the
+    (n, pixel) axis, which tensordot lays out for BLAS.
+    """
     x, w = cache.x, cache.w
     N, C, H, W = x.shape
     C_out = w.shape[0]
     dout = _check_dout("pointwise_conv2d", dout, (N, C_out, H, W), x.dtype)
-    dx = np.empty_like(x)
-    dw2 = np.empty((C_out, C), dtype=x.dtype)
-    db = np.empty(C_out, dtype=x.dtype)
-    w2t = np.ascontiguousarray(w.reshape(C_out, C).T)
-    kernels.pointwise_conv2d_backward_kernel(dx.reshape(N, C, H * W), dw2, db,
-                                             dout.reshape(N, C_out, H * W),
-                                             x.reshape(N, C, H * W), w2t, cache.has_bias)
-    return dx, dw2.reshape(w.shape), (db if cache.has_bias else None)
+    d3 = dout.reshape(N, C_out, H * W)
+    dx = np.matmul(w.reshape(C_out, C).T, d3).reshape(x.shape)
+    dw = np.tensordot(d3, x.reshape(N, C, H * W), axes=([0, 2], [0, 2])).reshape(w.shape)
+    db = None
+    if cache.has_bias:
+        db = np.empty(C_out)
+        kernels.channel_sum_kernel(db, d3)
+        db = db.astype(x.dtype)
+    return dx, dw, db
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,7 +405,10 @@ def global_avg_pool_forward(x):
     """out[n, c, 0, 0] = mean over H, W of x[n, c]; (N, C, H, W) -> (N, C, 1, 1), as PyTorch's
     AdaptiveAvgPool2d(1). Caches only the input shape."""
     x = _check_float("global_avg_pool", "x", x, 4)
-    return x.mean(axis=(2, 3), keepdims=True), GlobalAvgPoolCache(x.shape)
+    N, C, H, W = x.shape
+    out = np.empty((N, C, 1, 1), dtype=x.dtype)
+    kernels.spatial_mean_kernel(out.reshape(N, C), x.reshape(N, C, H * W))
+    return out, GlobalAvgPoolCache(x.shape)
 
 
 def global_avg_pool_backward(dout, cache):
