@@ -11,3 +11,7 @@ class DataNotFoundError(FileNotFoundError):
 
 class CorruptDataError(RuntimeError):
     """A file was found but is not valid CIFAR-10 (bad checksum, truncated, wrong shape)."""
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint file exists but cannot be read (not an .npz archive, truncated, bad meta)."""

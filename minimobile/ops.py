@@ -204,16 +204,20 @@ def pointwise_conv2d_forward(x, w, b=None):
 def pointwise_conv2d_backward(dout, cache):
     """Returns (dx, dw, db); db is None when the forward had no bias.
 
-    dx[n] = W^T @ dout[n]; dw = sum_n dout[n] @ x[n]^T, done as one matrix product over the
-    (n, pixel) axis, which tensordot lays out for BLAS.
+    dx[n] = W^T @ dout[n]; dw = sum_n dout[n] @ x[n]^T, one matrix product per image summed
+    in image order: BLAS reads x[n]^T through a transpose flag, with no copy.
     """
     x, w = cache.x, cache.w
     N, C, H, W = x.shape
     C_out = w.shape[0]
     dout = _check_dout("pointwise_conv2d", dout, (N, C_out, H, W), x.dtype)
     d3 = dout.reshape(N, C_out, H * W)
+    x3 = x.reshape(N, C, H * W)
     dx = np.matmul(w.reshape(C_out, C).T, d3).reshape(x.shape)
-    dw = np.tensordot(d3, x.reshape(N, C, H * W), axes=([0, 2], [0, 2])).reshape(w.shape)
+    dw = np.zeros((C_out, C), dtype=x.dtype)
+    for n in range(N):
+        dw += d3[n] @ x3[n].T
+    dw = dw.reshape(w.shape)
     db = None
     if cache.has_bias:
         db = np.empty(C_out)

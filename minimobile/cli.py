@@ -1,0 +1,374 @@
+"""The command line: `minimobile train | eval | plot | summary` (also `python -m minimobile`).
+
+Exit codes: 0 done; 1 an error explained in one message (data not found, unreadable
+checkpoint, a run that diverged); 2 bad arguments, with the usage; 130 interrupted by Ctrl-C.
+Ctrl-C during `train` keeps the last completed epoch's checkpoint, and
+`minimobile train --out DIR --resume` continues from it exactly. Figures are drawn with
+matplotlib's Figure class, never pyplot, so no window opens and no backend is switched.
+"""
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, checkpoint
+from .data import load_cifar10
+from .errors import CorruptDataError, NonFiniteError
+from .train import (DTYPES, MODELS, OPTIMIZER_DEFAULTS, SCHEDULE_NAMES, TrainConfig,
+                    build_model, check_resumable, confusion_matrix, evaluate, fit,
+                    read_config, read_history)
+
+TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+TRAIN_DESCRIPTION = """\
+Train a MobileNet on CIFAR-10 and write last.npz, best.npz and history.csv into --out.
+
+The defaults are a standard CIFAR-10 recipe: SGD with Nesterov momentum 0.9, lr 0.1 at batch
+128 (scaled linearly with --batch-size), one epoch of linear warm-up then cosine decay to 0,
+weight decay 5e-4 on weights (never on batch-norm parameters or biases), label smoothing 0.1,
+random crop (4 px padding) and horizontal flip. --optimizer rmsprop defaults to lr 0.008 and
+weight decay 4e-5 (torchvision's MobileNetV3 recipe at batch 128), adamw to 2e-3 and 0.05.
+
+Ctrl-C keeps the checkpoint of the last completed epoch (exit code 130); run the same command
+with --resume to continue exactly where it stopped. With --resume, settings not given on the
+command line come from the checkpoint; only --epochs, --eval-every, --data and --limit-test may
+differ from it (a new --epochs stretches the schedule over the new length from then on).
+"""
+
+
+class CommandError(Exception):
+    """An error the user can fix, reported as one message with exit code 1."""
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _float(low, high=None, low_open=False, high_open=True):
+    """An argparse type: a float in [low, high) (or (low, ...) with low_open)."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        too_low = value <= low if low_open else value < low
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if too_low or too_high or not np.isfinite(value):
+            left = "(" if low_open else "["
+            right = ")" if high_open else "]"
+            raise argparse.ArgumentTypeError(
+                f"expected a number in {left}{low}, {'inf' if high is None else high}{right}, "
+                f"got {text!r}")
+        return value
+    return parse
+
+
+def _default(name):
+    value = TRAIN_DEFAULTS[name]
+    return "the optimiser's" if value is None and name in ("lr", "weight_decay") else value
+
+
+def _add_train(sub):
+    p = sub.add_parser("train", help="train a MobileNet on CIFAR-10",
+                       description=TRAIN_DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    # Every option defaults to None, so that "given on the command line" can be told from "left
+    # at its default": a resumed run takes the ungiven ones from its checkpoint. The defaults
+    # themselves live in one place, TrainConfig.
+    p.add_argument("--model", choices=list(MODELS), help=f"architecture (default "
+                   f"{_default('model')})")
+    p.add_argument("--width", type=_float(0, low_open=True), metavar="W",
+                   help=f"width multiplier (default {_default('width')})")
+    p.add_argument("--epochs", type=_positive_int, metavar="N",
+                   help=f"epochs to train (default {_default('epochs')})")
+    p.add_argument("--batch-size", type=_positive_int, metavar="N",
+                   help=f"minibatch size (default {_default('batch_size')})")
+    p.add_argument("--lr", type=_float(0, low_open=True), metavar="LR",
+                   help="peak learning rate (default: per optimiser, see above)")
+    p.add_argument("--optimizer", choices=list(OPTIMIZER_DEFAULTS),
+                   help=f"(default {_default('optimizer')})")
+    p.add_argument("--momentum", type=_float(0, 1), metavar="M",
+                   help=f"SGD and RMSprop momentum (default {_default('momentum')})")
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"Nesterov momentum for SGD (default {_default('nesterov')})")
+    p.add_argument("--weight-decay", type=_float(0), metavar="WD",
+                   help="weight decay (default: per optimiser, see above)")
+    p.add_argument("--schedule", choices=list(SCHEDULE_NAMES),
+                   help=f"learning-rate schedule (default {_default('schedule')})")
+    p.add_argument("--warmup-epochs", type=_float(0), metavar="E",
+                   help=f"linear warm-up for the cosine schedule (default "
+                   f"{_default('warmup_epochs')})")
+    p.add_argument("--label-smoothing", type=_float(0, 1), metavar="E",
+                   help=f"(default {_default('label_smoothing')})")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crop and flip of training images (default on)")
+    p.add_argument("--dropout", type=_float(0, 1), metavar="P",
+                   help="dropout before the classifier (default: the model's, 0 for v1, 0.2 "
+                   "for v2 and v3)")
+    p.add_argument("--cifar", action=argparse.BooleanOptionalAction, default=None,
+                   help="the 32x32 variant with early strides 1 (default on)")
+    p.add_argument("--data", metavar="PATH",
+                   help="CIFAR-10 folder or archive (default: $MINIMOBILE_DATA, else "
+                   "~/.cache/minimobile, downloading it there if missing)")
+    p.add_argument("--out", metavar="DIR",
+                   help="run folder for checkpoints and history (default runs/MODEL-wWIDTH)")
+    p.add_argument("--seed", type=_non_negative_int, metavar="S",
+                   help=f"seed of the weights and the data order (default {_default('seed')})")
+    p.add_argument("--eval-every", type=_positive_int, metavar="N",
+                   help="evaluate on the test set every N epochs, and after the last (default 1)")
+    p.add_argument("--limit-train", type=_positive_int, metavar="N",
+                   help="train on the first N training images only (quick runs)")
+    p.add_argument("--limit-test", type=_positive_int, metavar="N",
+                   help="evaluate on the first N test images only")
+    p.add_argument("--dtype", choices=list(DTYPES), help="(default float32)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last.npz")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(run=_train, command_parser=p)
+
+
+def _add_eval(sub):
+    p = sub.add_parser("eval", help="test accuracy, per-class accuracy, confusion matrix",
+                       description="Evaluate a checkpoint written by `minimobile train` on the "
+                       "CIFAR-10 test set: print the accuracy, the per-class accuracy and the "
+                       "confusion matrix, and save the matrix as a PNG.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a best.npz or last.npz")
+    p.add_argument("--data", metavar="PATH", help="CIFAR-10 location (default: the one the "
+                   "run was trained on, else $MINIMOBILE_DATA or ~/.cache/minimobile)")
+    p.add_argument("--out", metavar="DIR", help="folder for the PNG (default: the "
+                   "checkpoint's folder)")
+    p.add_argument("--batch-size", type=_positive_int, default=256, metavar="N",
+                   help="(default 256)")
+    p.add_argument("--limit-test", type=_positive_int, metavar="N",
+                   help="evaluate on the first N test images only")
+    p.set_defaults(run=_eval, command_parser=p)
+
+
+def _add_plot(sub):
+    p = sub.add_parser("plot", help="loss and accuracy curves of a run as PNG",
+                       description="Draw loss.png and accuracy.png from RUN/history.csv.")
+    p.add_argument("run_dir", metavar="RUN", help="a run folder, as given to train --out")
+    p.add_argument("--out", metavar="DIR", help="folder for the PNGs (default: RUN)")
+    p.set_defaults(run=_plot, command_parser=p)
+
+
+def _add_summary(sub):
+    p = sub.add_parser("summary", help="per-layer parameters and multiply-adds of a model",
+                       description="Print the per-layer table of parameters and MACs of one "
+                       "model on one image, with totals.")
+    p.add_argument("model", choices=list(MODELS))
+    p.add_argument("--width", type=_float(0, low_open=True), default=1.0, metavar="W",
+                   help="width multiplier (default 1.0)")
+    p.add_argument("--resolution", type=_positive_int, metavar="R",
+                   help="input R x R (default 224, or 32 with --cifar)")
+    p.add_argument("--cifar", action="store_true",
+                   help="the 32x32 CIFAR-10 variant with 10 classes")
+    p.set_defaults(run=_summary, command_parser=p)
+
+
+def build_parser():
+    """The argparse parser of all subcommands (also what `minimobile --help` prints)."""
+    parser = argparse.ArgumentParser(
+        prog="minimobile", description="MobileNet V1, V2 and V3 from scratch in NumPy and "
+        "Numba: train on CIFAR-10, evaluate, plot, and count parameters and multiply-adds.")
+    parser.add_argument("--version", action="version", version=f"minimobile {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_plot(sub)
+    _add_summary(sub)
+    return parser
+
+
+def _train(args):
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    try:
+        config = TrainConfig(**given)
+    except ValueError as e:
+        args.command_parser.error(str(e))
+    if args.resume:
+        last = Path(config.out) / "last.npz"
+        if not last.is_file():
+            raise CommandError(f"cannot resume: {last} does not exist (did an epoch of this run "
+                               "finish? is --out right?); start without --resume")
+        saved = read_config(last)
+        config = dataclasses.replace(saved, **{**given, "out": config.out})
+        try:
+            check_resumable(saved, config)
+        except ValueError as e:
+            args.command_parser.error(str(e))
+    history = fit(config, resume=args.resume, progress=not args.no_progress)
+    tested = [row for row in history if row["test_acc"] is not None]
+    if tested:
+        best = max(tested, key=lambda row: row["test_acc"])
+        print(f"best test accuracy {best['test_acc']:.4f} (epoch {best['epoch']}); "
+              f"checkpoints and history.csv in {config.out}")
+    return 0
+
+
+def _eval(args):
+    path = Path(args.checkpoint)
+    config = read_config(path)
+    model = build_model(config.model, config.width, config.cifar, dropout=config.dropout,
+                        seed=config.seed, dtype=config.dtype)
+    try:
+        checkpoint.load_model(path, model)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    data = load_cifar10(args.data if args.data is not None else config.data)
+    x, y = data.x_test[:args.limit_test], data.y_test[:args.limit_test]
+    result = evaluate(model, x, y, args.batch_size, config.label_smoothing, progress=True)
+    cm = confusion_matrix(y, result.predictions, len(data.classes))
+    print(f"{path}: {config.model} width {config.width:g}, {len(y)} test images")
+    smoothing = (f", label smoothing {config.label_smoothing:g} as in training"
+                 if config.label_smoothing else "")
+    print(f"test accuracy {result.accuracy:.4f}, loss {result.loss:.4f} (cross-entropy"
+          f"{smoothing})\n")
+    print(format_confusion_matrix(cm, data.classes))
+    out = Path(args.out) if args.out is not None else path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    png = out / f"{path.stem}_confusion_matrix.png"
+    plot_confusion_matrix(cm, data.classes, png,
+                          title=f"{config.model} width {config.width:g}: "
+                          f"test accuracy {result.accuracy:.2%}")
+    print(f"\nsaved {png}")
+    return 0
+
+
+def _plot(args):
+    run = Path(args.run_dir)
+    try:
+        history = read_history(run / "history.csv")
+    except FileNotFoundError:
+        raise CommandError(f"{run / 'history.csv'} does not exist: is {run} a run folder "
+                           "written by `minimobile train --out`?") from None
+    if not history:
+        raise CommandError(f"{run / 'history.csv'} has no epochs yet")
+    out = Path(args.out) if args.out is not None else run
+    out.mkdir(parents=True, exist_ok=True)
+    for png in plot_history(history, out, title=run.name):
+        print(f"saved {png}")
+    return 0
+
+
+def _summary(args):
+    from . import cost  # the cost module runs a model: import it only for this command
+    resolution = args.resolution or (32 if args.cifar else 224)
+    model = build_model(args.model, args.width, args.cifar, 10 if args.cifar else 1000, seed=0)
+    print(f"MobileNet {args.model}, width {args.width:g}, input 3x{resolution}x{resolution}"
+          f"{', CIFAR variant' if args.cifar else ''}")
+    print(str(cost.profile(model, (3, resolution, resolution))))
+    return 0
+
+
+def format_confusion_matrix(cm, classes):
+    """Per-class accuracy, then the counts: one row per true class, one column per predicted."""
+    totals = cm.sum(axis=1)
+    width = max(len(name) for name in classes)
+    lines = ["per-class accuracy:"]
+    for i, name in enumerate(classes):
+        accuracy = cm[i, i] / totals[i] if totals[i] else float("nan")
+        lines.append(f"  {i} {name:<{width}}  {accuracy:.4f}  ({cm[i, i]}/{totals[i]})")
+    cell = max(5, len(str(cm.max())) + 1)
+    lines += ["", "confusion matrix (rows: true class, columns: predicted class):",
+              " " * (width + 4) + "".join(f"{j:>{cell}}" for j in range(len(classes)))]
+    for i, name in enumerate(classes):
+        lines.append(f"  {i} {name:<{width}}" + "".join(f"{n:>{cell}}" for n in cm[i]))
+    return "\n".join(lines)
+
+
+def plot_confusion_matrix(cm, classes, path, title=""):
+    """Save the confusion matrix `cm` (true x predicted counts) as a PNG heat map at `path`."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(7.5, 6.5), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(cm, cmap="Blues")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    ticks = np.arange(len(classes))
+    ax.set_xticks(ticks, classes, rotation=45, ha="right")
+    ax.set_yticks(ticks, classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            # White on the dark cells, black on the light ones, so every count stays legible.
+            dark = cm[i, j] > cm.max() / 2
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if dark else "black")
+    fig.savefig(path, dpi=120)
+    return Path(path)
+
+
+def plot_history(history, out_dir, title=""):
+    """Save loss.png and accuracy.png (train and test against epoch) in out_dir; return both
+    paths. Epochs without a test evaluation (--eval-every) are simply left out of the test curve."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+    out_dir = Path(out_dir)
+    paths = []
+    for metric, label in (("loss", "loss"), ("acc", "accuracy")):
+        fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+        ax = fig.add_subplot()
+        for split in ("train", "test"):
+            points = [(row["epoch"], row[f"{split}_{metric}"]) for row in history
+                      if row.get(f"{split}_{metric}") is not None]
+            if points:
+                epochs, values = zip(*points)
+                ax.plot(epochs, values, marker="o", markersize=3, label=split)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(label)
+        ax.set_title(f"{title}: {label}" if title else label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        path = out_dir / f"{label}.png"
+        fig.savefig(path, dpi=120)
+        paths.append(path)
+    return paths
+
+
+def _exit_code(exc):
+    # SystemExit carries None (success), an int, or a message (failure, printed by Python).
+    if exc.code is None:
+        return 0
+    return exc.code if isinstance(exc.code, int) else 1
+
+
+def main(argv=None):
+    """Run the command line on argv (default sys.argv[1:]); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return args.run(args)
+    except SystemExit as e:  # argparse: --help and --version (0), bad arguments (2)
+        return _exit_code(e)
+    except KeyboardInterrupt:
+        # fit has already said which checkpoint was kept and how to resume.
+        print("minimobile: interrupted", file=sys.stderr)
+        return 130
+    except (CommandError, FileNotFoundError, CorruptDataError,
+            checkpoint.CorruptCheckpointError, NonFiniteError) as e:
+        # FileNotFoundError covers DataNotFoundError, whose message says where we looked.
+        print(f"minimobile: error: {e}", file=sys.stderr)
+        return 1

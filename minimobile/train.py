@@ -1,0 +1,471 @@
+"""Training on CIFAR-10: the config, the loop, evaluation, checkpoints and exact resume.
+
+`fit(config)` runs, for every minibatch: forward, softmax cross-entropy, backward,
+`optimizer.lr = schedule(step)`, `optimizer.step()`. After each epoch it evaluates on the test
+set and writes `best.npz`, `last.npz` and `history.csv` into `config.out`, each atomically. A
+checkpoint holds everything the next epoch depends on (weights, buffers, optimiser state, step,
+the state of every random generator), so `fit(config, resume=True)` continues bit for bit.
+Ctrl-C keeps the last completed epoch's checkpoint; a NaN or infinite loss stops the run.
+"""
+
+import csv
+import dataclasses
+import io
+import math
+import numbers
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from . import checkpoint
+from .data import NUM_CLASSES, Batches, load_cifar10
+from .errors import NonFiniteError
+from .layers import no_grad
+from .ops import softmax_cross_entropy
+from .optim import SGD, AdamW, RMSprop
+from .schedules import make_schedule
+
+# Command-line name -> builder in minimobile.models.
+MODELS = {
+    "v1": "mobilenet_v1",
+    "v2": "mobilenet_v2",
+    "v3-small": "mobilenet_v3_small",
+    "v3-large": "mobilenet_v3_large",
+}
+
+# Default (learning rate at batch size 128, weight decay) per optimiser, for CIFAR-10 from
+# scratch. SGD: the common CIFAR recipe, lr 0.1 and decay 5e-4 (CIFAR's 50,000 images need more
+# regularisation than ImageNet's 4e-5). RMSprop: torchvision's MobileNetV3 lr (0.064 at batch
+# 1024) scaled linearly to batch 128, with the MobileNetV2 paper's decay 4e-5. AdamW: the usual
+# lr 2e-3 with decoupled decay 0.05.
+OPTIMIZER_DEFAULTS = {"sgd": (0.1, 5e-4), "rmsprop": (0.008, 4e-5), "adamw": (2e-3, 0.05)}
+SCHEDULE_NAMES = ("cosine", "onecycle", "step", "constant")
+DTYPES = ("float32", "float64")
+
+# Settings a resumed run may change without invalidating what is already trained; changing any
+# other would make the resumed run a different run from the one that was interrupted.
+RESUMABLE_CHANGES = ("epochs", "eval_every", "data", "out", "limit_test")
+
+LAST, BEST, HISTORY = "last.npz", "best.npz", "history.csv"
+HISTORY_FIELDS = ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
+                  "epoch_seconds", "images_per_second")
+OPTIMIZER_PREFIX = "optimizer/"
+CHECKPOINT_KIND = "minimobile.train"
+
+
+def _check(ok, what, expected, got):
+    if not ok:
+        raise ValueError(f"{what}: expected {expected}, got {got!r}")
+
+
+def _is_int(x):
+    # numbers.Integral admits NumPy integers, and bool is refused though it subclasses int.
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; saved in every checkpoint as a dict.
+
+    lr and weight_decay left at None become the optimiser's defaults (OPTIMIZER_DEFAULTS, the
+    lr scaled by batch_size / 128, the linear scaling rule); out left at None becomes
+    runs/<model>-w<width>; dropout None keeps the model's own default. Bad values raise
+    ValueError at construction, not mid-run.
+    """
+
+    model: str = "v2"
+    width: float = 0.5
+    epochs: int = 30
+    batch_size: int = 128
+    lr: Optional[float] = None
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: Optional[float] = None
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    augment: bool = True
+    dropout: Optional[float] = None
+    cifar: bool = True
+    data: Optional[str] = None
+    out: Optional[str] = None
+    seed: int = 0
+    eval_every: int = 1
+    limit_train: Optional[int] = None
+    limit_test: Optional[int] = None
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        _check(self.model in MODELS, "model", f"one of {list(MODELS)}", self.model)
+        _check(self.optimizer in OPTIMIZER_DEFAULTS, "optimizer",
+               f"one of {list(OPTIMIZER_DEFAULTS)}", self.optimizer)
+        _check(self.schedule in SCHEDULE_NAMES, "schedule", f"one of {list(SCHEDULE_NAMES)}",
+               self.schedule)
+        _check(self.dtype in DTYPES, "dtype", f"one of {list(DTYPES)}", self.dtype)
+        for name in ("epochs", "batch_size", "eval_every"):
+            value = getattr(self, name)
+            _check(_is_int(value) and value >= 1, name, "an integer >= 1", value)
+        for name in ("limit_train", "limit_test"):
+            value = getattr(self, name)
+            _check(value is None or (_is_int(value) and value >= 1), name,
+                   "None or an integer >= 1", value)
+        _check(_is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0", self.seed)
+        _check(self.width > 0, "width", "> 0", self.width)
+        default_lr, default_decay = OPTIMIZER_DEFAULTS[self.optimizer]
+        if self.lr is None:
+            self.lr = default_lr * self.batch_size / 128
+        if self.weight_decay is None:
+            self.weight_decay = default_decay
+        if self.out is None:
+            self.out = f"runs/{self.model}-w{self.width:g}"
+        self.out, self.data = str(self.out), None if self.data is None else str(self.data)
+        _check(self.lr > 0, "lr", "> 0", self.lr)
+        _check(0 <= self.momentum < 1, "momentum", "a value in [0, 1)", self.momentum)
+        _check(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
+        _check(self.warmup_epochs >= 0, "warmup_epochs", ">= 0", self.warmup_epochs)
+        _check(0 <= self.label_smoothing < 1, "label_smoothing", "a value in [0, 1)",
+               self.label_smoothing)
+        _check(self.dropout is None or 0 <= self.dropout < 1, "dropout",
+               "None or a value in [0, 1)", self.dropout)
+
+    @classmethod
+    def from_dict(cls, d):
+        """The config saved in a checkpoint's meta; keys this version does not know are dropped."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def build_model(name, width=1.0, cifar=True, num_classes=NUM_CLASSES, dropout=None, seed=0,
+                dtype=np.float32):
+    """The MobileNet called `name` ("v1", "v2", "v3-small", "v3-large"), weights drawn from
+    default_rng(seed). dropout None keeps the builder's default (0 for V1, 0.2 for V2 and V3).
+    cifar=True gives the 32x32 variants (early strides 1; see minimobile.models)."""
+    _check(name in MODELS, "model", f"one of {list(MODELS)}", name)
+    # Imported here so that the trainer and the command line's --help load without the
+    # architecture module, which pulls in every block.
+    from . import models
+    builder = getattr(models, MODELS[name])
+    kwargs = {} if dropout is None else {"dropout": dropout}
+    return builder(num_classes=num_classes, width_mult=width, cifar=cifar, seed=seed,
+                   dtype=np.dtype(dtype).type, **kwargs)
+
+
+def make_optimizer(config, model):
+    """The optimiser config.optimizer names, over model.named_parameters(), with the config's lr,
+    momentum, nesterov and weight decay (decay skips 1-D params: batch norm and biases)."""
+    params = list(model.named_parameters())
+    if config.optimizer == "sgd":
+        return SGD(params, config.lr, momentum=config.momentum,
+                   nesterov=config.nesterov and config.momentum > 0,
+                   weight_decay=config.weight_decay)
+    if config.optimizer == "rmsprop":
+        return RMSprop(params, config.lr, momentum=config.momentum,
+                       weight_decay=config.weight_decay)
+    return AdamW(params, config.lr, weight_decay=config.weight_decay)
+
+
+def make_lr_schedule(config, steps_per_epoch):
+    """lr_at(step) over config.epochs * steps_per_epoch steps. cosine: linear warm-up for
+    warmup_epochs, then cosine to 0. onecycle: PyTorch's OneCycleLR (its own 30 % warm-up).
+    step: lr, lr/10, lr/100 over thirds of the run. constant: lr. Only cosine uses warmup_epochs."""
+    total = config.epochs * steps_per_epoch
+    if config.schedule == "cosine":
+        warmup = min(total, round(config.warmup_epochs * steps_per_epoch))
+        return make_schedule("cosine_with_warmup", total_steps=total, base_lr=config.lr,
+                             warmup_steps=warmup)
+    if config.schedule == "onecycle":
+        return make_schedule("one_cycle", total_steps=total, max_lr=config.lr)
+    if config.schedule == "step":
+        return make_schedule("step_decay", base_lr=config.lr, step_size=max(1, total // 3))
+    return make_schedule("constant", lr=config.lr)
+
+
+def _param_dtype(model):
+    for _, param, _ in model.named_parameters():
+        return param.dtype
+    return np.dtype(np.float32)
+
+
+def generator_states(model):
+    """{"path.attr": bit_generator.state} for every np.random.Generator a module of `model`
+    holds (Dropout's `rng`, for one). Modules may share a generator; each path is listed."""
+    states = {}
+    for path, module in model.named_modules():
+        for attr, value in vars(module).items():
+            if isinstance(value, np.random.Generator):
+                states[f"{path}.{attr}" if path else attr] = value.bit_generator.state
+    return states
+
+
+def set_generator_states(model, states):
+    """Restore what `generator_states` captured; the model must hold generators at the same
+    paths, or a ValueError lists the differences."""
+    current = generator_states(model)
+    if set(current) != set(states):
+        raise ValueError(f"random generators differ: the model holds {sorted(current)}, the "
+                         f"checkpoint {sorted(states)}")
+    for path, module in model.named_modules():
+        for attr, value in vars(module).items():
+            if isinstance(value, np.random.Generator):
+                value.bit_generator.state = states[f"{path}.{attr}" if path else attr]
+
+
+class EvalResult(NamedTuple):
+    loss: float
+    accuracy: float
+    predictions: np.ndarray  # (N,) int64, the argmax class of each image
+
+
+def evaluate(model, x, y, batch_size=256, label_smoothing=0.0, progress=False):
+    """Mean loss and accuracy of `model` on uint8 images x (N, 3, 32, 32), labels y (N,).
+
+    Batched, in eval mode (running batch-norm statistics, no dropout) and under no_grad(), so
+    no layer keeps a cache; the model's previous mode is restored afterwards.
+    """
+    dtype, was_training = _param_dtype(model), model.training
+    total_loss, predictions = 0.0, []
+    model.eval()
+    try:
+        with no_grad(), tqdm(total=len(x), desc="test", unit="img", leave=False,
+                             disable=not progress) as bar:
+            for xb, yb in Batches(x, y, batch_size, shuffle=False):
+                logits = model.forward(xb.astype(dtype, copy=False))  # (B, num_classes)
+                loss, _ = softmax_cross_entropy(logits, yb, label_smoothing)
+                total_loss += loss * len(yb)
+                predictions.append(logits.argmax(axis=1))
+                bar.update(len(yb))
+    finally:
+        model.train(was_training)
+    predictions = np.concatenate(predictions) if predictions else np.zeros(0, np.int64)
+    return EvalResult(total_loss / max(1, len(y)), float(np.mean(predictions == y)),
+                      predictions)
+
+
+def confusion_matrix(y_true, y_pred, num_classes=NUM_CLASSES):
+    """counts[i, j] = number of images of class i predicted as class j; (classes, classes)."""
+    index = np.asarray(y_true, np.int64) * num_classes + np.asarray(y_pred, np.int64)
+    return np.bincount(index, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+class EpochStats(NamedTuple):
+    loss: float  # mean over the epoch's minibatches, weighted by their sizes
+    accuracy: float
+    images: int
+    step: int  # the global step after the epoch
+    lr: float  # the learning rate of the epoch's last step
+
+
+def train_one_epoch(model, optimizer, schedule, batches, step, label_smoothing=0.0, bar=None):
+    """One pass over `batches` starting at global step `step`: per minibatch forward, loss,
+    backward, optimizer.lr = schedule(step), optimizer.step(). Layers overwrite their
+    gradients, so there is nothing to zero. A NaN or infinite loss raises NonFiniteError naming
+    the step and lr. Returns EpochStats; `bar` (tqdm) shows loss, accuracy and images/s."""
+    dtype = _param_dtype(model)
+    loss_sum, correct, seen, lr = 0.0, 0, 0, float("nan")
+    start = time.perf_counter()
+    for xb, yb in batches:
+        lr = schedule(step)
+        logits = model.forward(xb.astype(dtype, copy=False))  # (B, num_classes)
+        try:
+            loss, dlogits = softmax_cross_entropy(logits, yb, label_smoothing)
+        except NonFiniteError as e:
+            raise NonFiniteError(f"non-finite loss at step {step} (lr {lr:.4g}): {e}") from e
+        model.backward(dlogits)
+        optimizer.lr = lr
+        optimizer.step()
+        step += 1
+        loss_sum += loss * len(yb)
+        correct += int(np.count_nonzero(logits.argmax(axis=1) == yb))
+        seen += len(yb)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}",
+                            lr=f"{lr:.3g}", img_s=f"{seen / (time.perf_counter() - start):.0f}",
+                            refresh=False)
+    return EpochStats(loss_sum / max(1, seen), correct / max(1, seen), seen, step, lr)
+
+
+def write_history(path, history):
+    """history.csv, one row per epoch (HISTORY_FIELDS), written atomically; None is empty."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, HISTORY_FIELDS, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in HISTORY_FIELDS})
+    with checkpoint.atomic_open(path) as f:
+        f.write(text.getvalue().encode("utf-8"))
+
+
+def read_history(path):
+    """The rows of a history.csv as dicts: epoch and step int, other fields float or None."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return [{k: (None if v in ("", None) else int(v) if k in ("epoch", "step") else float(v))
+             for k, v in row.items()} for row in rows]
+
+
+def read_config(path):
+    """The TrainConfig saved in a trainer checkpoint (reads only its metadata)."""
+    meta = checkpoint.load_meta(path)
+    if meta.get("kind") != CHECKPOINT_KIND or "config" not in meta:
+        raise checkpoint.CorruptCheckpointError(
+            f"{path} is not a training checkpoint (written by minimobile.train): no config")
+    return TrainConfig.from_dict(meta["config"])
+
+
+def check_resumable(saved, config):
+    """Raise ValueError listing every setting of `config` that differs from the checkpoint's
+    `saved` config, apart from RESUMABLE_CHANGES (epochs, eval_every, data, out, limit_test)."""
+    changed = [f"{f.name} {getattr(saved, f.name)!r} -> {getattr(config, f.name)!r}"
+               for f in dataclasses.fields(TrainConfig)
+               if f.name not in RESUMABLE_CHANGES
+               and getattr(saved, f.name) != getattr(config, f.name)]
+    if changed:
+        raise ValueError("cannot resume: these settings differ from the checkpoint's: "
+                         + ", ".join(changed) + ". Resume with the checkpoint's settings, or "
+                         "start a new run in another --out folder.")
+
+
+def _checkpoint_state(config, model, optimizer, data_rng, epoch, step, history):
+    """(arrays, meta) for checkpoint.save: everything the next epoch depends on."""
+    arrays = {checkpoint.MODEL_PREFIX + k: v for k, v in model.state_dict().items()}
+    arrays.update({OPTIMIZER_PREFIX + k: v for k, v in optimizer.state_dict().items()})
+    meta = {"kind": CHECKPOINT_KIND, "epoch": epoch, "step": step, "config": asdict(config),
+            "optimizer": type(optimizer).__name__, "data_rng": data_rng.bit_generator.state,
+            "model_rngs": generator_states(model), "history": history}
+    return arrays, meta
+
+
+def _restore(path, config, model, optimizer, data_rng):
+    """Load a trainer checkpoint into the run's objects; returns (epoch, step, history)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"cannot resume: {path} does not exist (no epoch of this run "
+                                "has finished); start without --resume")
+    arrays, meta = checkpoint.load(path)
+    if meta.get("kind") != CHECKPOINT_KIND:
+        raise checkpoint.CorruptCheckpointError(f"{path} is not a training checkpoint")
+    check_resumable(TrainConfig.from_dict(meta["config"]), config)
+    try:
+        model.load_state_dict(checkpoint.model_arrays(arrays))
+        optimizer.load_state_dict({k[len(OPTIMIZER_PREFIX):]: v for k, v in arrays.items()
+                                   if k.startswith(OPTIMIZER_PREFIX)})
+        set_generator_states(model, meta["model_rngs"])
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    data_rng.bit_generator.state = meta["data_rng"]
+    return meta["epoch"], meta["step"], meta["history"]
+
+
+def _subset(x, y, limit):
+    # The official batches are already shuffled, so the first `limit` images are a fair sample.
+    return (x, y) if limit is None else (x[:limit], y[:limit])
+
+
+def _check_finite_params(model):
+    bad = [name for name, p, _ in model.named_parameters() if not np.isfinite(p).all()]
+    if bad:
+        raise NonFiniteError(f"parameters became NaN or infinite: {', '.join(bad[:5])}"
+                             + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))
+
+
+def fit(config, model=None, data=None, resume=False, progress=True):
+    """Train for config.epochs epochs; returns the history (one dict per epoch, HISTORY_FIELDS).
+
+    model defaults to build_model(config...), data to load_cifar10(config.data); pass either to
+    train something else. resume=True continues from config.out/last.npz exactly (bit for bit
+    on the same machine and NumPy build, whose BLAS may sum in another order). Ctrl-C keeps
+    the last completed epoch's checkpoint and re-raises KeyboardInterrupt; a non-finite loss
+    raises NonFiniteError (epoch, step, lr) and leaves the checkpoints untouched.
+    """
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_cifar10(config.data) if data is None else data
+    x_train, y_train = _subset(data.x_train, data.y_train, config.limit_train)
+    x_test, y_test = _subset(data.x_test, data.y_test, config.limit_test)
+    _check(len(x_train) >= config.batch_size, "training images",
+           f"at least batch_size={config.batch_size}", len(x_train))
+    if model is None:
+        model = build_model(config.model, config.width, config.cifar, NUM_CLASSES,
+                            config.dropout, config.seed, config.dtype)
+    model.train()
+    optimizer = make_optimizer(config, model)
+    # Its own stream, so the data order does not depend on how many draws the model's
+    # initialisation made. drop_last keeps every step's batch statistics equally reliable.
+    data_rng = np.random.default_rng([config.seed, 1])
+    batches = Batches(x_train, y_train, config.batch_size, augment=config.augment,
+                      drop_last=True, rng=data_rng)
+    schedule = make_lr_schedule(config, len(batches))
+    done, step, history = 0, 0, []
+    if resume:
+        done, step, history = _restore(out / LAST, config, model, optimizer, data_rng)
+        write_history(out / HISTORY, history)
+        if progress:
+            tqdm.write(f"resuming {out} after epoch {done} (step {step})"
+                       + ("" if done < config.epochs else
+                          f": nothing to do, raise --epochs above {done} to train longer"))
+    best = max((row["test_acc"] for row in history if row["test_acc"] is not None),
+               default=-math.inf)
+    epoch = done + 1
+    try:
+        for epoch in range(done + 1, config.epochs + 1):
+            start = time.perf_counter()
+            with tqdm(total=len(batches), desc=f"epoch {epoch}/{config.epochs}", unit="batch",
+                      leave=False, disable=not progress, dynamic_ncols=True) as bar:
+                stats = train_one_epoch(model, optimizer, schedule, batches, step,
+                                        config.label_smoothing, bar)
+            train_seconds = time.perf_counter() - start
+            step = stats.step
+            test = None
+            # The test loss uses the training label smoothing, so the two loss curves compare.
+            if epoch % config.eval_every == 0 or epoch == config.epochs:
+                test = evaluate(model, x_test, y_test, config.batch_size,
+                                config.label_smoothing, progress)
+            _check_finite_params(model)
+            history.append({
+                "epoch": epoch, "step": step, "train_loss": stats.loss,
+                "train_acc": stats.accuracy,
+                "test_loss": None if test is None else test.loss,
+                "test_acc": None if test is None else test.accuracy, "lr": stats.lr,
+                "epoch_seconds": time.perf_counter() - start,
+                "images_per_second": stats.images / train_seconds,
+            })
+            arrays, meta = _checkpoint_state(config, model, optimizer, data_rng, epoch, step,
+                                             history)
+            is_best = test is not None and test.accuracy > best
+            # best before last: if interrupted between the two, the resumed run redoes this
+            # epoch and rewrites best.npz identically, so best.npz is never an epoch behind.
+            if is_best:
+                best = test.accuracy
+                checkpoint.save(out / BEST, arrays, meta)
+            checkpoint.save(out / LAST, arrays, meta)
+            done = epoch
+            write_history(out / HISTORY, history)
+            if progress:
+                tested = (f"  test loss {test.loss:.4f} acc {test.accuracy:.4f}"
+                          if test is not None else "")
+                tqdm.write(f"epoch {epoch}/{config.epochs}  train loss {stats.loss:.4f} "
+                           f"acc {stats.accuracy:.4f}{tested}  lr {stats.lr:.4g}  "
+                           f"{stats.images / train_seconds:.0f} img/s  "
+                           f"{time.perf_counter() - start:.0f} s{'  (best)' if is_best else ''}")
+    except KeyboardInterrupt:
+        print(f"\nInterrupted in epoch {epoch}. {_kept(out, done)} Resume with:\n"
+              f"  minimobile train --out {out} --resume    (or fit(config, resume=True))",
+              file=sys.stderr)
+        raise
+    except NonFiniteError as e:
+        raise NonFiniteError(f"training stopped in epoch {epoch}: {e}. {_kept(out, done)} Lower "
+                             "the learning rate (--lr) or lengthen the warm-up "
+                             "(--warmup-epochs), then start again.") from e
+    return history
+
+
+def _kept(out, done):
+    if done == 0:
+        return "No epoch finished, so no checkpoint was written."
+    return f"{out / LAST} still holds epoch {done}, untouched."

@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+
+import minimobile as mm
+from minimobile import checkpoint
+from minimobile.checkpoint import CorruptCheckpointError
+
+
+def small_model(seed):
+    rng = np.random.default_rng(seed)
+    return mm.Sequential(mm.Conv2d(3, 4, 3, padding=1, rng=rng), mm.BatchNorm2d(4), mm.ReLU6(),
+                         mm.GlobalAvgPool2d(), mm.Flatten(), mm.Linear(4, 10, rng=rng))
+
+
+def test_save_then_load_round_trips_arrays_scalars_and_meta(tmp_path):
+    arrays = {"model/0.weight": np.arange(6, dtype=np.float32).reshape(2, 3),
+              "optimizer/momentum_buffer/0.weight": np.ones(3),
+              "count": np.int64(7), "flag": True, "lr": 0.1}
+    meta = {"epoch": 3, "state": {"state": 2 ** 127 + 5, "inc": 11}, "tags": ["a", "b"],
+            "value": np.float32(1.5), "missing": None}
+    checkpoint.save(tmp_path / "c.npz", arrays, meta)
+    loaded, loaded_meta = checkpoint.load(tmp_path / "c.npz")
+    assert set(loaded) == set(arrays)
+    for key, value in arrays.items():
+        assert np.array_equal(loaded[key], value)
+        assert loaded[key].dtype == np.asarray(value).dtype
+    assert loaded_meta == {**meta, "value": 1.5}
+    assert checkpoint.load_meta(tmp_path / "c.npz") == loaded_meta
+
+
+def test_a_failing_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
+    path = tmp_path / "last.npz"
+    checkpoint.save(path, {"w": np.zeros(4)}, {"epoch": 1})
+    before = path.read_bytes()
+
+    def savez_that_dies_midway(file, **arrays):
+        file.write(b"PK\x03\x04 half a zip")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(np, "savez", savez_that_dies_midway)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint.save(path, {"w": np.ones(4)}, {"epoch": 2})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.npz"]  # no temporary file left
+    monkeypatch.undo()
+    arrays, meta = checkpoint.load(path)
+    assert meta == {"epoch": 1} and np.array_equal(arrays["w"], np.zeros(4))
+
+
+def test_save_refuses_the_reserved_key_and_object_arrays(tmp_path):
+    with pytest.raises(ValueError, match="reserved"):
+        checkpoint.save(tmp_path / "c.npz", {checkpoint.META_KEY: np.zeros(1)})
+    with pytest.raises(ValueError, match="'bad' is an object array"):
+        checkpoint.save(tmp_path / "c.npz", {"bad": np.array([{}, None], dtype=object)})
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", "truncated"])
+def test_an_unreadable_file_raises_an_error_naming_it(tmp_path, content):
+    path = tmp_path / "broken.npz"
+    if content == "truncated":
+        checkpoint.save(path, {"w": np.zeros(1000)}, {"epoch": 1})
+        content = path.read_bytes()[:-200]
+    path.write_bytes(content)
+    with pytest.raises(CorruptCheckpointError, match="broken.npz"):
+        checkpoint.load(path)
+    with pytest.raises(CorruptCheckpointError, match="broken.npz"):
+        checkpoint.load_meta(path)
+
+
+def test_a_missing_file_raises_file_not_found_naming_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.npz"):
+        checkpoint.load(tmp_path / "nowhere.npz")
+
+
+def test_save_model_then_load_model_restores_every_parameter_and_buffer(tmp_path):
+    model = small_model(0)
+    model.forward(np.random.default_rng(1).standard_normal((2, 3, 5, 5)).astype(np.float32))
+    checkpoint.save_model(tmp_path / "m.npz", model, note="after one batch")
+    other = small_model(1)
+    meta = checkpoint.load_model(tmp_path / "m.npz", other)
+    assert meta == {"note": "after one batch"}
+    expected, got = model.state_dict(), other.state_dict()
+    assert list(expected) == list(got)
+    assert all(np.array_equal(expected[k], got[k]) for k in expected)
+
+
+def test_load_model_lists_missing_unexpected_and_misshaped_keys_and_changes_nothing(tmp_path):
+    state = small_model(0).state_dict()
+    del state["1.running_var"]
+    state["2.weight"] = np.zeros(3)
+    state["5.weight"] = np.zeros((10, 5), dtype=np.float32)
+    checkpoint.save(tmp_path / "bad.npz", state)
+    model = small_model(1)
+    before = model.state_dict()
+    with pytest.raises(ValueError) as info:
+        checkpoint.load_model(tmp_path / "bad.npz", model)
+    message = str(info.value)
+    for part in ("bad.npz", "missing keys (1): 1.running_var", "unexpected keys (1): 2.weight",
+                 "5.weight: expected (10, 4), got (10, 5)"):
+        assert part in message
+    assert all(np.array_equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_load_model_takes_the_model_part_of_a_trainer_checkpoint(tmp_path):
+    model = small_model(0)
+    arrays = {checkpoint.MODEL_PREFIX + k: v for k, v in model.state_dict().items()}
+    arrays["optimizer/step"] = 3
+    checkpoint.save(tmp_path / "last.npz", arrays, {"epoch": 2})
+    other = small_model(1)
+    assert checkpoint.load_model(tmp_path / "last.npz", other) == {"epoch": 2}
+    assert np.array_equal(other[5].params["weight"], model[5].params["weight"])

@@ -1,0 +1,134 @@
+import subprocess
+import sys
+
+import pytest
+
+from minimobile import checkpoint, cli, data, train
+from minimobile.cli import main
+from minimobile.errors import NonFiniteError
+
+# The smallest real run: V1 at width 0.25 on 64 fake images, one epoch of two batches.
+TINY_RUN = ["--model", "v1", "--width", "0.25", "--epochs", "1", "--batch-size", "32",
+            "--limit-train", "64", "--limit-test", "32", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def fake_data(tmp_path_factory):
+    return data.write_fake_cifar10(tmp_path_factory.mktemp("data"), n_train_per_batch=16,
+                                   n_test=40)
+
+
+@pytest.fixture(scope="module")
+def trained_run(fake_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(["train", *TINY_RUN, "--data", str(fake_data), "--out", str(out)]) == 0
+    return out
+
+
+def test_help_lists_the_commands_and_exits_0(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert all(command in text for command in ("train", "eval", "plot", "summary"))
+    assert main(["train", "--help"]) == 0
+    assert "--resume" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [[], ["frobnicate"], ["train", "--model", "v4"],
+                                  ["train", "--width", "-1"], ["train", "--epochs", "two"],
+                                  ["train", "--label-smoothing", "1"], ["summary"],
+                                  ["eval"]])
+def test_bad_arguments_print_the_usage_and_exit_2(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and "Traceback" not in err
+
+
+def test_missing_data_prints_the_loaders_message_and_exits_1(tmp_path, monkeypatch, capsys):
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+    monkeypatch.setattr(data, "_urlopen", offline)
+    assert main(["train", *TINY_RUN, "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert "CIFAR-10 not found" in err and "MINIMOBILE_DATA" in err and "Traceback" not in err
+
+
+def test_train_writes_checkpoints_and_history(trained_run):
+    assert {"last.npz", "best.npz", "history.csv"} <= {p.name for p in trained_run.iterdir()}
+    (row,) = train.read_history(trained_run / "history.csv")
+    assert row["epoch"] == 1 and row["step"] == 2 and row["test_acc"] is not None
+    config = train.read_config(trained_run / "last.npz")
+    assert (config.model, config.width, config.limit_train) == ("v1", 0.25, 64)
+
+
+def test_train_resume_takes_the_settings_from_the_checkpoint(trained_run, tmp_path, capsys):
+    out = tmp_path / "resumed"
+    out.mkdir()
+    for name in ("last.npz", "best.npz", "history.csv"):
+        (out / name).write_bytes((trained_run / name).read_bytes())
+    # Only --epochs is given: model, width, data, limits and lr (0.1 * 32 / 128) come from
+    # last.npz.
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--no-progress"]) == 0
+    assert [row["epoch"] for row in train.read_history(out / "history.csv")] == [1, 2]
+    assert main(["train", "--out", str(out), "--resume", "--lr", "0.5"]) == 2
+    assert "lr 0.025 -> 0.5" in capsys.readouterr().err
+
+
+def test_resume_without_a_checkpoint_exits_1(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path), "--resume"]) == 1
+    assert "cannot resume" in capsys.readouterr().err
+
+
+def test_eval_prints_per_class_accuracy_and_saves_a_confusion_matrix(trained_run, fake_data,
+                                                                     tmp_path, capsys):
+    assert main(["eval", str(trained_run / "best.npz"), "--data", str(fake_data),
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy" in out and "airplane" in out and "confusion matrix" in out
+    png = tmp_path / "best_confusion_matrix.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_of_a_corrupt_checkpoint_exits_1_naming_it(tmp_path, capsys):
+    (tmp_path / "broken.npz").write_bytes(b"garbage")
+    assert main(["eval", str(tmp_path / "broken.npz")]) == 1
+    err = capsys.readouterr().err
+    assert "broken.npz" in err and "Traceback" not in err
+
+
+def test_plot_saves_loss_and_accuracy_curves(trained_run, tmp_path):
+    assert main(["plot", str(trained_run), "--out", str(tmp_path)]) == 0
+    for name in ("loss.png", "accuracy.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_of_a_folder_without_history_exits_1(tmp_path, capsys):
+    assert main(["plot", str(tmp_path)]) == 1
+    assert "history.csv does not exist" in capsys.readouterr().err
+
+
+def test_summary_prints_the_per_layer_table_with_totals(capsys):
+    assert main(["summary", "v3-small", "--width", "0.5", "--cifar"]) == 0
+    out = capsys.readouterr().out
+    assert "total at 3x32x32" in out and "features.0.0" in out
+
+
+@pytest.mark.parametrize("error, code", [(KeyboardInterrupt, 130),
+                                         (NonFiniteError("loss is nan"), 1)])
+def test_ctrl_c_exits_130_and_divergence_exits_1(error, code, tmp_path, monkeypatch, capsys):
+    def failing_fit(*args, **kwargs):
+        raise error
+    monkeypatch.setattr(cli, "fit", failing_fit)
+    assert main(["train", "--out", str(tmp_path)]) == code
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_python_dash_m_minimobile_runs_the_command_line():
+    done = subprocess.run([sys.executable, "-m", "minimobile", "--version"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "minimobile" in done.stdout
+
+
+def test_the_checkpoint_is_readable_by_load_model(trained_run):
+    model = train.build_model("v1", width=0.25, seed=1)
+    meta = checkpoint.load_model(trained_run / "last.npz", model)
+    assert meta["epoch"] == 1
