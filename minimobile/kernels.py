@@ -130,11 +130,25 @@ def depthwise_conv2d_backward_kernel(dx, dw, dout, x, w, stride, pad):
 
 
 # ---------------------------------------------------------------------------------------------
-# Pointwise (1x1) convolution: per image a matrix product W (Co, Ci) @ X (Ci, H*W). The matrix
-# product is BLAS's job, called from NumPy (`np.matmul` over the batch): calling np.dot from
-# inside a Numba loop instead goes through SciPy's BLAS, whose threads fight Numba's and ran
-# up to 100x slower on this 2-core machine. The kernels add what BLAS lacks: bias and its sum.
+# Pointwise (1x1) convolution is one matrix product W (Co, Ci) @ X (Ci, N*H*W) once the batch
+# is laid out channel-major. The product is BLAS's job, called from NumPy; one large product
+# runs several times faster than N small per-image ones (and calling np.dot from inside a
+# Numba loop goes through SciPy's BLAS, whose threads fight Numba's). These kernels do the
+# layout change and what BLAS lacks: the bias and its gradient.
 # ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, parallel=True)
+def swap_leading_axes_kernel(out, x):
+    """out[j, i, :] = x[i, j, :]: NCHW <-> CNHW, moving whole H*W rows; x (A, B, P)."""
+    A, B, P = x.shape
+    for ab in prange(A * B):
+        a = ab // B
+        b = ab % B
+        src = x[a, b]
+        dst = out[b, a]
+        for p in range(P):
+            dst[p] = src[p]
 
 
 @njit(cache=True, parallel=True)

@@ -172,15 +172,33 @@ def depthwise_conv2d_backward(dout, cache):
 
 
 class PointwiseConv2dCache(NamedTuple):
-    x: np.ndarray
+    x_channel_major: np.ndarray  # (C_in, N*H*W): x with channels first, as the dw product wants
+    x_shape: tuple
     w: np.ndarray
     has_bias: bool
+
+
+def _to_channel_major(a):
+    """(N, C, H, W) -> (C, N*H*W), a copy."""
+    N, C, H, W = a.shape
+    out = np.empty((C, N, H * W), dtype=a.dtype)
+    kernels.swap_leading_axes_kernel(out, a.reshape(N, C, H * W))
+    return out.reshape(C, N * H * W)
+
+
+def _from_channel_major(a, N, H, W):
+    """(C, N*H*W) -> (N, C, H, W), a copy."""
+    C = a.shape[0]
+    out = np.empty((N, C, H * W), dtype=a.dtype)
+    kernels.swap_leading_axes_kernel(out, a.reshape(C, N, H * W))
+    return out.reshape(N, C, H, W)
 
 
 def pointwise_conv2d_forward(x, w, b=None):
     """out[n] = W (C_out, C_in) @ x[n] (C_in, H*W) + b; w (C_out, C_in, 1, 1), b (C_out,).
 
-    A 1x1 conv is a matrix multiply per image. Caches x and w.
+    Computed as one matrix product over the whole batch, W @ X with X (C_in, N*H*W): the
+    channel-major copy of x is what the cache keeps, since dw needs exactly that matrix.
     """
     op = "pointwise_conv2d"
     x = _check_float(op, "x", x, 4)
@@ -195,34 +213,32 @@ def pointwise_conv2d_forward(x, w, b=None):
         b = _check_float(op, "b", b, 1)
         _check_same_dtype(op, x, b=b)
         _check_shape(op, "b", b, (C_out,))
-    out = np.matmul(w.reshape(C_out, C), x.reshape(N, C, H * W))  # (N, C_out, H*W)
+    xc = _to_channel_major(x)  # (C_in, N*H*W)
+    outc = w.reshape(C_out, C) @ xc  # (C_out, N*H*W)
     if b is not None:
-        kernels.add_channel_bias_kernel(out, b)
-    return out.reshape(N, C_out, H, W), PointwiseConv2dCache(x, w, b is not None)
+        kernels.add_channel_bias_kernel(outc.reshape(1, C_out, -1), b)
+    return _from_channel_major(outc, N, H, W), PointwiseConv2dCache(xc, x.shape, w,
+                                                                     b is not None)
 
 
 def pointwise_conv2d_backward(dout, cache):
     """Returns (dx, dw, db); db is None when the forward had no bias.
 
-    dx[n] = W^T @ dout[n]; dw = sum_n dout[n] @ x[n]^T, one matrix product per image summed
-    in image order: BLAS reads x[n]^T through a transpose flag, with no copy.
+    With D = dout channel-major (C_out, N*H*W): dw = D @ X^T, dX = W^T @ D, db = D summed
+    over its columns.
     """
-    x, w = cache.x, cache.w
-    N, C, H, W = x.shape
+    N, C, H, W = cache.x_shape
+    w = cache.w
     C_out = w.shape[0]
-    dout = _check_dout("pointwise_conv2d", dout, (N, C_out, H, W), x.dtype)
-    d3 = dout.reshape(N, C_out, H * W)
-    x3 = x.reshape(N, C, H * W)
-    dx = np.matmul(w.reshape(C_out, C).T, d3).reshape(x.shape)
-    dw = np.zeros((C_out, C), dtype=x.dtype)
-    for n in range(N):
-        dw += d3[n] @ x3[n].T
-    dw = dw.reshape(w.shape)
+    dout = _check_dout("pointwise_conv2d", dout, (N, C_out, H, W), w.dtype)
+    dc = _to_channel_major(dout)  # (C_out, N*H*W)
+    dw = (dc @ cache.x_channel_major.T).reshape(w.shape)
+    dx = _from_channel_major(w.reshape(C_out, C).T @ dc, N, H, W)
     db = None
     if cache.has_bias:
         db = np.empty(C_out)
-        kernels.channel_sum_kernel(db, d3)
-        db = db.astype(x.dtype)
+        kernels.channel_sum_kernel(db, dc.reshape(1, C_out, -1))
+        db = db.astype(w.dtype)
     return dx, dw, db
 
 

@@ -1,0 +1,168 @@
+"""Time a full training step (forward, loss, backward, optimiser step) of each network's CIFAR
+variant at batch 128, for minimobile and, alternating with it in the same run, for the same
+network in PyTorch (both layouts, same thread count) where torch is installed. Prints ms per
+step, images per second, the ratio to PyTorch's faster layout, peak memory, and where
+minimobile's time goes by layer type.
+
+    python benchmarks/bench_train_step.py [--models v1:0.5,v3-small:1.0] [--steps 10]
+
+Peak memory is the growth of the process's peak resident set (ru_maxrss) over the step, so
+run one framework per process (--only mm or --only torch) when comparing memory.
+"""
+
+import argparse
+import os
+import resource
+import sys
+import time
+from collections import defaultdict
+
+import numba
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from minimobile import ops  # noqa: E402
+from minimobile.optim import SGD  # noqa: E402
+from minimobile.train import build_model  # noqa: E402
+
+try:
+    import torch
+except ImportError:
+    torch = None
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def minimobile_step(model, optimizer, x, y):
+    logits = model.forward(x)
+    loss, dlogits = ops.softmax_cross_entropy(logits, y)
+    model.backward(dlogits)
+    optimizer.step()
+    return loss
+
+
+class LayerTimer:
+    """Wraps every leaf module's forward and backward to sum their time by layer type."""
+
+    def __init__(self, model):
+        self.totals = defaultdict(float)
+        self.originals = []
+        for _, module in model.named_modules():
+            if module._modules:  # containers: their children are timed
+                continue
+            for kind in ("forward", "backward"):
+                original = getattr(module, kind)
+                self.originals.append((module, kind))
+                setattr(module, kind, self._wrap(original, f"{type(module).__name__}.{kind}"))
+
+    def _wrap(self, fn, key):
+        def timed(*args):
+            t0 = time.perf_counter()
+            out = fn(*args)
+            self.totals[key] += time.perf_counter() - t0
+            return out
+        return timed
+
+    def restore(self):
+        for module, kind in self.originals:
+            delattr(module, kind)
+
+
+def torch_step_fn(name, width, channels_last, x, y):
+    """The same network in torch, built from torch_models (benchmarks' own definitions)."""
+    import torch_models
+    model = torch_models.build(name, width, cifar=True)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True,
+                          weight_decay=5e-4)
+    xt = torch.from_numpy(x)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        xt = xt.contiguous(memory_format=torch.channels_last)
+    yt = torch.from_numpy(y)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(xt), yt)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="v1:0.5,v1:1.0,v2:0.5,v2:1.0,v3-small:1.0,v3-large:1.0")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", choices=["mm", "torch"], default=None)
+    parser.add_argument("--no-breakdown", action="store_true")
+    args = parser.parse_args(argv)
+    numba.set_num_threads(args.threads)
+    use_torch = torch is not None and args.only != "mm"
+    if use_torch:
+        torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((args.batch_size, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, args.batch_size)
+    print(f"batch {args.batch_size}, 32x32 CIFAR variants, {args.threads} threads, float32, "
+          f"median of {args.steps} steps; torch "
+          f"{torch.__version__ if use_torch else 'not run'}; LD_PRELOAD="
+          f"{os.environ.get('LD_PRELOAD', '(unset)')}")
+    header = (f"{'network':<14}{'mm ms':>8}{'img/s':>8}{'pt ms':>8}{'ptCL ms':>9}{'mm/best':>9}"
+              f"{'mm peak MB':>11}")
+    print(header)
+    print("-" * len(header))
+    breakdowns = {}
+    for spec in args.models.split(","):
+        name, width = spec.split(":")
+        width = float(width)
+        runners = {}
+        if args.only != "torch":
+            model = build_model(name, width, cifar=True, seed=0)
+            opt = SGD(model.named_parameters(), lr=0.01, momentum=0.9, nesterov=True,
+                      weight_decay=5e-4)
+            runners["mm"] = lambda m=model, o=opt: minimobile_step(m, o, x, y)
+        if use_torch:
+            runners["pt"] = torch_step_fn(name, width, False, x, y)
+            runners["ptCL"] = torch_step_fn(name, width, True, x, y)
+        rss_before = peak_rss_mb()
+        for run in runners.values():  # warm-up: compile, allocate, fault pages in
+            run()
+            run()
+        rss_after = peak_rss_mb()
+        samples = defaultdict(list)
+        for _ in range(args.steps):
+            for key, run in runners.items():
+                t0 = time.perf_counter()
+                run()
+                samples[key].append(time.perf_counter() - t0)
+        ms = {k: 1e3 * float(np.median(v)) for k, v in samples.items()}
+        best = min((ms[k] for k in ("pt", "ptCL") if k in ms), default=None)
+        row = f"{name + ' ' + str(width):<14}"
+        row += f"{ms['mm']:8.0f}{1e3 * args.batch_size / ms['mm']:8.0f}" if "mm" in ms else \
+            f"{'-':>8}{'-':>8}"
+        row += "".join(f"{ms[k]:{w}.0f}" if k in ms else f"{'-':>{w}}"
+                       for k, w in (("pt", 8), ("ptCL", 9)))
+        row += f"{ms['mm'] / best:9.2f}" if best and "mm" in ms else f"{'-':>9}"
+        row += f"{rss_after - rss_before:11.0f}" if args.only else f"{'(--only)':>11}"
+        print(row, flush=True)
+        if "mm" in runners and not args.no_breakdown:
+            timer = LayerTimer(model)
+            for _ in range(3):
+                runners["mm"]()
+            timer.restore()
+            breakdowns[spec] = {k: v / 3 for k, v in timer.totals.items()}
+    for spec, totals in breakdowns.items():
+        total = sum(totals.values())
+        print(f"\nwhere minimobile's {spec} step goes (ms per step, layer time only, "
+              f"{total * 1e3:.0f} ms in layers):")
+        for key, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
+            print(f"  {key:<34}{seconds * 1e3:8.1f}  {100 * seconds / total:5.1f} %")
+
+
+if __name__ == "__main__":
+    main()
