@@ -5,10 +5,18 @@ functions) -> layers (parameters, gradients, mode) -> blocks -> models -> traini
 accounting and the command line. `minimobile.reference` holds the slow references.
 """
 
-from . import gradcheck, layers, ops, reference
-from .errors import NonFiniteError
-from .layers import (BatchNorm2d, Conv2d, DepthwiseConv2d, Dropout, Flatten, GlobalAvgPool2d,
-                     Hardsigmoid, Hardswish, Identity, Linear, Module, PointwiseConv2d, ReLU,
-                     ReLU6, Sequential, SqueezeExcitation, no_grad)
+from . import parallel
+
+parallel.configure_blas_threads()  # before any kernel runs: see minimobile/parallel.py
+
+from . import blocks, checkpoint, cost, data, gradcheck, layers, models, ops, optim  # noqa: E402
+from . import reference, schedules, train  # noqa: E402
+from .errors import NonFiniteError  # noqa: E402
+from .layers import (BatchNorm2d, Conv2d, DepthwiseConv2d, Dropout, Flatten,  # noqa: E402
+                     GlobalAvgPool2d, Hardsigmoid, Hardswish, Identity, Linear, Module,
+                     PointwiseConv2d, ReLU, ReLU6, Sequential, SqueezeExcitation, no_grad)
+from .models import (mobilenet_v1, mobilenet_v2, mobilenet_v3_large,  # noqa: E402
+                     mobilenet_v3_small)
+from .parallel import get_num_threads, set_num_threads  # noqa: E402
 
 __version__ = "0.1.0"

@@ -19,7 +19,8 @@ __all__ = ["make_divisible", "MobileNet", "MobileNetV1", "MobileNetV2", "MobileN
 
 # V1 (Howard et al. 2017, Table 1): after a 3x3 stride-2 stem conv to 32 channels, thirteen
 # depthwise separable blocks as (out_channels, stride). The last one is at stride 1: Table 1
-# prints "s2" there, but only stride 1 gives the paper's 569 M multiply-adds and a 7x7 map.
+# prints "s2" there, but lists its input as 7x7, and only stride 1 gives the paper's 569 M
+# multiply-adds.
 V1_STEM_CHANNELS = 32
 V1_SETTING = [
     (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
@@ -107,7 +108,6 @@ class MobileNet(Module):
                 w = module.params["weight"]
                 w[...] = rng.normal(0.0, 0.01, w.shape)
                 module.params["bias"][...] = 0
-
 
 
 class MobileNetV1(MobileNet):

@@ -1,0 +1,171 @@
+"""Tests of minimobile.blocks: structure, skip connections, and backward against the oracle."""
+
+import numpy as np
+import pytest
+
+from minimobile.blocks import (Bneck, ConvBNActivation, DepthwiseSeparable, InvertedResidual,
+                               make_divisible)
+from minimobile.gradcheck import numerical_gradient, relative_error, sample_indices
+from minimobile.layers import (BatchNorm2d, Conv2d, DepthwiseConv2d, Hardswish,
+                               PointwiseConv2d, ReLU, ReLU6, SqueezeExcitation, no_grad)
+
+
+def randomize_batchnorm(module, rng):
+    """Give every batch norm a random affine map. At initialisation (gamma 1, beta 0) a ReLU
+    after it is positively homogeneous, and a depthwise conv and batch norm after that make
+    the output invariant to gamma: its gradient is then only eps's leftover (~1e-3), too small
+    for a central difference to measure against float64 rounding. beta != 0 breaks that."""
+    for _, m in module.named_modules():
+        if isinstance(m, BatchNorm2d):
+            m.params["weight"][...] = rng.uniform(0.5, 1.5, m.params["weight"].shape)
+            m.params["bias"][...] = rng.normal(0.0, 0.5, m.params["bias"].shape)
+    return module
+
+
+def sampled_error(f, p, analytic, dout, indices):
+    """Largest difference between analytic and numerical gradient at the sampled entries, over
+    the largest analytic gradient of the whole array: a few samples may all be tiny (a dead
+    ReLU channel), and scaled by themselves float64 noise would decide the verdict."""
+    numeric = numerical_gradient(f, p, dout, indices=indices)
+    picked = tuple(np.array(indices).T)
+    scale = np.abs(analytic).max()
+    if scale == 0:
+        return relative_error(analytic[picked], numeric[picked])
+    return float(np.abs(analytic[picked] - numeric[picked]).max() / scale)
+
+
+def gradient_errors(module, x, rng, per_param=4, inputs=6):
+    """sampled_error of every parameter array and of the input, against the float64 central
+    difference of sum(module(x) * dout), in training mode."""
+    out = module.forward(x)
+    dout = rng.standard_normal(out.shape)
+    dx = module.backward(dout)
+    analytic = {name: grad.copy() for name, _, grad in module.named_parameters()}
+
+    def f():
+        with no_grad():
+            return module.forward(x)
+
+    errors = {name: sampled_error(f, p, analytic[name], dout,
+                                  sample_indices(p.shape, per_param, rng))
+              for name, p, _ in module.named_parameters()}
+    errors["input"] = sampled_error(f, x, dx, dout, sample_indices(x.shape, inputs, rng))
+    return errors
+
+
+@pytest.mark.parametrize("v, expected", [
+    (32 * 0.75, 24), (16 * 0.35, 8), (1280 * 1.4, 1792), (100, 104), (11, 16), (72 // 4, 24),
+    (960 // 4, 240), (0.1 * 32, 8),
+])
+def test_make_divisible_rounds_like_torchvision_and_never_drops_more_than_ten_percent(v,
+                                                                                      expected):
+    assert make_divisible(v, 8) == expected
+    assert make_divisible(v, 8) >= 0.9 * v
+
+
+def test_conv_bn_activation_picks_the_conv_by_shape_and_omits_a_missing_activation():
+    rng = np.random.default_rng(0)
+    stem = ConvBNActivation(3, 16, 3, stride=2, activation=Hardswish, rng=rng)
+    dw = ConvBNActivation(16, 16, 5, groups=16, activation=ReLU6, rng=rng)
+    linear = ConvBNActivation(16, 8, 1, activation=None, rng=rng)
+    assert [type(m) for m in stem] == [Conv2d, BatchNorm2d, Hardswish]
+    assert [type(m) for m in dw] == [DepthwiseConv2d, BatchNorm2d, ReLU6]
+    assert dw[0].padding == 2
+    assert [type(m) for m in linear] == [PointwiseConv2d, BatchNorm2d]
+    assert list(linear.state_dict()) == ["0.weight", "1.weight", "1.bias", "1.running_mean",
+                                         "1.running_var", "1.num_batches_tracked"]
+
+
+def test_depthwise_separable_has_dw_then_pw_children_and_no_skip():
+    block = DepthwiseSeparable(8, 16, stride=2, rng=np.random.default_rng(0))
+    assert block.use_res_connect is False
+    assert [type(m) for m in block.dw] == [DepthwiseConv2d, BatchNorm2d, ReLU]
+    assert [type(m) for m in block.pw] == [PointwiseConv2d, BatchNorm2d, ReLU]
+    assert block.forward(np.ones((2, 8, 9, 9), np.float32)).shape == (2, 16, 5, 5)
+
+
+@pytest.mark.parametrize("in_channels, out_channels, stride, expected", [
+    (8, 8, 1, True), (8, 8, 2, False), (8, 16, 1, False), (8, 16, 2, False),
+])
+def test_inverted_residual_adds_skip_only_when_shapes_match(in_channels, out_channels, stride,
+                                                            expected):
+    rng = np.random.default_rng(1)
+    block = InvertedResidual(in_channels, out_channels, stride, 6, rng=rng).eval()
+    x = rng.standard_normal((2, in_channels, 7, 7)).astype(np.float32)
+    assert block.use_res_connect is expected
+    out = block.forward(x)
+    branch = block.conv.forward(x)
+    np.testing.assert_array_equal(out, x + branch if expected else branch)
+
+
+def test_inverted_residual_without_expansion_starts_with_the_depthwise_conv():
+    block = InvertedResidual(16, 8, 1, expand_ratio=1, rng=np.random.default_rng(0))
+    assert [type(m).__name__ for m in block.conv] == ["ConvBNActivation", "PointwiseConv2d",
+                                                      "BatchNorm2d"]
+    assert block.state_dict()["conv.0.0.weight"].shape == (16, 1, 3, 3)
+    expanded = InvertedResidual(16, 24, 2, expand_ratio=6, rng=np.random.default_rng(0))
+    shapes = {k: v.shape for k, v in expanded.state_dict().items()}
+    assert shapes["conv.0.0.weight"] == (96, 16, 1, 1)
+    assert shapes["conv.1.0.weight"] == (96, 1, 3, 3)
+    assert shapes["conv.2.weight"] == (24, 96, 1, 1)
+    assert shapes["conv.3.running_var"] == (24,)
+
+
+def test_bneck_has_torchvision_child_names_with_squeeze_excite_after_the_depthwise():
+    block = Bneck(24, 5, 72, 40, True, "RE", 2, rng=np.random.default_rng(0))
+    assert not block.use_res_connect
+    assert isinstance(block.block[2], SqueezeExcitation)
+    shapes = {k: v.shape for k, v in block.state_dict().items()}
+    assert shapes["block.0.0.weight"] == (72, 24, 1, 1)
+    assert shapes["block.1.0.weight"] == (72, 1, 5, 5)
+    assert shapes["block.2.fc1.weight"] == (24, 72, 1, 1)  # make_divisible(72 // 4) = 24
+    assert shapes["block.2.fc2.bias"] == (72,)
+    assert shapes["block.3.0.weight"] == (40, 72, 1, 1)
+    assert block.block[0][1].eps == 1e-3 and block.block[0][1].momentum == 0.01
+    assert len(block.block[3]) == 2  # the projection is linear
+
+
+def test_bneck_without_expansion_has_no_expand_conv_and_keeps_the_skip():
+    block = Bneck(16, 3, 16, 16, False, "HS", 1, rng=np.random.default_rng(0))
+    assert block.use_res_connect
+    assert [type(m) for m in block.block[0]] == [DepthwiseConv2d, BatchNorm2d, Hardswish]
+    assert len(block.block) == 2
+
+
+def test_blocks_reject_unknown_strides_and_activations():
+    with pytest.raises(ValueError, match="stride"):
+        InvertedResidual(8, 8, 3, 6)
+    with pytest.raises(ValueError, match="activation"):
+        Bneck(8, 3, 16, 8, False, "GELU", 1)
+
+
+BLOCKS = {
+    "depthwise_separable_stride_2": (lambda rng: DepthwiseSeparable(
+        4, 6, 2, bn_eps=1e-5, rng=rng, dtype=np.float64), 4),
+    "inverted_residual_skip": (lambda rng: InvertedResidual(
+        4, 4, 1, 6, rng=rng, dtype=np.float64), 4),
+    "inverted_residual_t1_stride_2": (lambda rng: InvertedResidual(
+        5, 3, 2, 1, rng=rng, dtype=np.float64), 5),
+    "bneck_se_hardswish_k5_skip": (lambda rng: Bneck(
+        8, 5, 16, 8, True, "HS", 1, rng=rng, dtype=np.float64), 8),
+    "bneck_se_no_expand_stride_2": (lambda rng: Bneck(
+        8, 3, 8, 4, True, "RE", 2, rng=rng, dtype=np.float64), 8),
+}
+
+
+@pytest.mark.parametrize("name", list(BLOCKS))
+def test_block_backward_matches_numerical_gradient(name):
+    rng = np.random.default_rng(3)
+    make, channels = BLOCKS[name]
+    block = randomize_batchnorm(make(rng), rng)
+    x = rng.standard_normal((2, channels, 7, 7))
+    errors = gradient_errors(block, x, rng)
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_block_backward_drops_its_caches():
+    rng = np.random.default_rng(0)
+    block = Bneck(8, 3, 16, 8, True, "HS", 1, rng=rng, dtype=np.float64)
+    x = rng.standard_normal((2, 8, 5, 5))
+    block.backward(np.ones_like(block.forward(x)))
+    assert all(m._cache is None for _, m in block.named_modules())
