@@ -30,8 +30,9 @@ from numba import njit, prange
 # output with row pitch Wp, of which the first Wo1 columns are real). Stride 2 reuses the same
 # passes: its output is the stride-1 output sampled at every other row and column, and its
 # backward is the stride-1 backward of a dout spread onto that grid with zeros in between.
-# This costs 4x the multiply-adds of a stride-2 layer but keeps every loop vectorised, and
-# MobileNets have only four or five stride-2 depthwise layers.
+# This costs 4x the multiply-adds of a stride-2 layer but keeps every loop long, contiguous and
+# vectorised; computing only the needed rows measured slower here (short loops), and MobileNets
+# have only four or five stride-2 depthwise layers.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -349,20 +350,20 @@ def hardsigmoid_backward_kernel(dx, dout, x):
 
 # ---------------------------------------------------------------------------------------------
 # Standard convolution by im2col: the stem (C_in = 3) and the dense conv that the cost
-# comparison needs. Columns are laid out per image as (C_in*K*K, Ho*Wo) so that one matrix
-# product per image gives NCHW output directly.
+# comparison needs. Columns are laid out channel-major, (C_in*K*K, N, Ho*Wo), so that the whole
+# batch is one matrix product (as for the pointwise conv).
 # ---------------------------------------------------------------------------------------------
 
 
 @njit(cache=True, parallel=True)
 def im2col_kernel(cols, x, K, stride, pad, Ho, Wo):
-    """cols[n, (c*K+ki)*K+kj, i*Wo+j] = xpad[n, c, i*s+ki, j*s+kj]; parallel over images."""
+    """cols[(c*K+ki)*K+kj, n, i*Wo+j] = xpad[n, c, i*s+ki, j*s+kj]; parallel over images."""
     N, C, H, W = x.shape
     for n in prange(N):
         for c in range(C):
             for ki in range(K):
                 for kj in range(K):
-                    row = cols[n, (c * K + ki) * K + kj]
+                    row = cols[(c * K + ki) * K + kj, n]
                     for i in range(Ho):
                         r = i * stride + ki - pad
                         dst = row[i * Wo:]
@@ -385,7 +386,7 @@ def col2im_kernel(dx, dcols, K, stride, pad, Ho, Wo):
         for c in range(C):
             for ki in range(K):
                 for kj in range(K):
-                    row = dcols[n, (c * K + ki) * K + kj]
+                    row = dcols[(c * K + ki) * K + kj, n]
                     for i in range(Ho):
                         r = i * stride + ki - pad
                         if r < 0 or r >= H:

@@ -67,23 +67,46 @@ def _check_conv_geometry(op, H, W, K, stride, padding):
 
 
 # --------------------------------------------------------------------------------------------
+# Channel-major layout: a 1x1 conv (and an im2col conv) over the whole batch is one matrix
+# product W @ X once X is (C, N*H*W). BLAS runs one large product several times faster than
+# N small per-image ones, which more than pays for the two copies.
+# --------------------------------------------------------------------------------------------
+
+
+def _to_channel_major(a):
+    """(N, C, H, W) -> (C, N*H*W), a copy."""
+    N, C, H, W = a.shape
+    out = np.empty((C, N, H * W), dtype=a.dtype)
+    kernels.swap_leading_axes_kernel(out, a.reshape(N, C, H * W))
+    return out.reshape(C, N * H * W)
+
+
+def _from_channel_major(a, N, H, W):
+    """(C, N*H*W) -> (N, C, H, W), a copy."""
+    C = a.shape[0]
+    out = np.empty((N, C, H * W), dtype=a.dtype)
+    kernels.swap_leading_axes_kernel(out, a.reshape(C, N, H * W))
+    return out.reshape(N, C, H, W)
+
+
+# --------------------------------------------------------------------------------------------
 # Standard convolution (the stem; the dense conv of the cost comparison)
 # --------------------------------------------------------------------------------------------
 
 
 class Conv2dCache(NamedTuple):
     x_shape: tuple
-    cols: np.ndarray  # (N, C_in*K*K, Ho*Wo): the im2col matrix, reused for dw
+    cols: np.ndarray  # (C_in*K*K, N*Ho*Wo): the im2col matrix, reused for dw
     w: np.ndarray
     stride: int
     padding: int
 
 
 def conv2d_forward(x, w, stride=1, padding=0):
-    """out[n] = W (C_out, C_in*K*K) @ im2col(x[n]); x (N, C_in, H, W), w (C_out, C_in, K, K).
+    """out = W (C_out, C_in*K*K) @ im2col(x) (C_in*K*K, N*Ho*Wo); w (C_out, C_in, K, K).
 
-    Caches the im2col matrix (C_in*K*K times the output size per image), since the
-    weight gradient needs it and rebuilding it costs as much as the forward.
+    Caches the im2col matrix (C_in*K*K times the output size), since the weight gradient
+    needs it and rebuilding it costs as much as the forward.
     """
     op = "conv2d"
     x = _check_float(op, "x", x, 4)
@@ -96,22 +119,24 @@ def conv2d_forward(x, w, stride=1, padding=0):
                          f"got {w.shape}")
     _check_conv_geometry(op, H, W, K, stride, padding)
     Ho, Wo = conv_output_size(H, K, stride, padding), conv_output_size(W, K, stride, padding)
-    cols = np.empty((N, C * K * K, Ho * Wo), dtype=x.dtype)
+    cols = np.empty((C * K * K, N, Ho * Wo), dtype=x.dtype)
     kernels.im2col_kernel(cols, x, K, stride, padding, Ho, Wo)
-    out = np.matmul(w.reshape(C_out, -1), cols)  # (N, C_out, Ho*Wo)
-    return out.reshape(N, C_out, Ho, Wo), Conv2dCache(x.shape, cols, w, stride, padding)
+    cols = cols.reshape(C * K * K, N * Ho * Wo)
+    outc = w.reshape(C_out, -1) @ cols  # (C_out, N*Ho*Wo)
+    return (_from_channel_major(outc, N, Ho, Wo),
+            Conv2dCache(x.shape, cols, w, stride, padding))
 
 
 def conv2d_backward(dout, cache):
-    """Returns (dx, dw): dw = sum_n dout[n] @ cols[n]^T, dx = col2im(W^T @ dout[n])."""
+    """Returns (dx, dw): with D = dout channel-major, dw = D @ cols^T, dx = col2im(W^T @ D)."""
     N, C, H, W = cache.x_shape
     C_out, _, K, _ = cache.w.shape
     Ho = conv_output_size(H, K, cache.stride, cache.padding)
     Wo = conv_output_size(W, K, cache.stride, cache.padding)
     dout = _check_dout("conv2d", dout, (N, C_out, Ho, Wo), cache.w.dtype)
-    d2 = dout.reshape(N, C_out, Ho * Wo)
-    dw = np.matmul(d2, cache.cols.transpose(0, 2, 1)).sum(axis=0).reshape(cache.w.shape)
-    dcols = np.matmul(cache.w.reshape(C_out, -1).T, d2)  # (N, C_in*K*K, Ho*Wo)
+    dc = _to_channel_major(dout)  # (C_out, N*Ho*Wo)
+    dw = (dc @ cache.cols.T).reshape(cache.w.shape)
+    dcols = (cache.w.reshape(C_out, -1).T @ dc).reshape(C * K * K, N, Ho * Wo)
     dx = np.empty(cache.x_shape, dtype=dout.dtype)
     kernels.col2im_kernel(dx, dcols, K, cache.stride, cache.padding, Ho, Wo)
     return dx, dw
@@ -176,22 +201,6 @@ class PointwiseConv2dCache(NamedTuple):
     x_shape: tuple
     w: np.ndarray
     has_bias: bool
-
-
-def _to_channel_major(a):
-    """(N, C, H, W) -> (C, N*H*W), a copy."""
-    N, C, H, W = a.shape
-    out = np.empty((C, N, H * W), dtype=a.dtype)
-    kernels.swap_leading_axes_kernel(out, a.reshape(N, C, H * W))
-    return out.reshape(C, N * H * W)
-
-
-def _from_channel_major(a, N, H, W):
-    """(C, N*H*W) -> (N, C, H, W), a copy."""
-    C = a.shape[0]
-    out = np.empty((N, C, H * W), dtype=a.dtype)
-    kernels.swap_leading_axes_kernel(out, a.reshape(C, N, H * W))
-    return out.reshape(N, C, H, W)
 
 
 def pointwise_conv2d_forward(x, w, b=None):
