@@ -9,6 +9,7 @@ matplotlib's Figure class, never pyplot, so no window opens and no backend is sw
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -363,6 +364,10 @@ def main(argv=None):
         return args.run(args)
     except SystemExit as e:  # argparse: --help and --version (0), bad arguments (2)
         return _exit_code(e)
+    except BrokenPipeError:
+        # The reader went away (`minimobile summary v2 | head`): not an error of ours.
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except KeyboardInterrupt:
         # fit has already said which checkpoint was kept and how to resume.
         print("minimobile: interrupted", file=sys.stderr)
