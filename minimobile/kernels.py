@@ -36,6 +36,17 @@ from numba import njit, prange
 # ---------------------------------------------------------------------------------------------
 
 
+@njit(cache=True)
+def _copy_into_padded(xp, plane, pad, Wp):
+    """Write an (H, W) plane into the interior of a flat zero-bordered plane of pitch Wp."""
+    H, W = plane.shape
+    for i in range(H):
+        row = xp[(i + pad) * Wp + pad:]
+        src = plane[i]
+        for j in range(W):
+            row[j] = src[j]
+
+
 @njit(cache=True, parallel=True)
 def depthwise_conv2d_forward_kernel(out, x, w, stride, pad, ntasks):
     """out[n,c,i,j] = sum_{ki,kj} w[c,0,ki,kj] * xpad[n,c,i*s+ki,j*s+kj]; parallel over planes."""
@@ -52,12 +63,7 @@ def depthwise_conv2d_forward_kernel(out, x, w, stride, pad, ntasks):
         for nc in range(t * total // ntasks, (t + 1) * total // ntasks):
             n = nc // C
             c = nc % C
-            xi = x[n, c]
-            for i in range(H):
-                row = xp[(i + pad) * Wp + pad:]
-                src = xi[i]
-                for j in range(W):
-                    row[j] = src[j]
+            _copy_into_padded(xp, x[n, c], pad, Wp)
             w0 = w[c, 0, 0, 0]
             for q in range(L):
                 acc[q] = w0 * xp[q]
@@ -95,12 +101,7 @@ def depthwise_conv2d_backward_kernel(dx, dw, dout, x, w, stride, pad):
         dxp = np.empty(Hp * Wp, dtype=x.dtype)
         dw_partial = np.zeros((K * K, L), dtype=x.dtype)  # one lane per wide position
         for n in range(N):
-            xi = x[n, c]
-            for i in range(H):
-                row = xp[(i + pad) * Wp + pad:]
-                src = xi[i]
-                for j in range(W):
-                    row[j] = src[j]
+            _copy_into_padded(xp, x[n, c], pad, Wp)
             g = dout[n, c]
             for i in range(Ho):
                 row = gw[stride * i * Wp:]
@@ -163,17 +164,24 @@ def add_channel_bias_kernel(out, b):
             row[p] += bc
 
 
+@njit(cache=True)
+def _channel_total(x, c):
+    """Sum of x[:, c, :] in float64: one lane per position p, reduced at the end, so the loop
+    vectorises and the order is the same on every run. x (N, C, P)."""
+    N, _, P = x.shape
+    lanes = np.zeros(P)
+    for n in range(N):
+        row = x[n, c]
+        for p in range(P):
+            lanes[p] += row[p]
+    return lanes.sum()
+
+
 @njit(cache=True, parallel=True)
 def channel_sum_kernel(sums, x):
     """sums[c] = sum over n and p of x[n, c, p], in float64, the same order on every run."""
-    N, C, P = x.shape
-    for c in prange(C):
-        lanes = np.zeros(P)
-        for n in range(N):
-            row = x[n, c]
-            for p in range(P):
-                lanes[p] += row[p]
-        sums[c] = lanes.sum()
+    for c in prange(x.shape[1]):
+        sums[c] = _channel_total(x, c)
 
 
 @njit(cache=True, parallel=True)
@@ -201,13 +209,8 @@ def batchnorm2d_forward_kernel(out, mean, var, x, gamma, beta, eps):
     """mean, var (biased) over (N, H, W); out = gamma * (x - mean) / sqrt(var + eps) + beta."""
     N, C, P = x.shape
     for c in prange(C):
+        m = _channel_total(x, c) / (N * P)
         lanes = np.zeros(P)
-        for n in range(N):
-            row = x[n, c]
-            for p in range(P):
-                lanes[p] += row[p]
-        m = lanes.sum() / (N * P)
-        lanes[:] = 0.0
         for n in range(N):
             row = x[n, c]
             for p in range(P):
