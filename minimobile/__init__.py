@@ -20,3 +20,13 @@ from .models import (mobilenet_v1, mobilenet_v2, mobilenet_v3_large,  # noqa: E4
 from .parallel import get_num_threads, set_num_threads  # noqa: E402
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "blocks", "checkpoint", "cost", "data", "gradcheck", "layers", "models", "ops", "optim",
+    "parallel", "reference", "schedules", "train",
+    "NonFiniteError", "no_grad", "get_num_threads", "set_num_threads",
+    "Module", "Sequential", "Identity", "Conv2d", "DepthwiseConv2d", "PointwiseConv2d",
+    "BatchNorm2d", "ReLU", "ReLU6", "Hardswish", "Hardsigmoid", "SqueezeExcitation",
+    "GlobalAvgPool2d", "Flatten", "Linear", "Dropout",
+    "mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
+]

@@ -9,6 +9,8 @@ kink measures neither side.
 
 import numpy as np
 
+from .layers import BatchNorm2d
+
 
 def relative_error(a, b):
     """max |a - b| / max(max |a|, max |b|): one number for a whole array, 0 when both are 0.
@@ -63,3 +65,15 @@ def check_gradient(f, x, analytic, dout, h=1e-6, indices=None):
         return relative_error(analytic, numeric)
     picked = tuple(np.array(indices).T)
     return relative_error(np.asarray(analytic)[picked], numeric[picked])
+
+
+def randomize_batchnorm(module, rng):
+    """Give every batch norm a random affine map. At initialisation (gamma 1, beta 0) a ReLU
+    after it is positively homogeneous, and a depthwise conv and batch norm after that make
+    the output invariant to gamma: its gradient is then only eps's leftover (~1e-3), too small
+    for a central difference to measure against float64 rounding. beta != 0 breaks that."""
+    for _, m in module.named_modules():
+        if isinstance(m, BatchNorm2d):
+            m.params["weight"][...] = rng.uniform(0.5, 1.5, m.params["weight"].shape)
+            m.params["bias"][...] = rng.normal(0.0, 0.5, m.params["bias"].shape)
+    return module

@@ -5,21 +5,10 @@ import pytest
 
 from minimobile.blocks import (Bneck, ConvBNActivation, DepthwiseSeparable, InvertedResidual,
                                make_divisible)
-from minimobile.gradcheck import numerical_gradient, relative_error, sample_indices
+from minimobile.gradcheck import (numerical_gradient, randomize_batchnorm, relative_error,
+                                  sample_indices)
 from minimobile.layers import (BatchNorm2d, Conv2d, DepthwiseConv2d, Hardswish,
                                PointwiseConv2d, ReLU, ReLU6, SqueezeExcitation, no_grad)
-
-
-def randomize_batchnorm(module, rng):
-    """Give every batch norm a random affine map. At initialisation (gamma 1, beta 0) a ReLU
-    after it is positively homogeneous, and a depthwise conv and batch norm after that make
-    the output invariant to gamma: its gradient is then only eps's leftover (~1e-3), too small
-    for a central difference to measure against float64 rounding. beta != 0 breaks that."""
-    for _, m in module.named_modules():
-        if isinstance(m, BatchNorm2d):
-            m.params["weight"][...] = rng.uniform(0.5, 1.5, m.params["weight"].shape)
-            m.params["bias"][...] = rng.normal(0.0, 0.5, m.params["bias"].shape)
-    return module
 
 
 def sampled_error(f, p, analytic, dout, indices):

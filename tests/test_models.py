@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
-from test_blocks import randomize_batchnorm
 
 from minimobile.blocks import Bneck, DepthwiseSeparable, InvertedResidual, make_divisible
-from minimobile.gradcheck import numerical_gradient, sample_indices
+from minimobile.gradcheck import numerical_gradient, randomize_batchnorm, sample_indices
 from minimobile.layers import (BatchNorm2d, Conv2d, DepthwiseConv2d, Dropout, Hardsigmoid,
                                Hardswish, Linear, PointwiseConv2d, ReLU, ReLU6, no_grad)
 from minimobile.models import (V1_SETTING, V2_SETTING, V3_LARGE_SETTING, V3_SMALL_SETTING,
