@@ -147,9 +147,10 @@ class MobileNetV2(MobileNet):
     """
 
     def __init__(self, num_classes=1000, width_mult=1.0, cifar=False, dropout=0.2, rng=None,
-                 dtype=np.float32):
+                 dtype=np.float32, block=None):
         super().__init__()
         rng = rng if rng is not None else np.random.default_rng()
+        block = InvertedResidual if block is None else block
         self.num_classes, self.width_mult, self.cifar = num_classes, width_mult, cifar
         setting = [list(row) for row in V2_SETTING]
         if cifar:
@@ -161,8 +162,8 @@ class MobileNetV2(MobileNet):
         for t, c, n, s in setting:
             out_channels = make_divisible(c * width_mult, 8)
             for i in range(n):
-                features.append(InvertedResidual(channels, out_channels, s if i == 0 else 1, t,
-                                                 rng=rng, dtype=dtype))
+                features.append(block(channels, out_channels, s if i == 0 else 1, t, rng=rng,
+                                      dtype=dtype))
                 channels = out_channels
         features.append(ConvBNActivation(channels, self.last_channel, 1, activation=ReLU6,
                                          rng=rng, dtype=dtype))
@@ -238,13 +239,15 @@ def mobilenet_v1(num_classes=None, width_mult=1.0, cifar=False, dropout=0.0, rng
 
 
 def mobilenet_v2(num_classes=None, width_mult=1.0, cifar=False, dropout=0.2, rng=None,
-                 seed=None, dtype=np.float32):
+                 seed=None, dtype=np.float32, block=None):
     """MobileNet V2, torchvision's. num_classes defaults to 1000, or 10 with cifar=True.
     cifar=True: stem and the 24-channel stage (second row) at stride 1, so 32x32 ends at 4x4.
-    Weights come from rng, or default_rng(seed).
+    Weights come from rng, or default_rng(seed). `block` replaces InvertedResidual (None): it
+    is called as InvertedResidual is, block(in_channels, out_channels, stride, expand_ratio,
+    rng=rng, dtype=dtype), so a learner's own block can run inside the network (exercise 06).
     """
     return MobileNetV2(_classes(num_classes, cifar), width_mult, cifar, dropout,
-                       _make_rng(rng, seed), dtype)
+                       _make_rng(rng, seed), dtype, block)
 
 
 def mobilenet_v3_large(num_classes=None, width_mult=1.0, cifar=False, dropout=0.2, rng=None,

@@ -329,3 +329,24 @@ def test_v1_paper_multipliers_need_no_rounding_so_plain_scaling_gives_the_same_w
             assert make_divisible(c * alpha) == c * alpha
     assert mobilenet_v1(width_mult=0.25, seed=0).features[13].pw[0].params["weight"].shape[0] \
         == 256
+
+
+def test_mobilenet_v2_builds_its_blocks_with_the_given_block_class_and_the_same_arguments():
+    calls = []
+
+    class RecordingBlock(InvertedResidual):
+        def __init__(self, *args, **kwargs):
+            calls.append((args, sorted(kwargs)))
+            super().__init__(*args, **kwargs)
+
+    mine = mobilenet_v2(width_mult=0.25, cifar=True, seed=0, block=RecordingBlock)
+    library = mobilenet_v2(width_mult=0.25, cifar=True, seed=0)
+    assert len(calls) == sum(n for _, _, n, _ in V2_SETTING) == len(blocks_of(library))
+    assert all(isinstance(m, RecordingBlock) for m in blocks_of(mine))
+    assert all(kwargs == ["dtype", "rng"] for _, kwargs in calls)
+    assert [args for args, _ in calls] == [
+        (m.in_channels, m.out_channels, m.stride, m.expand_ratio) for m in blocks_of(library)]
+    # Same arguments and the same draws from the same seed: the same network, weight for weight.
+    mine_state, library_state = mine.state_dict(), library.state_dict()
+    assert list(mine_state) == list(library_state)
+    assert all(np.array_equal(mine_state[k], library_state[k]) for k in library_state)
