@@ -1,0 +1,294 @@
+"""Experiments the notebooks run, kept here so that learners can rerun them on other settings.
+
+Cost ratios of a standard against a depthwise separable conv counted by `cost.profile`, a
+median-of-n timer, forward and backward timings of a layer, cost shares by layer type (the V1
+paper's Table 2), the spiral of the V2 paper's Figure 1, a gradient check of a whole block, and
+inference latency over widths and resolutions. The figures the papers print are kept below as
+data, each with its table, so a notebook can show them beside what minimobile counts.
+"""
+
+import time
+from fractions import Fraction
+from typing import NamedTuple
+
+import numpy as np
+
+from .cost import profile
+from .gradcheck import check_gradient, sample_indices
+from .layers import (Conv2d, DepthwiseConv2d, Linear, PointwiseConv2d, Sequential, no_grad)
+
+# Howard et al. 2017 (MobileNets, arXiv:1704.04861).
+# Table 2 "Resource Per Layer Type": (share of Mult-Adds %, share of parameters %).
+V1_TABLE_2 = {"Conv 1x1": (94.86, 74.59), "Conv DW 3x3": (3.06, 1.06),
+              "Conv 3x3": (1.19, 0.02), "Fully Connected": (0.18, 24.33)}
+# Table 3: an internal layer with D_K = 3, M = N = 512, D_F = 14: (million Mult-Adds, million
+# parameters) of the standard conv and of the depthwise separable conv.
+V1_TABLE_3 = {"Convolution": (462, 2.36), "Depthwise Separable Conv": (52.3, 0.27)}
+# Table 6 (width multiplier, at 224) and Table 7 (resolution, at width 1.0):
+# {setting: (ImageNet top-1 %, million Mult-Adds, million parameters)}.
+V1_TABLE_6 = {1.0: (70.6, 569, 4.2), 0.75: (68.4, 325, 2.6), 0.5: (63.7, 149, 1.3),
+              0.25: (50.6, 41, 0.5)}
+V1_TABLE_7 = {224: (70.6, 569, 4.2), 192: (69.1, 418, 4.2), 160: (67.2, 290, 4.2),
+              128: (64.4, 186, 4.2)}
+# Sandler et al. 2018 (MobileNetV2, arXiv:1801.04381), Table 4: ImageNet at 224, latency on one
+# large core of a Google Pixel 1 with TF-Lite: (network, width, million MAdds, million params,
+# ms). The V1 paper prints no latency; this table is where V1's is found.
+V2_TABLE_4 = [("v1", 1.0, 575, 4.2, 113), ("v2", 1.0, 300, 3.4, 75), ("v2", 1.4, 585, 6.9, 143)]
+# Howard et al. 2019 (Searching for MobileNetV3, arXiv:1905.02244), Table 9 (Appendix A):
+# (network, width, resolution, million MAdds, million params, Pixel 1 ms).
+V3_TABLE_9 = [
+    ("v3-large", 1.25, 224, 356, 7.5, 77.0), ("v3-large", 1.0, 224, 217, 5.4, 51.2),
+    ("v3-large", 0.75, 224, 155, 4.0, 39.8), ("v3-large", 0.5, 224, 69, 2.6, 21.7),
+    ("v3-large", 0.35, 224, 40, 2.2, 15.1), ("v3-large", 1.0, 192, 160, 5.4, 38.0),
+    ("v3-large", 1.0, 160, 112, 5.4, 27.8), ("v3-large", 1.0, 128, 73, 5.4, 17.8),
+    ("v3-small", 1.25, 224, 91, 3.6, 23.6), ("v3-small", 1.0, 224, 57, 2.5, 15.8),
+    ("v3-small", 0.75, 224, 44, 2.0, 12.8), ("v3-small", 0.5, 224, 21, 1.6, 7.7),
+    ("v3-small", 0.35, 224, 12, 1.4, 5.7), ("v3-small", 1.0, 160, 30, 2.5, 8.6),
+    ("v3-small", 1.0, 128, 20, 2.5, 5.8),
+]
+
+
+# -- the cost ratio of a depthwise separable conv ---------------------------------------------
+
+def standard_conv(C_in, C_out, K, rng=None, dtype=np.float32):
+    """A K x K standard conv with 'same' padding (stride 1): the layer V1 replaces."""
+    return Conv2d(C_in, C_out, K, stride=1, padding=K // 2, rng=rng, dtype=dtype)
+
+
+def depthwise_separable_conv(C_in, C_out, K, rng=None, dtype=np.float32):
+    """K x K depthwise then 1x1 pointwise, without batch norm or activation, so that its cost
+    compares with `standard_conv` term for term (Howard et al. 2017, Section 3.1)."""
+    return Sequential(DepthwiseConv2d(C_in, K, stride=1, padding=K // 2, rng=rng, dtype=dtype),
+                      PointwiseConv2d(C_in, C_out, rng=rng, dtype=dtype))
+
+
+def theoretical_ratio(C_out, K):
+    """(K^2 M D_F^2 + M N D_F^2) / (K^2 M N D_F^2) = 1/N + 1/K^2, as an exact fraction."""
+    return Fraction(1, C_out) + Fraction(1, K * K)
+
+
+class SeparableCost(NamedTuple):
+    C_in: int
+    C_out: int
+    K: int
+    size: int  # D_F, the height and width of the input and output maps
+    standard_macs: int
+    separable_macs: int
+    standard_params: int
+    separable_params: int
+
+    @property
+    def counted_ratio(self):
+        """separable / standard multiply-adds as counted, an exact fraction."""
+        return Fraction(self.separable_macs, self.standard_macs)
+
+    @property
+    def theoretical_ratio(self):
+        return theoretical_ratio(self.C_out, self.K)
+
+
+def separable_cost(C_in, C_out, K, size):
+    """Multiply-adds and parameters of `standard_conv` and `depthwise_separable_conv` on one
+    C_in x size x size input, as `cost.profile` counts them (it runs a forward)."""
+    rng = np.random.default_rng(0)
+    standard = profile(standard_conv(C_in, C_out, K, rng), (C_in, size, size))
+    separable = profile(depthwise_separable_conv(C_in, C_out, K, rng), (C_in, size, size))
+    return SeparableCost(C_in, C_out, K, size, standard.macs, separable.macs,
+                         standard.params, separable.params)
+
+
+def separable_cost_grid(c_outs, kernel_sizes, C_in=32, size=8):
+    """separable_cost for every (C_out, K) pair; the ratio does not depend on C_in or size."""
+    return [separable_cost(C_in, C_out, K, size) for K in kernel_sizes for C_out in c_outs]
+
+
+# -- where a network's cost goes ---------------------------------------------------------------
+
+def layer_type_label(module):
+    """The V1 paper's Table 2 names: "Conv 1x1", "Conv DW 3x3", "Conv 3x3", "Fully Connected";
+    None for layers without multiplies (batch norm, activations, pooling)."""
+    if isinstance(module, PointwiseConv2d):
+        return "Conv 1x1"
+    if isinstance(module, DepthwiseConv2d):
+        K = module.params["weight"].shape[-1]
+        return f"Conv DW {K}x{K}"
+    if isinstance(module, Conv2d):
+        K = module.params["weight"].shape[-1]
+        return f"Conv {K}x{K}"
+    if isinstance(module, Linear):
+        return "Fully Connected"
+    return None
+
+
+class TypeShare(NamedTuple):
+    label: str
+    macs: int
+    params: int
+    macs_share: float  # percent of the listed layers' total
+    params_share: float
+
+
+def cost_by_layer_type(model, input_size=(3, 224, 224)):
+    """Multiply-adds and parameters summed by layer type (`layer_type_label`), with their shares
+    in percent, largest MAC share first. Batch norm's parameters are left out of the totals,
+    as in the V1 paper's Table 2, whose four rows sum to 100 %."""
+    modules = dict(model.named_modules())
+    macs, params = {}, {}
+    for row in profile(model, input_size).rows:
+        label = layer_type_label(modules[row.name])
+        if label is not None:
+            macs[label] = macs.get(label, 0) + row.macs
+            params[label] = params.get(label, 0) + row.params
+    total_macs, total_params = sum(macs.values()), sum(params.values())
+    shares = [TypeShare(label, macs[label], params[label], 100 * macs[label] / total_macs,
+                        100 * params[label] / total_params) for label in macs]
+    return sorted(shares, key=lambda s: -s.macs_share)
+
+
+# -- timing ------------------------------------------------------------------------------------
+
+class Timing(NamedTuple):
+    median: float  # seconds
+    samples: tuple  # every repetition, seconds
+
+    @property
+    def ms(self):
+        return 1e3 * self.median
+
+
+def time_callable(fn, repeats=5, warmup=1):
+    """Median wall time of fn() over `repeats` calls, after `warmup` untimed calls (which pay
+    for Numba compilation and first-touch allocation). The median, not the mean, because one
+    call slowed by another process should not move the result."""
+    if repeats < 1:
+        raise ValueError(f"time_callable: expected repeats >= 1, got {repeats}")
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return Timing(float(np.median(samples)), tuple(samples))
+
+
+def time_forward_backward(layer, x, repeats=5, warmup=1, seed=0):
+    """(forward, forward + backward) Timings of a layer on x, in training mode; the backward
+    takes a fixed random dout of the output's shape."""
+    layer.train()
+    out = layer.forward(x)
+    dout = np.random.default_rng(seed).standard_normal(out.shape).astype(out.dtype)
+    layer.backward(dout)
+    forward = time_callable(lambda: layer.forward(x), repeats, warmup)
+    layer.backward(dout)  # drop the last forward's cache
+
+    def step():
+        layer.forward(x)
+        layer.backward(dout)
+    return forward, time_callable(step, repeats, warmup)
+
+
+class LatencyRow(NamedTuple):
+    network: str
+    width: float
+    resolution: int
+    macs: int
+    params: int
+    ms: float  # median batch-1 inference time
+
+
+def measure_latency(model, resolution, repeats=5, warmup=1, seed=0):
+    """Median time of one batch-1 inference (eval mode, no_grad) at resolution x resolution;
+    the model's mode is restored afterwards. Returns a Timing."""
+    dtype = next(iter(model.named_parameters()))[1].dtype
+    x = np.random.default_rng(seed).standard_normal((1, 3, resolution, resolution)).astype(dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        with no_grad():
+            return time_callable(lambda: model.forward(x), repeats, warmup)
+    finally:
+        model.train(was_training)
+
+
+def latency_sweep(build, network, widths=(), resolutions=(), repeats=5, warmup=1):
+    """LatencyRows of `build(width_mult=w)` for each width at 224, then each resolution at
+    width 1.0 (the V1 paper's Tables 6 and 7, with time added). `build` is one of
+    minimobile.models' builders; `network` is the name put in the rows."""
+    settings = [(w, 224) for w in widths] + [(1.0, r) for r in resolutions]
+    rows = []
+    for width, resolution in settings:
+        model = build(width_mult=width, seed=0)
+        cost = profile(model, (3, resolution, resolution))
+        timing = measure_latency(model, resolution, repeats, warmup)
+        rows.append(LatencyRow(network, width, resolution, cost.macs, cost.params, timing.ms))
+    return rows
+
+
+# -- the spiral of the V2 paper's Figure 1 -----------------------------------------------------
+
+def spiral(n_points=1000, turns=2.0):
+    """A 2-D spiral r = t, angle = 2 pi turns t for t in [0, 1], shape (n_points, 2), centred
+    on the origin as a manifold of activations is around zero before a ReLU."""
+    t = np.linspace(0.0, 1.0, n_points)
+    angle = 2 * np.pi * turns * t
+    return np.stack([t * np.cos(angle), t * np.sin(angle)], axis=1)
+
+
+def random_embedding(n, rng, dim=2):
+    """A random matrix T of shape (n, dim), standard normal entries: the embedding of Figure 1."""
+    return rng.standard_normal((n, dim))
+
+
+def relu_roundtrip(points, T, relu=True):
+    """Embed points (P, d) with T (n, d), apply ReLU (or not), and project back with T's
+    pseudo-inverse (its inverse when n = d): Sandler et al. 2018, Figure 1. Returns (P, d)."""
+    y = points @ T.T  # (P, n)
+    if relu:
+        y = np.maximum(y, 0.0)
+    return y @ np.linalg.pinv(T).T  # (P, d)
+
+
+def relu_recoverable(points, T):
+    """For each point x, whether x can be recovered exactly from ReLU(T x): true when the rows
+    of T that x activates (T_i x > 0) span the whole input space, for then x solves the linear
+    system those rows give. Where they do not, ReLU has collapsed a direction and the point
+    can be confused with others. Returns a boolean array (P,)."""
+    active = points @ T.T > 0  # (P, n)
+    dim = T.shape[1]
+    return np.array([np.linalg.matrix_rank(T[rows]) == dim if rows.sum() >= dim else False
+                     for rows in active])
+
+
+def roundtrip_error(points, back):
+    """Root-mean-square distance between the points and their round trip, over the RMS radius
+    of the points: 0 means nothing was lost."""
+    return float(np.sqrt(np.mean(np.sum((points - back) ** 2, axis=1)))
+                 / np.sqrt(np.mean(np.sum(points ** 2, axis=1))))
+
+
+# -- a gradient check of a whole block ---------------------------------------------------------
+
+def gradient_check_module(module, x, rng, count=20, h=1e-6):
+    """Relative errors between module.backward and central differences, for the input and every
+    parameter, each at `count` sampled entries: {"input": e, "dw.0.weight": e, ...}.
+
+    Needs float64 parameters and x. The module runs in training mode (batch statistics), which
+    is what its backward differentiates; the probes' forwards run under no_grad so they leave
+    no cache behind.
+    """
+    module.train()
+    out = module.forward(x)
+    dout = rng.standard_normal(out.shape)
+    dx = module.backward(dout)
+    analytic = {name: grad.copy() for name, _, grad in module.named_parameters()}
+
+    def f():
+        with no_grad():
+            return module.forward(x)
+    errors = {"input": check_gradient(f, x, dx, dout, h,
+                                      sample_indices(x.shape, count, rng))}
+    for name, param, _ in module.named_parameters():
+        errors[name] = check_gradient(f, param, analytic[name], dout, h,
+                                      sample_indices(param.shape, count, rng))
+    return errors

@@ -1,0 +1,131 @@
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from minimobile import experiments as ex
+from minimobile.blocks import DepthwiseSeparable, InvertedResidual
+from minimobile.gradcheck import randomize_batchnorm
+from minimobile.models import mobilenet_v1, mobilenet_v3_small
+
+
+@pytest.mark.parametrize("C_out, K", [(16, 3), (64, 5), (1024, 7), (10, 3)])
+def test_counted_separable_ratio_equals_one_over_c_out_plus_one_over_k_squared(C_out, K):
+    cost = ex.separable_cost(C_in=12, C_out=C_out, K=K, size=5)
+    assert cost.counted_ratio == Fraction(1, C_out) + Fraction(1, K * K)
+    assert cost.counted_ratio == cost.theoretical_ratio
+
+
+def test_separable_cost_reproduces_v1_table_3_row_for_the_14x14x512_layer():
+    cost = ex.separable_cost(C_in=512, C_out=512, K=3, size=14)
+    assert cost.standard_macs == 14 * 14 * 512 * 512 * 9
+    assert cost.separable_macs == 14 * 14 * 512 * (9 + 512)
+    paper_macs, paper_params = ex.V1_TABLE_3["Convolution"]
+    assert round(cost.standard_macs / 1e6) == paper_macs
+    assert round(cost.standard_params / 1e6, 2) == paper_params
+    paper_macs, paper_params = ex.V1_TABLE_3["Depthwise Separable Conv"]
+    assert round(cost.separable_macs / 1e6, 1) == paper_macs
+    assert round(cost.separable_params / 1e6, 2) == paper_params
+
+
+def test_separable_cost_grid_covers_every_pair():
+    grid = ex.separable_cost_grid([16, 32], [3, 5], C_in=4, size=3)
+    assert [(c.C_out, c.K) for c in grid] == [(16, 3), (32, 3), (16, 5), (32, 5)]
+
+
+def test_cost_by_layer_type_matches_v1_table_2():
+    shares = {s.label: s for s in ex.cost_by_layer_type(mobilenet_v1(seed=0))}
+    assert set(shares) == set(ex.V1_TABLE_2)
+    assert sum(s.macs_share for s in shares.values()) == pytest.approx(100)
+    for label in ("Conv 1x1", "Conv DW 3x3", "Fully Connected"):
+        assert round(shares[label].macs_share, 2) == ex.V1_TABLE_2[label][0]
+    # The paper prints 1.19 % for the stem; its four shares then sum to 99.29 %. The count is
+    # 1.91 % (the same digits swapped), with which the column sums to 100.01 %.
+    assert round(shares["Conv 3x3"].macs_share, 2) == 1.91
+    assert sum(macs for macs, _ in ex.V1_TABLE_2.values()) == pytest.approx(99.29)
+    for label, (_, params_share) in ex.V1_TABLE_2.items():
+        # The classifier's 1,000 biases are counted here; the paper's shares leave them out.
+        assert shares[label].params_share == pytest.approx(params_share, abs=0.03)
+
+
+def test_time_callable_takes_the_median_and_rejects_zero_repeats():
+    calls = []
+    timing = ex.time_callable(lambda: calls.append(1), repeats=3, warmup=2)
+    assert len(calls) == 5 and len(timing.samples) == 3
+    assert timing.median == np.median(timing.samples)
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        ex.time_callable(lambda: None, repeats=0)
+
+
+def test_time_forward_backward_leaves_no_cache_and_returns_two_timings():
+    layer = ex.depthwise_separable_conv(4, 8, 3, np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((2, 4, 6, 6)).astype(np.float32)
+    forward, both = ex.time_forward_backward(layer, x, repeats=2, warmup=0)
+    assert forward.median > 0 and both.median > 0
+    with pytest.raises(RuntimeError, match="without a forward"):
+        layer.backward(np.zeros((2, 8, 6, 6), np.float32))
+
+
+def test_measure_latency_restores_training_mode():
+    model = mobilenet_v3_small(width_mult=0.35, seed=0)
+    model.train()
+    timing = ex.measure_latency(model, 32, repeats=1, warmup=0)
+    assert timing.median > 0 and model.training
+
+
+def test_latency_sweep_counts_macs_like_profile():
+    rows = ex.latency_sweep(mobilenet_v1, "v1", widths=[0.25], resolutions=[32], repeats=1,
+                            warmup=0)
+    assert [(r.width, r.resolution) for r in rows] == [(0.25, 224), (1.0, 32)]
+    assert rows[1].macs < rows[0].macs * 10  # 32x32 at width 1 against 224x224 at width 0.25
+    assert rows[0].params < rows[1].params
+
+
+def test_linear_roundtrip_loses_nothing_and_relu_in_two_dimensions_loses_much():
+    points = ex.spiral(200)
+    T = ex.random_embedding(2, np.random.default_rng(0))
+    assert ex.roundtrip_error(points, ex.relu_roundtrip(points, T, relu=False)) < 1e-12
+    assert ex.roundtrip_error(points, ex.relu_roundtrip(points, T)) > 0.1
+
+
+def test_relu_recoverable_agrees_with_solving_on_the_active_rows():
+    points = ex.spiral(300)
+    T = ex.random_embedding(5, np.random.default_rng(3))
+    ok = ex.relu_recoverable(points, T)
+    assert 0 < ok.sum() < len(points)
+    y = np.maximum(points @ T.T, 0)
+    for x, yx, good in zip(points[ok][:20], y[ok][:20], ok[ok][:20]):
+        rows = yx > 0
+        solved = np.linalg.lstsq(T[rows], yx[rows], rcond=None)[0]
+        assert np.allclose(solved, x)
+
+
+def test_more_of_the_spiral_survives_relu_as_the_embedding_widens():
+    points = ex.spiral(500)
+    kept = {n: np.mean([ex.relu_recoverable(points, ex.random_embedding(
+        n, np.random.default_rng(seed))).mean() for seed in range(10)]) for n in (2, 30)}
+    assert kept[2] < 0.5 < 0.9 < kept[30]
+
+
+@pytest.mark.parametrize("block", [
+    DepthwiseSeparable(4, 6, stride=2, rng=np.random.default_rng(0), dtype=np.float64),
+    InvertedResidual(4, 4, 1, 2, rng=np.random.default_rng(0), dtype=np.float64),
+])
+def test_gradient_check_module_finds_the_blocks_backward_correct(block):
+    rng = np.random.default_rng(0)
+    randomize_batchnorm(block, rng)
+    x = rng.standard_normal((2, 4, 5, 5))
+    errors = ex.gradient_check_module(block, x, rng, count=8)
+    assert "input" in errors and len(errors) == 1 + len(list(block.named_parameters()))
+    assert max(errors.values()) < 1e-6
+
+
+def test_gradient_check_module_catches_a_wrong_backward():
+    rng = np.random.default_rng(0)
+    block = InvertedResidual(4, 4, 1, 2, rng=rng, dtype=np.float64)
+    randomize_batchnorm(block, rng)
+    block.use_res_connect = True
+    backward = block.backward
+    block.backward = lambda dout: backward(dout) - dout  # forgets the skip's gradient
+    errors = ex.gradient_check_module(block, rng.standard_normal((2, 4, 5, 5)), rng, count=8)
+    assert errors["input"] > 1e-2
