@@ -1,0 +1,122 @@
+"""Batch-norm folding: an inference copy of a model with every BN merged into the conv before it.
+
+In eval mode a batch norm is a fixed per-channel affine map, y = gamma * (z - mean) /
+sqrt(var + eps) + beta, and the conv before it is linear in its weights: z = w * x + b. So the
+pair is one conv with w' = w * s and b' = beta + (b - mean) * s, s = gamma / sqrt(var + eps),
+per output channel. `fuse(model)` makes that replacement everywhere, which removes one pass
+over every feature map per block at no cost in accuracy (the derivation is in
+`notebooks/07_deploy.ipynb`; `exercises/ex07_deploy.py` has you write `fold_batchnorm`).
+"""
+
+import copy
+
+import numpy as np
+
+from . import kernels
+from .layers import (BatchNorm2d, Conv2d, DepthwiseConv2d, Dropout, Module, PointwiseConv2d,
+                     Sequential)
+
+CONVS = (Conv2d, DepthwiseConv2d, PointwiseConv2d)
+
+
+def fold_batchnorm(w, b, gamma, beta, running_mean, running_var, eps=1e-5):
+    """(w', b') with conv(x, w') + b' == batchnorm(conv(x, w) + b) in eval mode.
+
+    w (C_out, ...) any conv layout whose first axis is the output channel (standard, depthwise
+    (C, 1, K, K), pointwise); b (C_out,) or None for a conv without bias; the rest (C_out,).
+    s = gamma / sqrt(var + eps); w' = w * s per output channel; b' = beta + (b - mean) * s.
+    Computed in float64 and returned in w's dtype, so the fold adds one rounding, no more.
+    """
+    w = np.asarray(w)
+    C = w.shape[0] if w.ndim >= 1 else 0
+    for name, a in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
+                    ("running_var", running_var), ("b", b)):
+        if a is not None and np.shape(a) != (C,):
+            raise ValueError(f"fold_batchnorm: expected {name} of shape ({C},) for w of shape "
+                             f"{w.shape}, got {np.shape(a)}")
+    scale = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(running_var, np.float64) + eps)
+    b64 = np.zeros(C) if b is None else np.asarray(b, np.float64)
+    w_folded = w.astype(np.float64) * scale.reshape((C,) + (1,) * (w.ndim - 1))
+    b_folded = np.asarray(beta, np.float64) + (b64 - np.asarray(running_mean, np.float64)) * scale
+    return w_folded.astype(w.dtype), b_folded.astype(w.dtype)
+
+
+class DepthwiseConv2dWithBias(DepthwiseConv2d):
+    """A depthwise conv plus a per-channel bias: what a depthwise conv and its BN fold into.
+    (The training network never needs this bias: the BN's beta plays its part.)"""
+
+    def __init__(self, weight, bias, stride, padding):
+        Module.__init__(self)
+        self.stride, self.padding = stride, padding
+        self.add_param("weight", weight)
+        self.add_param("bias", bias)
+
+    def forward(self, x):
+        out = super().forward(x)  # (N, C, Ho, Wo)
+        N, C = out.shape[:2]
+        kernels.add_channel_bias_kernel(out.reshape(N, C, -1), self.params["bias"])
+        return out
+
+    def backward(self, dout):
+        dx = super().backward(dout)
+        self.grads["bias"][...] = dout.sum(axis=(0, 2, 3))
+        return dx
+
+
+def _conv_with_bias(conv, w, b):
+    """A new layer of conv's kind and geometry holding the folded w and b."""
+    if isinstance(conv, DepthwiseConv2d):
+        return DepthwiseConv2dWithBias(w, b, conv.stride, conv.padding)
+    if isinstance(conv, PointwiseConv2d):
+        fused = PointwiseConv2d(w.shape[1], w.shape[0], bias=True, dtype=w.dtype)
+    else:
+        fused = Conv2d(w.shape[1], w.shape[0], w.shape[2], conv.stride, conv.padding, bias=True,
+                       dtype=w.dtype)
+    fused.params["weight"], fused.params["bias"] = w, b
+    fused.grads["weight"], fused.grads["bias"] = np.zeros_like(w), np.zeros_like(b)
+    return fused
+
+
+def _drop_child(parent, name):
+    del parent._modules[name]
+    object.__delattr__(parent, name)
+
+
+def _fuse_sequential(seq):
+    """Fold each (conv, BatchNorm2d) pair of adjacent children of seq; drop Dropouts (the
+    identity at inference). Children keep their names, so "features.3.pw.0" stays itself."""
+    names = list(seq._modules)
+    for name, following in zip(names, names[1:]):
+        conv, bn = seq._modules.get(name), seq._modules.get(following)  # None: folded already
+        if isinstance(conv, CONVS) and isinstance(bn, BatchNorm2d):
+            w, b = fold_batchnorm(conv.params["weight"], conv.params.get("bias"),
+                                  bn.params["weight"], bn.params["bias"],
+                                  bn.buffers["running_mean"], bn.buffers["running_var"], bn.eps)
+            setattr(seq, name, _conv_with_bias(conv, w, b))
+            _drop_child(seq, following)
+    for name in list(seq._modules):
+        if isinstance(seq._modules[name], Dropout):
+            _drop_child(seq, name)
+
+
+def fuse(model):
+    """An inference copy of `model` with every BatchNorm2d folded into the conv before it.
+
+    The copy is in eval mode; `model` is left untouched. Its logits equal `model.eval()`'s up to
+    float rounding (1e-5 relative in float32, checked in tests/test_deploy.py). A batch norm that
+    does not directly follow a conv within a Sequential cannot be folded: ValueError naming it.
+    """
+    fused = copy.deepcopy(model).eval()
+    for _, module in list(fused.named_modules()):
+        if isinstance(module, Sequential):
+            _fuse_sequential(module)
+    left = [path for path, m in fused.named_modules() if isinstance(m, BatchNorm2d)]
+    if left:
+        raise ValueError(f"fuse: expected every BatchNorm2d to follow a conv in a Sequential, "
+                         f"got {len(left)} that do not: {', '.join(left)}")
+    return fused
+
+
+def count_layers(model, kinds):
+    """How many modules of `model` are instances of `kinds` (a class or a tuple of them)."""
+    return sum(isinstance(m, kinds) for _, m in model.named_modules())
