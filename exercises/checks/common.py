@@ -1,0 +1,131 @@
+"""What every exercise check shares: which module to judge, and failure messages a learner can
+act on (which function, which output or gradient, on which shape, by how much, where, a hint).
+
+The verdicts themselves are the library's: `minimobile.gradcheck.relative_error` (largest
+difference over largest magnitude) against `minimobile.reference` forwards and against
+`minimobile.gradcheck.numerical_gradient` (float64 central differences).
+"""
+
+import importlib
+import os
+
+import numpy as np
+
+from minimobile.gradcheck import numerical_gradient, relative_error
+
+ENV_VARIABLE = "MINIMOBILE_EXERCISES"
+FORWARD_TOL = 1e-10  # float64 against the loop reference: only rounding may differ
+FLOAT32_TOL = 1e-5
+GRAD_TOL = 1e-7  # the library's own tolerance for a backward against central differences
+
+
+def load_exercise(name):
+    """The learner's `exercises/<name>.py`, or with MINIMOBILE_EXERCISES=solutions the reference
+    solution `exercises/solutions/<name>.py`."""
+    which = os.environ.get(ENV_VARIABLE, "learner")
+    if which not in ("learner", "solutions"):
+        raise ValueError(f"{ENV_VARIABLE}: expected 'learner' or 'solutions', got {which!r}")
+    package = "exercises.solutions" if which == "solutions" else "exercises"
+    return importlib.import_module(f"{package}.{name}")
+
+
+def fail(message, hint=None):
+    raise AssertionError(message + (f"\n  hint: {hint}" if hint else ""))
+
+
+def call(what, f, *args, hint=None, **kwargs):
+    """f(*args, **kwargs); a stub's NotImplementedError passes through unchanged, any other
+    exception becomes a failure that names the call and carries the hint."""
+    try:
+        return f(*args, **kwargs)
+    except NotImplementedError:
+        raise
+    except Exception as e:  # noqa: BLE001: whatever the learner's code raised, say where
+        fail(f"{what} raised {type(e).__name__}: {e}", hint)
+
+
+def describe(**arrays_and_values):
+    """'x (2, 3, 4, 5), K=3, stride=2' from arrays (by shape) and scalars (by value)."""
+    parts = []
+    for name, v in arrays_and_values.items():
+        parts.append(f"{name} of shape {v.shape}" if isinstance(v, np.ndarray) else f"{name}={v}")
+    return ", ".join(parts)
+
+
+def _fmt(v):
+    return f"{float(v):.6g}"
+
+
+def assert_close(got, expected, what, where, tol, hint=None, context=None, pieces=None):
+    """Fail unless relative_error(got, expected) <= tol, saying by how much and where.
+
+    what: 'ex03 relu6_forward: out'; where: 'for x of shape (2, 3, 4, 5)'. context: arrays of
+    got's shape whose value at the worst index helps (e.g. {'x': x}). pieces: (label, mask)
+    pairs of got's shape; the message then says on which pieces the errors are.
+    """
+    if got is None:
+        fail(f"{what} is None {where}", hint)
+    got = np.asarray(got)
+    expected = np.asarray(expected)
+    if got.shape != expected.shape:
+        fail(f"{what} has shape {got.shape} {where}; expected {expected.shape}", hint)
+    if not np.isfinite(got).all():
+        bad = np.argwhere(~np.isfinite(got))
+        fail(f"{what} has {len(bad)} NaN or infinite entries {where}, the first at index "
+             f"{tuple(int(i) for i in bad[0])}", hint)
+    err = relative_error(got, expected)
+    if err <= tol:
+        return err
+    diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
+    index = np.unravel_index(int(np.argmax(diff)), diff.shape)
+    index_text = tuple(int(i) for i in index)
+    lines = [f"{what} is wrong {where}: relative error {err:.2e} (tolerance {tol:.0e})",
+             f"  largest difference {diff[index]:.3g} at index {index_text}: yours "
+             f"{_fmt(got[index])}, expected {_fmt(expected[index])}"]
+    if context:
+        lines[-1] += "".join(f", where {name} = {_fmt(a[index])}" for name, a in context.items()
+                             if np.shape(a) == got.shape)
+    wrong = diff > tol * max(np.abs(expected).max(), np.abs(got).max())
+    lines.append(f"  {int(wrong.sum())} of {wrong.size} entries are off")
+    if pieces:
+        counts = [f"{label}: {int((wrong & mask).sum())} of {int(mask.sum())} wrong"
+                  for label, mask in pieces if mask.any()]
+        lines.append("  by piece: " + "; ".join(counts))
+    fail("\n".join(lines), hint)
+
+
+def assert_gradient(f, x, analytic, dout, what, where, tol=GRAD_TOL, hint=None, indices=None,
+                    context=None, pieces=None):
+    """An analytic gradient against the float64 central difference of sum(f() * dout) with
+    respect to x (all entries, or the sampled `indices`), with assert_close's message."""
+    if analytic is None:
+        fail(f"{what} is None {where}", hint)
+    analytic = np.asarray(analytic)
+    if analytic.shape != x.shape:
+        fail(f"{what} has shape {analytic.shape} {where}; expected {x.shape}, the shape of the "
+             "input it is the gradient of", hint)
+    numeric = numerical_gradient(f, x, dout, indices=indices)
+    if indices is not None:
+        picked = tuple(np.array(indices).T)
+        assert_close(analytic[picked], numeric[picked], what, where + " (sampled entries)", tol,
+                     hint)
+        return
+    assert_close(analytic, numeric, what + " (against the numerical gradient)", where, tol,
+                 hint, context, pieces)
+
+
+def assert_same_dtype(got, x, what, where):
+    if getattr(got, "dtype", None) != x.dtype:
+        fail(f"{what} has dtype {getattr(got, 'dtype', type(got).__name__)} {where}; expected "
+             f"{x.dtype} like the input", "ops never mix float32 and float64: allocate with "
+             "np.empty_like(x) or cast with .astype(x.dtype)")
+
+
+def away_from(x, kinks, margin=1e-3):
+    """x with every entry within `margin` of a kink moved 2 * margin away from it, so a central
+    difference never straddles a kink."""
+    x = x.copy()
+    for k in kinks:
+        near = np.abs(x - k) < margin
+        x[near] = k + np.where(x[near] >= k, 2 * margin, -2 * margin)
+    return x
