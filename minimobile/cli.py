@@ -1,4 +1,5 @@
-"""The command line: `minimobile train | eval | plot | summary` (also `python -m minimobile`).
+"""The command line: `minimobile train | eval | plot | summary | export` (also `python -m
+minimobile`).
 
 Exit codes: 0 done; 1 an error explained in one message (data not found, unreadable
 checkpoint, a run that diverged); 2 bad arguments, with the usage; 130 interrupted by Ctrl-C.
@@ -186,6 +187,21 @@ def _add_summary(sub):
     p.set_defaults(run=_summary, command_parser=p)
 
 
+def _add_export(sub):
+    p = sub.add_parser("export", help="write a checkpoint's network as an ONNX file",
+                       description="Export the network of a checkpoint written by `minimobile "
+                       "train` to ONNX (opset 17), batch norms folded into the convs, for ONNX "
+                       "Runtime and other engines. Needs the onnx extra: pip install -e "
+                       "\".[onnx]\".")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a best.npz or last.npz")
+    p.add_argument("output", metavar="OUTPUT", help="the .onnx file to write")
+    p.add_argument("--resolution", type=_positive_int, metavar="R",
+                   help="input R x R (default 32 for a CIFAR model, else 224)")
+    p.add_argument("--no-fuse", action="store_true",
+                   help="keep batch norms as BatchNormalization nodes instead of folding them")
+    p.set_defaults(run=_export, command_parser=p)
+
+
 def build_parser():
     """The argparse parser of all subcommands (also what `minimobile --help` prints)."""
     parser = argparse.ArgumentParser(
@@ -197,6 +213,7 @@ def build_parser():
     _add_eval(sub)
     _add_plot(sub)
     _add_summary(sub)
+    _add_export(sub)
     return parser
 
 
@@ -279,6 +296,21 @@ def _summary(args):
     print(f"MobileNet {args.model}, width {args.width:g}, input 3x{resolution}x{resolution}"
           f"{', CIFAR variant' if args.cifar else ''}")
     print(str(cost.profile(model, (3, resolution, resolution))))
+    return 0
+
+
+def _export(args):
+    from . import onnx_export  # imports onnx lazily, so the other commands never need it
+    try:
+        model = onnx_export.model_from_checkpoint(args.checkpoint)
+        path = onnx_export.export(model, args.output, args.resolution, fuse=not args.no_fuse)
+    except ImportError as e:
+        raise CommandError(str(e)) from None
+    except ValueError as e:  # weights that do not fit the saved config
+        raise CommandError(str(e)) from None
+    resolution = args.resolution or (32 if model.cifar else 224)
+    print(f"wrote {path}: {type(model).__name__}, input (N, 3, {resolution}, {resolution}), "
+          f"{'batch norms kept' if args.no_fuse else 'batch norms folded'}")
     return 0
 
 

@@ -77,26 +77,35 @@ def _conv_with_bias(conv, w, b):
     return fused
 
 
-def _drop_child(parent, name):
-    del parent._modules[name]
-    object.__delattr__(parent, name)
-
-
-def _fuse_sequential(seq):
-    """Fold each (conv, BatchNorm2d) pair of adjacent children of seq; drop Dropouts (the
-    identity at inference). Children keep their names, so "features.3.pw.0" stays itself."""
+def _folded(seq):
+    """A plain Sequential with seq's children, each (conv, BatchNorm2d) pair of neighbours
+    replaced by one conv with bias and Dropouts left out (the identity at inference). Children
+    keep their names, so "features.3.pw.0" is still the conv it was. Plain, because container
+    subclasses such as ConvBNActivation may assume their batch norm is still there."""
+    plain = Sequential()
     names = list(seq._modules)
-    for name, following in zip(names, names[1:]):
-        conv, bn = seq._modules.get(name), seq._modules.get(following)  # None: folded already
-        if isinstance(conv, CONVS) and isinstance(bn, BatchNorm2d):
-            w, b = fold_batchnorm(conv.params["weight"], conv.params.get("bias"),
+    skip = set()
+    for i, name in enumerate(names):
+        child = seq._modules[name]
+        following = seq._modules[names[i + 1]] if i + 1 < len(names) else None
+        if name in skip or isinstance(child, Dropout):
+            continue
+        if isinstance(child, CONVS) and isinstance(following, BatchNorm2d):
+            bn = following
+            w, b = fold_batchnorm(child.params["weight"], child.params.get("bias"),
                                   bn.params["weight"], bn.params["bias"],
                                   bn.buffers["running_mean"], bn.buffers["running_var"], bn.eps)
-            setattr(seq, name, _conv_with_bias(conv, w, b))
-            _drop_child(seq, following)
-    for name in list(seq._modules):
-        if isinstance(seq._modules[name], Dropout):
-            _drop_child(seq, name)
+            child = _conv_with_bias(child, w, b)
+            skip.add(names[i + 1])
+        setattr(plain, name, child)
+    return plain.train(seq.training)
+
+
+def _fused(module):
+    """module with every Sequential below it (and itself) folded, children first."""
+    for name, child in list(module._modules.items()):
+        setattr(module, name, _fused(child))
+    return _folded(module) if isinstance(module, Sequential) else module
 
 
 def fuse(model):
@@ -106,11 +115,9 @@ def fuse(model):
     float rounding (1e-5 relative in float32, checked in tests/test_deploy.py). A batch norm that
     does not directly follow a conv within a Sequential cannot be folded: ValueError naming it.
     """
-    fused = copy.deepcopy(model).eval()
-    for _, module in list(fused.named_modules()):
-        if isinstance(module, Sequential):
-            _fuse_sequential(module)
-    left = [path for path, m in fused.named_modules() if isinstance(m, BatchNorm2d)]
+    fused = _fused(copy.deepcopy(model).eval())
+    left = [path or type(m).__name__ for path, m in fused.named_modules()
+            if isinstance(m, BatchNorm2d)]
     if left:
         raise ValueError(f"fuse: expected every BatchNorm2d to follow a conv in a Sequential, "
                          f"got {len(left)} that do not: {', '.join(left)}")

@@ -132,3 +132,41 @@ def test_the_checkpoint_is_readable_by_load_model(trained_run):
     model = train.build_model("v1", width=0.25, seed=1)
     meta = checkpoint.load_model(trained_run / "last.npz", model)
     assert meta["epoch"] == 1
+
+
+def test_export_writes_an_onnx_file_that_onnxruntime_runs_like_the_checkpoint(trained_run,
+                                                                              tmp_path, capsys):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    import numpy as np
+
+    from minimobile.gradcheck import relative_error
+    from minimobile.layers import no_grad
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(trained_run / "best.npz"), str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    onnx.checker.check_model(onnx.load(str(out)))
+    model = train.build_model("v1", width=0.25, seed=123)
+    checkpoint.load_model(trained_run / "best.npz", model)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    with no_grad():
+        expected = model.eval().forward(x)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert relative_error(expected, session.run(None, {"input": x})[0]) < 1e-4
+
+
+@pytest.mark.parametrize("argv", [["export"], ["export", "only-one.npz"],
+                                  ["export", "a.npz", "b.onnx", "--resolution", "0"]])
+def test_export_with_bad_arguments_prints_the_usage_and_exits_2(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and "Traceback" not in err
+
+
+def test_export_of_a_missing_or_corrupt_checkpoint_exits_1(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "absent.npz"), str(tmp_path / "m.onnx")]) == 1
+    (tmp_path / "broken.npz").write_bytes(b"garbage")
+    assert main(["export", str(tmp_path / "broken.npz"), str(tmp_path / "m.onnx")]) == 1
+    err = capsys.readouterr().err
+    assert "absent.npz" in err and "broken.npz" in err and "Traceback" not in err
+    assert not (tmp_path / "m.onnx").exists()

@@ -112,3 +112,15 @@ def test_a_batchnorm_that_follows_no_conv_is_reported():
     model = mm.Sequential(mm.ReLU(), mm.BatchNorm2d(3))
     with pytest.raises(ValueError, match="expected every BatchNorm2d to follow a conv.*1"):
         deploy.fuse(model)
+
+
+def test_fused_containers_are_plain_sequentials_that_run_in_either_mode(rng):
+    # ConvBNActivation may assume its batch norm is there (it fuses BN and activation in
+    # training mode), so the fused copy holds plain Sequentials with the same child names.
+    from minimobile.blocks import ConvBNActivation
+    model = trained_looking(mm.mobilenet_v1(cifar=True, width_mult=0.25, seed=2), rng)
+    fused = deploy.fuse(model)
+    assert deploy.count_layers(fused, ConvBNActivation) == 0
+    assert "features.1.pw.0.bias" in fused.state_dict()
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(fused.forward(x), fused.train().forward(x))
