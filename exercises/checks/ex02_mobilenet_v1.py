@@ -1,0 +1,132 @@
+"""Checks of exercise 02: batch norm against `minimobile.reference.batchnorm2d_forward` and
+central differences, and the running statistics against the library's `BatchNorm2d` layer."""
+
+import numpy as np
+
+from minimobile import reference
+from minimobile.layers import BatchNorm2d
+
+from .common import (FORWARD_TOL, GRAD_TOL, assert_close, assert_gradient, assert_same_dtype,
+                     call, describe, fail)
+
+BN_SHAPES = [(2, 3, 4, 5), (4, 1, 3, 3), (1, 2, 5, 4), (8, 3, 1, 1)]
+EPS = 1e-5
+
+
+def _bn_inputs(shape, rng, dtype=np.float64):
+    N, C, H, W = shape
+    # An offset and a scale per channel, so that forgetting to subtract or divide shows.
+    x = (rng.standard_normal(shape) * rng.uniform(0.5, 3.0, (1, C, 1, 1))
+         + rng.normal(0, 2, (1, C, 1, 1))).astype(dtype)
+    gamma = rng.uniform(0.5, 1.5, C).astype(dtype)
+    beta = rng.normal(0, 0.5, C).astype(dtype)
+    return x, gamma, beta
+
+
+def check_forward(ex):
+    rng = np.random.default_rng(10)
+    for shape in BN_SHAPES:
+        x, gamma, beta = _bn_inputs(shape, rng)
+        where = "for " + describe(x=x)
+        out, cache = call("ex02 batchnorm2d_forward", ex.batchnorm2d_forward, x, gamma, beta,
+                          EPS)
+        expected, mean, var = reference.batchnorm2d_forward(x, gamma, beta, EPS)
+        assert_close(cache.mean, mean, "ex02 batchnorm2d_forward: cache.mean", where,
+                     FORWARD_TOL, "the mean of each channel over axes (0, 2, 3)")
+        assert_close(cache.var, var, "ex02 batchnorm2d_forward: cache.var", where, FORWARD_TOL,
+                     "the biased variance of each channel over axes (0, 2, 3): divide by N*H*W")
+        assert_close(cache.invstd, 1 / np.sqrt(var + EPS), "ex02 batchnorm2d_forward: "
+                     "cache.invstd", where, FORWARD_TOL, "1 / sqrt(var + eps)")
+        assert_close(out, expected, "ex02 batchnorm2d_forward: out", where, FORWARD_TOL,
+                     "gamma * (x - mean) * invstd + beta, with gamma and beta broadcast as "
+                     "(1, C, 1, 1)")
+    x, gamma, beta = _bn_inputs(BN_SHAPES[0], rng, np.float32)
+    out, _ = ex.batchnorm2d_forward(x, gamma, beta, EPS)
+    assert_same_dtype(out, x, "ex02 batchnorm2d_forward: out", "for " + describe(x=x) +
+                      " in float32")
+
+
+def _diagnose_dx(dx, x):
+    """Two properties of the true dx that name the missing path when they fail: it sums to
+    zero over each channel (shifting a channel by a constant leaves its output unchanged), and
+    it is orthogonal to xhat (scaling a channel's deviations leaves the output unchanged)."""
+    xhat, _, _ = reference.batchnorm2d_forward(x, np.ones(x.shape[1]), np.zeros(x.shape[1]), EPS)
+    scale = np.abs(dx).sum(axis=(0, 2, 3)) + 1e-300
+    by_mean = np.abs(dx.sum(axis=(0, 2, 3))) / scale
+    by_var = np.abs((dx * xhat).sum(axis=(0, 2, 3))) / scale
+    if by_mean.max() > 1e-8:
+        c = int(np.argmax(by_mean))
+        return (f"your dx sums to {dx[:, c].sum():.3g} over (N, H, W) in channel {c}, but the "
+                "true dx sums to 0 in every channel (adding a constant to a channel does not "
+                "change its output, the mean absorbs it): the terms through the batch mean are "
+                "missing, -sum(dout * gamma * invstd) / M for each x")
+    if by_var.max() > 1e-8:
+        c = int(np.argmax(by_var))
+        return (f"sum(dx * xhat) is {(dx * xhat)[:, c].sum():.3g} in channel {c}, but 0 for the "
+                "true dx (scaling a channel's deviations does not change its output): the term "
+                "through the batch variance is missing or wrong, -xhat * sum(dout * gamma * "
+                "invstd * xhat) / M")
+    return ("dx = gamma * invstd / M * (M * dout - sum(dout) - xhat * sum(dout * xhat)), sums "
+            "over (N, H, W) per channel")
+
+
+def check_backward(ex):
+    rng = np.random.default_rng(11)
+    for shape in BN_SHAPES:
+        x, gamma, beta = _bn_inputs(shape, rng)
+        where = "for " + describe(x=x)
+        _, cache = call("ex02 batchnorm2d_forward", ex.batchnorm2d_forward, x, gamma, beta, EPS)
+        dout = rng.standard_normal(x.shape)
+        grads = call("ex02 batchnorm2d_backward", ex.batchnorm2d_backward, dout, cache)
+        if not isinstance(grads, tuple) or len(grads) != 3:
+            fail(f"ex02 batchnorm2d_backward returned {type(grads).__name__} {where}",
+                 "return the tuple (dx, dgamma, dbeta)")
+        dx, dgamma, dbeta = grads
+
+        def f():
+            return reference.batchnorm2d_forward(x, gamma, beta, EPS)[0]
+        assert_gradient(f, beta, dbeta, dout, "ex02 batchnorm2d_backward: dbeta", where,
+                        GRAD_TOL, "dbeta is dout summed over (N, H, W)")
+        assert_gradient(f, gamma, dgamma, dout, "ex02 batchnorm2d_backward: dgamma", where,
+                        GRAD_TOL, "dgamma is dout * xhat summed over (N, H, W)")
+        hint = _diagnose_dx(np.asarray(dx, dtype=np.float64), x) if dx is not None and \
+            np.shape(dx) == x.shape else None
+        assert_gradient(f, x, dx, dout, "ex02 batchnorm2d_backward: dx", where, GRAD_TOL, hint)
+
+
+def check_running_statistics(ex):
+    rng = np.random.default_rng(12)
+    for shape, momentum in ((BN_SHAPES[0], 0.1), (BN_SHAPES[1], 0.3)):
+        x, _, _ = _bn_inputs(shape, rng)
+        layer = BatchNorm2d(shape[1], momentum=momentum, dtype=np.float64)
+        layer.buffers["running_mean"][...] = rng.normal(0, 1, shape[1])
+        layer.buffers["running_var"][...] = rng.uniform(0.5, 2, shape[1])
+        before_mean = layer.buffers["running_mean"].copy()
+        before_var = layer.buffers["running_var"].copy()
+        layer.forward(x)
+        _, mean, var = reference.batchnorm2d_forward(x, np.ones(shape[1]), np.zeros(shape[1]))
+        count = shape[0] * shape[2] * shape[3]
+        where = "for " + describe(x=x, momentum=momentum)
+        arguments = (before_mean.copy(), before_var.copy(), mean, var, count, momentum)
+        new_mean, new_var = call("ex02 update_running_statistics", ex.update_running_statistics,
+                                 *arguments)
+        if not (np.array_equal(arguments[0], before_mean)
+                and np.array_equal(arguments[1], before_var)):
+            fail(f"ex02 update_running_statistics changed its arguments {where}",
+                 "return new arrays; the layer decides where they go")
+        cs231n = momentum * before_mean + (1 - momentum) * mean
+        hint = "running = (1 - momentum) * running + momentum * batch"
+        if np.allclose(new_mean, cs231n) and not np.allclose(cs231n, layer.buffers[
+                "running_mean"]):
+            hint = ("this is CS231n's convention (momentum weighs the old value); PyTorch and "
+                    "minimobile weigh the batch: running = (1 - momentum) * running + "
+                    "momentum * batch")
+        assert_close(new_mean, layer.buffers["running_mean"], "ex02 update_running_statistics: "
+                     "running_mean", where, FORWARD_TOL, hint)
+        biased = (1 - momentum) * before_var + momentum * var
+        hint = "the variance kept is the unbiased one: var * count / (count - 1)"
+        if np.allclose(new_var, biased):
+            hint = ("you used the biased batch variance; PyTorch keeps the unbiased one, "
+                    "var * count / (count - 1)")
+        assert_close(new_var, layer.buffers["running_var"], "ex02 update_running_statistics: "
+                     "running_var", where, FORWARD_TOL, hint)

@@ -1,0 +1,47 @@
+"""Exercise 02, with notebooks/02_mobilenet_v1.ipynb: batch norm in training mode, the layer
+after every conv of MobileNet V1, and its running statistics.
+
+1. batchnorm2d_forward: normalise each channel by its batch mean and (biased) variance.
+2. batchnorm2d_backward: the gradient through the batch statistics (the notebook derives it).
+3. update_running_statistics: PyTorch's convention, which the library's BatchNorm2d follows.
+
+Check: `pytest exercises -m ex02`. Signatures are the library's (`minimobile.ops`).
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class BatchNorm2dCache(NamedTuple):
+    """What the backward needs. The library's cache has the same first five fields (and more,
+    for its fused activations); keep these names, the tests read them."""
+    x: np.ndarray
+    gamma: np.ndarray
+    mean: np.ndarray  # (C,) batch mean over N, H, W
+    var: np.ndarray  # (C,) biased batch variance (divided by N*H*W)
+    invstd: np.ndarray  # (C,) 1 / sqrt(var + eps)
+
+
+def batchnorm2d_forward(x, gamma, beta, eps=1e-5):
+    """out = gamma * (x - mean) / sqrt(var + eps) + beta, statistics per channel over N, H, W.
+
+    x (N, C, H, W); gamma, beta (C,). Return (out, BatchNorm2dCache(x, gamma, mean, var,
+    invstd)); out in x's dtype.
+    """
+    raise NotImplementedError("ex02: implement batchnorm2d_forward")
+
+
+def batchnorm2d_backward(dout, cache):
+    """Returns (dx, dgamma, dbeta). With M = N*H*W values per channel and xhat the normalised x,
+    dx reaches x three ways: directly, through the mean and through the variance. Sum all three
+    (or use the compact formula the notebook derives)."""
+    raise NotImplementedError("ex02: implement batchnorm2d_backward")
+
+
+def update_running_statistics(running_mean, running_var, mean, var, count, momentum=0.1):
+    """Return (new_running_mean, new_running_var) after one training batch, PyTorch's way:
+    running = (1 - momentum) * running + momentum * batch, where the batch variance used is the
+    unbiased one (var * count / (count - 1), count = N*H*W values per channel). Do not modify
+    the arguments."""
+    raise NotImplementedError("ex02: implement update_running_statistics")

@@ -1,0 +1,65 @@
+"""Reference solution of exercise 02 (notebooks/02_mobilenet_v1.ipynb): batch norm in training
+mode, the layer after every conv of MobileNet V1, and its running statistics.
+
+1. batchnorm2d_forward: normalise each channel by its batch mean and (biased) variance.
+2. batchnorm2d_backward: the gradient through the batch statistics (the notebook derives it).
+3. update_running_statistics: PyTorch's convention, which the library's BatchNorm2d follows.
+
+Check: `pytest exercises -m ex02`. Signatures are the library's (`minimobile.ops`).
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class BatchNorm2dCache(NamedTuple):
+    """What the backward needs. The library's cache has the same first five fields (and more,
+    for its fused activations); keep these names, the tests read them."""
+    x: np.ndarray
+    gamma: np.ndarray
+    mean: np.ndarray  # (C,) batch mean over N, H, W
+    var: np.ndarray  # (C,) biased batch variance (divided by N*H*W)
+    invstd: np.ndarray  # (C,) 1 / sqrt(var + eps)
+
+
+def batchnorm2d_forward(x, gamma, beta, eps=1e-5):
+    """out = gamma * (x - mean) / sqrt(var + eps) + beta, statistics per channel over N, H, W.
+
+    x (N, C, H, W); gamma, beta (C,). Return (out, BatchNorm2dCache(x, gamma, mean, var,
+    invstd)); out in x's dtype.
+    """
+    xd = x.astype(np.float64)
+    mean = xd.mean(axis=(0, 2, 3))  # (C,)
+    var = xd.var(axis=(0, 2, 3))  # (C,) biased
+    invstd = 1.0 / np.sqrt(var + eps)
+    xhat = (xd - mean[:, None, None]) * invstd[:, None, None]
+    out = gamma[:, None, None] * xhat + beta[:, None, None]
+    return out.astype(x.dtype), BatchNorm2dCache(x, gamma, mean, var, invstd)
+
+
+def batchnorm2d_backward(dout, cache):
+    """Returns (dx, dgamma, dbeta). With M = N*H*W values per channel and xhat the normalised x,
+    dx reaches x three ways: directly, through the mean and through the variance. Sum all three
+    (or use the compact formula the notebook derives)."""
+    x, gamma, mean, invstd = cache.x, cache.gamma, cache.mean, cache.invstd
+    xhat = (x.astype(np.float64) - mean[:, None, None]) * invstd[:, None, None]
+    g = dout.astype(np.float64)
+    dbeta = g.sum(axis=(0, 2, 3))
+    dgamma = (g * xhat).sum(axis=(0, 2, 3))
+    M = x.shape[0] * x.shape[2] * x.shape[3]
+    # The direct path, minus the path through the mean (every x moves it by 1/M), minus the
+    # path through the variance (which moves along xhat).
+    dx = (gamma * invstd)[:, None, None] * (g - dbeta[:, None, None] / M
+                                            - xhat * dgamma[:, None, None] / M)
+    return dx.astype(x.dtype), dgamma.astype(x.dtype), dbeta.astype(x.dtype)
+
+
+def update_running_statistics(running_mean, running_var, mean, var, count, momentum=0.1):
+    """Return (new_running_mean, new_running_var) after one training batch, PyTorch's way:
+    running = (1 - momentum) * running + momentum * batch, where the batch variance used is the
+    unbiased one (var * count / (count - 1), count = N*H*W values per channel). Do not modify
+    the arguments."""
+    unbiased = var * count / (count - 1)
+    return ((1 - momentum) * running_mean + momentum * mean,
+            (1 - momentum) * running_var + momentum * unbiased)

@@ -1,0 +1,20 @@
+"""Exercise 02: `pytest exercises -m ex02`. Checks live in exercises/checks/."""
+
+import pytest
+
+from exercises.checks import ex02_mobilenet_v1 as checks, load_exercise
+
+pytestmark = pytest.mark.ex02
+ex = load_exercise("ex02_mobilenet_v1")
+
+
+def test_batchnorm_forward_matches_the_reference():
+    checks.check_forward(ex)
+
+
+def test_batchnorm_backward_matches_numerical_gradient():
+    checks.check_backward(ex)
+
+
+def test_running_statistics_follow_pytorchs_convention():
+    checks.check_running_statistics(ex)
