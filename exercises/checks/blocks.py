@@ -1,0 +1,78 @@
+"""Checks shared by the blocks of exercises 03 and 04: a learner's block against the library's
+block of the same arguments (same state-dict names and shapes, then the same weights: same
+output, same gradients), and its input gradient against central differences."""
+
+import numpy as np
+
+from minimobile.gradcheck import numerical_gradient, randomize_batchnorm, sample_indices
+from minimobile.layers import no_grad
+
+from .common import FORWARD_TOL, assert_close, call, fail
+
+SKIP_HINT = ("the skip x + f(x) needs f(x) to have x's shape, so a block has it exactly when "
+             "stride == 1 and in_channels == out_channels; set use_res_connect from that and add "
+             "x only when it is True")
+BLOCK_GRAD_TOL = 1e-6  # sampled entries through several batch norms, as tests/test_blocks.py
+
+
+def _state_dict_differences(mine, library):
+    mine_shapes = {k: v.shape for k, v in mine.state_dict().items()}
+    library_shapes = {k: v.shape for k, v in library.state_dict().items()}
+    lines = []
+    missing = [k for k in library_shapes if k not in mine_shapes]
+    unexpected = [k for k in mine_shapes if k not in library_shapes]
+    shapes = [f"{k}: yours {mine_shapes[k]}, expected {library_shapes[k]}"
+              for k in library_shapes if k in mine_shapes and mine_shapes[k] != library_shapes[k]]
+    for title, keys in (("missing", missing), ("unexpected", unexpected),
+                        ("shapes differ", shapes)):
+        if keys:
+            lines.append(f"  {title}: " + ", ".join(keys))
+    return lines
+
+
+def check_block(what, make_mine, make_library, x_shape, expect_skip, structure_hint,
+                forward_hint, backward_hint, seed=0):
+    """Build both blocks (float64) with make_*(rng), compare them, and check mine's gradients.
+
+    what: e.g. 'ex03 InvertedResidual(6, 6, stride=2, expand_ratio=6)'.
+    """
+    rng = np.random.default_rng(seed)
+    mine = call(f"{what}.__init__", make_mine, np.random.default_rng(seed))
+    library = randomize_batchnorm(make_library(np.random.default_rng(seed)), rng)
+    skip = getattr(mine, "use_res_connect", None)
+    if skip is not expect_skip:
+        fail(f"{what}: use_res_connect is {skip!r}; expected {expect_skip}", SKIP_HINT)
+    differences = _state_dict_differences(mine, library)
+    if differences:
+        fail(f"{what}: the state dict's names or shapes differ from the library's block:\n"
+             + "\n".join(differences), structure_hint)
+    mine.load_state_dict(library.state_dict())
+    mine.train()
+    library.train()
+    x = rng.standard_normal(x_shape)
+    where = f"on x of shape {x.shape} (the library's block with the same weights as reference)"
+    out = call(f"{what}.forward", mine.forward, x, hint=SKIP_HINT if expect_skip is False
+               else forward_hint)
+    expected = library.forward(x)
+    assert_close(out, expected, f"{what}.forward: out", where, FORWARD_TOL, forward_hint)
+    dout = rng.standard_normal(expected.shape)
+    dx = call(f"{what}.backward", mine.backward, dout, hint=backward_hint)
+    expected_dx = library.backward(dout)
+    assert_close(dx, expected_dx, f"{what}.backward: dx", where, FORWARD_TOL, backward_hint)
+    library_grads = {name: g for name, _, g in library.named_parameters()}
+    for name, _, grad in mine.named_parameters():
+        assert_close(grad, library_grads[name], f"{what}.backward: the gradient of {name}",
+                     where, FORWARD_TOL, "every layer's backward fills its own grads: call "
+                     "backward on all of them, in reverse order")
+
+    def f():
+        with no_grad():
+            return mine.forward(x)
+    indices = sample_indices(x.shape, 6, rng)
+    numeric = numerical_gradient(f, x, dout, indices=indices)
+    picked = tuple(np.array(indices).T)
+    scale = np.abs(dx).max()  # as tests/test_blocks.py: a sampled entry may be near zero
+    err = float(np.abs(np.asarray(dx)[picked] - numeric[picked]).max() / scale)
+    if err > BLOCK_GRAD_TOL:
+        fail(f"{what}.backward: dx differs from the numerical gradient by {err:.2e} of its "
+             f"largest entry (tolerance {BLOCK_GRAD_TOL:.0e}) {where}", backward_hint)
