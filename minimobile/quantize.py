@@ -1,0 +1,246 @@
+"""Post-training int8 quantisation: per-channel weights, per-tensor activations, integer convs.
+
+A real value r is stored as an int8 q with r ~ s * q for a scale s (symmetric: no zero point,
+q in -127..127). Weights get one scale per output channel, s_w[o] = max |w[o]| / 127, because
+channels of a folded conv differ in range by orders of magnitude. Each quantised conv's input
+gets one scale per tensor, s_x = max |x| / 127, with max |x| measured on a few hundred training
+images run through the float network (calibration). A pointwise or depthwise conv then runs in
+integers, as an int8 engine does:
+
+    acc[o] = sum_i q_w[o, i] * q_x[i] + q_b[o]    (int8 products, int32 sum, q_b = b / (s_x s_w[o]))
+    out[o] = acc[o] * s_x * s_w[o]                (back to float for the activation)
+
+The stem conv and the classifier stay in float32 (they hold under 1 % of the multiply-adds);
+activations, pooling and skip additions run in float between the integer convs. Batch norms are
+folded first (`minimobile.deploy.fuse`). The kernels are in `minimobile.kernels_int8`.
+
+`python -m minimobile.quantize CHECKPOINT --data PATH` reports accuracy and weight size before
+and after; `notebooks/07_deploy.ipynb` walks through it.
+"""
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import deploy, kernels_int8
+from .data import normalize
+from .layers import DepthwiseConv2d, Module, PointwiseConv2d, no_grad
+from .kernels_int8 import QMAX
+
+
+def quantize_per_channel(w):
+    """(q, scale): w (C_out, ...) float -> q int8 of w's shape and scale (C_out,) float32 with
+    w[o] ~ scale[o] * q[o]. An all-zero channel gets scale 1 (any scale represents it)."""
+    C = w.shape[0]
+    max_abs = np.abs(w.astype(np.float64)).reshape(C, -1).max(axis=1)
+    scale = np.where(max_abs > 0, max_abs / QMAX, 1.0)
+    q = np.clip(np.rint(w / scale.reshape((C,) + (1,) * (w.ndim - 1))), -QMAX, QMAX)
+    return q.astype(np.int8), scale.astype(np.float32)
+
+
+def tensor_scale(max_abs):
+    """The per-tensor scale for values in [-max_abs, max_abs] (1 if they were all 0)."""
+    return float(max_abs) / QMAX if max_abs > 0 else 1.0
+
+
+def quantize_tensor(x, scale):
+    """x float (any shape) -> int8 of x's shape, x ~ scale * q."""
+    out = np.empty(x.shape, np.int8)
+    kernels_int8.quantize_kernel(out.reshape(-1), np.ascontiguousarray(x).reshape(-1),
+                                 1.0 / scale)
+    return out
+
+
+class _QuantizedConv(Module):
+    """Shared part: int8 weights and int32 bias as buffers (they are not trained), the input's
+    scale, and the per-channel factor s_x * s_w that turns int32 sums back into floats."""
+
+    def __init__(self, conv, input_scale):
+        super().__init__()
+        w, b = conv.params["weight"], conv.params.get("bias")
+        if b is None:
+            b = np.zeros(w.shape[0], w.dtype)
+        q, w_scale = quantize_per_channel(w)
+        out_scale = input_scale * w_scale.astype(np.float64)  # (C_out,)
+        self.input_scale = input_scale
+        self.dtype = w.dtype
+        self.buffers["weight_int8"] = q
+        self.buffers["weight_scale"] = w_scale
+        self.buffers["bias_int32"] = np.rint(b / out_scale).astype(np.int32)
+        self.buffers["output_scale"] = out_scale.astype(np.float32)
+
+    def _dequantize(self, acc):
+        N, C = acc.shape[:2]
+        out = np.empty(acc.shape, self.dtype)
+        kernels_int8.dequantize_kernel(out.reshape(N, C, -1), acc.reshape(N, C, -1),
+                                       self.buffers["output_scale"])
+        return out
+
+    def backward(self, dout):
+        raise RuntimeError(f"{type(self).__name__} is for inference only: rounding has no "
+                           "useful gradient (quantisation-aware training would be next)")
+
+
+class QuantizedPointwiseConv2d(_QuantizedConv):
+    """A 1x1 conv in int8: out = s_x s_w[o] (q_w @ q_x + q_b)[o]."""
+
+    def forward(self, x):
+        N, C, H, W = x.shape
+        q = self.buffers["weight_int8"]
+        x_q = quantize_tensor(x, self.input_scale).reshape(N, C, H * W)
+        acc = np.empty((N, q.shape[0], H * W), np.int32)
+        kernels_int8.pointwise_int8_kernel(acc, x_q, q.reshape(q.shape[0], C),
+                                           self.buffers["bias_int32"])
+        return self._dequantize(acc).reshape(N, q.shape[0], H, W)
+
+
+class QuantizedDepthwiseConv2d(_QuantizedConv):
+    """A depthwise conv in int8, same stride and padding as the float one."""
+
+    def __init__(self, conv, input_scale):
+        super().__init__(conv, input_scale)
+        self.stride, self.padding = conv.stride, conv.padding
+
+    def forward(self, x):
+        N, C, H, W = x.shape
+        q = self.buffers["weight_int8"]  # (C, 1, K, K)
+        K = q.shape[2]
+        Ho = (H + 2 * self.padding - K) // self.stride + 1
+        Wo = (W + 2 * self.padding - K) // self.stride + 1
+        acc = np.empty((N, C, Ho, Wo), np.int32)
+        kernels_int8.depthwise_int8_kernel(acc, quantize_tensor(x, self.input_scale),
+                                           q.reshape(C, K, K), self.buffers["bias_int32"],
+                                           self.stride, self.padding)
+        return self._dequantize(acc)
+
+
+QUANTIZABLE = (PointwiseConv2d, DepthwiseConv2d)
+
+
+def _targets(model):
+    """(parent, child name, path, conv) for every pointwise and depthwise conv of model."""
+    found = []
+    for path, parent in model.named_modules():
+        for name, child in parent._modules.items():
+            if isinstance(child, QUANTIZABLE):
+                found.append((parent, name, f"{path}.{name}" if path else name, child))
+    return found
+
+
+def calibrate(model, x, batch_size=128):
+    """{path: max |input|} of every pointwise and depthwise conv of `model`, over the float
+    images x (N, 3, H, W), run in eval mode in batches."""
+    seen = {}
+    originals = []
+    for _, _, path, conv in _targets(model):
+        def observe(inp, conv=conv, path=path, forward=conv.forward):
+            seen[path] = max(seen.get(path, 0.0), float(np.abs(inp).max()))
+            return forward(inp)
+        conv.forward = observe  # an instance attribute shadows the method while we watch
+        originals.append(conv)
+    was_training = model.training
+    model.eval()
+    try:
+        with no_grad():
+            for start in range(0, len(x), batch_size):
+                model.forward(x[start:start + batch_size])
+    finally:
+        for conv in originals:
+            del conv.forward
+        model.train(was_training)
+    return seen
+
+
+def quantize(model, x_calibration, batch_size=128):
+    """An int8 copy of `model`: BN folded (deploy.fuse), then every pointwise and depthwise conv
+    replaced by its quantised version, with input scales calibrated on x_calibration (float
+    images as the model takes them, e.g. data.normalize of a few hundred training images)."""
+    fused = deploy.fuse(model)
+    max_abs = calibrate(fused, x_calibration, batch_size)
+    for parent, name, path, conv in _targets(fused):
+        kind = QuantizedDepthwiseConv2d if isinstance(conv, DepthwiseConv2d) \
+            else QuantizedPointwiseConv2d
+        setattr(parent, name, kind(conv, tensor_scale(max_abs[path])))
+    return fused.eval()
+
+
+def weight_bytes(model):
+    """Bytes of what inference needs: parameters and buffers, without the step counter
+    num_batches_tracked (for the int8 model: int8 weights, int32 biases, float scales)."""
+    total = 0
+    for path, module in model.named_modules():
+        for name, value in list(module.params.items()) + list(module.buffers.items()):
+            if name != "num_batches_tracked":
+                total += value.nbytes
+    return total
+
+
+@dataclass
+class QuantizationReport:
+    float_accuracy: float
+    int8_accuracy: float
+    float_weight_bytes: int  # the model as trained (parameters and BN statistics)
+    fused_weight_bytes: int  # BN folded, still float
+    int8_weight_bytes: int
+    calibration_images: int
+    test_images: int
+
+    def __str__(self):
+        drop = 100 * (self.float_accuracy - self.int8_accuracy)
+        return "\n".join([
+            f"calibration on {self.calibration_images} training images, "
+            f"test on {self.test_images} test images",
+            f"accuracy   float32 {self.float_accuracy:.4f}   int8 {self.int8_accuracy:.4f}   "
+            f"drop {drop:.2f} points",
+            f"weights    float32 {self.float_weight_bytes:,} B   float32 fused "
+            f"{self.fused_weight_bytes:,} B   int8 {self.int8_weight_bytes:,} B "
+            f"({self.float_weight_bytes / self.int8_weight_bytes:.2f}x smaller)",
+        ])
+
+
+def calibration_images(x_train, count=512, seed=0):
+    """`count` training images (uint8) drawn without replacement by default_rng(seed)."""
+    rng = np.random.default_rng(seed)
+    return x_train[rng.choice(len(x_train), size=min(count, len(x_train)), replace=False)]
+
+
+def report(model, x_calibration, x_test, y_test, batch_size=256, progress=False):
+    """Quantise `model` and measure it: QuantizationReport with accuracy before and after on
+    the uint8 test images, and weight bytes. x_calibration: uint8 images, normalised here."""
+    from .train import evaluate  # the trainer's evaluation: eval mode, batched, no caches
+    dtype = next(p for _, p, _ in model.named_parameters()).dtype
+    int8_model = quantize(model, normalize(x_calibration, dtype=dtype))
+    before = evaluate(model, x_test, y_test, batch_size, progress=progress).accuracy
+    after = evaluate(int8_model, x_test, y_test, batch_size, progress=progress).accuracy
+    return QuantizationReport(before, after, weight_bytes(model),
+                              weight_bytes(deploy.fuse(model)), weight_bytes(int8_model),
+                              len(x_calibration), len(y_test))
+
+
+def main(argv=None):
+    """`python -m minimobile.quantize CHECKPOINT`: quantise a trained network and report."""
+    from .data import load_cifar10
+    from .onnx_export import model_from_checkpoint
+    from .train import read_config
+    parser = argparse.ArgumentParser(prog="python -m minimobile.quantize",
+                                     description=main.__doc__)
+    parser.add_argument("checkpoint", metavar="CHECKPOINT")
+    parser.add_argument("--data", metavar="PATH", help="CIFAR-10 (default: the run's)")
+    parser.add_argument("--calibration", type=int, default=512, metavar="N",
+                        help="training images to calibrate on (default 512)")
+    parser.add_argument("--limit-test", type=int, metavar="N", help="first N test images only")
+    args = parser.parse_args(argv)
+    model = model_from_checkpoint(args.checkpoint)
+    data = load_cifar10(args.data if args.data is not None else read_config(args.checkpoint).data)
+    x_test, y_test = data.x_test[:args.limit_test], data.y_test[:args.limit_test]
+    result = report(model, calibration_images(data.x_train, args.calibration), x_test, y_test,
+                    progress=True)
+    print(f"{args.checkpoint}: {type(model).__name__} width {model.width_mult:g}")
+    print(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+import numpy as np
+import pytest
+
+import minimobile as mm
+from minimobile import data, deploy, kernels_int8, quantize
+from minimobile.gradcheck import randomize_batchnorm, relative_error
+
+
+def trained_looking(model, rng):
+    randomize_batchnorm(model, rng)
+    for _, m in model.named_modules():
+        if isinstance(m, mm.BatchNorm2d):
+            m.buffers["running_mean"][...] = rng.normal(0.0, 0.5, m.buffers["running_mean"].shape)
+            m.buffers["running_var"][...] = rng.uniform(0.5, 2.0, m.buffers["running_var"].shape)
+    return model.eval()
+
+
+def int8(rng, shape):
+    return rng.integers(-127, 128, shape).astype(np.int8)
+
+
+# -- kernels against their references (integers: exactly equal) ------------------------------
+
+@pytest.mark.parametrize("N, C_in, C_out, P", [(1, 1, 1, 1), (2, 5, 3, 7), (3, 64, 17, 16)])
+def test_pointwise_int8_kernel_equals_the_int32_matrix_product(N, C_in, C_out, P, rng):
+    x, w = int8(rng, (N, C_in, P)), int8(rng, (C_out, C_in))
+    b = rng.integers(-10_000, 10_000, C_out).astype(np.int32)
+    acc = np.empty((N, C_out, P), np.int32)
+    kernels_int8.pointwise_int8_kernel(acc, x, w, b)
+    np.testing.assert_array_equal(acc, kernels_int8.pointwise_int8_reference(x, w, b))
+
+
+def test_int32_accumulation_holds_the_extreme_sums_of_a_wide_layer():
+    # 1280 inputs all at -127 times weights all at -127: 20.6 million, far inside int32, and
+    # far outside int16 (an engine that accumulated in 16 bits would wrap here).
+    x = np.full((1, 1280, 2), -127, np.int8)
+    w = np.full((1, 1280), -127, np.int8)
+    acc = np.empty((1, 1, 2), np.int32)
+    kernels_int8.pointwise_int8_kernel(acc, x, w, np.zeros(1, np.int32))
+    assert (acc == 1280 * 127 * 127).all()
+
+
+@pytest.mark.parametrize("N, C, H, W, K, stride", [(1, 1, 5, 5, 3, 1), (2, 3, 7, 6, 3, 2),
+                                                   (2, 4, 9, 9, 5, 1), (1, 2, 8, 8, 5, 2)])
+def test_depthwise_int8_kernel_equals_its_reference(N, C, H, W, K, stride, rng):
+    pad = K // 2
+    x, w = int8(rng, (N, C, H, W)), int8(rng, (C, K, K))
+    b = rng.integers(-1000, 1000, C).astype(np.int32)
+    Ho, Wo = (H + 2 * pad - K) // stride + 1, (W + 2 * pad - K) // stride + 1
+    acc = np.empty((N, C, Ho, Wo), np.int32)
+    kernels_int8.depthwise_int8_kernel(acc, x, w, b, stride, pad)
+    np.testing.assert_array_equal(acc, kernels_int8.depthwise_int8_reference(x, w, b, stride,
+                                                                              pad))
+
+
+def test_quantize_and_dequantize_kernels_equal_their_references(rng):
+    x = (rng.standard_normal(1000) * 3).astype(np.float32)
+    x[:3] = [100.0, -100.0, 0.5 / 0.05]  # clipped both ways, and a tie (rint: to even)
+    q = np.empty(x.shape, np.int8)
+    kernels_int8.quantize_kernel(q, x, 1 / 0.05)
+    np.testing.assert_array_equal(q, kernels_int8.quantize_reference(x, 1 / 0.05))
+    assert q[0] == 127 and q[1] == -127
+    acc = rng.integers(-10**6, 10**6, (2, 3, 5)).astype(np.int32)
+    scale = rng.uniform(1e-4, 1e-2, 3).astype(np.float32)
+    out = np.empty(acc.shape, np.float32)
+    kernels_int8.dequantize_kernel(out, acc, scale)
+    np.testing.assert_array_equal(out, kernels_int8.dequantize_reference(acc, scale)
+                                  .astype(np.float32))
+
+
+# -- quantisation -------------------------------------------------------------------------------
+
+def test_per_channel_weights_keep_each_channels_error_within_half_a_step(rng):
+    # Channels whose ranges differ by 1000x: one per-tensor scale would round the small one to 0.
+    w = rng.standard_normal((4, 3, 3, 3)) * np.array([1e-3, 1e-1, 1.0, 0.0])[:, None, None, None]
+    q, scale = quantize.quantize_per_channel(w)
+    assert q.dtype == np.int8 and scale.shape == (4,)
+    assert np.abs(q[:3]).reshape(3, -1).max(axis=1).tolist() == [127, 127, 127]
+    error = np.abs(q * scale[:, None, None, None] - w)
+    assert (error <= scale[:, None, None, None] / 2 * (1 + 1e-6)).all()
+    assert (q[3] == 0).all()
+
+
+@pytest.mark.parametrize("conv", ["pointwise", "depthwise"])
+def test_a_quantized_conv_is_close_to_the_float_conv_it_replaces(conv, rng):
+    if conv == "pointwise":
+        layer = mm.PointwiseConv2d(16, 8, bias=True, rng=rng)
+        x = rng.standard_normal((2, 16, 5, 5)).astype(np.float32)
+        qkind = quantize.QuantizedPointwiseConv2d
+    else:
+        layer = deploy.DepthwiseConv2dWithBias(
+            rng.standard_normal((8, 1, 3, 3)).astype(np.float32),
+            rng.standard_normal(8).astype(np.float32), stride=2, padding=1)
+        x = rng.standard_normal((2, 8, 9, 9)).astype(np.float32)
+        qkind = quantize.QuantizedDepthwiseConv2d
+    layer.params["bias"][...] = rng.standard_normal(8)
+    expected = layer.forward(x)
+    q = qkind(layer, quantize.tensor_scale(np.abs(x).max()))
+    out = q.forward(x)
+    assert out.dtype == np.float32 and out.shape == expected.shape
+    # int8 keeps about 2 significant digits: close, not equal.
+    assert 1e-5 < relative_error(expected, out) < 2e-2
+    with pytest.raises(RuntimeError, match="inference only"):
+        q.backward(out)
+
+
+def test_calibration_records_the_largest_input_of_every_quantized_conv(rng):
+    model = trained_looking(mm.mobilenet_v1(cifar=True, width_mult=0.25, seed=0), rng)
+    fused = deploy.fuse(model)
+    x = rng.standard_normal((6, 3, 32, 32)).astype(np.float32)
+    seen = quantize.calibrate(fused, x, batch_size=4)
+    assert len(seen) == 26  # 13 depthwise and 13 pointwise convs
+    stem_out = fused.features[0].forward(x)  # what features.1.dw.0 sees
+    assert seen["features.1.dw.0"] == pytest.approx(np.abs(stem_out).max())
+    assert "forward" not in vars(fused.features[1].dw[0])  # the observers are gone
+
+
+@pytest.mark.parametrize("builder", [mm.mobilenet_v1, mm.mobilenet_v2, mm.mobilenet_v3_small])
+def test_the_int8_network_agrees_with_the_float_one(builder, rng):
+    model = trained_looking(builder(cifar=True, width_mult=0.5, seed=0), rng)
+    x_calibration = rng.standard_normal((32, 3, 32, 32)).astype(np.float32)
+    int8_model = quantize.quantize(model, x_calibration)
+    kinds = (quantize.QuantizedPointwiseConv2d, quantize.QuantizedDepthwiseConv2d)
+    assert deploy.count_layers(int8_model, kinds) > 0
+    assert deploy.count_layers(int8_model, (mm.PointwiseConv2d, mm.DepthwiseConv2d)) == 0
+    x = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
+    with mm.no_grad():
+        expected, logits = model.forward(x), int8_model.forward(x)
+    assert relative_error(expected, logits) < 0.1
+
+
+def test_the_report_measures_accuracy_and_weight_bytes(tmp_path, rng):
+    fake = data.load_cifar10(data.write_fake_cifar10(tmp_path, n_train_per_batch=8, n_test=24),
+                             download=False)
+    model = trained_looking(mm.mobilenet_v1(cifar=True, width_mult=0.25, seed=0), rng)
+    result = quantize.report(model, quantize.calibration_images(fake.x_train, 16),
+                             fake.x_test, fake.y_test, batch_size=8)
+    assert result.calibration_images == 16 and result.test_images == 24
+    expected = mm.train.evaluate(model, fake.x_test, fake.y_test).accuracy
+    assert result.float_accuracy == expected
+    assert 0 <= result.int8_accuracy <= 1
+    # int8 conv weights are a quarter of float32; the stem, classifier and scales stay float.
+    assert result.fused_weight_bytes < result.float_weight_bytes
+    assert 2.5 < result.fused_weight_bytes / result.int8_weight_bytes < 4
+    assert "drop" in str(result) and "int8" in str(result)
