@@ -22,8 +22,10 @@ from .layers import (Conv2d, DepthwiseConv2d, Linear, PointwiseConv2d, Sequentia
 V1_TABLE_2 = {"Conv 1x1": (94.86, 74.59), "Conv DW 3x3": (3.06, 1.06),
               "Conv 3x3": (1.19, 0.02), "Fully Connected": (0.18, 24.33)}
 # Table 3: an internal layer with D_K = 3, M = N = 512, D_F = 14: (million Mult-Adds, million
-# parameters) of the standard conv and of the depthwise separable conv.
-V1_TABLE_3 = {"Convolution": (462, 2.36), "Depthwise Separable Conv": (52.3, 0.27)}
+# parameters), each row adding to the one before: the standard conv, the depthwise separable
+# conv, then width 0.75 (384 channels), then resolution 0.714 (10x10 maps).
+V1_TABLE_3 = {"Convolution": (462, 2.36), "Depthwise Separable Conv": (52.3, 0.27),
+              "alpha = 0.75": (29.6, 0.15), "rho = 0.714": (15.1, 0.15)}
 # Table 6 (width multiplier, at 224) and Table 7 (resolution, at width 1.0):
 # {setting: (ImageNet top-1 %, million Mult-Adds, million parameters)}.
 V1_TABLE_6 = {1.0: (70.6, 569, 4.2), 0.75: (68.4, 325, 2.6), 0.5: (63.7, 149, 1.3),
