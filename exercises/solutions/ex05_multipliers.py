@@ -33,8 +33,8 @@ def measure_inference_time(width_mults=(0.25, 0.5, 0.75, 1.0), arch="v2", batch_
     For each multiplier: build_model(arch, width=width_mult, cifar=resolution <= 64, seed=seed);
     profile it at (3, resolution, resolution); then time model.forward on a random float32
     batch (batch_size, 3, resolution, resolution) with time.perf_counter, in eval mode and
-    under no_grad() (inference keeps no caches). Run it once before timing (the first call
-    may compile kernels) and report the median of `repeats` timed runs.
+    under no_grad() (inference keeps no caches). Run it twice before timing (the first calls
+    load or compile kernels and are slower) and report the median of `repeats` timed runs.
     """
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch_size, 3, resolution, resolution)).astype(np.float32)
@@ -44,7 +44,8 @@ def measure_inference_time(width_mults=(0.25, 0.5, 0.75, 1.0), arch="v2", batch_
         cost = profile(model, (3, resolution, resolution))
         times = []
         with no_grad():
-            model.forward(x)  # warm-up: compiles any kernel not yet in Numba's cache
+            for _ in range(2):  # warm-up: the first calls load or compile kernels
+                model.forward(x)
             for _ in range(repeats):
                 start = time.perf_counter()
                 model.forward(x)
