@@ -1,0 +1,58 @@
+"""Exercise 06, with notebooks/06_train_cifar10.ipynb: train MobileNet V2 on CIFAR-10 with your
+own InvertedResidual (exercise 03) in every block of the library's network.
+
+train_mobilenet_v2 is the training loop: data, model, loss, backward, optimiser step. Then
+train for real: `python -m exercises.ex06_train_cifar10 --data PATH/TO/cifar-10-batches-py`
+(from the repository's root; it prints the loss every 100 steps, then the test accuracy).
+
+Check: `pytest exercises -m ex06` (a few steps on a tiny random data set: the loss must fall).
+"""
+
+import argparse
+
+import numpy as np
+
+from exercises.ex03_mobilenet_v2 import InvertedResidual  # your block
+from minimobile.data import Batches, load_cifar10  # noqa: F401
+from minimobile.models import mobilenet_v2  # noqa: F401
+from minimobile.ops import softmax_cross_entropy  # noqa: F401
+from minimobile.optim import SGD  # noqa: F401
+from minimobile.train import evaluate
+
+
+def train_mobilenet_v2(data_root, steps=200, batch_size=64, width_mult=0.5, lr=0.05,
+                       limit=None, augment=True, seed=0):
+    """Train mobilenet_v2(num_classes=10, width_mult=width_mult, cifar=True, seed=seed,
+    block=InvertedResidual) for `steps` minibatches; return (model, losses), one loss per step.
+
+    Data: load_cifar10(data_root, download=False); keep the first `limit` training images if
+    limit is given. Batches(x, y, batch_size, augment=augment, drop_last=True,
+    rng=np.random.default_rng(seed)) yields one epoch of normalised float32 batches per
+    iteration: loop over epochs until `steps` steps are done. Each step: logits = forward,
+    softmax_cross_entropy(logits, labels) -> (loss, dlogits), model.backward(dlogits), then
+    an SGD step: SGD(model.named_parameters(), lr, momentum=0.9, nesterov=True,
+    weight_decay=5e-4) made once before the loop.
+    """
+    raise NotImplementedError("ex06: implement train_mobilenet_v2")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="CIFAR-10 folder or archive")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--width", type=float, default=0.5)
+    parser.add_argument("--lr", type=float, default=0.05)
+    args = parser.parse_args(argv)
+    model, losses = train_mobilenet_v2(args.data, args.steps, args.batch_size, args.width,
+                                       args.lr)
+    for start in range(0, len(losses), 100):
+        print(f"steps {start:5d}..{start + len(losses[start:start + 100]) - 1:5d}: mean loss "
+              f"{np.mean(losses[start:start + 100]):.4f}")
+    data = load_cifar10(args.data, download=False)
+    result = evaluate(model, data.x_test, data.y_test)
+    print(f"test accuracy {result.accuracy:.2%} (loss {result.loss:.4f})")
+
+
+if __name__ == "__main__":
+    main()
