@@ -257,8 +257,9 @@ write at least once (input, output and weights in float32):
   output value it writes. Its speed is set by how fast memory delivers the maps, not by the
   arithmetic units: it is *memory-bound*;
 - the **pointwise** conv is a matrix product, $(N \times M) \cdot (M \times D_F^2)$ per image,
-  with $M$ multiply-adds per value moved; BLAS keeps values in registers and cache and runs
-  it near the machine's peak, as it does the standard conv (an im2col matrix product).
+  with up to $M$ multiply-adds per value moved; BLAS keeps blocks of the operands in registers
+  and cache, so arithmetic rather than memory sets its speed, as for the standard conv (an
+  im2col matrix product).
 
 So the separable pair replaces one large, efficient matrix product by a smaller one plus a
 pass that moves as many bytes as the smaller product but does little arithmetic on them.
@@ -266,30 +267,42 @@ pass that moves as many bytes as the smaller product but does little arithmetic 
     code('''
 t = timings[-1]
 C_out = t["C_out"]
-images = N * size * size
-dw_macs, pw_macs = images * C_in * K * K, images * C_in * C_out
-std_macs = images * C_in * C_out * K * K
-bytes_dw = 4 * (2 * images * C_in + C_in * K * K)
-bytes_pw = 4 * (images * (C_in + C_out) + C_in * C_out)
-bytes_std = 4 * (images * (C_in + C_out) + C_in * C_out * K * K)
-print(f"at C_out = {C_out}:")
+pixels = N * size * size
+dw_macs, pw_macs = pixels * C_in * K * K, pixels * C_in * C_out
+std_macs = pixels * C_in * C_out * K * K
+# Bytes each layer must at least read and write once: input, output and weights, float32.
+bytes_dw = 4 * (2 * pixels * C_in + C_in * K * K)
+bytes_pw = 4 * (pixels * (C_in + C_out) + C_in * C_out)
+bytes_std = 4 * (pixels * (C_in + C_out) + C_in * C_out * K * K)
+# What this machine's memory delivers to a plain copy of the same input: the ceiling for a
+# layer that only streams its data through.
+buffer = np.empty_like(x)
+copy = ex.time_callable(lambda: np.copyto(buffer, x), repeats=max(repeats, 5))
+copy_rate = 2 * x.nbytes / copy.median / 1e9
+print(f"at C_out = {C_out}; a plain copy of x moves {copy_rate:.1f} GB/s")
+print(f"{'layer':<14} {'GMAC/s':>7} {'GB/s':>6} {'MACs/byte':>9} {'% of pair MACs':>14} {'% of pair time':>14}")
+pair_ms = t["dw_f"] + t["pw_f"]
 for name, macs, nbytes, ms in (("depthwise 3x3", dw_macs, bytes_dw, t["dw_f"]),
                                ("pointwise 1x1", pw_macs, bytes_pw, t["pw_f"]),
                                ("standard 3x3", std_macs, bytes_std, t["std_f"])):
-    print(f"  {name}: {macs / ms / 1e6:7.2f} GMAC/s forward, "
-          f"{macs / nbytes:6.1f} MACs per byte moved, {100 * ms / (t['dw_f'] + t['pw_f']):5.1f} % "
-          "of the separable pair's forward time" if name != "standard 3x3" else
-          f"  {name}: {macs / ms / 1e6:7.2f} GMAC/s forward, {macs / nbytes:6.1f} MACs per byte moved")
-share = dw_macs / (dw_macs + pw_macs)
-print(f"the depthwise conv is {100 * share:.1f} % of the pair's multiply-adds and "
-      f"{100 * t['dw_f'] / (t['dw_f'] + t['pw_f']):.1f} % of its forward time")
+    pair = name != "standard 3x3"
+    print(f"{name:<14} {macs / ms / 1e6:>7.2f} {nbytes / ms / 1e6:>6.1f} {macs / nbytes:>9.1f} "
+          f"{100 * macs / (dw_macs + pw_macs) if pair else float('nan'):>14.1f} "
+          f"{100 * ms / pair_ms if pair else float('nan'):>14.1f}")
+above = [t["C_out"] for t in timings if t["sep_fb"] / t["std_fb"] > t["flop_ratio"]]
+print(f"forward+backward time ratio above the MAC ratio at C_out = {above}" if above else
+      "forward+backward time ratio at or below the MAC ratio everywhere in this run")
 '''),
     md(r"""
-The depthwise conv's share of the time is far above its share of the multiply-adds, and its
-throughput far below the matrix products': that gap is why the measured ratio stays above the
-multiply-add ratio. The 1/N + 1/K² formula counts arithmetic; a CPU also pays for memory.
-(Timings depend on the machine and on what else runs on it; rerun the cells to see the
-spread.)
+How to read this table: a layer whose GB/s comes close to the plain copy's, while its GMAC/s
+stays far below the matrix products', is limited by memory traffic, not arithmetic. With only
+$D_K^2 = 9$ multiply-adds per value, the depthwise conv is the layer expected there (the table
+shows whether it is, on the machine that ran this); the pointwise and standard convs do many
+more multiply-adds per byte. Where the depthwise conv's share of the
+pair's time exceeds its share of the multiply-adds, the pair saves less time than
+arithmetic, and the measured ratios sit above the dotted line. The 1/N + 1/K² formula counts
+arithmetic; a CPU also pays for memory. (Timings depend on the machine and on what else runs
+on it: rerun the cells to see the spread.)
 """),
 ]
 
@@ -708,8 +721,9 @@ for res, (_, paper_macs, paper_params) in ex.V1_TABLE_7.items():
           f"{paper_params:>6} {prof.macs / ((res / 224) ** 2 * base.macs):>25.3f}")
 '''),
     md(r"""
-The counts round to the paper's numbers. The last column shows the $\alpha^2$ and $\rho^2$
-rules are close but not exact: the depthwise term shrinks only as $\alpha$, and the
+The counts agree with the paper's to within 1 M multiply-adds and 0.05 M parameters (the
+paper's rounding varies: it prints 568.74 M as 569 but 290.68 M as 290). The last column shows
+the $\alpha^2$ and $\rho^2$ rules are close but not exact: the depthwise term shrinks only as $\alpha$, and the
 classifier does not shrink with $\rho$, so small widths cost a little more than $\alpha^2$
 predicts.
 
@@ -764,7 +778,7 @@ notebook 01 measured for a single layer. The V1 paper prints no latency; the V2 
 Table 4 gives V1's (113 ms) beside V2's.
 """),
     code('''
-print("milliseconds per million multiply-adds at width 1.0, 224x224 (lower is more efficient):")
+print("microseconds per million multiply-adds at width 1.0, 224x224 (lower is more efficient):")
 for name in builders:
     r = next(r for r in rows if (r.network, r.width, r.resolution) == (name, 1.0, 224))
     paper = paper_ms.get((name, 1.0, 224))
