@@ -1,0 +1,28 @@
+"""Reference solution of exercise 07 (notebooks/07_deploy.ipynb): fold a batch norm into the
+convolution before it, so that inference runs one layer instead of two.
+
+In eval mode batch norm is a fixed affine map per channel, bn(z) = gamma * (z - mean) /
+sqrt(var + eps) + beta, and z = conv(x, w) + b is linear in w and b: so bn(conv(x, w) + b) is
+one conv with new weights and bias. Find them.
+
+Check: `pytest exercises -m ex07`. The signature is the library's
+(`minimobile.deploy.fold_batchnorm`): keep it.
+"""
+
+import numpy as np
+
+
+def fold_batchnorm(w, b, gamma, beta, running_mean, running_var, eps=1e-5):
+    """Return (w_folded, b_folded) with conv(x, w_folded) + b_folded equal to
+    bn(conv(x, w) + b) in eval mode.
+
+    w: (C_out, ...) any conv layout whose first axis is the output channel (standard
+    (C_out, C_in, K, K), depthwise (C, 1, K, K), pointwise (C_out, C_in, 1, 1)); b: (C_out,) or
+    None for a conv without bias; gamma, beta, running_mean, running_var: (C_out,). Both results
+    in w's dtype; b_folded is always an array. Do not modify the arguments.
+    """
+    scale = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(running_var, np.float64) + eps)
+    b = np.zeros(w.shape[0]) if b is None else np.asarray(b, np.float64)
+    w_folded = w * scale.reshape((-1,) + (1,) * (w.ndim - 1))  # each output channel scaled
+    b_folded = (b - running_mean) * scale + beta
+    return w_folded.astype(w.dtype), b_folded.astype(w.dtype)
