@@ -300,9 +300,9 @@ def _summary(args):
 
 
 def _export(args):
-    from . import onnx_export  # imports onnx lazily, so the other commands never need it
+    from . import deploy, onnx_export  # onnx itself is imported only when exporting
     try:
-        model = onnx_export.model_from_checkpoint(args.checkpoint)
+        model = deploy.model_from_checkpoint(args.checkpoint)
         path = onnx_export.export(model, args.output, args.resolution, fuse=not args.no_fuse)
     except ImportError as e:
         raise CommandError(str(e)) from None

@@ -92,8 +92,9 @@ def depthwise_int8_reference(x, w, b, stride, pad):
     acc = np.broadcast_to(b.astype(np.int32)[:, None, None], (N, C, Ho, Wo)).copy()
     for k in range(K):
         for m in range(K):
-            window = xp[:, :, k:k + stride * (Ho - 1) + 1:stride, m:m + stride * (Wo - 1) + 1:stride]
-            acc += w[:, k, m].astype(np.int32)[:, None, None] * window
+            rows = slice(k, k + stride * (Ho - 1) + 1, stride)
+            cols = slice(m, m + stride * (Wo - 1) + 1, stride)
+            acc += w[:, k, m].astype(np.int32)[:, None, None] * xp[:, :, rows, cols]
     return acc
 
 

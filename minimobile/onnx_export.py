@@ -27,8 +27,8 @@ class _GraphBuilder:
     """Collects nodes and initializers; every emit method takes the input's name and returns the
     output's. Names follow the module paths, so a node in a viewer points back to its layer."""
 
-    def __init__(self, onnx):
-        self.onnx, self.nodes, self.initializers = onnx, [], []
+    def __init__(self, onnx, dtype):
+        self.onnx, self.dtype, self.nodes, self.initializers = onnx, dtype, [], []
         self._used = set()
 
     def name(self, base):
@@ -164,8 +164,7 @@ def to_onnx(model, resolution=None, fuse=True, opset=OPSET):
         model = deploy.fuse(model)
     dtype = _model_dtype(model)
     elem_type = onnx.helper.np_dtype_to_tensor_dtype(dtype)
-    builder = _GraphBuilder(onnx)
-    builder.dtype = dtype
+    builder = _GraphBuilder(onnx, dtype)
     builder.emit(model, INPUT_NAME, "")
     # The last node's output is renamed to the graph's output name (an Identity would do too,
     # but one node fewer is the point of the exercise).
@@ -194,18 +193,7 @@ def export(model, path, resolution=None, fuse=True, opset=OPSET):
     return path
 
 
-def model_from_checkpoint(checkpoint_path):
-    """The model a trainer checkpoint holds, rebuilt from its saved config (as `minimobile
-    eval` does) with its weights loaded, in eval mode."""
-    from . import checkpoint
-    from .train import build_model, read_config
-    config = read_config(checkpoint_path)
-    model = build_model(config.model, config.width, config.cifar, dropout=config.dropout,
-                        seed=config.seed, dtype=config.dtype)
-    checkpoint.load_model(checkpoint_path, model)
-    return model.eval()
-
-
 def export_checkpoint(checkpoint_path, path, resolution=None, fuse=True, opset=OPSET):
     """Export the network saved in a trainer checkpoint (best.npz, last.npz) to `path`."""
+    from .deploy import model_from_checkpoint
     return export(model_from_checkpoint(checkpoint_path), path, resolution, fuse, opset)

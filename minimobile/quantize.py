@@ -222,7 +222,7 @@ def report(model, x_calibration, x_test, y_test, batch_size=256, progress=False)
 def main(argv=None):
     """`python -m minimobile.quantize CHECKPOINT`: quantise a trained network and report."""
     from .data import load_cifar10
-    from .onnx_export import model_from_checkpoint
+    from .errors import CorruptCheckpointError, CorruptDataError
     from .train import read_config
     parser = argparse.ArgumentParser(prog="python -m minimobile.quantize",
                                      description=main.__doc__)
@@ -232,8 +232,13 @@ def main(argv=None):
                         help="training images to calibrate on (default 512)")
     parser.add_argument("--limit-test", type=int, metavar="N", help="first N test images only")
     args = parser.parse_args(argv)
-    model = model_from_checkpoint(args.checkpoint)
-    data = load_cifar10(args.data if args.data is not None else read_config(args.checkpoint).data)
+    try:
+        model = deploy.model_from_checkpoint(args.checkpoint)
+        data = load_cifar10(args.data if args.data is not None
+                            else read_config(args.checkpoint).data)
+    except (OSError, ValueError, CorruptCheckpointError, CorruptDataError) as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 1
     x_test, y_test = data.x_test[:args.limit_test], data.y_test[:args.limit_test]
     result = report(model, calibration_images(data.x_train, args.calibration), x_test, y_test,
                     progress=True)

@@ -184,11 +184,10 @@ machine; accuracy before and after, and the bytes of the weights.
 """),
     code('''
 from minimobile.data import load_cifar10, write_fake_cifar10
-from minimobile.onnx_export import model_from_checkpoint
 
 checkpoint = Path("../runs/v1-w0.5-e22/best.npz")
 if checkpoint.exists():
-    trained = model_from_checkpoint(checkpoint)
+    trained = deploy.model_from_checkpoint(checkpoint)
     print(f"{checkpoint}: the trained V1, width 0.5")
 else:
     trained = mm.mobilenet_v1(cifar=True, width_mult=0.5, seed=0).eval()
