@@ -164,7 +164,7 @@ def test_stubs_solutions_and_library_share_signatures():
                 "depthwise_conv2d_backward", "depthwise_conv2d_forward_kernel",
                 "depthwise_conv2d_backward_kernel", "pointwise_conv2d_forward",
                 "pointwise_conv2d_backward", "batchnorm2d_forward", "batchnorm2d_backward",
-                "InvertedResidual", "SqueezeExcitation", "Bneck"}
+                "InvertedResidual", "SqueezeExcitation", "Bneck", "DepthwiseSeparable"}
     if any(m.__name__ == "minimobile.deploy" for m in _library_counterparts()):
         expected.add("fold_batchnorm")
     assert expected <= compared_with_library, sorted(expected - compared_with_library)

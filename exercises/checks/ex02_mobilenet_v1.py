@@ -1,11 +1,14 @@
 """Checks of exercise 02: batch norm against `minimobile.reference.batchnorm2d_forward` and
-central differences, and the running statistics against the library's `BatchNorm2d` layer."""
+central differences, the running statistics against the library's `BatchNorm2d` layer, and the
+learner's DepthwiseSeparable against the library's block with the same weights."""
 
 import numpy as np
 
 from minimobile import reference
+from minimobile.blocks import DepthwiseSeparable
 from minimobile.layers import BatchNorm2d
 
+from . import blocks
 from .common import (FORWARD_TOL, GRAD_TOL, assert_close, assert_gradient, assert_same_dtype,
                      call, describe, fail)
 
@@ -130,3 +133,20 @@ def check_running_statistics(ex):
                     "var * count / (count - 1)")
         assert_close(new_var, layer.buffers["running_var"], "ex02 update_running_statistics: "
                      "running_var", where, FORWARD_TOL, hint)
+
+
+# (in_channels, out_channels, stride)
+BLOCK_CONFIGS = [(4, 6, 1), (4, 6, 2), (3, 3, 1), (1, 2, 2)]
+
+
+def check_depthwise_separable(ex):
+    for in_c, out_c, stride in BLOCK_CONFIGS:
+        blocks.check_block(
+            f"ex02 DepthwiseSeparable({in_c}, {out_c}, stride={stride})",
+            lambda rng: ex.DepthwiseSeparable(in_c, out_c, stride, rng=rng, dtype=np.float64),
+            lambda rng: DepthwiseSeparable(in_c, out_c, stride, rng=rng, dtype=np.float64),
+            (2, in_c, 7, 7), False,
+            "self.dw = ConvBNActivation(in, in, 3, stride, groups=in, activation=activation, "
+            "...) and self.pw = ConvBNActivation(in, out, 1, activation=activation, ...)",
+            "dw then pw; V1 has no skip connection",
+            "the backward runs in reverse: self.dw.backward(self.pw.backward(dout))")

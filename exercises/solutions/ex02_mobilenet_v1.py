@@ -1,16 +1,21 @@
 """Reference solution of exercise 02 (notebooks/02_mobilenet_v1.ipynb): batch norm in training
-mode, the layer after every conv of MobileNet V1, and its running statistics.
+mode, the layer after every conv of MobileNet V1, its running statistics, and V1's block.
 
 1. batchnorm2d_forward: normalise each channel by its batch mean and (biased) variance.
 2. batchnorm2d_backward: the gradient through the batch statistics (the notebook derives it).
 3. update_running_statistics: PyTorch's convention, which the library's BatchNorm2d follows.
+4. DepthwiseSeparable: V1's block, built from the library's layers, forward and backward.
 
-Check: `pytest exercises -m ex02`. Signatures are the library's (`minimobile.ops`).
+Check: `pytest exercises -m ex02`. Signatures are the library's (`minimobile.ops`,
+`minimobile.blocks.DepthwiseSeparable`).
 """
 
 from typing import NamedTuple
 
 import numpy as np
+
+from minimobile.blocks import ConvBNActivation
+from minimobile.layers import Module, ReLU, _rng
 
 
 class BatchNorm2dCache(NamedTuple):
@@ -63,3 +68,29 @@ def update_running_statistics(running_mean, running_var, mean, var, count, momen
     unbiased = var * count / (count - 1)
     return ((1 - momentum) * running_mean + momentum * mean,
             (1 - momentum) * running_var + momentum * unbiased)
+
+
+class DepthwiseSeparable(Module):
+    """V1's block (Howard et al. 2017, Figure 3): a 3x3 depthwise conv at `stride` + BN +
+    activation, then a 1x1 pointwise conv to out_channels + BN + activation. Children `dw` and
+    `pw`, each a ConvBNActivation(in, out, kernel_size, stride, groups=..., activation=...,
+    bn_eps=..., bn_momentum=..., rng=rng, dtype=dtype), so the state dict reads dw.0.weight,
+    dw.1.weight, ..., pw.1.running_var. V1 has no skip: set self.use_res_connect = False.
+    """
+
+    def __init__(self, in_channels, out_channels, stride=1, activation=ReLU, bn_eps=1e-5,
+                 bn_momentum=0.1, rng=None, dtype=np.float32):
+        super().__init__()
+        rng = _rng(rng)  # one generator for both convs, so their weights differ
+        bn = dict(activation=activation, bn_eps=bn_eps, bn_momentum=bn_momentum, rng=rng,
+                  dtype=dtype)
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        self.use_res_connect = False
+        self.dw = ConvBNActivation(in_channels, in_channels, 3, stride, groups=in_channels, **bn)
+        self.pw = ConvBNActivation(in_channels, out_channels, 1, **bn)
+
+    def forward(self, x):
+        return self.pw.forward(self.dw.forward(x))
+
+    def backward(self, dout):
+        return self.dw.backward(self.pw.backward(dout))

@@ -18,3 +18,7 @@ def test_batchnorm_backward_matches_numerical_gradient():
 
 def test_running_statistics_follow_pytorchs_convention():
     checks.check_running_statistics(ex)
+
+
+def test_depthwise_separable_matches_the_library_block_with_the_same_weights():
+    checks.check_depthwise_separable(ex)
