@@ -9,7 +9,10 @@ hits them all alike; the median over repetitions is printed, in ms. The same thr
 given to all (Numba's pool, ONNX Runtime's intra-op threads, torch.set_num_threads). ONNX
 Runtime runs the graph of `minimobile.onnx_export` (BN folded); PyTorch runs the networks of
 `benchmarks/torch_models.py` in eval mode under inference_mode, NCHW. Contenders whose package
-is missing are shown as "-".
+is missing are shown as "-". minimobile runs BLAS on one thread beside Numba's pool (see
+minimobile/parallel.py: best for training); "mm fused blas" is the fused network with BLAS given
+the same thread count for its matrix products, since at batch 1 the pointwise convolutions'
+products are most of the work.
 
 The papers' figures are phone latencies (TF-Lite, one large core of a Google Pixel 1,
 float32, batch 1, 224x224), so they say how fast these networks are meant to be on a
@@ -24,6 +27,7 @@ import sys
 import time
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -74,6 +78,12 @@ def contenders(name, resolution, threads):
 
     runs["mm"] = run_minimobile(model)
     runs["mm fused"] = run_minimobile(fused)
+    controller = ThreadpoolController()  # finds the BLAS libraries once, not at every call
+
+    def run_fused_threaded_blas(x):
+        with controller.limit(limits=threads, user_api="blas"):
+            return runs["mm fused"](x)
+    runs["mm fused blas"] = run_fused_threaded_blas
     if onnxruntime is not None:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
@@ -115,11 +125,11 @@ def main(argv=None):
     parser.add_argument("--csv", metavar="PATH", help="also write the table as CSV")
     args = parser.parse_args(argv)
     threads = mm.get_num_threads()
-    labels = ["mm", "mm fused", "onnxruntime", "pytorch"]
+    labels = ["mm", "mm fused", "mm fused blas", "onnxruntime", "pytorch"]
     print(f"batch 1, float32, {threads} threads, median of {args.reps} repetitions, ms; "
           f"onnxruntime {getattr(onnxruntime, '__version__', 'absent')}, "
           f"torch {getattr(torch, '__version__', 'absent')}")
-    header = (f"{'network':<10}{'input':>6}" + "".join(f"{label:>13}" for label in labels)
+    header = (f"{'network':<10}{'input':>6}" + "".join(f"{label:>14}" for label in labels)
               + f"{'fused/ort':>11}   paper (Pixel 1, 224x224)")
     print(header)
     rows = []
@@ -133,7 +143,7 @@ def main(argv=None):
             paper_ms, source = PAPER_MS[name]
             paper = f"{paper_ms:g} ms ({source})" if resolution == 224 else ""
             print(f"{name:<10}{resolution:>6}"
-                  + "".join(f"{result[label]:>13.2f}" if label in result else f"{'-':>13}"
+                  + "".join(f"{result[label]:>14.2f}" if label in result else f"{'-':>14}"
                             for label in labels)
                   + f"{ratio:>11.2f}   {paper}", flush=True)
             rows.append({"network": name, "resolution": resolution,

@@ -222,7 +222,8 @@ fig.tight_layout()
 
 A phone classifies one image at a time, so deployment latency is measured at batch 1, where
 per-layer overheads weigh more than at batch 128. `benchmarks/bench_inference.py` times one
-forward of each network in minimobile (as trained, and BN-folded), ONNX Runtime (the exported
+forward of each network in minimobile (as trained; BN-folded; BN-folded with BLAS on all
+threads, "mm fused blas"), ONNX Runtime (the exported
 graph) and PyTorch, alternating them within each repetition, and prints the latency the papers
 report next to them: those were measured on a Pixel 1 phone with TF-Lite on one core (the V2
 paper's Table 4; the V3 paper's Table 3), so they show what the networks were designed for,
@@ -240,7 +241,7 @@ print(done.stdout or done.stderr)
 import csv
 
 rows = list(csv.DictReader(open(csv_path)))
-engines = ["mm", "mm fused", "onnxruntime", "pytorch"]
+engines = ["mm", "mm fused", "mm fused blas", "onnxruntime", "pytorch"]
 resolutions = sorted({int(r["resolution"]) for r in rows}, reverse=True)
 fig, axes = plt.subplots(1, len(resolutions), figsize=(6 * len(resolutions), 3.8), squeeze=False)
 for ax, resolution in zip(axes[0], resolutions):
@@ -248,7 +249,7 @@ for ax, resolution in zip(axes[0], resolutions):
     positions = np.arange(len(subset))
     for k, engine in enumerate(engines):
         values = [float(r[engine]) if r[engine] else np.nan for r in subset]
-        ax.bar(positions + (k - 1.5) * 0.2, values, width=0.2, label=engine)
+        ax.bar(positions + (k - 2) * 0.16, values, width=0.16, label=engine)
     if resolution == 224:
         ax.scatter(positions, [float(r["paper_ms"]) for r in subset], marker="_", s=400,
                    color="black", label="paper (Pixel 1 phone)", zorder=3)
