@@ -1,9 +1,11 @@
-"""Checks of exercise 05: the measurements' shape and sanity, with parameters and multiply-adds
-against `minimobile.cost.profile`. Never the speed: timings depend on the machine and its load."""
+"""Checks of exercise 05: V1's predicted multiply-adds against `minimobile.cost.profile` of the
+library's model; the measurements' shape and sanity, with parameters and multiply-adds against
+the same counter. Never the speed: timings depend on the machine and its load."""
 
 import numpy as np
 
 from minimobile.cost import profile
+from minimobile.models import mobilenet_v1
 from minimobile.train import build_model
 
 from .common import call, fail
@@ -36,3 +38,22 @@ def check_measurements(ex):
                 and row.seconds > 0):
             fail(f"{what}: width {width} took seconds={row.seconds!r} {where}; expected a "
                  "positive number of seconds", "time.perf_counter() after minus before")
+
+
+# (width_mult, resolution): the paper's full network, a smaller one, and an odd resolution.
+V1_CASES = [(1.0, 224), (0.5, 160), (0.25, 127)]
+
+
+def check_v1_prediction(ex):
+    for width, resolution in V1_CASES:
+        what = "ex05 v1_multiply_adds"
+        got = call(what, ex.v1_multiply_adds, width_mult=width, resolution=resolution)
+        counted = profile(mobilenet_v1(width_mult=width, seed=0), (3, resolution, resolution))
+        if got != counted.macs:
+            fail(f"{what}(width_mult={width}, resolution={resolution}) returned {got:,}; "
+                 f"minimobile.cost.profile counts {counted.macs:,} (off by "
+                 f"{got - counted.macs:+,})",
+                 f"compare layer by layer with `minimobile summary v1 --width {width} "
+                 f"--resolution {resolution}`: the stem is a standard 3x3 conv at stride 2, "
+                 "each block's pointwise conv runs at the depthwise conv's output size, and "
+                 "the Linear adds in_features * num_classes")

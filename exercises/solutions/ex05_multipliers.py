@@ -1,10 +1,12 @@
-"""Reference solution of exercise 05 (notebooks/05_multipliers.ipynb): what the width multiplier
-buys in time.
+"""Reference solution of exercise 05 (notebooks/05_multipliers.ipynb): what width and resolution
+cost, and what the width multiplier buys in time.
 
-measure_inference_time builds one network per width multiplier, counts its parameters and
-multiply-adds with `minimobile.cost.profile`, and times its forward pass in evaluation mode.
-Then run `python -m exercises.ex05_multipliers` and compare time with multiply-adds: the V1
-paper's cost falls roughly with the square of the multiplier; does your time?
+1. v1_multiply_adds predicts V1's multiply-adds for a width multiplier and a resolution from
+   the architecture table alone; the test checks it against the counter, `minimobile.cost`.
+2. measure_inference_time builds one network per width multiplier, counts its parameters and
+   multiply-adds with `minimobile.cost.profile`, and times its forward pass in eval mode.
+   Then run `python -m exercises.ex05_multipliers` and compare time with multiply-adds: the V1
+   paper's cost falls roughly with the square of the multiplier; does your time?
 
 Check: `pytest exercises -m ex05` (it checks what you return, never how fast it is).
 """
@@ -14,9 +16,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minimobile.cost import profile  # noqa: F401
-from minimobile.layers import no_grad  # noqa: F401
-from minimobile.train import build_model  # noqa: F401
+from minimobile.cost import profile
+from minimobile.layers import no_grad
+from minimobile.models import V1_SETTING, V1_STEM_CHANNELS, make_divisible
+from minimobile.train import build_model
 
 
 class Measurement(NamedTuple):
@@ -53,6 +56,29 @@ def measure_inference_time(width_mults=(0.25, 0.5, 0.75, 1.0), arch="v2", batch_
         measurements.append(Measurement(width_mult, cost.params, cost.macs,
                                         float(np.median(times))))
     return measurements
+
+
+def v1_multiply_adds(width_mult=1.0, resolution=224, num_classes=1000):
+    """Multiply-adds of one image through MobileNet V1 (not the CIFAR variant), predicted from
+    the architecture table alone: no model, no forward pass.
+
+    Walk V1_SETTING (minimobile.models): the 3x3 stem conv from 3 to make_divisible(32 *
+    width_mult) channels at stride 2 and padding 1, then per block a 3x3 depthwise conv
+    (C_in * 9 per output pixel) at the block's stride and a pointwise conv (C_in * C_out per
+    output pixel), channels make_divisible(c * width_mult), and the final Linear. A 3x3 conv
+    with padding 1 at stride s turns size H into (H - 1) // s + 1. Count as minimobile.cost
+    does: convs and the Linear, nothing else.
+    """
+    channels = make_divisible(V1_STEM_CHANNELS * width_mult)
+    size = (resolution - 1) // 2 + 1
+    macs = 3 * channels * 9 * size * size  # the stem
+    for c, stride in V1_SETTING:
+        out_channels = make_divisible(c * width_mult)
+        size = (size - 1) // stride + 1
+        macs += channels * 9 * size * size  # depthwise
+        macs += channels * out_channels * size * size  # pointwise
+        channels = out_channels
+    return macs + channels * num_classes  # the classifier
 
 
 def print_measurements(measurements):
