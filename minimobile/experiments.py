@@ -277,7 +277,8 @@ def gradient_check_module(module, x, rng, count=20, h=1e-6):
 
     Needs float64 parameters and x. The module runs in training mode (batch statistics), which
     is what its backward differentiates; the probes' forwards run under no_grad so they leave
-    no cache behind.
+    no cache behind, but like any training-mode forward they move batch norm's running
+    statistics (which the training-mode output does not read).
     """
     module.train()
     out = module.forward(x)

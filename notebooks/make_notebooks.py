@@ -662,8 +662,8 @@ for name, (model, setting) in nets.items():
     paper = next(r for r in ex.V3_TABLE_9 if r[:3] == (name, 1.0, 224))
     print(f"{name}: {len(setting)} bneck blocks ({sum(r[4] for r in setting)} with SE, "
           f"{sum(r[5] == 'HS' for r in setting)} with hard-swish); "
-          f"{prof.macs / 1e6:.2f} M MACs (paper {paper[3]} M), "
-          f"{prof.params / 1e6:.2f} M params (paper {paper[4]} M)")
+          f"{prof.macs / 1e6:.2f} M MACs (V3 paper, Table 9: {paper[3]} M), "
+          f"{prof.params / 1e6:.2f} M params (Table 9: {paper[4]} M)")
 
 fig, axes = plt.subplots(1, 2, figsize=(13, 4))
 for ax, (name, prof) in zip(axes, profiles.items()):
@@ -751,6 +751,8 @@ for r in rows:
     paper = paper_ms.get((r.network, r.width, r.resolution))
     print(f"{r.network:<9} {r.width:>5} {r.resolution:>4} {r.macs / 1e6:>8.1f} {r.params / 1e6:>9.2f} "
           f"{r.ms:>8.2f} {'' if paper is None else paper:>19}")
+print("paper ms: V2 paper Table 4 (v1 and v2), V3 paper Table 9 (v3); one large core of a Pixel 1, "
+      "TF-Lite, where the paper lists that width and resolution")
 '''),
     code('''
 fig, axes = plt.subplots(1, 2, figsize=(13, 5))
