@@ -1,7 +1,8 @@
 """Exercise 06, with notebooks/06_train_cifar10.ipynb: train MobileNet V2 on CIFAR-10 with your
 own InvertedResidual (exercise 03) in every block of the library's network.
 
-train_mobilenet_v2 is the training loop: data, model, loss, backward, optimiser step. Then
+train_mobilenet_v2 is the training loop: data, model, loss, backward, optimiser step; and
+confusion_matrix counts, for the evaluation, which class the network takes each class for. Then
 train for real: `python -m exercises.ex06_train_cifar10 --data PATH/TO/cifar-10-batches-py`
 (from the repository's root; it prints the loss every 100 steps, then the test accuracy).
 
@@ -36,6 +37,13 @@ def train_mobilenet_v2(data_root, steps=200, batch_size=64, width_mult=0.5, lr=0
     raise NotImplementedError("ex06: implement train_mobilenet_v2")
 
 
+def confusion_matrix(y_true, y_pred, num_classes=10):
+    """counts (num_classes, num_classes) int64: counts[i, j] is the number of images of class i
+    predicted as class j (so the diagonal holds the correct ones). Without a Python loop over
+    the images: np.bincount or np.add.at do it in one call."""
+    raise NotImplementedError("ex06: implement confusion_matrix")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="CIFAR-10 folder or archive")
@@ -52,6 +60,10 @@ def main(argv=None):
     data = load_cifar10(args.data, download=False)
     result = evaluate(model, data.x_test, data.y_test)
     print(f"test accuracy {result.accuracy:.2%} (loss {result.loss:.4f})")
+    counts = confusion_matrix(data.y_test, result.predictions)
+    print("confusion matrix (rows: true class, columns: predicted), and each class's accuracy:")
+    for i, (name, row) in enumerate(zip(data.classes, counts)):
+        print(f"{name:>10} {' '.join(f'{v:5d}' for v in row)}   {row[i] / max(1, row.sum()):.1%}")
 
 
 if __name__ == "__main__":

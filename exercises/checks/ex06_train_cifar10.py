@@ -1,12 +1,14 @@
 """Checks of exercise 06: a few training steps on a tiny random CIFAR-10 written by
 `minimobile.data.write_fake_cifar10`, always on the same 8 images, must lower the loss, with the
-learner's own block in every block position of the library's MobileNetV2."""
+learner's own block in every block position of the library's MobileNetV2; the confusion matrix
+against a hand-counted one and `minimobile.train.confusion_matrix`."""
 
 import numpy as np
 
 from minimobile import blocks
 from minimobile.data import write_fake_cifar10
 from minimobile.models import MobileNetV2, V2_SETTING
+from minimobile.train import confusion_matrix as library_confusion_matrix
 
 from .common import call, fail
 
@@ -44,3 +46,19 @@ def check_training(ex, tmp_path):
              "each step needs model.forward, softmax_cross_entropy, model.backward(dlogits) "
              "and optimizer.step(), with the optimiser made once, before the loop, over "
              "model.named_parameters()")
+
+
+def check_confusion_matrix(ex):
+    what = "ex06 confusion_matrix"
+    hand = call(what, ex.confusion_matrix, [0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 0, 2], 3)
+    expected = np.array([[1, 1, 0], [0, 1, 0], [1, 0, 2]])
+    if np.shape(hand) != (3, 3) or not np.array_equal(hand, expected):
+        fail(f"{what}(y_true=[0, 0, 1, 2, 2, 2], y_pred=[0, 1, 1, 2, 0, 2], num_classes=3) "
+             f"returned\n{np.asarray(hand)}\nexpected\n{expected}",
+             "counts[i, j] counts images of true class i predicted as j: rows are the truth")
+    rng = np.random.default_rng(60)
+    y_true, y_pred = rng.integers(0, 10, 500), rng.integers(0, 10, 500)
+    counts = call(what, ex.confusion_matrix, y_true, y_pred)
+    if not np.array_equal(counts, library_confusion_matrix(y_true, y_pred)):
+        fail(f"{what} disagrees with minimobile.train.confusion_matrix on 500 random labels in "
+             "10 classes (num_classes left at its default)", "the default is 10 classes")
