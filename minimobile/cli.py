@@ -206,7 +206,8 @@ def build_parser():
     """The argparse parser of all subcommands (also what `minimobile --help` prints)."""
     parser = argparse.ArgumentParser(
         prog="minimobile", description="MobileNet V1, V2 and V3 from scratch in NumPy and "
-        "Numba: train on CIFAR-10, evaluate, plot, and count parameters and multiply-adds.")
+        "Numba: train on CIFAR-10, evaluate, plot, count parameters and multiply-adds, and "
+        "export to ONNX.")
     parser.add_argument("--version", action="version", version=f"minimobile {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_train(sub)
