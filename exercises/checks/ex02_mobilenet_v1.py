@@ -1,12 +1,13 @@
 """Checks of exercise 02: batch norm against `minimobile.reference.batchnorm2d_forward` and
 central differences, the running statistics against the library's `BatchNorm2d` layer, and the
-learner's DepthwiseSeparable against the library's block with the same weights."""
+learner's DepthwiseSeparable and MobileNetV1 against the library's with the same weights."""
 
 import numpy as np
 
 from minimobile import reference
 from minimobile.blocks import DepthwiseSeparable
 from minimobile.layers import BatchNorm2d
+from minimobile.models import MobileNetV1
 
 from . import blocks
 from .common import (FORWARD_TOL, GRAD_TOL, assert_close, assert_gradient, assert_same_dtype,
@@ -150,3 +151,22 @@ def check_depthwise_separable(ex):
             "...) and self.pw = ConvBNActivation(in, out, 1, activation=activation, ...)",
             "dw then pw; V1 has no skip connection",
             "the backward runs in reverse: self.dw.backward(self.pw.backward(dout))")
+
+
+# (width_mult, cifar): the CIFAR variant (stem at stride 1) and the ImageNet one (stride 2).
+MODEL_CONFIGS = [(0.25, True), (0.5, False)]
+
+
+def check_mobilenet_v1(ex):
+    for width, cifar in MODEL_CONFIGS:
+        blocks.check_block(
+            f"ex02 MobileNetV1(num_classes=10, width_mult={width}, cifar={cifar})",
+            lambda rng: ex.MobileNetV1(10, width, cifar, rng=rng, dtype=np.float64),
+            lambda rng: MobileNetV1(10, width, cifar, rng=rng, dtype=np.float64),
+            (2, 3, 32, 32), None,
+            "features = [stem] + one DepthwiseSeparable per row of V1_SETTING, channels "
+            "make_divisible(c * width_mult); classifier = Sequential(Dropout, Linear): "
+            "compare with `minimobile summary v1 --width W`",
+            "the stem runs at stride 1 with cifar=True and 2 without; then every row's stride",
+            "MobileNet.backward runs classifier, flatten, avgpool and features backwards; if "
+            "this fails, check DepthwiseSeparable first", numeric_samples=0)

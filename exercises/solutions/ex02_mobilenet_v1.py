@@ -5,9 +5,10 @@ mode, the layer after every conv of MobileNet V1, its running statistics, and V1
 2. batchnorm2d_backward: the gradient through the batch statistics (the notebook derives it).
 3. update_running_statistics: PyTorch's convention, which the library's BatchNorm2d follows.
 4. DepthwiseSeparable: V1's block, built from the library's layers, forward and backward.
+5. MobileNetV1: the whole network from its table, made of your blocks.
 
 Check: `pytest exercises -m ex02`. Signatures are the library's (`minimobile.ops`,
-`minimobile.blocks.DepthwiseSeparable`).
+`minimobile.blocks.DepthwiseSeparable`, `minimobile.models.MobileNetV1`).
 """
 
 from typing import NamedTuple
@@ -15,7 +16,9 @@ from typing import NamedTuple
 import numpy as np
 
 from minimobile.blocks import ConvBNActivation
-from minimobile.layers import Module, ReLU, _rng
+from minimobile.layers import (Dropout, Flatten, GlobalAvgPool2d, Linear, Module, ReLU, Sequential,
+                               _rng)
+from minimobile.models import V1_SETTING, V1_STEM_CHANNELS, MobileNet, make_divisible
 
 
 class BatchNorm2dCache(NamedTuple):
@@ -94,3 +97,35 @@ class DepthwiseSeparable(Module):
 
     def backward(self, dout):
         return self.dw.backward(self.pw.backward(dout))
+
+
+class MobileNetV1(MobileNet):
+    """MobileNet V1 from its table (minimobile.models.V1_SETTING), made of your
+    DepthwiseSeparable: the stem ConvBNActivation(3, C, 3, stride=1 if cifar else 2,
+    activation=ReLU) with C = make_divisible(32 * width_mult), then one block per row (out
+    channels make_divisible(c * width_mult), the row's stride), kept in
+    `self.features = Sequential(...)`; then `self.avgpool = GlobalAvgPool2d()`,
+    `self.flatten = Flatten()`, `self.classifier = Sequential(Dropout(dropout, rng=rng),
+    Linear(C_last, num_classes, rng=rng, dtype=dtype))`, and `self._init_weights(rng)`.
+    MobileNet (the base class) already has forward and backward; rng defaults to
+    np.random.default_rng().
+    """
+
+    def __init__(self, num_classes=1000, width_mult=1.0, cifar=False, dropout=0.0, rng=None,
+                 dtype=np.float32):
+        super().__init__()
+        rng = _rng(rng)
+        channels = make_divisible(V1_STEM_CHANNELS * width_mult)
+        features = [ConvBNActivation(3, channels, 3, stride=1 if cifar else 2, activation=ReLU,
+                                     rng=rng, dtype=dtype)]
+        for c, stride in V1_SETTING:
+            out_channels = make_divisible(c * width_mult)
+            features.append(DepthwiseSeparable(channels, out_channels, stride, rng=rng,
+                                               dtype=dtype))
+            channels = out_channels
+        self.features = Sequential(*features)
+        self.avgpool = GlobalAvgPool2d()
+        self.flatten = Flatten()
+        self.classifier = Sequential(Dropout(dropout, rng=rng),
+                                     Linear(channels, num_classes, rng=rng, dtype=dtype))
+        self._init_weights(rng)

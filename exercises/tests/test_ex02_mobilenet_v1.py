@@ -22,3 +22,7 @@ def test_running_statistics_follow_pytorchs_convention():
 
 def test_depthwise_separable_matches_the_library_block_with_the_same_weights():
     checks.check_depthwise_separable(ex)
+
+
+def test_mobilenet_v1_from_the_table_matches_the_library_model_with_the_same_weights():
+    checks.check_mobilenet_v1(ex)
