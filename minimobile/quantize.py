@@ -10,8 +10,9 @@ integers, as an int8 engine does:
     acc[o] = sum_i q_w[o, i] * q_x[i] + q_b[o]    (int8 products, int32 sum, q_b = b / (s_x s_w[o]))
     out[o] = acc[o] * s_x * s_w[o]                (back to float for the activation)
 
-The stem conv and the classifier stay in float32 (they hold under 1 % of the multiply-adds);
-activations, pooling and skip additions run in float between the integer convs. Batch norms are
+The stem conv and the classifier stay in float32 (a few percent of the multiply-adds: the
+report gives the share that runs in int8); activations, pooling and skip additions run in
+float between the integer convs. Batch norms are
 folded first (`minimobile.deploy.fuse`). The kernels are in `minimobile.kernels_int8`.
 
 `python -m minimobile.quantize CHECKPOINT --data PATH` reports accuracy and weight size before
@@ -186,6 +187,7 @@ class QuantizationReport:
     int8_weight_bytes: int
     calibration_images: int
     test_images: int
+    int8_mac_fraction: float  # share of the multiply-adds done by the int8 convs
 
     def __str__(self):
         drop = 100 * (self.float_accuracy - self.int8_accuracy)
@@ -197,6 +199,8 @@ class QuantizationReport:
             f"weights    float32 {self.float_weight_bytes:,} B   float32 fused "
             f"{self.fused_weight_bytes:,} B   int8 {self.int8_weight_bytes:,} B "
             f"({self.float_weight_bytes / self.int8_weight_bytes:.2f}x smaller)",
+            f"multiply-adds in int8: {100 * self.int8_mac_fraction:.1f} % (the stem conv and "
+            f"the classifier stay float32)",
         ])
 
 
@@ -209,14 +213,19 @@ def calibration_images(x_train, count=512, seed=0):
 def report(model, x_calibration, x_test, y_test, batch_size=256, progress=False):
     """Quantise `model` and measure it: QuantizationReport with accuracy before and after on
     the uint8 test images, and weight bytes. x_calibration: uint8 images, normalised here."""
+    from .cost import profile
     from .train import evaluate  # the trainer's evaluation: eval mode, batched, no caches
     dtype = next(p for _, p, _ in model.named_parameters()).dtype
     int8_model = quantize(model, normalize(x_calibration, dtype=dtype))
     before = evaluate(model, x_test, y_test, batch_size, progress=progress).accuracy
     after = evaluate(int8_model, x_test, y_test, batch_size, progress=progress).accuracy
+    rows = profile(model, x_test.shape[1:]).rows
+    int8_macs = sum(row.macs for row in rows if row.type in ("PointwiseConv2d",
+                                                              "DepthwiseConv2d"))
     return QuantizationReport(before, after, weight_bytes(model),
                               weight_bytes(deploy.fuse(model)), weight_bytes(int8_model),
-                              len(x_calibration), len(y_test))
+                              len(x_calibration), len(y_test),
+                              int8_macs / sum(row.macs for row in rows))
 
 
 def main(argv=None):

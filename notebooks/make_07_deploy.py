@@ -178,8 +178,8 @@ $$
 
 and a depthwise convolution the same with its $K \times K$ window. The sums are exact in int32
 (at most $1280 \cdot 127^2 \approx 2 \cdot 10^7$ here); only the rounding of $q_W$ and $q_x$
-loses information. The stem convolution and the classifier stay in float32 (under 1 % of the
-multiply-adds). Below: the trained V1 (width 0.5) of the README's run, if it is on this
+loses information. The stem convolution and the classifier stay in float32 (the report prints
+the share of the multiply-adds that runs in int8). Below: the trained V1 (width 0.5) of the README's run, if it is on this
 machine; accuracy before and after, and the bytes of the weights.
 """),
     code('''

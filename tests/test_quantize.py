@@ -143,3 +143,7 @@ def test_the_report_measures_accuracy_and_weight_bytes(tmp_path, rng):
     assert result.fused_weight_bytes < result.float_weight_bytes
     assert 2.5 < result.fused_weight_bytes / result.int8_weight_bytes < 4
     assert "drop" in str(result) and "int8" in str(result)
+    # V1 at width 0.25 on 32x32: all but the stem (3*3*3*8 per pixel) and the classifier.
+    stem, classifier = 27 * 8 * 32 * 32, 256 * 10
+    total = mm.cost.profile(model, (3, 32, 32)).macs
+    assert result.int8_mac_fraction == pytest.approx(1 - (stem + classifier) / total)
