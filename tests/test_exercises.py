@@ -40,7 +40,9 @@ def _load(name, solutions):
 
 
 def _start_pytest(which, junit):
-    env = dict(os.environ, MINIMOBILE_EXERCISES=which)
+    # One Numba thread: the exercise tests use tiny arrays, where waking a thread pool costs
+    # more than it saves, and much more when other work keeps the cores busy.
+    env = dict(os.environ, MINIMOBILE_EXERCISES=which, NUMBA_NUM_THREADS="1")
     command = [sys.executable, "-m", "pytest", "exercises", "-q", "-p", "no:cacheprovider",
                f"--junitxml={junit}"]
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -172,6 +174,16 @@ def test_stubs_solutions_and_library_share_signatures():
 
 
 # --- typical wrong solutions are caught -----------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def one_numba_thread():
+    """The checks run tiny arrays; one thread spares the pool's wake-ups (see _start_pytest)."""
+    import minimobile
+    previous = minimobile.get_num_threads()
+    minimobile.set_num_threads(1)
+    yield
+    minimobile.set_num_threads(previous)
 
 
 def mutant(name, **replacements):
