@@ -38,7 +38,7 @@ def check_forward(ex, act, diagnose=None):
     for shape in SHAPES:
         x = act.sample(shape, rng)
         x.reshape(-1)[:len(act.kinks)] = act.kinks[:x.size]  # the kinks themselves, too
-        out, _ = call(f"{act.exercise} {act.name}_forward", forward, x)
+        out, _ = call(f"{act.exercise} {act.name}_forward", forward, x, returns=("out", "cache"))
         hint = (diagnose(x, out) if diagnose else None) or act.forward_hint
         assert_close(out, getattr(reference, f"{act.name}_forward")(x), what,
                      f"for x of shape {x.shape}", FORWARD_TOL, hint, {"x": x},

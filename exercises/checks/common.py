@@ -33,15 +33,22 @@ def fail(message, hint=None):
     raise AssertionError(message + (f"\n  hint: {hint}" if hint else ""))
 
 
-def call(what, f, *args, hint=None, **kwargs):
+def call(what, f, *args, hint=None, returns=None, **kwargs):
     """f(*args, **kwargs); a stub's NotImplementedError passes through unchanged, any other
-    exception becomes a failure that names the call and carries the hint."""
+    exception becomes a failure that names the call and carries the hint. `returns` names the
+    items of the tuple f must return, e.g. ("out", "cache")."""
     try:
-        return f(*args, **kwargs)
+        result = f(*args, **kwargs)
     except NotImplementedError:
         raise
     except Exception as e:  # noqa: BLE001: whatever the learner's code raised, say where
         fail(f"{what} raised {type(e).__name__}: {e}", hint)
+    if returns is not None and not (isinstance(result, tuple) and len(result) == len(returns)):
+        got = (f"a tuple of {len(result)}" if isinstance(result, tuple)
+               else type(result).__name__)
+        fail(f"{what} returned {got}; expected the tuple ({', '.join(returns)})",
+             "return them in this order, as the library's function of the same name does")
+    return result
 
 
 def describe(**arrays_and_values):

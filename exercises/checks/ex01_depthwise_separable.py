@@ -99,7 +99,7 @@ def check_depthwise_forward(ex):
         x, w, stride, padding = _conv_inputs(shape, rng)
         where = "for " + describe(x=x, w=w, stride=stride, padding=padding)
         out, cache = call("ex01 depthwise_conv2d_forward", ex.depthwise_conv2d_forward, x, w,
-                          stride, padding)
+                          stride, padding, returns=("out", "cache"))
         expected = reference.depthwise_conv2d_forward(x, w, stride, padding)
         assert_close(out, expected, "ex01 depthwise_conv2d_forward: out", where, FORWARD_TOL,
                      STRIDE_HINT if stride > 1 else "pad x by `padding` zeros on each side "
@@ -124,7 +124,7 @@ def check_depthwise_backward(ex):
         out, cache = ops.depthwise_conv2d_forward(x, w, stride, padding)
         dout = rng.standard_normal(out.shape)
         dx, dw = call("ex01 depthwise_conv2d_backward", ex.depthwise_conv2d_backward, dout,
-                      cache)
+                      cache, returns=("dx", "dw"))
 
         def f():  # the loop reference: on these tiny shapes faster than launching a kernel
             return reference.depthwise_conv2d_forward(x, w, stride, padding)
@@ -202,7 +202,8 @@ def check_pointwise_forward(ex):
     for case in POINTWISE_CASES:
         x, w, b = _pointwise_inputs(case, rng)
         where = "for " + describe(x=x, w=w) + (" with a bias" if b is not None else " and b=None")
-        out, _ = call("ex01 pointwise_conv2d_forward", ex.pointwise_conv2d_forward, x, w, b)
+        out, _ = call("ex01 pointwise_conv2d_forward", ex.pointwise_conv2d_forward, x, w, b,
+                      returns=("out", "cache"))
         assert_close(out, reference.pointwise_conv2d_forward(x, w, b),
                      "ex01 pointwise_conv2d_forward: out", where, FORWARD_TOL,
                      "out[n, o] = sum over c of w[o, c, 0, 0] * x[n, c], plus b[o]")
@@ -217,13 +218,11 @@ def check_pointwise_backward(ex):
     for case in POINTWISE_CASES:
         x, w, b = _pointwise_inputs(case, rng)
         where = "for " + describe(x=x, w=w) + (" with a bias" if b is not None else " and b=None")
-        out, cache = call("ex01 pointwise_conv2d_forward", ex.pointwise_conv2d_forward, x, w, b)
+        out, cache = call("ex01 pointwise_conv2d_forward", ex.pointwise_conv2d_forward, x, w, b,
+                          returns=("out", "cache"))
         dout = rng.standard_normal(out.shape)
-        grads = call("ex01 pointwise_conv2d_backward", ex.pointwise_conv2d_backward, dout, cache)
-        if not isinstance(grads, tuple) or len(grads) != 3:
-            fail(f"ex01 pointwise_conv2d_backward returned {type(grads).__name__} {where}",
-                 "return the tuple (dx, dw, db), with db None when there is no bias")
-        dx, dw, db = grads
+        dx, dw, db = call("ex01 pointwise_conv2d_backward", ex.pointwise_conv2d_backward, dout,
+                          cache, returns=("dx", "dw", "db"))
 
         def f():
             return reference.pointwise_conv2d_forward(x, w, b)

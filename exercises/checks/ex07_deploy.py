@@ -51,7 +51,8 @@ def check_fold(ex):
         arguments = [w, b, gamma, beta, mean, var]
         copies = [None if a is None else a.copy() for a in arguments]
         where = f"for a {kind}, " + describe(w=w) + (", b=None" if b is None else " with a bias")
-        result = call("ex07 fold_batchnorm", ex.fold_batchnorm, *arguments, eps=EPS)
+        result = call("ex07 fold_batchnorm", ex.fold_batchnorm, *arguments, eps=EPS,
+                      returns=("w_folded", "b_folded"))
         if any(a is not None and not np.array_equal(a, c) for a, c in zip(arguments, copies)):
             fail(f"ex07 fold_batchnorm changed one of its arguments {where}",
                  "compute new arrays (w * scale makes one); the trained layers keep theirs")
