@@ -374,7 +374,7 @@ for ax, table, unit, title in ((axes[0], macs, 1e6, "multiply-adds (M)"),
         ax.bar(names, values, bottom=bottom, label=label)
         bottom += values
     ax.set(title=f"MobileNet V1 at 224x224: {title} per block", xlabel="block")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3)
 plt.show()
 
 shares = ex.cost_by_layer_type(model)
@@ -669,7 +669,9 @@ fig, axes = plt.subplots(1, 2, figsize=(13, 4))
 for ax, (name, prof) in zip(axes, profiles.items()):
     per_block = {}
     for row in prof.rows:
-        key = row.name.split(".")[0] + "." + row.name.split(".")[1] if row.name.startswith("features") else row.name.split(".")[0]
+        if row.macs == 0:
+            continue  # batch norm, activations, pooling
+        key = ".".join(row.name.split(".")[:2]) if row.name.startswith("features") else "classifier"
         per_block[key] = per_block.get(key, 0) + row.macs
     ax.bar(range(len(per_block)), np.array(list(per_block.values())) / 1e6)
     ax.set_xticks(range(len(per_block)))
@@ -773,11 +775,13 @@ for ax in axes:
 plt.show()
 '''),
     md(r"""
-Read the two panels side by side. In both, latency grows with multiply-adds, but the networks
-do not fall on one line: at equal multiply-adds the networks with more layers and more
-memory-bound work (depthwise convolutions, squeeze-excite, hard-swish) take longer, as
-notebook 01 measured for a single layer. The V1 paper prints no latency; the V2 paper's
-Table 4 gives V1's (113 ms) beside V2's.
+Read the two panels side by side. Latency is expected to grow with multiply-adds; the question
+is whether the four networks fall on one line. At equal multiply-adds, a network with more
+layers and more memory-bound work (depthwise convolutions, squeeze-excite, hard-swish) is
+expected to take longer, as notebook 01 found for a single layer: the next cell prints each
+network's time per multiply-add, here and in the papers. The V1 paper prints no latency; the
+V2 paper's Table 4 gives V1's beside V2's. The papers timed TF-Lite on a phone core, so compare
+shapes and ratios between networks, not milliseconds.
 """),
     code('''
 print("microseconds per million multiply-adds at width 1.0, 224x224 (lower is more efficient):")
