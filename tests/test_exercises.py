@@ -372,3 +372,9 @@ def test_fold_batchnorm_that_drops_the_conv_bias_is_caught():
     assert_rejected(checks07.check_fold, mutant("ex07_deploy", fold_batchnorm=fold),
                     "ex07 fold_batchnorm", "depthwise conv", "the weights are right and the bias "
                     "is off")
+
+
+def test_a_forward_that_returns_only_out_is_caught():
+    assert_rejected(checks03.check_relu6_forward,
+                    mutant("ex03_mobilenet_v2", relu6_forward=lambda x: np.clip(x, 0, 6)),
+                    "ex03 relu6_forward returned ndarray; expected the tuple (out, cache)")
