@@ -39,7 +39,7 @@ def depthwise_separable_macs(C_in, C_out, K, H_out, W_out):
 
 
 def cost_ratio(C_in, C_out, K, H_out, W_out):
-    """depthwise_separable_macs / standard_conv_macs (Howard et al. 2017, eq. 5): it should
+    """depthwise_separable_macs / standard_conv_macs (Howard et al. 2017, section 3.1): it should
     come out as 1 / C_out + 1 / K**2 whatever C_in and the output size are."""
     return (depthwise_separable_macs(C_in, C_out, K, H_out, W_out)
             / standard_conv_macs(C_in, C_out, K, H_out, W_out))
