@@ -27,13 +27,13 @@ HERE = Path(__file__).resolve().parent
 
 def execute_in_place(path, quick, cell_timeout):
     nb = nbformat.read(path, as_version=4)
-    os.environ.pop("MINIMOBILE_QUICK", None)
+    env = {k: v for k, v in os.environ.items() if k != "MINIMOBILE_QUICK"}
     if quick:
-        os.environ["MINIMOBILE_QUICK"] = "1"  # the kernel inherits this process's environment
+        env["MINIMOBILE_QUICK"] = "1"
     client = NotebookClient(nb, timeout=cell_timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(HERE)}})
     start = time.perf_counter()
-    client.execute()
+    client.execute(env=env)  # the kernel's environment, passed on to its start
     seconds = time.perf_counter() - start
     fd, tmp = tempfile.mkstemp(suffix=".ipynb", dir=path.parent)
     try:
