@@ -58,6 +58,24 @@ class ConvBNActivation(Sequential):
         if activation is not None:
             layers.append(activation())
         super().__init__(*layers)
+        self.fuse = True  # set False to run the children one by one (to inspect or debug them)
+        self._fused = False
+
+    def forward(self, x):
+        # In training mode the batch norm applies the activation in its own pass over memory
+        # (ops.batchnorm2d_activation_forward): the same numbers, one tensor less written and
+        # read. The activation child stays in the tree for names, printing and eval mode.
+        act = self[2] if len(self) == 3 else None
+        fused_name = getattr(act, "fused_name", None)
+        self._fused = self.fuse and self.training and (act is None or fused_name is not None)
+        if not self._fused:
+            return super().forward(x)
+        return self[1].forward(self[0].forward(x), activation=fused_name)
+
+    def backward(self, dout):
+        if not self._fused:
+            return super().backward(dout)
+        return self[0].backward(self[1].backward(dout))
 
 
 class DepthwiseSeparable(Module):

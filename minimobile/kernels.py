@@ -204,9 +204,65 @@ def spatial_mean_kernel(out, x):
 # ---------------------------------------------------------------------------------------------
 
 
+# Batch norm in training mode, fused with the activation that follows it. A MobileNet step is
+# bound by memory traffic, and BN + activation are most of it: fused, the forward reads x for
+# the statistics and once more to write act(bn(x)); the backward recomputes bn(x) from x (one
+# multiply-add) instead of keeping it, so no intermediate tensor is ever written or read.
+# Activation codes: 0 none (BN alone), 1 ReLU, 2 ReLU6, 3 hard-swish; the branch on the code
+# sits outside each row loop, so every loop stays branch-free and vectorised.
+ACTIVATION_CODES = {None: 0, "relu": 1, "relu6": 2, "hardswish": 3}
+
+
+@njit(cache=True)
+def _affine_activate_row(dst, src, s, t, kind):
+    """dst = act(src * s + t) over one row."""
+    zero, three, six = src.dtype.type(0), src.dtype.type(3), src.dtype.type(6)
+    P = src.size
+    if kind == 0:
+        for p in range(P):
+            dst[p] = src[p] * s + t
+    elif kind == 1:
+        for p in range(P):
+            dst[p] = max(src[p] * s + t, zero)
+    elif kind == 2:
+        for p in range(P):
+            dst[p] = min(max(src[p] * s + t, zero), six)
+    else:
+        for p in range(P):
+            y = src[p] * s + t
+            dst[p] = y * min(max(y + three, zero), six) / six
+
+
+@njit(cache=True)
+def _activation_grad_row(g, dout, src, s, t, kind):
+    """g = dout * act'(y), y = src * s + t recomputed exactly as the forward computed it.
+    Slopes at the kinks are PyTorch's, as in the standalone activation kernels below."""
+    zero, half, one = src.dtype.type(0), src.dtype.type(0.5), src.dtype.type(1)
+    three, six = src.dtype.type(3), src.dtype.type(6)
+    P = src.size
+    if kind == 0:
+        for p in range(P):
+            g[p] = dout[p]
+    elif kind == 1:
+        for p in range(P):
+            g[p] = dout[p] if src[p] * s + t > zero else zero
+    elif kind == 2:
+        for p in range(P):
+            y = src[p] * s + t
+            g[p] = dout[p] if (y > zero and y < six) else zero
+    else:
+        for p in range(P):
+            y = src[p] * s + t
+            slope = y / three + half
+            slope = zero if y < -three else slope
+            slope = one if y > three else slope
+            g[p] = dout[p] * slope
+
+
 @njit(cache=True, parallel=True)
-def batchnorm2d_forward_kernel(out, mean, var, x, gamma, beta, eps):
-    """mean, var (biased) over (N, H, W); out = gamma * (x - mean) / sqrt(var + eps) + beta."""
+def batchnorm2d_forward_kernel(out, mean, var, scale, shift, x, gamma, beta, eps, kind):
+    """mean, var (biased) over (N, H, W); out = act(x * scale + shift) with scale = gamma /
+    sqrt(var + eps) and shift = beta - mean * scale, stored in x's dtype for the backward."""
     N, C, P = x.shape
     for c in prange(C):
         m = _channel_total(x, c) / (N * P)
@@ -219,29 +275,32 @@ def batchnorm2d_forward_kernel(out, mean, var, x, gamma, beta, eps):
         v = lanes.sum() / (N * P)
         mean[c] = m
         var[c] = v
-        scale = gamma[c] / np.sqrt(v + eps)
-        shift = beta[c] - m * scale
-        s = x.dtype.type(scale)
-        t = x.dtype.type(shift)
+        k = gamma[c] / np.sqrt(v + eps)
+        scale[c] = k
+        shift[c] = beta[c] - m * k
+        s = scale[c]
+        t = shift[c]
         for n in range(N):
-            src = x[n, c]
-            dst = out[n, c]
-            for p in range(P):
-                dst[p] = src[p] * s + t
+            _affine_activate_row(out[n, c], x[n, c], s, t, kind)
 
 
 @njit(cache=True, parallel=True)
-def batchnorm2d_backward_kernel(dx, dgamma, dbeta, dout, x, mean, invstd, gamma):
-    """dx = gamma*invstd/M * (M*dout - sum(dout) - xhat*sum(dout*xhat)), xhat recomputed."""
+def batchnorm2d_backward_kernel(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale, shift,
+                                kind):
+    """With g = dout * act'(bn(x)): dx = gamma*invstd/M * (M*g - sum(g) - xhat*sum(g*xhat)),
+    xhat and bn(x) recomputed from x. g lives in one row of per-thread scratch."""
     N, C, P = x.shape
     M = N * P
     for c in prange(C):
+        g = np.empty(P, dtype=x.dtype)
         lanes_g = np.zeros(P)
         lanes_gx = np.zeros(P)
         m = mean[c]
+        s = scale[c]
+        t = shift[c]
         for n in range(N):
-            g = dout[n, c]
             src = x[n, c]
+            _activation_grad_row(g, dout[n, c], src, s, t, kind)
             for p in range(P):
                 lanes_g[p] += g[p]
                 lanes_gx[p] += g[p] * (src[p] - m)
@@ -255,11 +314,16 @@ def batchnorm2d_backward_kernel(dx, dgamma, dbeta, dout, x, mean, invstd, gamma)
         cm = x.dtype.type(-k * sum_g / M)
         mm = x.dtype.type(m)
         for n in range(N):
-            g = dout[n, c]
             src = x[n, c]
             d = dx[n, c]
-            for p in range(P):
-                d[p] = a * g[p] - b * (src[p] - mm) + cm
+            if kind != 0:
+                _activation_grad_row(g, dout[n, c], src, s, t, kind)
+                for p in range(P):
+                    d[p] = a * g[p] - b * (src[p] - mm) + cm
+            else:
+                gout = dout[n, c]
+                for p in range(P):
+                    d[p] = a * gout[p] - b * (src[p] - mm) + cm
 
 
 @njit(cache=True, parallel=True)

@@ -302,14 +302,20 @@ class BatchNorm2d(Module):
         self.buffers["running_var"] = np.ones(num_features, dtype=dtype)
         self.buffers["num_batches_tracked"] = np.zeros((), dtype=np.int64)
 
-    def forward(self, x):
+    def forward(self, x, activation=None):
+        """activation (training mode only): the name of an activation to apply in the same
+        pass, one of ops.FUSABLE_ACTIVATIONS; ConvBNActivation uses it to save memory traffic."""
         p, b = self.params, self.buffers
         if not self.training:
+            if activation is not None:
+                raise ValueError(f"BatchNorm2d: a fused activation runs in training mode only, "
+                                 f"got activation={activation!r} in eval mode")
             out, cache = ops.batchnorm2d_inference_forward(
                 x, p["weight"], p["bias"], b["running_mean"], b["running_var"], self.eps)
             self._keep(cache)
             return out
-        out, cache = ops.batchnorm2d_forward(x, p["weight"], p["bias"], self.eps)
+        out, cache = ops.batchnorm2d_activation_forward(x, p["weight"], p["bias"], self.eps,
+                                                        activation)
         m = self.momentum
         count = x.shape[0] * x.shape[2] * x.shape[3]
         b["running_mean"][...] = (1 - m) * b["running_mean"] + m * cache.mean
@@ -335,6 +341,7 @@ class BatchNorm2d(Module):
 class _Activation(Module):
     _forward = staticmethod(ops.relu_forward)
     _backward = staticmethod(ops.relu_backward)
+    fused_name = None  # the name under which batch norm can apply it in its own pass
 
     def forward(self, x):
         out, cache = self._forward(x)
@@ -348,16 +355,19 @@ class _Activation(Module):
 class ReLU(_Activation):
     _forward = staticmethod(ops.relu_forward)
     _backward = staticmethod(ops.relu_backward)
+    fused_name = "relu"
 
 
 class ReLU6(_Activation):
     _forward = staticmethod(ops.relu6_forward)
     _backward = staticmethod(ops.relu6_backward)
+    fused_name = "relu6"
 
 
 class Hardswish(_Activation):
     _forward = staticmethod(ops.hardswish_forward)
     _backward = staticmethod(ops.hardswish_backward)
+    fused_name = "hardswish"
 
 
 class Hardsigmoid(_Activation):

@@ -262,6 +262,9 @@ class BatchNorm2dCache(NamedTuple):
     mean: np.ndarray  # (C,) float64 batch mean: the layer updates running_mean from it
     var: np.ndarray  # (C,) float64 biased batch variance: the layer makes it unbiased
     invstd: np.ndarray  # (C,) float64 1 / sqrt(var + eps)
+    scale: np.ndarray  # (C,) in x's dtype: bn(x) = x * scale + shift, exactly as the forward
+    shift: np.ndarray  # computed it, so the backward recomputes the same bn(x)
+    activation: Optional[str]  # None, or the activation fused after the normalisation
 
 
 def _check_bn_args(op, x, gamma, beta):
@@ -282,23 +285,12 @@ def batchnorm2d_forward(x, gamma, beta, eps=1e-5):
     statistics; the normalised x is recomputed in the backward rather than cached (one tensor
     less to keep, at the price of one subtract and multiply).
     """
-    op = "batchnorm2d"
-    x, gamma, beta = _check_bn_args(op, x, gamma, beta)
-    N, C, H, W = x.shape
-    if N * H * W < 2:
-        raise ValueError(f"{op}: expected more than one value per channel in training mode, "
-                         f"got input of shape {x.shape}")
-    out = np.empty_like(x)
-    mean = np.empty(C)
-    var = np.empty(C)
-    kernels.batchnorm2d_forward_kernel(out.reshape(N, C, H * W), mean, var,
-                                       x.reshape(N, C, H * W), gamma, beta, float(eps))
-    invstd = 1.0 / np.sqrt(var + eps)
-    return out, BatchNorm2dCache(x, gamma, mean, var, invstd)
+    return _batchnorm2d_forward("batchnorm2d", x, gamma, beta, eps, None)
 
 
 def batchnorm2d_backward(dout, cache):
-    """Returns (dx, dgamma, dbeta), through the batch statistics."""
+    """Returns (dx, dgamma, dbeta), through the batch statistics (and the fused activation,
+    if the cache comes from batchnorm2d_activation_forward)."""
     x = cache.x
     N, C, H, W = x.shape
     dout = _check_dout("batchnorm2d", dout, x.shape, x.dtype)
@@ -307,8 +299,48 @@ def batchnorm2d_backward(dout, cache):
     dbeta = np.empty(C)
     kernels.batchnorm2d_backward_kernel(dx.reshape(N, C, H * W), dgamma, dbeta,
                                         dout.reshape(N, C, H * W), x.reshape(N, C, H * W),
-                                        cache.mean, cache.invstd, cache.gamma)
+                                        cache.mean, cache.invstd, cache.gamma, cache.scale,
+                                        cache.shift, kernels.ACTIVATION_CODES[cache.activation])
     return dx, dgamma.astype(x.dtype), dbeta.astype(x.dtype)
+
+
+FUSABLE_ACTIVATIONS = tuple(a for a in kernels.ACTIVATION_CODES if a is not None)
+
+
+def batchnorm2d_activation_forward(x, gamma, beta, eps=1e-5, activation="relu"):
+    """Training-mode batch norm and the activation after it in one pass over memory:
+    out = act(batchnorm2d(x)) for activation in FUSABLE_ACTIVATIONS ("relu", "relu6",
+    "hardswish"), or None for batch norm alone. The same numbers as batchnorm2d_forward
+    followed by relu_forward (or relu6_, hardswish_), bit for bit.
+    """
+    op = "batchnorm2d_activation"
+    if activation not in kernels.ACTIVATION_CODES:
+        raise ValueError(f"{op}: expected activation None or one of {FUSABLE_ACTIVATIONS}, "
+                         f"got {activation!r}")
+    return _batchnorm2d_forward(op, x, gamma, beta, eps, activation)
+
+
+def batchnorm2d_activation_backward(dout, cache):
+    """Returns (dx, dgamma, dbeta) through the activation and the batch statistics."""
+    return batchnorm2d_backward(dout, cache)
+
+
+def _batchnorm2d_forward(op, x, gamma, beta, eps, activation):
+    x, gamma, beta = _check_bn_args(op, x, gamma, beta)
+    N, C, H, W = x.shape
+    if N * H * W < 2:
+        raise ValueError(f"{op}: expected more than one value per channel in training mode, "
+                         f"got input of shape {x.shape}")
+    out = np.empty_like(x)
+    mean = np.empty(C)
+    var = np.empty(C)
+    scale = np.empty(C, dtype=x.dtype)
+    shift = np.empty(C, dtype=x.dtype)
+    kernels.batchnorm2d_forward_kernel(out.reshape(N, C, H * W), mean, var, scale, shift,
+                                       x.reshape(N, C, H * W), gamma, beta, float(eps),
+                                       kernels.ACTIVATION_CODES[activation])
+    invstd = 1.0 / np.sqrt(var + eps)
+    return out, BatchNorm2dCache(x, gamma, mean, var, invstd, scale, shift, activation)
 
 
 class BatchNorm2dInferenceCache(NamedTuple):

@@ -194,6 +194,24 @@ def hardsigmoid_backward(dout, x):
     return dout * _elementwise(lambda v: 1 / 6 if -3 < v < 3 else 0.0, x)
 
 
+def batchnorm2d_activation_forward(x, gamma, beta, eps=1e-5, activation="relu"):
+    """What the fused kernel computes: batch norm, then the activation, one after the other."""
+    out, mean, var = batchnorm2d_forward(x, gamma, beta, eps)
+    if activation is not None:
+        out = {"relu": relu_forward, "relu6": relu6_forward,
+               "hardswish": hardswish_forward}[activation](out)
+    return out, mean, var
+
+
+def batchnorm2d_activation_backward(dout, x, gamma, beta, eps=1e-5, activation="relu"):
+    """The chain rule in two steps: through the activation at bn(x), then through batch norm."""
+    if activation is not None:
+        y, _, _ = batchnorm2d_forward(x, gamma, beta, eps)
+        dout = {"relu": relu_backward, "relu6": relu6_backward,
+                "hardswish": hardswish_backward}[activation](dout, y)
+    return batchnorm2d_backward(dout, x, gamma, eps)
+
+
 def global_avg_pool_forward(x):
     N, C, H, W = x.shape
     out = np.zeros((N, C, 1, 1), dtype=x.dtype)

@@ -65,6 +65,42 @@ def test_conv_bn_activation_picks_the_conv_by_shape_and_omits_a_missing_activati
                                          "1.running_var", "1.num_batches_tracked"]
 
 
+@pytest.mark.parametrize("activation", [ReLU, ReLU6, Hardswish, None])
+def test_conv_bn_activation_fuses_in_training_with_the_same_results_as_its_children(activation):
+    """Training mode runs batch norm and activation in one pass; the children one by one must
+    give the same output, gradients and running statistics, bit for bit."""
+    rng = np.random.default_rng(1)
+    fused = ConvBNActivation(4, 6, 1, activation=activation, rng=np.random.default_rng(2))
+    plain = ConvBNActivation(4, 6, 1, activation=activation, rng=np.random.default_rng(2))
+    x = rng.standard_normal((3, 4, 5, 5)).astype(np.float32)
+    dout = rng.standard_normal((3, 6, 5, 5)).astype(np.float32)
+    out = fused.forward(x)
+    dx = fused.backward(dout)
+    assert fused._fused
+    children = list(plain)
+    y = x
+    for child in children:
+        y = child.forward(y)
+    g = dout
+    for child in reversed(children):
+        g = child.backward(g)
+    np.testing.assert_array_equal(out, y)
+    np.testing.assert_array_equal(dx, g)
+    for (name, a, ga), (_, b, gb) in zip(fused.named_parameters(), plain.named_parameters()):
+        np.testing.assert_array_equal(ga, gb, err_msg=f"grad {name}")
+    for key, value in plain.state_dict().items():
+        np.testing.assert_array_equal(fused.state_dict()[key], value, err_msg=key)
+
+
+def test_conv_bn_activation_runs_its_children_in_eval_mode():
+    block = ConvBNActivation(4, 6, 1, activation=ReLU6, rng=np.random.default_rng(0)).eval()
+    x = np.random.default_rng(1).standard_normal((2, 4, 3, 3)).astype(np.float32)
+    out = block.forward(x)
+    assert not block._fused
+    assert out.max() <= 6 and out.min() >= 0
+    assert block.backward(np.ones_like(out)).shape == x.shape
+
+
 def test_depthwise_separable_has_dw_then_pw_children_and_no_skip():
     block = DepthwiseSeparable(8, 16, stride=2, rng=np.random.default_rng(0))
     assert block.use_res_connect is False

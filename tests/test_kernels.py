@@ -103,6 +103,49 @@ def test_batchnorm_kernels_match_reference(rng, dtype, shape):
     _assert_close(dbeta, rdbeta, dtype, "dbeta")
 
 
+FUSED = [None, "relu", "relu6", "hardswish"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", FUSED)
+def test_fused_batchnorm_activation_matches_reference(rng, dtype, activation):
+    # Scaled so that the normalised values straddle every kink (0, 6 and +-3).
+    x = (rng.standard_normal((3, 4, 5, 6)) * 3 + 2).astype(dtype)
+    gamma = rng.uniform(1, 4, 4).astype(dtype)
+    beta = rng.uniform(-2, 4, 4).astype(dtype)
+    out, cache = ops.batchnorm2d_activation_forward(x, gamma, beta, 1e-5, activation)
+    rout, rmean, rvar = reference.batchnorm2d_activation_forward(x, gamma, beta, 1e-5,
+                                                                 activation)
+    _assert_close(out, rout, dtype, "out")
+    _assert_close(cache.mean, rmean, dtype, "batch mean")
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    grads = ops.batchnorm2d_activation_backward(dout, cache)
+    rgrads = reference.batchnorm2d_activation_backward(dout, x, gamma, beta, 1e-5, activation)
+    for name, g, r in zip(("dx", "dgamma", "dbeta"), grads, rgrads):
+        _assert_close(g, r, dtype, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", FUSED[1:])
+def test_fused_batchnorm_activation_is_bitwise_the_unfused_pair(rng, dtype, activation):
+    """Fusion is an optimisation only: the same bits as batch norm then the activation."""
+    x = (rng.standard_normal((4, 3, 6, 6)) * 2 + 1).astype(dtype)
+    gamma = rng.uniform(1, 4, 3).astype(dtype)
+    beta = rng.uniform(-2, 4, 3).astype(dtype)
+    forward = getattr(ops, f"{activation}_forward")
+    backward = getattr(ops, f"{activation}_backward")
+    y, bn_cache = ops.batchnorm2d_forward(x, gamma, beta)
+    out, act_cache = forward(y)
+    fused_out, fused_cache = ops.batchnorm2d_activation_forward(x, gamma, beta,
+                                                                activation=activation)
+    np.testing.assert_array_equal(fused_out, out)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    pair = ops.batchnorm2d_backward(backward(dout, act_cache), bn_cache)
+    fused = ops.batchnorm2d_activation_backward(dout, fused_cache)
+    for name, a, b in zip(("dx", "dgamma", "dbeta"), fused, pair):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_batchnorm_inference_kernel_matches_reference(rng, dtype):
     x, gamma, beta, mean = _arrays(rng, dtype, (2, 3, 4, 5), (3,), (3,), (3,))

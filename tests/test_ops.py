@@ -65,6 +65,24 @@ def test_batchnorm_backward_matches_numerical_gradient(rng, shape):
     assert_gradients(ops.batchnorm2d_forward, ops.batchnorm2d_backward, inputs, rng, "bn")
 
 
+@pytest.mark.parametrize("activation", [None, "relu", "relu6", "hardswish"])
+def test_fused_batchnorm_activation_backward_matches_numerical_gradient(rng, activation):
+    # gamma and beta spread the normalised values over every piece of every activation.
+    inputs = dict(x=rng.standard_normal((3, 2, 4, 4)), gamma=rng.uniform(1, 4, 2),
+                  beta=rng.uniform(-2, 4, 2))
+    assert_gradients(
+        lambda x, gamma, beta: ops.batchnorm2d_activation_forward(x, gamma, beta,
+                                                                  activation=activation),
+        ops.batchnorm2d_activation_backward, inputs, rng, f"bn + {activation}")
+
+
+def test_fused_batchnorm_rejects_an_activation_it_cannot_fuse():
+    x = np.zeros((2, 3, 4, 4))
+    with pytest.raises(ValueError, match=r"batchnorm2d_activation: expected activation None or "
+                                         r"one of .*relu6.*, got 'hardsigmoid'"):
+        ops.batchnorm2d_activation_forward(x, np.ones(3), np.zeros(3), activation="hardsigmoid")
+
+
 def test_batchnorm_inference_backward_matches_numerical_gradient(rng):
     mean, var = rng.standard_normal(3), rng.uniform(0.5, 2, 3)
     inputs = dict(x=rng.standard_normal((2, 3, 4, 4)), gamma=rng.standard_normal(3),
