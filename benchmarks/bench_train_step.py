@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from minimobile import ops  # noqa: E402
+from minimobile import memory, ops  # noqa: E402
 from minimobile.optim import SGD  # noqa: E402
 from minimobile.train import build_model  # noqa: E402
 
@@ -59,10 +59,12 @@ class LayerTimer:
                 setattr(module, kind, self._wrap(original, f"{type(module).__name__}.{kind}"))
 
     def _wrap(self, fn, key):
-        def timed(*args):
+        def timed(*args, **kwargs):
             t0 = time.perf_counter()
-            out = fn(*args)
-            self.totals[key] += time.perf_counter() - t0
+            out = fn(*args, **kwargs)
+            # Batch norm applies the activation itself when a block fuses them.
+            label = f"{key}+{kwargs['activation']}" if kwargs.get("activation") else key
+            self.totals[label] += time.perf_counter() - t0
             return out
         return timed
 
@@ -100,7 +102,13 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=["mm", "torch"], default=None)
     parser.add_argument("--no-breakdown", action="store_true")
+    parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
+                        help="keep: glibc recycles freed memory, as minimobile.train.fit sets it "
+                             "(minimobile/memory.py); default: glibc's own settings. Either "
+                             "way both frameworks run under the same allocator.")
     args = parser.parse_args(argv)
+    malloc = "glibc, freed memory kept" if (args.malloc == "keep" and
+                                            memory.keep_freed_memory()) else "as started"
     numba.set_num_threads(args.threads)
     use_torch = torch is not None and args.only != "mm"
     if use_torch:
@@ -111,7 +119,7 @@ def main(argv=None):
     print(f"batch {args.batch_size}, 32x32 CIFAR variants, {args.threads} threads, float32, "
           f"median of {args.steps} steps; torch "
           f"{torch.__version__ if use_torch else 'not run'}; LD_PRELOAD="
-          f"{os.environ.get('LD_PRELOAD', '(unset)')}")
+          f"{os.environ.get('LD_PRELOAD', '(unset)')}; malloc {malloc}")
     header = (f"{'network':<14}{'mm ms':>8}{'img/s':>8}{'pt ms':>8}{'ptCL ms':>9}{'mm/best':>9}"
               f"{'mm peak MB':>11}")
     print(header)

@@ -22,7 +22,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 from tqdm import tqdm
 
-from . import checkpoint
+from . import checkpoint, memory
 from .data import NUM_CLASSES, Batches, load_cifar10
 from .errors import NonFiniteError
 from .layers import no_grad
@@ -385,6 +385,7 @@ def fit(config, model=None, data=None, resume=False, progress=True):
     """
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    memory.keep_freed_memory()  # no page faults on each step's fresh arrays: see memory.py
     data = load_cifar10(config.data) if data is None else data
     x_train, y_train = _subset(data.x_train, data.y_train, config.limit_train)
     x_test, y_test = _subset(data.x_test, data.y_test, config.limit_test)
