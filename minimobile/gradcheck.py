@@ -77,3 +77,15 @@ def randomize_batchnorm(module, rng):
             m.params["weight"][...] = rng.uniform(0.5, 1.5, m.params["weight"].shape)
             m.params["bias"][...] = rng.normal(0.0, 0.5, m.params["bias"].shape)
     return module
+
+
+def randomize_running_statistics(module, rng):
+    """randomize_batchnorm, plus random running means and variances, and eval mode: a network
+    that looks trained, for testing inference transforms (at initialisation, mean 0, var 1,
+    gamma 1 and beta 0, folding a batch norm would be nearly the identity and prove little)."""
+    randomize_batchnorm(module, rng)
+    for _, m in module.named_modules():
+        if isinstance(m, BatchNorm2d):
+            m.buffers["running_mean"][...] = rng.normal(0.0, 0.5, m.buffers["running_mean"].shape)
+            m.buffers["running_var"][...] = rng.uniform(0.5, 2.0, m.buffers["running_var"].shape)
+    return module.eval()

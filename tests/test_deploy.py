@@ -3,21 +3,11 @@ import pytest
 
 import minimobile as mm
 from minimobile import deploy, ops
-from minimobile.gradcheck import randomize_batchnorm, relative_error
+from minimobile.gradcheck import randomize_running_statistics, relative_error
 
 BUILDERS = {"v1": mm.mobilenet_v1, "v2": mm.mobilenet_v2, "v3-small": mm.mobilenet_v3_small,
             "v3-large": mm.mobilenet_v3_large}
 
-
-def trained_looking(model, rng):
-    """Random affine maps and running statistics in every batch norm: at initialisation (mean
-    0, var 1, gamma 1, beta 0) folding would be nearly the identity and prove little."""
-    randomize_batchnorm(model, rng)
-    for _, m in model.named_modules():
-        if isinstance(m, mm.BatchNorm2d):
-            m.buffers["running_mean"][...] = rng.normal(0.0, 0.5, m.buffers["running_mean"].shape)
-            m.buffers["running_var"][...] = rng.uniform(0.5, 2.0, m.buffers["running_var"].shape)
-    return model.eval()
 
 
 @pytest.mark.parametrize("conv, w_shape, stride, padding", [
@@ -70,7 +60,7 @@ def test_fold_batchnorm_names_a_mis_shaped_statistic(rng):
 @pytest.mark.parametrize("cifar, resolution, batch", [(True, 32, 3), (False, 224, 1)])
 def test_fused_network_gives_the_same_logits_with_no_batchnorm_left(name, cifar, resolution,
                                                                     batch, rng):
-    model = trained_looking(BUILDERS[name](cifar=cifar, seed=0), rng)
+    model = randomize_running_statistics(BUILDERS[name](cifar=cifar, seed=0), rng)
     x = rng.standard_normal((batch, 3, resolution, resolution)).astype(np.float32)
     with mm.no_grad():
         expected = model.forward(x)
@@ -87,7 +77,8 @@ def test_fused_network_gives_the_same_logits_with_no_batchnorm_left(name, cifar,
 
 
 def test_fuse_leaves_the_original_model_untouched_and_in_its_mode(rng):
-    model = trained_looking(mm.mobilenet_v2(cifar=True, width_mult=0.5, seed=1), rng).train()
+    model = randomize_running_statistics(mm.mobilenet_v2(cifar=True, width_mult=0.5, seed=1),
+                                         rng).train()
     state = model.state_dict()
     deploy.fuse(model)
     assert model.training
@@ -118,7 +109,7 @@ def test_fused_containers_are_plain_sequentials_that_run_in_either_mode(rng):
     # ConvBNActivation may assume its batch norm is there (it fuses BN and activation in
     # training mode), so the fused copy holds plain Sequentials with the same child names.
     from minimobile.blocks import ConvBNActivation
-    model = trained_looking(mm.mobilenet_v1(cifar=True, width_mult=0.25, seed=2), rng)
+    model = randomize_running_statistics(mm.mobilenet_v1(cifar=True, width_mult=0.25, seed=2), rng)
     fused = deploy.fuse(model)
     assert deploy.count_layers(fused, ConvBNActivation) == 0
     assert "features.1.pw.0.bias" in fused.state_dict()

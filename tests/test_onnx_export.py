@@ -3,7 +3,7 @@ import pytest
 
 import minimobile as mm
 from minimobile import checkpoint, onnx_export
-from minimobile.gradcheck import randomize_batchnorm, relative_error
+from minimobile.gradcheck import randomize_running_statistics, relative_error
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -11,16 +11,6 @@ ort = pytest.importorskip("onnxruntime")
 BUILDERS = {"v1": mm.mobilenet_v1, "v2": mm.mobilenet_v2, "v3-small": mm.mobilenet_v3_small,
             "v3-large": mm.mobilenet_v3_large}
 
-
-def trained_looking(model, rng):
-    """Random batch-norm affine maps and running statistics, as after training (tests do not
-    import each other, so this repeats tests/test_deploy.py's helper)."""
-    randomize_batchnorm(model, rng)
-    for _, m in model.named_modules():
-        if isinstance(m, mm.BatchNorm2d):
-            m.buffers["running_mean"][...] = rng.normal(0.0, 0.5, m.buffers["running_mean"].shape)
-            m.buffers["running_var"][...] = rng.uniform(0.5, 2.0, m.buffers["running_var"].shape)
-    return model.eval()
 
 
 def run_in_onnxruntime(proto, x):
@@ -34,7 +24,7 @@ def run_in_onnxruntime(proto, x):
 def test_onnxruntime_gives_minimobiles_logits(name, cifar, resolution, batch, rng):
     # CIFAR: 10 classes at 32x32, batch 2 (the batch dimension is symbolic). ImageNet: 1000
     # classes at 224x224, batch 1, width 1.0: the published networks as they are.
-    model = trained_looking(BUILDERS[name](cifar=cifar, seed=0), rng)
+    model = randomize_running_statistics(BUILDERS[name](cifar=cifar, seed=0), rng)
     x = rng.standard_normal((batch, 3, resolution, resolution)).astype(np.float32)
     with mm.no_grad():
         expected = model.forward(x)
@@ -47,7 +37,8 @@ def test_onnxruntime_gives_minimobiles_logits(name, cifar, resolution, batch, rn
 
 
 def test_export_without_fusing_keeps_batchnorm_nodes_and_the_logits(rng):
-    model = trained_looking(mm.mobilenet_v3_small(cifar=True, width_mult=0.5, seed=0), rng)
+    model = randomize_running_statistics(
+        mm.mobilenet_v3_small(cifar=True, width_mult=0.5, seed=0), rng)
     x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
     with mm.no_grad():
         expected = model.forward(x)
@@ -73,7 +64,7 @@ def test_export_from_a_checkpoint_round_trips_through_a_file(tmp_path, rng):
 
     from minimobile.train import CHECKPOINT_KIND, TrainConfig, build_model
     config = TrainConfig(model="v1", width=0.25)
-    model = trained_looking(build_model("v1", 0.25, seed=5), rng)
+    model = randomize_running_statistics(build_model("v1", 0.25, seed=5), rng)
     path = tmp_path / "best.npz"
     checkpoint.save(path, {f"model/{k}": v for k, v in model.state_dict().items()},
                     {"kind": CHECKPOINT_KIND, "config": asdict(config)})

@@ -3,16 +3,8 @@ import pytest
 
 import minimobile as mm
 from minimobile import data, deploy, kernels_int8, quantize
-from minimobile.gradcheck import randomize_batchnorm, relative_error
+from minimobile.gradcheck import randomize_running_statistics, relative_error
 
-
-def trained_looking(model, rng):
-    randomize_batchnorm(model, rng)
-    for _, m in model.named_modules():
-        if isinstance(m, mm.BatchNorm2d):
-            m.buffers["running_mean"][...] = rng.normal(0.0, 0.5, m.buffers["running_mean"].shape)
-            m.buffers["running_var"][...] = rng.uniform(0.5, 2.0, m.buffers["running_var"].shape)
-    return model.eval()
 
 
 def int8(rng, shape):
@@ -105,7 +97,7 @@ def test_a_quantized_conv_is_close_to_the_float_conv_it_replaces(conv, rng):
 
 
 def test_calibration_records_the_largest_input_of_every_quantized_conv(rng):
-    model = trained_looking(mm.mobilenet_v1(cifar=True, width_mult=0.25, seed=0), rng)
+    model = randomize_running_statistics(mm.mobilenet_v1(cifar=True, width_mult=0.25, seed=0), rng)
     fused = deploy.fuse(model)
     x = rng.standard_normal((6, 3, 32, 32)).astype(np.float32)
     seen = quantize.calibrate(fused, x, batch_size=4)
@@ -117,7 +109,7 @@ def test_calibration_records_the_largest_input_of_every_quantized_conv(rng):
 
 @pytest.mark.parametrize("builder", [mm.mobilenet_v1, mm.mobilenet_v2, mm.mobilenet_v3_small])
 def test_the_int8_network_agrees_with_the_float_one(builder, rng):
-    model = trained_looking(builder(cifar=True, width_mult=0.5, seed=0), rng)
+    model = randomize_running_statistics(builder(cifar=True, width_mult=0.5, seed=0), rng)
     x_calibration = rng.standard_normal((32, 3, 32, 32)).astype(np.float32)
     int8_model = quantize.quantize(model, x_calibration)
     kinds = (quantize.QuantizedPointwiseConv2d, quantize.QuantizedDepthwiseConv2d)
@@ -132,7 +124,7 @@ def test_the_int8_network_agrees_with_the_float_one(builder, rng):
 def test_the_report_measures_accuracy_and_weight_bytes(tmp_path, rng):
     fake = data.load_cifar10(data.write_fake_cifar10(tmp_path, n_train_per_batch=8, n_test=24),
                              download=False)
-    model = trained_looking(mm.mobilenet_v1(cifar=True, width_mult=0.25, seed=0), rng)
+    model = randomize_running_statistics(mm.mobilenet_v1(cifar=True, width_mult=0.25, seed=0), rng)
     result = quantize.report(model, quantize.calibration_images(fake.x_train, 16),
                              fake.x_test, fake.y_test, batch_size=8)
     assert result.calibration_images == 16 and result.test_images == 24
