@@ -74,16 +74,21 @@ def _check_conv_geometry(op, H, W, K, stride, padding):
 
 
 def _to_channel_major(a):
-    """(N, C, H, W) -> (C, N*H*W), a copy."""
+    """(N, C, H, W) -> (C, N*H*W): a copy, or for N = 1 (where the two layouts are the same) a
+    view that saves copying a whole map at batch-1 inference."""
     N, C, H, W = a.shape
+    if N == 1:
+        return np.ascontiguousarray(a).reshape(C, H * W)
     out = np.empty((C, N, H * W), dtype=a.dtype)
     kernels.swap_leading_axes_kernel(out, a.reshape(N, C, H * W))
     return out.reshape(C, N * H * W)
 
 
 def _from_channel_major(a, N, H, W):
-    """(C, N*H*W) -> (N, C, H, W), a copy."""
+    """(C, N*H*W) -> (N, C, H, W): a copy, or a view for N = 1."""
     C = a.shape[0]
+    if N == 1:
+        return np.ascontiguousarray(a).reshape(1, C, H, W)
     out = np.empty((N, C, H * W), dtype=a.dtype)
     kernels.swap_leading_axes_kernel(out, a.reshape(C, N, H * W))
     return out.reshape(N, C, H, W)
