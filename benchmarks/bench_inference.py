@@ -32,7 +32,7 @@ from threadpoolctl import ThreadpoolController
 sys.path.insert(0, os.path.dirname(__file__))
 
 import minimobile as mm  # noqa: E402
-from minimobile import deploy  # noqa: E402
+from minimobile import deploy, experiments  # noqa: E402
 from minimobile.train import build_model  # noqa: E402
 
 try:
@@ -48,17 +48,13 @@ except ImportError:
 
 NETWORKS = ("v1", "v2", "v3-small", "v3-large")
 
-# Pixel 1 latency in ms at 224x224, width 1.0, as the papers print it (search-tool lookups in
-# this repo's history did not surface the tables' text: check these against the PDFs):
-# V1 and V2 from the V2 paper (Sandler et al. 2018), Table 4, column "CPU" (TF-Lite, Google
-# Pixel 1): MobileNetV1 113 ms, MobileNetV2 75 ms. V3 from the V3 paper (Howard et al. 2019),
-# Table 3, column "P-1" (TF-Lite, one large core of a Pixel 1): V3-Large 1.0 51 ms, V3-Small
-# 1.0 15.8 ms (the same table gives V2 1.0 64 ms there, with a newer TF-Lite).
+# Pixel 1 latency in ms at 224x224, width 1.0, as the papers print it: the tables live in
+# minimobile/experiments.py (one copy, shared with notebook 05), each citing its source.
 PAPER_MS = {
-    "v1": (113.0, "V2 paper, Table 4 (Pixel 1)"),
-    "v2": (75.0, "V2 paper, Table 4 (Pixel 1)"),
-    "v3-small": (15.8, "V3 paper, Table 3, P-1"),
-    "v3-large": (51.0, "V3 paper, Table 3, P-1"),
+    **{net: (ms, "V2 paper, Table 4 (Pixel 1)")
+       for net, width, _, _, ms in experiments.V2_TABLE_4 if width == 1.0},
+    **{net: (ms, "V3 paper, Table 9 (Pixel 1)")
+       for net, width, res, _, _, ms in experiments.V3_TABLE_9 if (width, res) == (1.0, 224)},
 }
 
 
