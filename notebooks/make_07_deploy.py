@@ -5,37 +5,12 @@ library code in the notebook.
     python notebooks/make_07_deploy.py
 """
 
-from pathlib import Path
-
 import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_notebook
 
-HERE = Path(__file__).resolve().parent
-
-# The first cell of every notebook (kept identical to make_notebooks.py's SETUP).
-SETUP = '''\
-%load_ext autoreload
-%autoreload 2
-import os
-
-import matplotlib.pyplot as plt
-import numpy as np
-
-import minimobile as mm
-from minimobile import experiments as ex
-
-# Quick mode (MINIMOBILE_QUICK=1, set by tests/test_notebooks.py): small sizes, few repetitions,
-# so that the test suite runs every notebook in seconds. Leave it unset to run the real thing.
-QUICK = os.environ.get("MINIMOBILE_QUICK") == "1"
-print("quick mode" if QUICK else "full mode", "| Numba threads:", mm.get_num_threads())'''
-
-
-def md(text):
-    return new_markdown_cell(text.strip("\n"))
-
-
-def code(text):
-    return new_code_cell(text.strip("\n"))
+# The first cell and the cell helpers are make_notebooks.py's (this folder is on sys.path when
+# the script runs), so every notebook starts the same way.
+from make_notebooks import HERE, SETUP, code, md
 
 
 NB07 = [
