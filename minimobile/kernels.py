@@ -240,10 +240,7 @@ def _activation_grad_row(g, dout, src, s, t, kind):
     zero, half, one = src.dtype.type(0), src.dtype.type(0.5), src.dtype.type(1)
     three, six = src.dtype.type(3), src.dtype.type(6)
     P = src.size
-    if kind == 0:
-        for p in range(P):
-            g[p] = dout[p]
-    elif kind == 1:
+    if kind == 1:
         for p in range(P):
             g[p] = dout[p] if src[p] * s + t > zero else zero
     elif kind == 2:
@@ -257,6 +254,16 @@ def _activation_grad_row(g, dout, src, s, t, kind):
             slope = zero if y < -three else slope
             slope = one if y > three else slope
             g[p] = dout[p] * slope
+
+
+@njit(cache=True)
+def _upstream_row(g, dout, src, s, t, kind):
+    """The gradient reaching bn(x) for one row: dout itself when no activation is fused (no
+    copy), else dout * act'(bn(x)) written into the scratch row g."""
+    if kind == 0:
+        return dout
+    _activation_grad_row(g, dout, src, s, t, kind)
+    return g
 
 
 @njit(cache=True, parallel=True)
@@ -300,10 +307,10 @@ def batchnorm2d_backward_kernel(dx, dgamma, dbeta, dout, x, mean, invstd, gamma,
         t = shift[c]
         for n in range(N):
             src = x[n, c]
-            _activation_grad_row(g, dout[n, c], src, s, t, kind)
+            grad = _upstream_row(g, dout[n, c], src, s, t, kind)
             for p in range(P):
-                lanes_g[p] += g[p]
-                lanes_gx[p] += g[p] * (src[p] - m)
+                lanes_g[p] += grad[p]
+                lanes_gx[p] += grad[p] * (src[p] - m)
         sum_g = lanes_g.sum()
         sum_gxhat = lanes_gx.sum() * invstd[c]
         dbeta[c] = sum_g
@@ -316,14 +323,9 @@ def batchnorm2d_backward_kernel(dx, dgamma, dbeta, dout, x, mean, invstd, gamma,
         for n in range(N):
             src = x[n, c]
             d = dx[n, c]
-            if kind != 0:
-                _activation_grad_row(g, dout[n, c], src, s, t, kind)
-                for p in range(P):
-                    d[p] = a * g[p] - b * (src[p] - mm) + cm
-            else:
-                gout = dout[n, c]
-                for p in range(P):
-                    d[p] = a * gout[p] - b * (src[p] - mm) + cm
+            grad = _upstream_row(g, dout[n, c], src, s, t, kind)
+            for p in range(P):
+                d[p] = a * grad[p] - b * (src[p] - mm) + cm
 
 
 @njit(cache=True, parallel=True)
