@@ -25,26 +25,73 @@ from numba import njit, prange
 # ---------------------------------------------------------------------------------------------
 # Depthwise convolution: w (C, 1, K, K), one K x K filter per channel.
 #
-# Each (n, c) plane is copied into a zero-padded scratch plane xp of pitch Wp = W + 2p, so the
-# convolution becomes K*K shifted, branch-free, vectorisable passes over a flat array ("wide"
-# output with row pitch Wp, of which the first Wo1 columns are real). Stride 2 reuses the same
-# passes: its output is the stride-1 output sampled at every other row and column, and its
-# backward is the stride-1 backward of a dout spread onto that grid with zeros in between.
-# This costs 4x the multiply-adds of a stride-2 layer but keeps every loop long, contiguous and
-# vectorised; computing only the needed rows measured slower here (short loops), and MobileNets
-# have only four or five stride-2 depthwise layers.
+# Each (n, c) plane is copied into a zero-padded scratch plane, so the convolution becomes K*K
+# shifted, branch-free, vectorisable passes over a flat array: a "wide" output whose rows have
+# the scratch plane's pitch, of which the first Wo columns are real.
+#
+# With stride s, the padded plane is split into s*s phase planes, phase (a, b) holding the
+# pixels at rows = a and columns = b (mod s), each of pitch Wh = ceil(Wp / s). Tap (ki, kj)
+# then reads phase (ki % s, kj % s) shifted by (ki // s, kj // s), so a stride-2 layer is again
+# K*K contiguous passes, over exactly its own Ho x Wo outputs. (At s = 1 there is one phase,
+# the padded plane itself.) The backward runs the same passes transposed: dout is spread onto
+# the wide grid (zeros in the junk columns), each tap adds into its phase of dx and into its
+# lane of dw, and dx is gathered back from the phases.
 # ---------------------------------------------------------------------------------------------
 
 
 @njit(cache=True)
-def _copy_into_padded(xp, plane, pad, Wp):
-    """Write an (H, W) plane into the interior of a flat zero-bordered plane of pitch Wp."""
-    H, W = plane.shape
-    for i in range(H):
-        row = xp[(i + pad) * Wp + pad:]
-        src = plane[i]
-        for j in range(W):
-            row[j] = src[j]
+def _phase_layout(H, W, K, s, pad, Hh, Wh):
+    """Where things live in the flat phase planes, computed once per call so that the per-plane
+    loops do no integer division (which costs more than the convolution on small maps):
+    row_start[r, b], where row r's pixels with (col + pad) % s == b begin; col_first[b] and
+    col_count[b], which columns those are; tap_start[k], where tap k = ki*K + kj reads from."""
+    row_start = np.empty((H, s), dtype=np.int64)
+    col_first = np.empty(s, dtype=np.int64)
+    col_count = np.empty(s, dtype=np.int64)
+    for b in range(s):
+        first = (b - pad) % s
+        col_first[b] = first
+        col_count[b] = (W - first + s - 1) // s if W > first else 0
+        for r in range(H):
+            pr = r + pad
+            row_start[r, b] = ((pr % s) * s + b) * Hh * Wh + (pr // s) * Wh + (first + pad) // s
+    tap_start = np.empty(K * K, dtype=np.int64)
+    for k in range(K * K):
+        ki, kj = k // K, k % K
+        tap_start[k] = ((ki % s) * s + kj % s) * Hh * Wh + (ki // s) * Wh + kj // s
+    return row_start, col_first, col_count, tap_start
+
+
+@njit(cache=True)
+def _copy_into_phases(xp, plane, s, row_start, col_first, col_count):
+    """Write an (H, W) plane into the interior of its s*s flat zero-bordered phase planes."""
+    for r in range(plane.shape[0]):
+        src = plane[r]
+        for b in range(s):
+            dst = xp[row_start[r, b]:]
+            if s == 1:
+                for m in range(col_count[b]):
+                    dst[m] = src[m]
+            else:
+                part = src[col_first[b]:]
+                for m in range(col_count[b]):
+                    dst[m] = part[m * s]
+
+
+@njit(cache=True)
+def _copy_from_phases(plane, xp, s, row_start, col_first, col_count):
+    """The inverse of _copy_into_phases: read the (H, W) interior back out of the phases."""
+    for r in range(plane.shape[0]):
+        dst = plane[r]
+        for b in range(s):
+            src = xp[row_start[r, b]:]
+            if s == 1:
+                for m in range(col_count[b]):
+                    dst[m] = src[m]
+            else:
+                part = dst[col_first[b]:]
+                for m in range(col_count[b]):
+                    part[m * s] = src[m]
 
 
 @njit(cache=True, parallel=True)
@@ -53,37 +100,32 @@ def depthwise_conv2d_forward_kernel(out, x, w, stride, pad, ntasks):
     N, C, H, W = x.shape
     K = w.shape[2]
     Ho, Wo = out.shape[2], out.shape[3]
-    Hp, Wp = H + 2 * pad, W + 2 * pad
-    Ho1, Wo1 = Hp - K + 1, Wp - K + 1
-    L = (Ho1 - 1) * Wp + Wo1  # length of the wide stride-1 output, pitch Wp
+    s = stride
+    Hh, Wh = (H + 2 * pad + s - 1) // s, (W + 2 * pad + s - 1) // s
+    L = (Ho - 1) * Wh + Wo  # length of the wide output, pitch Wh
+    row_start, col_first, col_count, tap_start = _phase_layout(H, W, K, s, pad, Hh, Wh)
     total = N * C
     for t in prange(ntasks):
-        xp = np.zeros(Hp * Wp, dtype=x.dtype)  # borders stay zero: only the interior is rewritten
-        acc = np.empty(L, dtype=x.dtype)
+        xp = np.zeros(s * s * Hh * Wh, dtype=x.dtype)  # borders stay zero: only the interior
+        acc = np.empty(L, dtype=x.dtype)               # is ever rewritten
         for nc in range(t * total // ntasks, (t + 1) * total // ntasks):
             n = nc // C
             c = nc % C
-            _copy_into_padded(xp, x[n, c], pad, Wp)
+            _copy_into_phases(xp, x[n, c], s, row_start, col_first, col_count)
             w0 = w[c, 0, 0, 0]
             for q in range(L):
                 acc[q] = w0 * xp[q]
             for k in range(1, K * K):
                 wk = w[c, 0, k // K, k % K]
-                src = xp[(k // K) * Wp + k % K:]
+                src = xp[tap_start[k]:]
                 for q in range(L):
                     acc[q] += wk * src[q]
             o = out[n, c]
-            if stride == 1:
-                for i in range(Ho):
-                    row = acc[i * Wp:]
-                    dst = o[i]
-                    for j in range(Wo):
-                        dst[j] = row[j]
-            else:
-                for i in range(Ho):
-                    row = acc[stride * i * Wp:]
-                    for j in range(Wo):
-                        o[i, j] = row[stride * j]
+            for i in range(Ho):
+                row = acc[i * Wh:]
+                dst = o[i]
+                for j in range(Wo):
+                    dst[j] = row[j]
 
 
 @njit(cache=True, parallel=True)
@@ -92,38 +134,34 @@ def depthwise_conv2d_backward_kernel(dx, dw, dout, x, w, stride, pad):
     N, C, H, W = x.shape
     K = w.shape[2]
     Ho, Wo = dout.shape[2], dout.shape[3]
-    Hp, Wp = H + 2 * pad, W + 2 * pad
-    Ho1, Wo1 = Hp - K + 1, Wp - K + 1
-    L = (Ho1 - 1) * Wp + Wo1
+    s = stride
+    Hh, Wh = (H + 2 * pad + s - 1) // s, (W + 2 * pad + s - 1) // s
+    L = (Ho - 1) * Wh + Wo
+    row_start, col_first, col_count, tap_start = _phase_layout(H, W, K, s, pad, Hh, Wh)
     for c in prange(C):
-        xp = np.zeros(Hp * Wp, dtype=x.dtype)
-        gw = np.zeros(L, dtype=x.dtype)  # dout on the stride-1 grid; off-grid entries stay 0
-        dxp = np.empty(Hp * Wp, dtype=x.dtype)
+        xp = np.zeros(s * s * Hh * Wh, dtype=x.dtype)
+        gw = np.zeros(L, dtype=x.dtype)  # dout on the wide grid; the junk columns stay 0
+        dxp = np.empty(s * s * Hh * Wh, dtype=x.dtype)
         dw_partial = np.zeros((K * K, L), dtype=x.dtype)  # one lane per wide position
         for n in range(N):
-            _copy_into_padded(xp, x[n, c], pad, Wp)
+            _copy_into_phases(xp, x[n, c], s, row_start, col_first, col_count)
             g = dout[n, c]
             for i in range(Ho):
-                row = gw[stride * i * Wp:]
+                row = gw[i * Wh:]
                 src = g[i]
                 for j in range(Wo):
-                    row[stride * j] = src[j]
+                    row[j] = src[j]
             dxp[:] = 0
             for k in range(K * K):
                 wk = w[c, 0, k // K, k % K]
-                off = (k // K) * Wp + k % K
+                off = tap_start[k]
                 dst = dxp[off:]
                 src = xp[off:]
                 lanes = dw_partial[k]
                 for q in range(L):
                     dst[q] += wk * gw[q]
                     lanes[q] += gw[q] * src[q]
-            d = dx[n, c]
-            for i in range(H):
-                row = dxp[(i + pad) * Wp + pad:]
-                dst = d[i]
-                for j in range(W):
-                    dst[j] = row[j]
+            _copy_from_phases(dx[n, c], dxp, s, row_start, col_first, col_count)
         for k in range(K * K):
             total = 0.0
             for q in range(L):
@@ -132,12 +170,66 @@ def depthwise_conv2d_backward_kernel(dx, dw, dout, x, w, stride, pad):
 
 
 # ---------------------------------------------------------------------------------------------
-# Pointwise (1x1) convolution is one matrix product W (Co, Ci) @ X (Ci, N*H*W) once the batch
-# is laid out channel-major. The product is BLAS's job, called from NumPy; one large product
-# runs several times faster than N small per-image ones (and calling np.dot from inside a
-# Numba loop goes through SciPy's BLAS, whose threads fight Numba's). These kernels do the
-# layout change and what BLAS lacks: the bias and its gradient.
+# Matrix products for the 1x1 and im2col convolutions. The products are BLAS's job: np.dot in
+# nopython mode calls SciPy's BLAS, which parallel.py holds to one thread, and these kernels
+# spread the calls over Numba's pool. A second thread pool for BLAS would fight Numba's for
+# the two cores (see parallel.py); inside Numba's pool, both cores run BLAS and nothing spins.
+#
+# On NCHW arrays, image n of a 1x1 conv is out[n] = W @ x[n] with x[n] a (C_in, H*W) matrix in
+# place, so large maps need no layout change at all. Small maps (4x4 at the end of a CIFAR
+# network) make per-image products too short for BLAS; there the batch is laid out
+# channel-major, (C, N*H*W), and one product is split by rows of its output.
+#
+# Weight gradients are sums over the batch. Each of SUM_TASKS tasks sums a fixed share of the
+# images and the partial sums are added in task order, so the result is the same from run to
+# run and for any thread count.
 # ---------------------------------------------------------------------------------------------
+
+SUM_TASKS = 4
+
+
+@njit(cache=True, parallel=True)
+def batched_matmul_kernel(out, a, b):
+    """out[n] = a @ b[n] for every n; a (M, K), b (N, K, P), out (N, M, P)."""
+    for n in prange(b.shape[0]):
+        np.dot(a, b[n], out[n])
+
+
+@njit(cache=True)
+def _add_into(acc, part):
+    M, K = acc.shape
+    for i in range(M):
+        dst = acc[i]
+        src = part[i]
+        for j in range(K):
+            dst[j] += src[j]
+
+
+@njit(cache=True, parallel=True)
+def batched_matmul_transposed_sum_kernel(out, a, b):
+    """out = sum over n of a[n] @ b[n].T; a (N, M, P), b (N, K, P), out (M, K)."""
+    N = a.shape[0]
+    M, K = out.shape
+    partial = np.zeros((SUM_TASKS, M, K), dtype=out.dtype)
+    for t in prange(SUM_TASKS):
+        product = np.empty((M, K), dtype=out.dtype)
+        for n in range(t * N // SUM_TASKS, (t + 1) * N // SUM_TASKS):
+            np.dot(a[n], b[n].T, product)
+            _add_into(partial[t], product)
+    out[:] = partial[0]
+    for t in range(1, SUM_TASKS):
+        _add_into(out, partial[t])
+
+
+@njit(cache=True, parallel=True)
+def matmul_kernel(out, a, b, ntasks):
+    """out = a @ b, the rows of a and out split into ntasks products; a (M, K), b (K, P)."""
+    M = a.shape[0]
+    for t in prange(ntasks):
+        lo = t * M // ntasks
+        hi = (t + 1) * M // ntasks
+        if hi > lo:
+            np.dot(a[lo:hi], b, out[lo:hi])
 
 
 @njit(cache=True, parallel=True)
@@ -419,20 +511,20 @@ def hardsigmoid_backward_kernel(dx, dout, x):
 
 # ---------------------------------------------------------------------------------------------
 # Standard convolution by im2col: the stem (C_in = 3) and the dense conv that the cost
-# comparison needs. Columns are laid out channel-major, (C_in*K*K, N, Ho*Wo), so that the whole
-# batch is one matrix product (as for the pointwise conv).
+# comparison needs. Columns are laid out image by image, (N, C_in*K*K, Ho*Wo), so that image n
+# is one product W @ cols[n] written straight into the NCHW output (as for the 1x1 conv).
 # ---------------------------------------------------------------------------------------------
 
 
 @njit(cache=True, parallel=True)
 def im2col_kernel(cols, x, K, stride, pad, Ho, Wo):
-    """cols[(c*K+ki)*K+kj, n, i*Wo+j] = xpad[n, c, i*s+ki, j*s+kj]; parallel over images."""
+    """cols[n, (c*K+ki)*K+kj, i*Wo+j] = xpad[n, c, i*s+ki, j*s+kj]; parallel over images."""
     N, C, H, W = x.shape
     for n in prange(N):
         for c in range(C):
             for ki in range(K):
                 for kj in range(K):
-                    row = cols[(c * K + ki) * K + kj, n]
+                    row = cols[n, (c * K + ki) * K + kj]
                     for i in range(Ho):
                         r = i * stride + ki - pad
                         dst = row[i * Wo:]
@@ -455,7 +547,7 @@ def col2im_kernel(dx, dcols, K, stride, pad, Ho, Wo):
         for c in range(C):
             for ki in range(K):
                 for kj in range(K):
-                    row = dcols[(c * K + ki) * K + kj, n]
+                    row = dcols[n, (c * K + ki) * K + kj]
                     for i in range(Ho):
                         r = i * stride + ki - pad
                         if r < 0 or r >= H:

@@ -67,10 +67,21 @@ def _check_conv_geometry(op, H, W, K, stride, padding):
 
 
 # --------------------------------------------------------------------------------------------
-# Channel-major layout: a 1x1 conv (and an im2col conv) over the whole batch is one matrix
-# product W @ X once X is (C, N*H*W). BLAS runs one large product several times faster than
-# N small per-image ones, which more than pays for the two copies.
+# Matrix products on Numba's pool (kernels.py says why). A 1x1 conv over maps of at least
+# PER_IMAGE_MIN_PIXELS pixels is one product per image on the NCHW array in place; smaller maps
+# are copied channel-major, (C, N*H*W), where the whole batch is one product long enough for
+# BLAS. At N = 1 the two layouts are the same, and the copy is a view.
 # --------------------------------------------------------------------------------------------
+
+PER_IMAGE_MIN_PIXELS = 64
+
+
+def _matmul(a, b):
+    """a @ b with the rows of the product shared among Numba's threads."""
+    a = np.ascontiguousarray(a)
+    out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+    kernels.matmul_kernel(out, a, b, max(1, min(a.shape[0], get_num_threads())))
+    return out
 
 
 def _to_channel_major(a):
@@ -101,7 +112,7 @@ def _from_channel_major(a, N, H, W):
 
 class Conv2dCache(NamedTuple):
     x_shape: tuple
-    cols: np.ndarray  # (C_in*K*K, N*Ho*Wo): the im2col matrix, reused for dw
+    cols: np.ndarray  # (N, C_in*K*K, Ho*Wo): the im2col matrices, reused for dw
     w: np.ndarray
     stride: int
     padding: int
@@ -124,24 +135,31 @@ def conv2d_forward(x, w, stride=1, padding=0):
                          f"got {w.shape}")
     _check_conv_geometry(op, H, W, K, stride, padding)
     Ho, Wo = conv_output_size(H, K, stride, padding), conv_output_size(W, K, stride, padding)
-    cols = np.empty((C * K * K, N, Ho * Wo), dtype=x.dtype)
-    kernels.im2col_kernel(cols, x, K, stride, padding, Ho, Wo)
-    cols = cols.reshape(C * K * K, N * Ho * Wo)
-    outc = w.reshape(C_out, -1) @ cols  # (C_out, N*Ho*Wo)
-    return (_from_channel_major(outc, N, Ho, Wo),
-            Conv2dCache(x.shape, cols, w, stride, padding))
+    cols = np.empty((N, C * K * K, Ho * Wo), dtype=x.dtype)
+    kernels.im2col_kernel(cols, np.ascontiguousarray(x), K, stride, padding, Ho, Wo)
+    w2 = np.ascontiguousarray(w.reshape(C_out, -1))
+    if N == 1:
+        out = _matmul(w2, cols[0])[None]
+    else:
+        out = np.empty((N, C_out, Ho * Wo), dtype=x.dtype)
+        kernels.batched_matmul_kernel(out, w2, cols)
+    return out.reshape(N, C_out, Ho, Wo), Conv2dCache(x.shape, cols, w, stride, padding)
 
 
 def conv2d_backward(dout, cache):
-    """Returns (dx, dw): with D = dout channel-major, dw = D @ cols^T, dx = col2im(W^T @ D)."""
+    """Returns (dx, dw): per image, dw += D[n] @ cols[n]^T and dx[n] = col2im(W^T @ D[n]),
+    with D[n] the (C_out, Ho*Wo) matrix of dout[n]."""
     N, C, H, W = cache.x_shape
     C_out, _, K, _ = cache.w.shape
     Ho = conv_output_size(H, K, cache.stride, cache.padding)
     Wo = conv_output_size(W, K, cache.stride, cache.padding)
     dout = _check_dout("conv2d", dout, (N, C_out, Ho, Wo), cache.w.dtype)
-    dc = _to_channel_major(dout)  # (C_out, N*Ho*Wo)
-    dw = (dc @ cache.cols.T).reshape(cache.w.shape)
-    dcols = (cache.w.reshape(C_out, -1).T @ dc).reshape(C * K * K, N, Ho * Wo)
+    d3 = np.ascontiguousarray(dout).reshape(N, C_out, Ho * Wo)
+    dw = np.empty((C_out, C * K * K), dtype=cache.w.dtype)
+    kernels.batched_matmul_transposed_sum_kernel(dw, d3, cache.cols)
+    dw = dw.reshape(cache.w.shape)
+    dcols = np.empty((N, C * K * K, Ho * Wo), dtype=dout.dtype)
+    kernels.batched_matmul_kernel(dcols, np.ascontiguousarray(cache.w.reshape(C_out, -1).T), d3)
     dx = np.empty(cache.x_shape, dtype=dout.dtype)
     kernels.col2im_kernel(dx, dcols, K, cache.stride, cache.padding, Ho, Wo)
     return dx, dw
@@ -202,17 +220,19 @@ def depthwise_conv2d_backward(dout, cache):
 
 
 class PointwiseConv2dCache(NamedTuple):
-    x_channel_major: np.ndarray  # (C_in, N*H*W): x with channels first, as the dw product wants
+    x: np.ndarray  # x as (N, C_in, H*W) per image, or channel-major (C_in, N*H*W) for small maps
     x_shape: tuple
     w: np.ndarray
     has_bias: bool
+    per_image: bool
 
 
 def pointwise_conv2d_forward(x, w, b=None):
     """out[n] = W (C_out, C_in) @ x[n] (C_in, H*W) + b; w (C_out, C_in, 1, 1), b (C_out,).
 
-    Computed as one matrix product over the whole batch, W @ X with X (C_in, N*H*W): the
-    channel-major copy of x is what the cache keeps, since dw needs exactly that matrix.
+    One product per image in place, or one over the channel-major batch for maps smaller than
+    PER_IMAGE_MIN_PIXELS. The cache keeps x in the layout the product used, since dw needs
+    exactly that matrix.
     """
     op = "pointwise_conv2d"
     x = _check_float(op, "x", x, 4)
@@ -227,33 +247,50 @@ def pointwise_conv2d_forward(x, w, b=None):
         b = _check_float(op, "b", b, 1)
         _check_same_dtype(op, x, b=b)
         _check_shape(op, "b", b, (C_out,))
-    xc = _to_channel_major(x)  # (C_in, N*H*W)
-    outc = w.reshape(C_out, C) @ xc  # (C_out, N*H*W)
+    w2 = np.ascontiguousarray(w.reshape(C_out, C))
+    per_image = N > 1 and H * W >= PER_IMAGE_MIN_PIXELS
+    if per_image:
+        saved = np.ascontiguousarray(x).reshape(N, C, H * W)
+        out = np.empty((N, C_out, H * W), dtype=x.dtype)
+        kernels.batched_matmul_kernel(out, w2, saved)
+        out = out.reshape(N, C_out, H, W)
+    else:
+        saved = _to_channel_major(x)  # (C_in, N*H*W)
+        out = _from_channel_major(_matmul(w2, saved), N, H, W)
     if b is not None:
-        kernels.add_channel_bias_kernel(outc.reshape(1, C_out, -1), b)
-    return _from_channel_major(outc, N, H, W), PointwiseConv2dCache(xc, x.shape, w,
-                                                                     b is not None)
+        kernels.add_channel_bias_kernel(out.reshape(N, C_out, H * W), b)
+    return out, PointwiseConv2dCache(saved, x.shape, w, b is not None, per_image)
 
 
 def pointwise_conv2d_backward(dout, cache):
     """Returns (dx, dw, db); db is None when the forward had no bias.
 
-    With D = dout channel-major (C_out, N*H*W): dw = D @ X^T, dX = W^T @ D, db = D summed
-    over its columns.
+    With D[n] = dout[n] as a (C_out, H*W) matrix: dw = sum_n D[n] @ X[n]^T, dX[n] = W^T @ D[n],
+    db = D summed over images and pixels (or the same with the whole batch as one matrix).
     """
     N, C, H, W = cache.x_shape
     w = cache.w
     C_out = w.shape[0]
     dout = _check_dout("pointwise_conv2d", dout, (N, C_out, H, W), w.dtype)
-    dc = _to_channel_major(dout)  # (C_out, N*H*W)
-    dw = (dc @ cache.x_channel_major.T).reshape(w.shape)
-    dx = _from_channel_major(w.reshape(C_out, C).T @ dc, N, H, W)
+    wt = np.ascontiguousarray(w.reshape(C_out, C).T)
+    if cache.per_image:
+        d3 = np.ascontiguousarray(dout).reshape(N, C_out, H * W)
+        dw = np.empty((C_out, C), dtype=w.dtype)
+        kernels.batched_matmul_transposed_sum_kernel(dw, d3, cache.x)
+        dx = np.empty((N, C, H * W), dtype=w.dtype)
+        kernels.batched_matmul_kernel(dx, wt, d3)
+        dx = dx.reshape(N, C, H, W)
+    else:
+        dc = _to_channel_major(dout)  # (C_out, N*H*W)
+        dw = _matmul(dc, cache.x.T)
+        dx = _from_channel_major(_matmul(wt, dc), N, H, W)
+        d3 = dc.reshape(1, C_out, -1)
     db = None
     if cache.has_bias:
         db = np.empty(C_out)
-        kernels.channel_sum_kernel(db, dc.reshape(1, C_out, -1))
+        kernels.channel_sum_kernel(db, d3)
         db = db.astype(w.dtype)
-    return dx, dw, db
+    return dx, dw.reshape(w.shape), db
 
 
 # --------------------------------------------------------------------------------------------

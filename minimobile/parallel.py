@@ -6,6 +6,11 @@ call starts by waiting for the other pool's spinning threads to yield: measured 
 width-0.5 CIFAR step took 928 ms with both pools at 2 threads and 318 ms with BLAS at 1
 (`benchmarks/bench_train_step.py`). So on import minimobile limits BLAS to one thread, unless
 the environment variable MINIMOBILE_BLAS_THREADS says otherwise.
+
+The big products still use every core: the conv kernels call BLAS (SciPy's, through np.dot in
+nopython mode) from inside Numba's parallel loops, one single-threaded product per thread. So
+SciPy's BLAS is loaded here, before the limit is applied, or it would come up later with a
+thread pool of its own.
 """
 
 import os
@@ -23,6 +28,8 @@ def configure_blas_threads():
         raise ValueError(f"MINIMOBILE_BLAS_THREADS: expected a positive integer, got {value!r}")
     if threads < 1:
         raise ValueError(f"MINIMOBILE_BLAS_THREADS: expected a positive integer, got {threads}")
+    import scipy.linalg.cython_blas  # noqa: F401  the BLAS that np.dot calls inside kernels
+
     threadpool_limits(limits=threads, user_api="blas")
     return threads
 
