@@ -9,10 +9,10 @@ hits them all alike; the median over repetitions is printed, in ms. The same thr
 given to all (Numba's pool, ONNX Runtime's intra-op threads, torch.set_num_threads). ONNX
 Runtime runs the graph of `minimobile.onnx_export` (BN folded); PyTorch runs the networks of
 `benchmarks/torch_models.py` in eval mode under inference_mode, NCHW. Contenders whose package
-is missing are shown as "-". minimobile runs BLAS on one thread beside Numba's pool (see
-minimobile/parallel.py: best for training); "mm fused blas" is the fused network with BLAS given
-the same thread count for its matrix products, since at batch 1 the pointwise convolutions'
-products are most of the work.
+is missing are shown as "-". minimobile calls a one-thread BLAS from inside Numba's pool, one
+product per thread (see minimobile/parallel.py); "mm fused blas" is the fused network with BLAS
+given the same thread count as well, so each of Numba's threads starts BLAS threads of its own:
+it shows what oversubscribing the cores with a second thread pool costs.
 
 The papers' figures are phone latencies (TF-Lite, one large core of a Google Pixel 1,
 float32, batch 1, 224x224), so they say how fast these networks are meant to be on a

@@ -65,14 +65,27 @@ def _phase_layout(H, W, K, s, pad, Hh, Wh):
 @njit(cache=True)
 def _copy_into_phases(xp, plane, s, row_start, col_first, col_count):
     """Write an (H, W) plane into the interior of its s*s flat zero-bordered phase planes."""
-    for r in range(plane.shape[0]):
+    H, W = plane.shape
+    for r in range(H):
         src = plane[r]
-        for b in range(s):
-            dst = xp[row_start[r, b]:]
-            if s == 1:
-                for m in range(col_count[b]):
-                    dst[m] = src[m]
-            else:
+        if s == 1:
+            dst = xp[row_start[r, 0]:]
+            for m in range(W):
+                dst[m] = src[m]
+        elif s == 2:
+            # Even and odd columns in one loop with a literal stride: LLVM turns the pair of
+            # strided loads into vector shuffles, where a loop per phase stays scalar.
+            even = 0 if col_first[0] == 0 else 1
+            dst_even = xp[row_start[r, even]:]
+            dst_odd = xp[row_start[r, 1 - even]:]
+            for m in range(W // 2):
+                dst_even[m] = src[2 * m]
+                dst_odd[m] = src[2 * m + 1]
+            if W % 2 == 1:
+                dst_even[W // 2] = src[W - 1]
+        else:
+            for b in range(s):
+                dst = xp[row_start[r, b]:]
                 part = src[col_first[b]:]
                 for m in range(col_count[b]):
                     dst[m] = part[m * s]
@@ -81,14 +94,25 @@ def _copy_into_phases(xp, plane, s, row_start, col_first, col_count):
 @njit(cache=True)
 def _copy_from_phases(plane, xp, s, row_start, col_first, col_count):
     """The inverse of _copy_into_phases: read the (H, W) interior back out of the phases."""
-    for r in range(plane.shape[0]):
+    H, W = plane.shape
+    for r in range(H):
         dst = plane[r]
-        for b in range(s):
-            src = xp[row_start[r, b]:]
-            if s == 1:
-                for m in range(col_count[b]):
-                    dst[m] = src[m]
-            else:
+        if s == 1:
+            src = xp[row_start[r, 0]:]
+            for m in range(W):
+                dst[m] = src[m]
+        elif s == 2:
+            even = 0 if col_first[0] == 0 else 1
+            src_even = xp[row_start[r, even]:]
+            src_odd = xp[row_start[r, 1 - even]:]
+            for m in range(W // 2):
+                dst[2 * m] = src_even[m]
+                dst[2 * m + 1] = src_odd[m]
+            if W % 2 == 1:
+                dst[W - 1] = src_even[W // 2]
+        else:
+            for b in range(s):
+                src = xp[row_start[r, b]:]
                 part = dst[col_first[b]:]
                 for m in range(col_count[b]):
                     part[m * s] = src[m]
@@ -511,53 +535,109 @@ def hardsigmoid_backward_kernel(dx, dout, x):
 
 # ---------------------------------------------------------------------------------------------
 # Standard convolution by im2col: the stem (C_in = 3) and the dense conv that the cost
-# comparison needs. Columns are laid out image by image, (N, C_in*K*K, Ho*Wo), so that image n
-# is one product W @ cols[n] written straight into the NCHW output (as for the 1x1 conv).
+# comparison needs. Image by image, each thread builds the (C_in*K*K, Ho*Wo) column matrix of
+# one image in a scratch buffer that stays in its cache, and multiplies: out[n] = W @ cols,
+# written straight into the NCHW output. The backward rebuilds the columns from x rather than
+# keeping them: reading x again costs far less memory traffic than writing and re-reading a
+# column matrix K*K times its size.
 # ---------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, parallel=True)
-def im2col_kernel(cols, x, K, stride, pad, Ho, Wo):
-    """cols[n, (c*K+ki)*K+kj, i*Wo+j] = xpad[n, c, i*s+ki, j*s+kj]; parallel over images."""
-    N, C, H, W = x.shape
-    for n in prange(N):
-        for c in range(C):
-            for ki in range(K):
-                for kj in range(K):
-                    row = cols[n, (c * K + ki) * K + kj]
-                    for i in range(Ho):
-                        r = i * stride + ki - pad
-                        dst = row[i * Wo:]
-                        if r < 0 or r >= H:
-                            for j in range(Wo):
-                                dst[j] = 0
-                            continue
-                        src = x[n, c, r]
+@njit(cache=True)
+def _valid_columns(kj, stride, pad, W, Wo):
+    """The output columns j whose input column j*stride + kj - pad lies inside 0..W-1."""
+    lo = max(0, (pad - kj + stride - 1) // stride)
+    hi = min(Wo, (W - 1 + pad - kj) // stride + 1) if W - 1 + pad - kj >= 0 else 0
+    return lo, max(lo, hi)
+
+
+@njit(cache=True)
+def _im2col_image(cols, x, K, stride, pad, Ho, Wo):
+    """cols[(c*K+ki)*K+kj, i*Wo+j] = xpad[c, i*s+ki, j*s+kj] for one image x (C, H, W)."""
+    C, H, W = x.shape
+    zero = cols.dtype.type(0)
+    for c in range(C):
+        for ki in range(K):
+            for kj in range(K):
+                row = cols[(c * K + ki) * K + kj]
+                lo, hi = _valid_columns(kj, stride, pad, W, Wo)
+                for i in range(Ho):
+                    dst = row[i * Wo:]
+                    r = i * stride + ki - pad
+                    if r < 0 or r >= H:
                         for j in range(Wo):
-                            col = j * stride + kj - pad
-                            dst[j] = src[col] if (col >= 0 and col < W) else 0
+                            dst[j] = zero
+                        continue
+                    for j in range(lo):
+                        dst[j] = zero
+                    for j in range(hi, Wo):
+                        dst[j] = zero
+                    part = x[c, r, lo * stride + kj - pad:]
+                    inside = dst[lo:]
+                    if stride == 1:
+                        for j in range(hi - lo):
+                            inside[j] = part[j]
+                    else:
+                        for j in range(hi - lo):
+                            inside[j] = part[j * stride]
+
+
+@njit(cache=True)
+def _col2im_image(dx, dcols, K, stride, pad, Ho, Wo):
+    """The adjoint of _im2col_image: dx (C, H, W) = the sum of dcols over the taps that read
+    each pixel."""
+    C, H, W = dx.shape
+    dx[:] = 0
+    for c in range(C):
+        for ki in range(K):
+            for kj in range(K):
+                row = dcols[(c * K + ki) * K + kj]
+                lo, hi = _valid_columns(kj, stride, pad, W, Wo)
+                for i in range(Ho):
+                    r = i * stride + ki - pad
+                    if r < 0 or r >= H:
+                        continue
+                    part = dx[c, r, lo * stride + kj - pad:]
+                    inside = row[i * Wo + lo:]
+                    if stride == 1:
+                        for j in range(hi - lo):
+                            part[j] += inside[j]
+                    else:
+                        for j in range(hi - lo):
+                            part[j * stride] += inside[j]
 
 
 @njit(cache=True, parallel=True)
-def col2im_kernel(dx, dcols, K, stride, pad, Ho, Wo):
-    """The adjoint of im2col: dx[n, c, r, col] += dcols[...]; parallel over images."""
-    N, C, H, W = dx.shape
-    for n in prange(N):
-        dx[n] = 0
-        for c in range(C):
-            for ki in range(K):
-                for kj in range(K):
-                    row = dcols[n, (c * K + ki) * K + kj]
-                    for i in range(Ho):
-                        r = i * stride + ki - pad
-                        if r < 0 or r >= H:
-                            continue
-                        dst = dx[n, c, r]
-                        src = row[i * Wo:]
-                        for j in range(Wo):
-                            col = j * stride + kj - pad
-                            if col >= 0 and col < W:
-                                dst[col] += src[j]
+def conv2d_forward_kernel(out, x, w2, K, stride, pad, Ho, Wo, ntasks):
+    """out[n] = w2 @ im2col(x[n]); x (N, C, H, W), w2 (C_out, C*K*K), out (N, C_out, Ho*Wo)."""
+    N = x.shape[0]
+    for t in prange(ntasks):
+        cols = np.empty((w2.shape[1], Ho * Wo), dtype=x.dtype)
+        for n in range(t * N // ntasks, (t + 1) * N // ntasks):
+            _im2col_image(cols, x[n], K, stride, pad, Ho, Wo)
+            np.dot(w2, cols, out[n])
+
+
+@njit(cache=True, parallel=True)
+def conv2d_backward_kernel(dx, dw2, dout, x, w2t, K, stride, pad, Ho, Wo):
+    """dw2 = sum_n dout[n] @ im2col(x[n]).T and dx[n] = col2im(w2t @ dout[n]); dout
+    (N, C_out, Ho*Wo), w2t (C*K*K, C_out), dw2 (C_out, C*K*K). Partial sums as for the 1x1."""
+    N = x.shape[0]
+    C_out, CKK = dw2.shape
+    partial = np.zeros((SUM_TASKS, C_out, CKK), dtype=dw2.dtype)
+    for t in prange(SUM_TASKS):
+        cols = np.empty((CKK, Ho * Wo), dtype=x.dtype)
+        dcols = np.empty((CKK, Ho * Wo), dtype=x.dtype)
+        product = np.empty((C_out, CKK), dtype=dw2.dtype)
+        for n in range(t * N // SUM_TASKS, (t + 1) * N // SUM_TASKS):
+            _im2col_image(cols, x[n], K, stride, pad, Ho, Wo)
+            np.dot(dout[n], cols.T, product)
+            _add_into(partial[t], product)
+            np.dot(w2t, dout[n], dcols)
+            _col2im_image(dx[n], dcols, K, stride, pad, Ho, Wo)
+    dw2[:] = partial[0]
+    for t in range(1, SUM_TASKS):
+        _add_into(dw2, partial[t])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -77,10 +77,11 @@ PER_IMAGE_MIN_PIXELS = 64
 
 
 def _matmul(a, b):
-    """a @ b with the rows of the product shared among Numba's threads."""
+    """a @ b, its rows split into a fixed number of products shared among Numba's threads (a
+    split that depended on the thread count might round differently)."""
     a = np.ascontiguousarray(a)
     out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
-    kernels.matmul_kernel(out, a, b, max(1, min(a.shape[0], get_num_threads())))
+    kernels.matmul_kernel(out, a, b, max(1, min(a.shape[0], kernels.SUM_TASKS)))
     return out
 
 
@@ -111,18 +112,16 @@ def _from_channel_major(a, N, H, W):
 
 
 class Conv2dCache(NamedTuple):
-    x_shape: tuple
-    cols: np.ndarray  # (N, C_in*K*K, Ho*Wo): the im2col matrices, reused for dw
+    x: np.ndarray  # the backward rebuilds the im2col columns from x (kernels.py says why)
     w: np.ndarray
     stride: int
     padding: int
 
 
 def conv2d_forward(x, w, stride=1, padding=0):
-    """out = W (C_out, C_in*K*K) @ im2col(x) (C_in*K*K, N*Ho*Wo); w (C_out, C_in, K, K).
+    """out[n] = W (C_out, C_in*K*K) @ im2col(x[n]) (C_in*K*K, Ho*Wo); w (C_out, C_in, K, K).
 
-    Caches the im2col matrix (C_in*K*K times the output size), since the weight gradient
-    needs it and rebuilding it costs as much as the forward.
+    The column matrix of one image at a time lives in per-thread scratch; the cache keeps x.
     """
     op = "conv2d"
     x = _check_float(op, "x", x, 4)
@@ -135,34 +134,28 @@ def conv2d_forward(x, w, stride=1, padding=0):
                          f"got {w.shape}")
     _check_conv_geometry(op, H, W, K, stride, padding)
     Ho, Wo = conv_output_size(H, K, stride, padding), conv_output_size(W, K, stride, padding)
-    cols = np.empty((N, C * K * K, Ho * Wo), dtype=x.dtype)
-    kernels.im2col_kernel(cols, np.ascontiguousarray(x), K, stride, padding, Ho, Wo)
-    w2 = np.ascontiguousarray(w.reshape(C_out, -1))
-    if N == 1:
-        out = _matmul(w2, cols[0])[None]
-    else:
-        out = np.empty((N, C_out, Ho * Wo), dtype=x.dtype)
-        kernels.batched_matmul_kernel(out, w2, cols)
-    return out.reshape(N, C_out, Ho, Wo), Conv2dCache(x.shape, cols, w, stride, padding)
+    x = np.ascontiguousarray(x)
+    out = np.empty((N, C_out, Ho * Wo), dtype=x.dtype)
+    kernels.conv2d_forward_kernel(out, x, np.ascontiguousarray(w.reshape(C_out, -1)), K, stride,
+                                  padding, Ho, Wo, max(1, min(N, get_num_threads())))
+    return out.reshape(N, C_out, Ho, Wo), Conv2dCache(x, w, stride, padding)
 
 
 def conv2d_backward(dout, cache):
     """Returns (dx, dw): per image, dw += D[n] @ cols[n]^T and dx[n] = col2im(W^T @ D[n]),
-    with D[n] the (C_out, Ho*Wo) matrix of dout[n]."""
-    N, C, H, W = cache.x_shape
-    C_out, _, K, _ = cache.w.shape
+    with D[n] the (C_out, Ho*Wo) matrix of dout[n] and cols[n] = im2col(x[n])."""
+    x, w = cache.x, cache.w
+    N, C, H, W = x.shape
+    C_out, _, K, _ = w.shape
     Ho = conv_output_size(H, K, cache.stride, cache.padding)
     Wo = conv_output_size(W, K, cache.stride, cache.padding)
-    dout = _check_dout("conv2d", dout, (N, C_out, Ho, Wo), cache.w.dtype)
-    d3 = np.ascontiguousarray(dout).reshape(N, C_out, Ho * Wo)
-    dw = np.empty((C_out, C * K * K), dtype=cache.w.dtype)
-    kernels.batched_matmul_transposed_sum_kernel(dw, d3, cache.cols)
-    dw = dw.reshape(cache.w.shape)
-    dcols = np.empty((N, C * K * K, Ho * Wo), dtype=dout.dtype)
-    kernels.batched_matmul_kernel(dcols, np.ascontiguousarray(cache.w.reshape(C_out, -1).T), d3)
-    dx = np.empty(cache.x_shape, dtype=dout.dtype)
-    kernels.col2im_kernel(dx, dcols, K, cache.stride, cache.padding, Ho, Wo)
-    return dx, dw
+    dout = _check_dout("conv2d", dout, (N, C_out, Ho, Wo), w.dtype)
+    dx = np.empty_like(x)
+    dw = np.empty((C_out, C * K * K), dtype=w.dtype)
+    kernels.conv2d_backward_kernel(dx, dw, np.ascontiguousarray(dout).reshape(N, C_out, Ho * Wo),
+                                   x, np.ascontiguousarray(w.reshape(C_out, -1).T), K,
+                                   cache.stride, cache.padding, Ho, Wo)
+    return dx, dw.reshape(w.shape)
 
 
 # --------------------------------------------------------------------------------------------

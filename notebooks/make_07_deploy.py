@@ -197,8 +197,8 @@ fig.tight_layout()
 
 A phone classifies one image at a time, so deployment latency is measured at batch 1, where
 per-layer overheads weigh more than at batch 128. `benchmarks/bench_inference.py` times one
-forward of each network in minimobile (as trained; BN-folded; BN-folded with BLAS on all
-threads, "mm fused blas"), ONNX Runtime (the exported
+forward of each network in minimobile (as trained; BN-folded; BN-folded with BLAS given all
+threads inside Numba's, "mm fused blas"), ONNX Runtime (the exported
 graph) and PyTorch, alternating them within each repetition, and prints the latency the papers
 report next to them: those were measured on a Pixel 1 phone with TF-Lite on one core (the V2
 paper's Table 4; the V3 paper's Table 3), so they show what the networks were designed for,

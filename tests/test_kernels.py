@@ -5,6 +5,7 @@ that cover stride 2, odd and non-square sizes, K = 5, one channel and batch 1, a
 drawn by hypothesis for the convolutions.
 """
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -68,7 +69,8 @@ def test_conv2d_kernels_match_reference(rng, dtype, N, C, H, W, K, stride):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("N,C_in,C_out,H,W", [(2, 3, 5, 4, 4), (1, 1, 1, 3, 5), (3, 6, 2, 1, 1)])
+@pytest.mark.parametrize("N,C_in,C_out,H,W", [(2, 3, 5, 4, 4), (1, 1, 1, 3, 5), (3, 6, 2, 1, 1),
+                                               (2, 3, 5, 8, 8), (3, 4, 2, 9, 11), (1, 2, 3, 8, 9)])
 def test_pointwise_kernels_match_reference(rng, dtype, bias, N, C_in, C_out, H, W):
     x, w, b = _arrays(rng, dtype, (N, C_in, H, W), (C_out, C_in, 1, 1), (C_out,))
     b = b if bias else None
@@ -201,7 +203,7 @@ conv_cases = st.tuples(
     st.integers(1, 9),  # H
     st.integers(1, 9),  # W
     st.sampled_from([1, 3, 5]),  # K
-    st.sampled_from([1, 2]),  # stride
+    st.sampled_from([1, 2, 3]),  # stride (3: the general phase split, unused by MobileNet)
     st.booleans(),  # same padding (K // 2) or none
 )
 
@@ -250,3 +252,50 @@ def test_depthwise_kernel_is_deterministic_across_runs(rng):
     for _ in range(3):
         again = ops.depthwise_conv2d_backward(dout, cache)
         assert all(np.array_equal(a, b) for a, b in zip(first, again))
+
+
+@pytest.mark.parametrize("per_image", [True, False])
+def test_pointwise_both_layouts_match_reference(rng, monkeypatch, per_image):
+    """The 1x1 conv runs per image on large maps and channel-major on small ones: force each."""
+    monkeypatch.setattr(ops, "PER_IMAGE_MIN_PIXELS", 1 if per_image else 10**9)
+    x, w, b = _arrays(rng, np.float64, (3, 4, 5, 6), (7, 4, 1, 1), (7,))
+    out, cache = ops.pointwise_conv2d_forward(x, w, b)
+    assert cache.per_image == per_image
+    _assert_close(out, reference.pointwise_conv2d_forward(x, w, b), np.float64, "out")
+    dout = rng.standard_normal(out.shape)
+    for got, expected, name in zip(ops.pointwise_conv2d_backward(dout, cache),
+                                   reference.pointwise_conv2d_backward(dout, x, w, b),
+                                   ("dx", "dw", "db")):
+        _assert_close(got, expected, np.float64, name)
+
+
+@pytest.mark.parametrize("op", ["pointwise_per_image", "pointwise_channel_major", "conv2d",
+                                "depthwise_stride2"])
+def test_weight_gradients_are_the_same_for_any_thread_count(rng, monkeypatch, op):
+    """Weight gradients sum over the batch in a fixed split (kernels.SUM_TASKS), so one thread
+    and all threads give the same bits."""
+    x = rng.standard_normal((9, 6, 10, 10)).astype(np.float32)
+    if op.startswith("pointwise"):
+        monkeypatch.setattr(ops, "PER_IMAGE_MIN_PIXELS", 1 if op.endswith("image") else 10**9)
+        w = rng.standard_normal((8, 6, 1, 1)).astype(np.float32)
+        forward, backward = (lambda: ops.pointwise_conv2d_forward(x, w, w[:, 0, 0, 0]),
+                             ops.pointwise_conv2d_backward)
+    elif op == "conv2d":
+        w = rng.standard_normal((8, 6, 3, 3)).astype(np.float32)
+        forward, backward = lambda: ops.conv2d_forward(x, w, 1, 1), ops.conv2d_backward
+    else:
+        w = rng.standard_normal((6, 1, 3, 3)).astype(np.float32)
+        forward, backward = (lambda: ops.depthwise_conv2d_forward(x, w, 2, 1),
+                             ops.depthwise_conv2d_backward)
+    results = []
+    threads = numba.get_num_threads()
+    try:
+        for n in sorted({1, threads}):
+            numba.set_num_threads(n)
+            out, cache = forward()
+            dout = np.linspace(-1, 1, out.size, dtype=np.float32).reshape(out.shape)
+            results.append((out, *[g for g in backward(dout, cache) if g is not None]))
+    finally:
+        numba.set_num_threads(threads)
+    for first, other in zip(results[0], results[-1]):
+        assert np.array_equal(first, other)
