@@ -230,19 +230,22 @@ def _add_into(acc, part):
 
 
 @njit(cache=True, parallel=True)
-def batched_matmul_transposed_sum_kernel(out, a, b):
-    """out = sum over n of a[n] @ b[n].T; a (N, M, P), b (N, K, P), out (M, K)."""
-    N = a.shape[0]
-    M, K = out.shape
-    partial = np.zeros((SUM_TASKS, M, K), dtype=out.dtype)
+def batched_matmul_backward_kernel(dx, dw, dout, x, wt):
+    """The backward of out[n] = w @ x[n]: dw = sum over n of dout[n] @ x[n].T and dx[n] =
+    wt @ dout[n]; dout (N, M, P), x (N, K, P), dw (M, K), wt (K, M), dx (N, K, P). Both
+    products of an image run back to back, while dout[n] is still in cache."""
+    N = x.shape[0]
+    M, K = dw.shape
+    partial = np.zeros((SUM_TASKS, M, K), dtype=dw.dtype)
     for t in prange(SUM_TASKS):
-        product = np.empty((M, K), dtype=out.dtype)
+        product = np.empty((M, K), dtype=dw.dtype)
         for n in range(t * N // SUM_TASKS, (t + 1) * N // SUM_TASKS):
-            np.dot(a[n], b[n].T, product)
+            np.dot(dout[n], x[n].T, product)
             _add_into(partial[t], product)
-    out[:] = partial[0]
+            np.dot(wt, dout[n], dx[n])
+    dw[:] = partial[0]
     for t in range(1, SUM_TASKS):
-        _add_into(out, partial[t])
+        _add_into(dw, partial[t])
 
 
 @njit(cache=True, parallel=True)

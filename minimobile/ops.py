@@ -269,9 +269,8 @@ def pointwise_conv2d_backward(dout, cache):
     if cache.per_image:
         d3 = np.ascontiguousarray(dout).reshape(N, C_out, H * W)
         dw = np.empty((C_out, C), dtype=w.dtype)
-        kernels.batched_matmul_transposed_sum_kernel(dw, d3, cache.x)
         dx = np.empty((N, C, H * W), dtype=w.dtype)
-        kernels.batched_matmul_kernel(dx, wt, d3)
+        kernels.batched_matmul_backward_kernel(dx, dw, d3, cache.x, wt)
         dx = dx.reshape(N, C, H, W)
     else:
         dc = _to_channel_major(dout)  # (C_out, N*H*W)
