@@ -2,8 +2,9 @@
 
 Kernels are loops over preallocated arrays, outputs first (llm.c's order). They allocate only
 small per-thread scratch buffers, never in the innermost loop. `prange` runs only over disjoint
-writes (images for forward passes, channels wherever a weight gradient or a per-channel
-statistic is summed), so every result is the same from run to run and for any thread count.
+writes (images for forward passes, channels wherever a per-channel weight gradient or
+statistic is summed, and a fixed number of partial sums for the matrix products' weight
+gradients), so every result is the same from run to run and for any thread count.
 The plain NumPy references these are tested against live in `minimobile/reference.py`.
 
 Debugging: `NUMBA_DISABLE_JIT=1 pytest -x tests/test_kernels.py` runs these as plain Python,
