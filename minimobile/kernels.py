@@ -194,6 +194,119 @@ def depthwise_conv2d_backward_kernel(dx, dw, dout, x, w, stride, pad):
             dw[c, 0, k // K, k % K] = total
 
 
+# Small maps, channels last. At 4x4 and 2x2 a plane is a handful of pixels, and the passes
+# above spend their time on per-plane setup (copies, slices, loop starts), not on arithmetic:
+# a 2x2 layer was 5x slower than a 16x16 one with 16 times the pixels. There each image is
+# turned channels last in per-thread scratch, (pixels, C), zero-padded, so that every tap of
+# every output pixel is one vectorised pass over the C channels; the forward sums the taps in
+# the same order as the passes above, so its result is the same bit for bit. The backward
+# adds each tap's dw into SUM_TASKS fixed partial sums (float64), added in task order.
+
+
+@njit(cache=True)
+def _depthwise_weights_by_tap(w):
+    """(C, 1, K, K) -> (K*K, C): one row of C weights per tap."""
+    C, K = w.shape[0], w.shape[2]
+    wt = np.empty((K * K, C), dtype=w.dtype)
+    for c in range(C):
+        for k in range(K * K):
+            wt[k, c] = w[c, 0, k // K, k % K]
+    return wt
+
+
+@njit(cache=True)
+def _into_channels_last(xt, image, pad, Wp):
+    """xt[(i + pad) * Wp + j + pad, c] = image[c, i, j]; xt's border rows stay as they are."""
+    C, H, W = image.shape
+    for c in range(C):
+        for i in range(H):
+            row = image[c, i]
+            base = (i + pad) * Wp + pad
+            for j in range(W):
+                xt[base + j, c] = row[j]
+
+
+@njit(cache=True, parallel=True)
+def depthwise_conv2d_forward_channels_last_kernel(out, x, w, stride, pad):
+    """The same result as depthwise_conv2d_forward_kernel, for small maps; parallel over images."""
+    N, C, H, W = x.shape
+    K = w.shape[2]
+    Ho, Wo = out.shape[2], out.shape[3]
+    Wp = W + 2 * pad
+    wt = _depthwise_weights_by_tap(w)
+    for n in prange(N):
+        xt = np.zeros(((H + 2 * pad) * Wp, C), dtype=x.dtype)
+        ot = np.empty((Ho * Wo, C), dtype=x.dtype)
+        _into_channels_last(xt, x[n], pad, Wp)
+        for i in range(Ho):
+            for j in range(Wo):
+                acc = ot[i * Wo + j]
+                src = xt[i * stride * Wp + j * stride]
+                w0 = wt[0]
+                for c in range(C):
+                    acc[c] = w0[c] * src[c]
+                for k in range(1, K * K):
+                    src = xt[(i * stride + k // K) * Wp + j * stride + k % K]
+                    wk = wt[k]
+                    for c in range(C):
+                        acc[c] += wk[c] * src[c]
+        o = out[n]
+        for c in range(C):
+            for i in range(Ho):
+                for j in range(Wo):
+                    o[c, i, j] = ot[i * Wo + j, c]
+
+
+@njit(cache=True, parallel=True)
+def depthwise_conv2d_backward_channels_last_kernel(dx, dw, dout, x, w, stride, pad):
+    """The same result as depthwise_conv2d_backward_kernel (up to the order of dw's sum), for
+    small maps. Parallel over SUM_TASKS fixed shares of the batch."""
+    N, C, H, W = x.shape
+    K = w.shape[2]
+    Ho, Wo = dout.shape[2], dout.shape[3]
+    Wp = W + 2 * pad
+    wt = _depthwise_weights_by_tap(w)
+    partial = np.zeros((SUM_TASKS, K * K, C))
+    for task in prange(SUM_TASKS):
+        xt = np.zeros(((H + 2 * pad) * Wp, C), dtype=x.dtype)
+        dxt = np.empty(((H + 2 * pad) * Wp, C), dtype=x.dtype)
+        gt = np.empty((Ho * Wo, C), dtype=x.dtype)
+        lanes = partial[task]
+        for n in range(task * N // SUM_TASKS, (task + 1) * N // SUM_TASKS):
+            _into_channels_last(xt, x[n], pad, Wp)
+            g = dout[n]
+            for c in range(C):
+                for i in range(Ho):
+                    for j in range(Wo):
+                        gt[i * Wo + j, c] = g[c, i, j]
+            dxt[:] = 0
+            for i in range(Ho):
+                for j in range(Wo):
+                    gq = gt[i * Wo + j]
+                    for k in range(K * K):
+                        r = (i * stride + k // K) * Wp + j * stride + k % K
+                        dst = dxt[r]
+                        src = xt[r]
+                        wk = wt[k]
+                        lane = lanes[k]
+                        for c in range(C):
+                            dst[c] += wk[c] * gq[c]
+                            lane[c] += gq[c] * src[c]
+            d = dx[n]
+            for c in range(C):
+                for i in range(H):
+                    base = (i + pad) * Wp + pad
+                    row = d[c, i]
+                    for j in range(W):
+                        row[j] = dxt[base + j, c]
+    for c in range(C):
+        for k in range(K * K):
+            total = 0.0
+            for task in range(SUM_TASKS):
+                total += partial[task, k, c]
+            dw[c, 0, k // K, k % K] = total
+
+
 # ---------------------------------------------------------------------------------------------
 # Matrix products for the 1x1 and im2col convolutions. The products are BLAS's job: np.dot in
 # nopython mode calls SciPy's BLAS, which parallel.py holds to one thread, and these kernels
@@ -317,19 +430,28 @@ def spatial_mean_kernel(out, x):
 
 
 # ---------------------------------------------------------------------------------------------
-# Batch norm over (N, H, W) for each channel. Parallel over channels: thread c alone reads and
-# writes channel c, so the statistics are summed in the same order on every run.
-# Statistics are accumulated in float64 whatever the input dtype, in two passes (mean, then
-# centred variance), which is exact enough for float64 gradient checks.
-# ---------------------------------------------------------------------------------------------
-
-
-# Batch norm in training mode, fused with the activation that follows it. A MobileNet step is
-# bound by memory traffic, and BN + activation are most of it: fused, the forward reads x for
-# the statistics and once more to write act(bn(x)); the backward recomputes bn(x) from x (one
-# multiply-add) instead of keeping it, so no intermediate tensor is ever written or read.
+# Batch norm over (N, H, W) for each channel, in training mode, fused with the activation that
+# follows it. A MobileNet step is bound by memory traffic, and BN + activation are most of it:
+# fused, the forward reads x for the statistics and once more to write act(bn(x)); the
+# backward recomputes bn(x) from x (one multiply-add) instead of keeping it, so no
+# intermediate tensor is ever written or read.
+#
+# Two loop orders over the same arithmetic, because the maps run from 32x32 down to 2x2:
+# - by channel (large maps): thread c alone reads and writes channel c, row by row;
+# - by image (maps of a few hundred pixels or fewer): a 4x4 row is 64 bytes, and walking one
+#   channel through the batch touches a scattered cache line per row at a cost of tens of ns
+#   per row. There each image's (C, P) block is one contiguous, vectorised pass with the
+#   per-channel constants spread out to one per position, and the sums go into SUM_TASKS
+#   fixed partial sums (per position) added in task order, as the matrix products do.
+# Both give the same result on every run and for any thread count. Statistics are accumulated
+# in float64 whatever the input dtype, in two passes (mean, then centred variance), which is
+# exact enough for float64 gradient checks.
+#
 # Activation codes: 0 none (BN alone), 1 ReLU, 2 ReLU6, 3 hard-swish; the branch on the code
-# sits outside each row loop, so every loop stays branch-free and vectorised.
+# sits outside each row loop, so every loop stays branch-free and vectorised. The row helpers
+# take the affine constants s and t as arrays, one per position: a row of one channel's
+# constant (by channel) or the channels spread out (by image).
+# ---------------------------------------------------------------------------------------------
 ACTIVATION_CODES = {None: 0, "relu": 1, "relu6": 2, "hardswish": 3}
 
 
@@ -340,56 +462,58 @@ def _affine_activate_row(dst, src, s, t, kind):
     P = src.size
     if kind == 0:
         for p in range(P):
-            dst[p] = src[p] * s + t
+            dst[p] = src[p] * s[p] + t[p]
     elif kind == 1:
         for p in range(P):
-            dst[p] = max(src[p] * s + t, zero)
+            dst[p] = max(src[p] * s[p] + t[p], zero)
     elif kind == 2:
         for p in range(P):
-            dst[p] = min(max(src[p] * s + t, zero), six)
+            dst[p] = min(max(src[p] * s[p] + t[p], zero), six)
     else:
         for p in range(P):
-            y = src[p] * s + t
+            y = src[p] * s[p] + t[p]
             dst[p] = y * min(max(y + three, zero), six) / six
-
-
-@njit(cache=True)
-def _activation_grad_row(g, dout, src, s, t, kind):
-    """g = dout * act'(y), y = src * s + t recomputed exactly as the forward computed it.
-    Slopes at the kinks are PyTorch's, as in the standalone activation kernels below."""
-    zero, half, one = src.dtype.type(0), src.dtype.type(0.5), src.dtype.type(1)
-    three, six = src.dtype.type(3), src.dtype.type(6)
-    P = src.size
-    if kind == 1:
-        for p in range(P):
-            g[p] = dout[p] if src[p] * s + t > zero else zero
-    elif kind == 2:
-        for p in range(P):
-            y = src[p] * s + t
-            g[p] = dout[p] if (y > zero and y < six) else zero
-    else:
-        for p in range(P):
-            y = src[p] * s + t
-            slope = y / three + half
-            slope = zero if y < -three else slope
-            slope = one if y > three else slope
-            g[p] = dout[p] * slope
 
 
 @njit(cache=True)
 def _upstream_row(g, dout, src, s, t, kind):
     """The gradient reaching bn(x) for one row: dout itself when no activation is fused (no
-    copy), else dout * act'(bn(x)) written into the scratch row g."""
+    copy), else g = dout * act'(y), y = src * s + t recomputed exactly as the forward computed
+    it. Slopes at the kinks are PyTorch's, as in the standalone activation kernels below."""
     if kind == 0:
         return dout
-    _activation_grad_row(g, dout, src, s, t, kind)
+    zero, half, one = src.dtype.type(0), src.dtype.type(0.5), src.dtype.type(1)
+    three, six = src.dtype.type(3), src.dtype.type(6)
+    P = src.size
+    if kind == 1:
+        for p in range(P):
+            g[p] = dout[p] if src[p] * s[p] + t[p] > zero else zero
+    elif kind == 2:
+        for p in range(P):
+            y = src[p] * s[p] + t[p]
+            g[p] = dout[p] if (y > zero and y < six) else zero
+    else:
+        for p in range(P):
+            y = src[p] * s[p] + t[p]
+            slope = y / three + half
+            slope = zero if y < -three else slope
+            slope = one if y > three else slope
+            g[p] = dout[p] * slope
     return g
+
+
+@njit(cache=True)
+def _batchnorm_constants(c, mean, var, scale, shift, gamma, beta, eps):
+    """scale = gamma / sqrt(var + eps), shift = beta - mean * scale, stored in x's dtype."""
+    k = gamma[c] / np.sqrt(var[c] + eps)
+    scale[c] = k
+    shift[c] = beta[c] - mean[c] * k
 
 
 @njit(cache=True, parallel=True)
 def batchnorm2d_forward_kernel(out, mean, var, scale, shift, x, gamma, beta, eps, kind):
-    """mean, var (biased) over (N, H, W); out = act(x * scale + shift) with scale = gamma /
-    sqrt(var + eps) and shift = beta - mean * scale, stored in x's dtype for the backward."""
+    """By channel. mean, var (biased) over (N, H, W); out = act(x * scale + shift) with
+    scale = gamma / sqrt(var + eps) and shift = beta - mean * scale."""
     N, C, P = x.shape
     for c in prange(C):
         m = _channel_total(x, c) / (N * P)
@@ -399,14 +523,11 @@ def batchnorm2d_forward_kernel(out, mean, var, scale, shift, x, gamma, beta, eps
             for p in range(P):
                 d = row[p] - m
                 lanes[p] += d * d
-        v = lanes.sum() / (N * P)
         mean[c] = m
-        var[c] = v
-        k = gamma[c] / np.sqrt(v + eps)
-        scale[c] = k
-        shift[c] = beta[c] - m * k
-        s = scale[c]
-        t = shift[c]
+        var[c] = lanes.sum() / (N * P)
+        _batchnorm_constants(c, mean, var, scale, shift, gamma, beta, eps)
+        s = np.full(P, scale[c])
+        t = np.full(P, shift[c])
         for n in range(N):
             _affine_activate_row(out[n, c], x[n, c], s, t, kind)
 
@@ -414,8 +535,9 @@ def batchnorm2d_forward_kernel(out, mean, var, scale, shift, x, gamma, beta, eps
 @njit(cache=True, parallel=True)
 def batchnorm2d_backward_kernel(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale, shift,
                                 kind):
-    """With g = dout * act'(bn(x)): dx = gamma*invstd/M * (M*g - sum(g) - xhat*sum(g*xhat)),
-    xhat and bn(x) recomputed from x. g lives in one row of per-thread scratch."""
+    """By channel. With g = dout * act'(bn(x)):
+    dx = gamma*invstd/M * (M*g - sum(g) - xhat*sum(g*xhat)), xhat and bn(x) recomputed from x.
+    g lives in one row of per-thread scratch."""
     N, C, P = x.shape
     M = N * P
     for c in prange(C):
@@ -423,8 +545,8 @@ def batchnorm2d_backward_kernel(dx, dgamma, dbeta, dout, x, mean, invstd, gamma,
         lanes_g = np.zeros(P)
         lanes_gx = np.zeros(P)
         m = mean[c]
-        s = scale[c]
-        t = shift[c]
+        s = np.full(P, scale[c])
+        t = np.full(P, shift[c])
         for n in range(N):
             src = x[n, c]
             grad = _upstream_row(g, dout[n, c], src, s, t, kind)
@@ -446,6 +568,100 @@ def batchnorm2d_backward_kernel(dx, dgamma, dbeta, dout, x, mean, invstd, gamma,
             grad = _upstream_row(g, dout[n, c], src, s, t, kind)
             for p in range(P):
                 d[p] = a * grad[p] - b * (src[p] - mm) + cm
+
+
+@njit(cache=True)
+def _spread(per_channel, P, dtype):
+    """(C,) -> (C*P,): each channel's value repeated over its P positions."""
+    C = per_channel.size
+    out = np.empty(C * P, dtype=dtype)
+    for c in range(C):
+        out[c * P:(c + 1) * P] = per_channel[c]
+    return out
+
+
+@njit(cache=True)
+def _per_channel_total(lanes, C, P):
+    """lanes (SUM_TASKS, C*P) -> (C,) float64: task by task, then position by position."""
+    totals = np.zeros(C)
+    for t in range(lanes.shape[0]):
+        for c in range(C):
+            totals[c] += lanes[t, c * P:(c + 1) * P].sum()
+    return totals
+
+
+@njit(cache=True, parallel=True)
+def batchnorm2d_forward_by_image_kernel(out, mean, var, scale, shift, x, gamma, beta, eps,
+                                        kind):
+    """By image: the same result as batchnorm2d_forward_kernel, for small maps. x (N, C, P)."""
+    N, C, P = x.shape
+    M = N * P
+    xs = x.reshape(N, C * P)
+    lanes = np.zeros((SUM_TASKS, C * P))
+    for task in prange(SUM_TASKS):
+        acc = lanes[task]
+        for n in range(task * N // SUM_TASKS, (task + 1) * N // SUM_TASKS):
+            row = xs[n]
+            for i in range(C * P):
+                acc[i] += row[i]
+    mean[:] = _per_channel_total(lanes, C, P) / M
+    m = _spread(mean, P, np.float64)
+    lanes[:] = 0
+    for task in prange(SUM_TASKS):
+        acc = lanes[task]
+        for n in range(task * N // SUM_TASKS, (task + 1) * N // SUM_TASKS):
+            row = xs[n]
+            for i in range(C * P):
+                d = row[i] - m[i]
+                acc[i] += d * d
+    var[:] = _per_channel_total(lanes, C, P) / M
+    for c in range(C):
+        _batchnorm_constants(c, mean, var, scale, shift, gamma, beta, eps)
+    s = _spread(scale, P, x.dtype)
+    t = _spread(shift, P, x.dtype)
+    outs = out.reshape(N, C * P)
+    for n in prange(N):
+        _affine_activate_row(outs[n], xs[n], s, t, kind)
+
+
+@njit(cache=True, parallel=True)
+def batchnorm2d_backward_by_image_kernel(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale,
+                                         shift, kind):
+    """By image: the same result as batchnorm2d_backward_kernel, for small maps."""
+    N, C, P = x.shape
+    M = N * P
+    xs, douts, dxs = x.reshape(N, C * P), dout.reshape(N, C * P), dx.reshape(N, C * P)
+    s = _spread(scale, P, x.dtype)
+    t = _spread(shift, P, x.dtype)
+    m = _spread(mean, P, np.float64)
+    lanes_g = np.zeros((SUM_TASKS, C * P))
+    lanes_gx = np.zeros((SUM_TASKS, C * P))
+    for task in prange(SUM_TASKS):
+        g = np.empty(C * P, dtype=x.dtype)
+        acc_g = lanes_g[task]
+        acc_gx = lanes_gx[task]
+        for n in range(task * N // SUM_TASKS, (task + 1) * N // SUM_TASKS):
+            src = xs[n]
+            grad = _upstream_row(g, douts[n], src, s, t, kind)
+            for i in range(C * P):
+                acc_g[i] += grad[i]
+                acc_gx[i] += grad[i] * (src[i] - m[i])
+    sum_g = _per_channel_total(lanes_g, C, P)
+    sum_gxhat = _per_channel_total(lanes_gx, C, P) * invstd
+    dbeta[:] = sum_g
+    dgamma[:] = sum_gxhat
+    k = gamma * invstd
+    a = _spread(k, P, x.dtype)
+    b = _spread(k * invstd * sum_gxhat / M, P, x.dtype)
+    cm = _spread(-k * sum_g / M, P, x.dtype)
+    mm = _spread(mean, P, x.dtype)
+    for n in prange(N):
+        g = np.empty(C * P, dtype=x.dtype)
+        src = xs[n]
+        d = dxs[n]
+        grad = _upstream_row(g, douts[n], src, s, t, kind)
+        for i in range(C * P):
+            d[i] = a[i] * grad[i] - b[i] * (src[i] - mm[i]) + cm[i]
 
 
 @njit(cache=True, parallel=True)

@@ -38,9 +38,18 @@ def _assert_close(actual, expected, dtype, what):
     assert err < TOL[dtype], f"{what}: relative error {err:.2e} above {TOL[dtype]:.0e}"
 
 
+@pytest.fixture(params=["planes", "channels_last"])
+def depthwise_layout(request, monkeypatch):
+    """The depthwise conv runs plane by plane on large maps and channels last on small ones:
+    tests that take this fixture run once with each forced."""
+    monkeypatch.setattr(ops, "DEPTHWISE_CHANNELS_LAST_MAX_PIXELS",
+                        10**9 if request.param == "channels_last" else 0)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("N,C,H,W,K,stride", CONV_SHAPES)
-def test_depthwise_kernels_match_reference(rng, dtype, N, C, H, W, K, stride):
+def test_depthwise_kernels_match_reference(rng, depthwise_layout, dtype, N, C, H, W, K, stride):
     pad = K // 2
     x, w = _arrays(rng, dtype, (N, C, H, W), (C, 1, K, K))
     out, cache = ops.depthwise_conv2d_forward(x, w, stride, pad)
@@ -106,6 +115,28 @@ def test_batchnorm_kernels_match_reference(rng, dtype, shape):
 
 
 FUSED = [None, "relu", "relu6", "hardswish"]
+
+
+@pytest.mark.parametrize("by_image", [True, False])
+@pytest.mark.parametrize("activation", FUSED)
+def test_batchnorm_both_loop_orders_match_reference(rng, monkeypatch, by_image, activation):
+    """Batch norm runs image by image on small maps and channel by channel on large ones:
+    force each, in float64 at 1e-10, with every fused activation."""
+    monkeypatch.setattr(ops, "BN_BY_IMAGE_MAX_PIXELS", 10**9 if by_image else 0)
+    x = rng.standard_normal((5, 4, 3, 7)) * 3 + 2
+    gamma = rng.uniform(1, 4, 4)
+    beta = rng.uniform(-2, 4, 4)
+    out, cache = ops.batchnorm2d_activation_forward(x, gamma, beta, 1e-5, activation)
+    rout, rmean, rvar = reference.batchnorm2d_activation_forward(x, gamma, beta, 1e-5,
+                                                                 activation)
+    _assert_close(out, rout, np.float64, "out")
+    _assert_close(cache.mean, rmean, np.float64, "batch mean")
+    _assert_close(cache.var, rvar, np.float64, "batch variance")
+    dout = rng.standard_normal(x.shape)
+    grads = ops.batchnorm2d_activation_backward(dout, cache)
+    rgrads = reference.batchnorm2d_activation_backward(dout, x, gamma, beta, 1e-5, activation)
+    for name, g, r in zip(("dx", "dgamma", "dbeta"), grads, rgrads):
+        _assert_close(g, r, np.float64, name)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -209,12 +240,22 @@ conv_cases = st.tuples(
 
 
 @settings(max_examples=60, deadline=None)
-@given(case=conv_cases, seed=st.integers(0, 2**32 - 1))
-def test_depthwise_kernels_match_reference_on_fuzzed_shapes(case, seed):
+@given(case=conv_cases, channels_last=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_depthwise_kernels_match_reference_on_fuzzed_shapes(case, channels_last, seed):
     N, C, H, W, K, stride, same = case
     pad = K // 2 if same else 0
     if H + 2 * pad < K or W + 2 * pad < K:
         return
+    # Not monkeypatch: hypothesis runs every example inside one call of the test.
+    saved = ops.DEPTHWISE_CHANNELS_LAST_MAX_PIXELS
+    ops.DEPTHWISE_CHANNELS_LAST_MAX_PIXELS = 10**9 if channels_last else 0
+    try:
+        _check_depthwise_against_reference(N, C, H, W, K, stride, pad, seed)
+    finally:
+        ops.DEPTHWISE_CHANNELS_LAST_MAX_PIXELS = saved
+
+
+def _check_depthwise_against_reference(N, C, H, W, K, stride, pad, seed):
     rng = np.random.default_rng(seed)
     x, w = _arrays(rng, np.float64, (N, C, H, W), (C, 1, K, K))
     out, cache = ops.depthwise_conv2d_forward(x, w, stride, pad)
@@ -244,7 +285,7 @@ def test_conv2d_kernels_match_reference_on_fuzzed_shapes(case, c_out, seed):
     _assert_close(dw, rdw, np.float64, "dw")
 
 
-def test_depthwise_kernel_is_deterministic_across_runs(rng):
+def test_depthwise_kernel_is_deterministic_across_runs(rng, depthwise_layout):
     x, w = _arrays(rng, np.float32, (8, 16, 12, 12), (16, 1, 3, 3))
     out, cache = ops.depthwise_conv2d_forward(x, w)
     dout = rng.standard_normal(out.shape).astype(np.float32)
@@ -270,7 +311,8 @@ def test_pointwise_both_layouts_match_reference(rng, monkeypatch, per_image):
 
 
 @pytest.mark.parametrize("op", ["pointwise_per_image", "pointwise_channel_major", "conv2d",
-                                "depthwise_stride2"])
+                                "depthwise_stride2", "depthwise_channels_last",
+                                "batchnorm_by_image"])
 def test_weight_gradients_are_the_same_for_any_thread_count(rng, monkeypatch, op):
     """Weight gradients sum over the batch in a fixed split (kernels.SUM_TASKS), so one thread
     and all threads give the same bits."""
@@ -283,7 +325,14 @@ def test_weight_gradients_are_the_same_for_any_thread_count(rng, monkeypatch, op
     elif op == "conv2d":
         w = rng.standard_normal((8, 6, 3, 3)).astype(np.float32)
         forward, backward = lambda: ops.conv2d_forward(x, w, 1, 1), ops.conv2d_backward
+    elif op == "batchnorm_by_image":
+        monkeypatch.setattr(ops, "BN_BY_IMAGE_MAX_PIXELS", 10**9)
+        gamma, beta = np.linspace(0.5, 2, 6, dtype=np.float32), np.zeros(6, np.float32)
+        forward, backward = (lambda: ops.batchnorm2d_activation_forward(x, gamma, beta),
+                             ops.batchnorm2d_activation_backward)
     else:
+        monkeypatch.setattr(ops, "DEPTHWISE_CHANNELS_LAST_MAX_PIXELS",
+                            10**9 if op.endswith("last") else 0)
         w = rng.standard_normal((6, 1, 3, 3)).astype(np.float32)
         forward, backward = (lambda: ops.depthwise_conv2d_forward(x, w, 2, 1),
                              ops.depthwise_conv2d_backward)
