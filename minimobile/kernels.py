@@ -2,9 +2,9 @@
 
 Kernels are loops over preallocated arrays, outputs first (llm.c's order). They allocate only
 small per-thread scratch buffers, never in the innermost loop. `prange` runs only over disjoint
-writes (images for forward passes, channels wherever a per-channel weight gradient or
-statistic is summed, and a fixed number of partial sums for the matrix products' weight
-gradients), so every result is the same from run to run and for any thread count.
+writes: images for forward passes, channels wherever a per-channel weight gradient or
+statistic is summed, or SUM_TASKS fixed shares of the batch whose partial sums are added in
+task order. So every result is the same from run to run and for any thread count.
 The plain NumPy references these are tested against live in `minimobile/reference.py`.
 
 Debugging: `NUMBA_DISABLE_JIT=1 pytest -x tests/test_kernels.py` runs these as plain Python,
@@ -21,6 +21,13 @@ Two performance notes that shape the code:
 
 import numpy as np
 from numba import njit, prange
+
+# Sums over the batch that are not split by channel (the weight gradients of the matrix
+# products and of the channels-last depthwise conv, batch norm's sums on small maps) are cut
+# into this many fixed shares of the images, each summed by one task, and the partial sums are
+# added in task order: the result does not depend on how many threads ran the tasks. 4 keeps
+# two cores busy with little extra memory.
+SUM_TASKS = 4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,7 +207,8 @@ def depthwise_conv2d_backward_kernel(dx, dw, dout, x, w, stride, pad):
 # turned channels last in per-thread scratch, (pixels, C), zero-padded, so that every tap of
 # every output pixel is one vectorised pass over the C channels; the forward sums the taps in
 # the same order as the passes above, so its result is the same bit for bit. The backward
-# adds each tap's dw into SUM_TASKS fixed partial sums (float64), added in task order.
+# sums each image's dw, then adds it into SUM_TASKS fixed float64 partial sums, added in task
+# order.
 
 
 @njit(cache=True)
@@ -216,14 +224,14 @@ def _depthwise_weights_by_tap(w):
 
 @njit(cache=True)
 def _into_channels_last(xt, image, pad, Wp):
-    """xt[(i + pad) * Wp + j + pad, c] = image[c, i, j]; xt's border rows stay as they are."""
+    """xt[(i + pad) * Wp + j + pad, c] = image[c, i, j]; xt's border rows stay as they are.
+    Pixel by pixel, so the writes are contiguous (faster than plane by plane when timed)."""
     C, H, W = image.shape
-    for c in range(C):
-        for i in range(H):
-            row = image[c, i]
-            base = (i + pad) * Wp + pad
-            for j in range(W):
-                xt[base + j, c] = row[j]
+    for i in range(H):
+        for j in range(W):
+            dst = xt[(i + pad) * Wp + pad + j]
+            for c in range(C):
+                dst[c] = image[c, i, j]
 
 
 @njit(cache=True, parallel=True)
@@ -271,15 +279,15 @@ def depthwise_conv2d_backward_channels_last_kernel(dx, dw, dout, x, w, stride, p
         xt = np.zeros(((H + 2 * pad) * Wp, C), dtype=x.dtype)
         dxt = np.empty(((H + 2 * pad) * Wp, C), dtype=x.dtype)
         gt = np.empty((Ho * Wo, C), dtype=x.dtype)
-        lanes = partial[task]
+        # One image's dw in x's dtype (at most Ho*Wo terms per lane, and it vectorises twice
+        # as wide), then added into the task's float64 partial sum.
+        lanes = np.empty((K * K, C), dtype=x.dtype)
+        task_sum = partial[task]
         for n in range(task * N // SUM_TASKS, (task + 1) * N // SUM_TASKS):
+            _into_channels_last(gt, dout[n], 0, Wo)
             _into_channels_last(xt, x[n], pad, Wp)
-            g = dout[n]
-            for c in range(C):
-                for i in range(Ho):
-                    for j in range(Wo):
-                        gt[i * Wo + j, c] = g[c, i, j]
             dxt[:] = 0
+            lanes[:] = 0
             for i in range(Ho):
                 for j in range(Wo):
                     gq = gt[i * Wo + j]
@@ -292,6 +300,9 @@ def depthwise_conv2d_backward_channels_last_kernel(dx, dw, dout, x, w, stride, p
                         for c in range(C):
                             dst[c] += wk[c] * gq[c]
                             lane[c] += gq[c] * src[c]
+            for k in range(K * K):
+                for c in range(C):
+                    task_sum[k, c] += lanes[k, c]
             d = dx[n]
             for c in range(C):
                 for i in range(H):
@@ -317,13 +328,8 @@ def depthwise_conv2d_backward_channels_last_kernel(dx, dw, dout, x, w, stride, p
 # place, so large maps need no layout change at all. Small maps (4x4 at the end of a CIFAR
 # network) make per-image products too short for BLAS; there the batch is laid out
 # channel-major, (C, N*H*W), and one product is split by rows of its output.
-#
-# Weight gradients are sums over the batch. Each of SUM_TASKS tasks sums a fixed share of the
-# images and the partial sums are added in task order, so the result is the same from run to
-# run and for any thread count.
+# Weight gradients are summed over the batch in SUM_TASKS fixed partial sums (see the top).
 # ---------------------------------------------------------------------------------------------
-
-SUM_TASKS = 4
 
 
 @njit(cache=True, parallel=True)
