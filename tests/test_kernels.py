@@ -26,6 +26,7 @@ CONV_SHAPES = [
     (1, 2, 6, 9, 3, 2),
     (3, 1, 4, 4, 3, 1),
     (1, 5, 2, 3, 3, 1),
+    (2, 3, 9, 11, 3, 2),  # planes of more than kernels.PIXEL_ORDER_MAX_PIXELS pixels
 ]
 
 
