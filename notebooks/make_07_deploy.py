@@ -160,7 +160,7 @@ machine; accuracy before and after, and the bytes of the weights.
     code('''
 from minimobile.data import load_cifar10, write_fake_cifar10
 
-checkpoint = Path("../runs/v1-w0.5-e22/best.npz")
+checkpoint = Path("../runs/v1-w0.5-e42/best.npz")
 if checkpoint.exists():
     trained = deploy.model_from_checkpoint(checkpoint)
     print(f"{checkpoint}: the trained V1, width 0.5")
