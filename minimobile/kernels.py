@@ -279,8 +279,10 @@ def depthwise_conv2d_forward_channels_last_kernel(out, x, w, stride, pad):
         o = out[n]
         for c in range(C):
             for i in range(Ho):
+                row = o[c, i]
+                src = ot[i * Wo:]  # a slice, not ot[i * Wo + j, c]: see the top of the file
                 for j in range(Wo):
-                    o[c, i, j] = ot[i * Wo + j, c]
+                    row[j] = src[j, c]
 
 
 @njit(cache=True)
