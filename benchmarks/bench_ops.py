@@ -3,9 +3,11 @@ and PyTorch on the CPU (both layouts, same thread count) where torch is installe
 
 Shapes are MobileNet-shaped at batch 128 on CIFAR-sized maps. Every contender is timed in
 turn inside each repetition, so a slow spell of this shared machine hits all of them alike;
-the table shows medians and the ratio of minimobile to PyTorch's faster layout.
+the table shows medians, and the median over repetitions of the ratio of minimobile to
+PyTorch's faster layout, each ratio from timings taken back to back.
 
     python benchmarks/bench_ops.py [--repeats 15] [--threads 2] [--ops depthwise3x3,bn]
+                                   [--malloc default|keep]
 
 The NumPy column is CS231n-style im2col for the depthwise conv (benchmarks/numpy_baselines.py)
 and the loop references of `minimobile.reference` for the rest, timed on a batch of 2 and
@@ -23,7 +25,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import numba  # noqa: E402
 
-from minimobile import ops, reference  # noqa: E402
+from minimobile import memory, ops, reference  # noqa: E402
 import numpy_baselines  # noqa: E402
 
 try:
@@ -208,10 +210,16 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ops", default="", help="comma-separated case names (default: all)")
     parser.add_argument("--numpy-repeats", type=int, default=2)
+    parser.add_argument("--malloc", choices=["default", "keep"], default="default",
+                        help="default: glibc's own settings; keep: glibc recycles freed memory, "
+                             "as minimobile.train.fit sets it (minimobile/memory.py). Either "
+                             "way minimobile and PyTorch run under the same allocator.")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.numpy_repeats < 0:
         parser.error(f"expected --repeats >= 1 and --numpy-repeats >= 0, got {args.repeats} "
                      f"and {args.numpy_repeats}")
+    malloc = "glibc, freed memory kept" if (args.malloc == "keep" and
+                                            memory.keep_freed_memory()) else "as started"
     numba.set_num_threads(args.threads)
     if torch is not None:
         torch.set_num_threads(args.threads)
@@ -220,7 +228,7 @@ def main(argv=None):
     print(f"numba threads {args.threads}; torch {torch.__version__ if torch else 'not installed'}"
           f"; float32; medians of {args.repeats} (NumPy: {args.numpy_repeats}); times in ms")
     print(f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}  "
-          f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '(unset)')}")
+          f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '(unset)')}  malloc {malloc}")
     header = (f"{'op':<22}{'shape':<26}{'mm fwd':>8}{'mm f+b':>8}{'np f+b':>10}"
               f"{'pt fwd':>8}{'pt f+b':>8}{'ptCL f+b':>9}{'mm/pt':>7}{'np/mm':>8}")
     print(header)
@@ -250,17 +258,24 @@ def main(argv=None):
                 times.append(time.perf_counter() - t0)
             np_ms = median_ms(times) * case.np_scale
         mm_f, mm_t = result["mm"]
-        pt_best = min(result[k][1] for k in ("pt", "ptCL") if k in result) if len(result) > 1 \
-            else None
+        # The ratio is the median of the per-repetition ratios against PyTorch's faster layout
+        # (by median): each pair was timed back to back, so the machine's drift over the run,
+        # which moves all contenders alike, cancels out of it.
+        torch_keys = [k for k in ("pt", "ptCL") if k in result]
+        ratio = None
+        if torch_keys:
+            best = min(torch_keys, key=lambda k: result[k][1])
+            ratio = float(np.median(np.array(samples["mm"][1]) / np.array(samples[best][1])))
         cells = [f"{case.name:<22}{case.shape_text:<26}{mm_f:8.2f}{mm_t:8.2f}"]
         cells.append(f"{'':>10}" if np_ms is None else
                      f"{('~' if case.np_scale != 1 else '') + f'{np_ms:.1f}':>10}")
         for key, idx in (("pt", 0), ("pt", 1), ("ptCL", 1)):
             cells.append(f"{result[key][idx]:8.2f}" if key in result else f"{'-':>8}")
-        cells.append(f"{mm_t / pt_best:7.2f}" if pt_best else f"{'-':>7}")
+        cells.append(f"{ratio:7.2f}" if ratio is not None else f"{'-':>7}")
         cells.append(f"{np_ms / mm_t:8.0f}" if np_ms else f"{'-':>8}")
         print("".join(cells), flush=True)
-    print("\nmm/pt: minimobile forward+backward over PyTorch's faster layout (below 1 is faster).")
+    print("\nmm/pt: minimobile forward+backward over PyTorch's faster layout (below 1 is faster), "
+          "the median of the ratios of each repetition's back-to-back timings.")
     print("np/mm: how many times faster the Numba kernels are than the NumPy version.")
 
 
