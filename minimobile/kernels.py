@@ -161,8 +161,14 @@ def depthwise_conv2d_forward_kernel(out, x, w, stride, pad, ntasks):
 
 
 @njit(cache=True, parallel=True)
-def depthwise_conv2d_backward_kernel(dx, dw, dout, x, w, stride, pad):
-    """dx = w scattered by dout; dw[c] = sum_n,i,j dout * xpad window. Parallel over channels."""
+def depthwise_conv2d_backward_kernel(dx, dw, dout, x, w, stride, pad, block):
+    """dx = w scattered by dout; dw[c] = sum_n,i,j dout * xpad window.
+
+    Parallel over blocks of `block` channels: a task walks the images in order and, in each,
+    its block's planes, which lie side by side. One channel per task read one 1 KB plane per
+    image, images 100 KB apart, which the prefetcher does not follow: blocks of 16 channels
+    were 13-20 % faster at 32x32 and 3-5 % at 16x16 when timed. Each channel's dw lanes still
+    add the images in order, so the bits do not depend on the block size or thread count."""
     N, C, H, W = x.shape
     K = w.shape[2]
     Ho, Wo = dout.shape[2], dout.shape[3]
@@ -170,35 +176,41 @@ def depthwise_conv2d_backward_kernel(dx, dw, dout, x, w, stride, pad):
     Hh, Wh = (H + 2 * pad + s - 1) // s, (W + 2 * pad + s - 1) // s
     L = (Ho - 1) * Wh + Wo
     row_start, col_first, col_count, tap_start = _phase_layout(H, W, K, s, pad, Hh, Wh)
-    for c in prange(C):
+    for b in prange((C + block - 1) // block):
+        c_first = b * block
+        c_end = min(C, c_first + block)
         xp = np.zeros(s * s * Hh * Wh, dtype=x.dtype)
         gw = np.zeros(L, dtype=x.dtype)  # dout on the wide grid; the junk columns stay 0
         dxp = np.empty(s * s * Hh * Wh, dtype=x.dtype)
-        dw_partial = np.zeros((K * K, L), dtype=x.dtype)  # one lane per wide position
+        # one lane per channel, tap and wide position
+        dw_partial = np.zeros((c_end - c_first, K * K, L), dtype=x.dtype)
         for n in range(N):
-            _copy_into_phases(xp, x[n, c], s, row_start, col_first, col_count)
-            g = dout[n, c]
-            for i in range(Ho):
-                row = gw[i * Wh:]
-                src = g[i]
-                for j in range(Wo):
-                    row[j] = src[j]
-            dxp[:] = 0
+            for c in range(c_first, c_end):
+                _copy_into_phases(xp, x[n, c], s, row_start, col_first, col_count)
+                g = dout[n, c]
+                for i in range(Ho):
+                    row = gw[i * Wh:]
+                    src = g[i]
+                    for j in range(Wo):
+                        row[j] = src[j]
+                dxp[:] = 0
+                channel_lanes = dw_partial[c - c_first]
+                for k in range(K * K):
+                    wk = w[c, 0, k // K, k % K]
+                    off = tap_start[k]
+                    dst = dxp[off:]
+                    src = xp[off:]
+                    lanes = channel_lanes[k]
+                    for q in range(L):
+                        dst[q] += wk * gw[q]
+                        lanes[q] += gw[q] * src[q]
+                _copy_from_phases(dx[n, c], dxp, s, row_start, col_first, col_count)
+        for c in range(c_first, c_end):
             for k in range(K * K):
-                wk = w[c, 0, k // K, k % K]
-                off = tap_start[k]
-                dst = dxp[off:]
-                src = xp[off:]
-                lanes = dw_partial[k]
+                total = 0.0
                 for q in range(L):
-                    dst[q] += wk * gw[q]
-                    lanes[q] += gw[q] * src[q]
-            _copy_from_phases(dx[n, c], dxp, s, row_start, col_first, col_count)
-        for k in range(K * K):
-            total = 0.0
-            for q in range(L):
-                total += dw_partial[k, q]
-            dw[c, 0, k // K, k % K] = total
+                    total += dw_partial[c - c_first, k, q]
+                dw[c, 0, k // K, k % K] = total
 
 
 # Small maps, channels last. At 4x4 and 2x2 a plane is a handful of pixels, and the passes

@@ -217,9 +217,14 @@ def depthwise_conv2d_backward(dout, cache):
     dout = _check_dout("depthwise_conv2d", dout, (N, C, Ho, Wo), x.dtype)
     dx = np.empty_like(x)
     dw = np.empty_like(w)
-    kernel = (kernels.depthwise_conv2d_backward_channels_last_kernel
-              if _depthwise_channels_last(Ho, Wo) else kernels.depthwise_conv2d_backward_kernel)
-    kernel(dx, dw, dout, x, w, cache.stride, cache.padding)
+    if _depthwise_channels_last(Ho, Wo):
+        kernels.depthwise_conv2d_backward_channels_last_kernel(dx, dw, dout, x, w, cache.stride,
+                                                               cache.padding)
+    else:
+        # blocks of up to 16 channels, at least two per thread so that both cores stay busy
+        block = max(1, min(16, C // (2 * get_num_threads())))
+        kernels.depthwise_conv2d_backward_kernel(dx, dw, dout, x, w, cache.stride,
+                                                 cache.padding, block)
     return dx, dw
 
 

@@ -131,9 +131,11 @@ def _library_counterparts():
     return modules
 
 
-# The library's forward kernel also takes `ntasks`, to give each thread a balanced chunk of
-# planes; the exercise's kernel takes one plane per prange step and leaves it out.
-SIGNATURE_EXCEPTIONS = {"depthwise_conv2d_forward_kernel": {"ntasks"}}
+# The library's kernels also take a tuning argument: the forward `ntasks`, to give each thread
+# a balanced chunk of planes, the backward `block`, how many channels a task takes; the
+# exercise's kernels take one plane (forward) or one channel (backward) per prange step.
+SIGNATURE_EXCEPTIONS = {"depthwise_conv2d_forward_kernel": {"ntasks"},
+                        "depthwise_conv2d_backward_kernel": {"block"}}
 
 
 def test_stubs_solutions_and_library_share_signatures():

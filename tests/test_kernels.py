@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minimobile import ops, reference
+from minimobile import kernels, ops, reference
 from minimobile.gradcheck import relative_error
 
 TOL = {np.float64: 1e-10, np.float32: 1e-5}
@@ -309,6 +309,24 @@ def test_pointwise_both_layouts_match_reference(rng, monkeypatch, per_image):
                                    reference.pointwise_conv2d_backward(dout, x, w, b),
                                    ("dx", "dw", "db")):
         _assert_close(got, expected, np.float64, name)
+
+
+def test_depthwise_backward_is_the_same_for_any_channel_block(rng):
+    """The plane-by-plane backward hands each task a block of channels (ops picks the size
+    from the thread count): every block size, dividing C or not, gives the reference's
+    gradients and the same bits."""
+    x, w = _arrays(rng, np.float64, (3, 7, 9, 8), (7, 1, 3, 3))
+    dout = rng.standard_normal((3, 7, 5, 4))
+    rdx, rdw = reference.depthwise_conv2d_backward(dout, x, w, 2, 1)
+    results = []
+    for block in (1, 3, 4, 7, 16):
+        dx, dw = np.empty_like(x), np.empty_like(w)
+        kernels.depthwise_conv2d_backward_kernel(dx, dw, dout, x, w, 2, 1, block)
+        _assert_close(dx, rdx, np.float64, f"dx, blocks of {block}")
+        _assert_close(dw, rdw, np.float64, f"dw, blocks of {block}")
+        results.append((dx, dw))
+    for dx, dw in results[1:]:
+        assert np.array_equal(dx, results[0][0]) and np.array_equal(dw, results[0][1])
 
 
 @pytest.mark.parametrize("op", ["pointwise_per_image", "pointwise_channel_major", "conv2d",
