@@ -1,4 +1,4 @@
-"""Exercise 06: `pytest exercises -m ex06`. Checks live in exercises/checks/."""
+"""Exercise 06: `python -m pytest exercises -m ex06`. Checks live in exercises/checks/."""
 
 import pytest
 
