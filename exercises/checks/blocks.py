@@ -26,7 +26,8 @@ def _state_dict_differences(mine, library):
     for title, keys in (("missing", missing), ("unexpected", unexpected),
                         ("shapes differ", shapes)):
         if keys:
-            lines.append(f"  {title}: " + ", ".join(keys))
+            more = f", and {len(keys) - 4} more" if len(keys) > 4 else ""
+            lines.append(f"  {title}: " + ", ".join(keys[:4]) + more)
     return lines
 
 

@@ -7,7 +7,7 @@ import numpy as np
 
 from minimobile import ops
 from minimobile.blocks import DepthwiseSeparable
-from minimobile.layers import BatchNorm2d, ReLU6
+from minimobile.layers import BatchNorm2d, Hardswish
 from minimobile.models import MobileNetV1
 
 from . import blocks
@@ -162,11 +162,11 @@ def check_running_statistics(ex):
 # (in_channels, out_channels, stride, keyword arguments): stride 2 with equal channels (no
 # skip in V1, ever), and every argument away from its default.
 BLOCK_CONFIGS = [(4, 6, 1, {}), (4, 6, 2, {}), (3, 3, 1, {}), (4, 4, 2, {}), (1, 2, 2, {}),
-                 (3, 5, 1, dict(activation=ReLU6, bn_eps=1e-1, bn_momentum=0.3))]
+                 (3, 5, 1, dict(activation=Hardswish, bn_eps=1e-1, bn_momentum=0.3))]
 
 
 def _call_text(kwargs):
-    names = {ReLU6: "ReLU6"}
+    names = {Hardswish: "Hardswish"}
     return "".join(f", {k}={names.get(v, v)}" for k, v in kwargs.items())
 
 

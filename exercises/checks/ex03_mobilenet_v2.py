@@ -5,7 +5,7 @@ for every argument away from its default too."""
 import numpy as np
 
 from minimobile.blocks import InvertedResidual
-from minimobile.layers import ReLU, ReLU6
+from minimobile.layers import Hardswish
 
 from . import activations, blocks
 from .common import Hint
@@ -42,7 +42,7 @@ def check_relu6_backward(ex):
 # argument away from its default.
 BLOCK_CONFIGS = [(4, 4, 1, 6, {}), (5, 3, 2, 1, {}), (4, 6, 1, 6, {}), (6, 6, 2, 6, {}),
                  (8, 8, 1, 1, {}), (5, 4, 1, 1.5, {}),
-                 (4, 4, 1, 2, dict(activation=ReLU, bn_eps=1e-1, bn_momentum=0.3))]
+                 (4, 4, 1, 2, dict(activation=Hardswish, bn_eps=1e-1, bn_momentum=0.3))]
 
 STRUCTURE_HINT = Hint(
     "expansion (only when expand_ratio != 1), depthwise, projection, batch norm, in that order; "
@@ -60,7 +60,7 @@ BACKWARD_HINT = Hint("the layers' backwards run in reverse order; where the skip
 
 
 def _text(kwargs):
-    names = {ReLU: "ReLU", ReLU6: "ReLU6"}
+    names = {Hardswish: "Hardswish"}
     return "".join(f", {k}={names.get(v, v)}" for k, v in kwargs.items())
 
 
