@@ -8,8 +8,9 @@ bneck block (Howard et al. 2019).
    file: do 2 first), with its backward written out (walk the layers yourself, in reverse, and
    add the skip's gradient; the check refuses a backward that calls self.block.backward).
 
-Check: `python -m pytest exercises -m ex04` (this exercise needs no other). Signatures are the library's (`minimobile.ops`,
-`minimobile.layers.SqueezeExcitation`, `minimobile.blocks.Bneck`): keep them.
+Check: `python -m pytest exercises -m ex04` (this exercise needs no other). Signatures are the
+library's (`minimobile.ops`, `minimobile.layers.SqueezeExcitation`, `minimobile.blocks.Bneck`):
+keep them.
 """
 
 import numpy as np

@@ -22,7 +22,6 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,8 +116,9 @@ def test_every_exercise_test_fails_with_its_not_implemented_message_on_the_shipp
             f"{test_id} {outcome} on the stubs, with {text[:500]!r}: the exercise files must "
             "ship unsolved, and every exercise test must reach a stub")
     if started:
-        pytest.skip(f"left out, since you have started on them (good): {', '.join(started)}; "
-                    "their own tests judge them: python -m pytest exercises")
+        pytest.skip(f"the other stubs checked; left out, since you have started on them "
+                    f"(good): {', '.join(started)}; their own tests judge them: "
+                    "python -m pytest exercises")
 
 
 def test_the_stub_markers_match_the_shipped_files():
@@ -410,7 +410,8 @@ PLANTED = [
      ["ex01 pointwise_conv2d_backward: db is ndarray", "expected None"]),
     # ex02: batch norm forward, backward, running statistics, the block, the network
     ("batch norm backward without the mean terms", EX02, checks02.check_backward,
-     [(BN_DX, "    dx = (gamma * invstd)[:, None, None] * (g - xhat * dgamma[:, None, None] / M)")],
+     [(BN_DX, "    dx = (gamma * invstd)[:, None, None] * (g - xhat * dgamma[:, None, None] "
+              "/ M)")],
      ["ex02 batchnorm2d_backward: dx", "of shape (2, 3, 4, 5)", "largest difference",
       "the terms through the batch mean are missing"]),
     ("batch norm backward without the variance term", EX02, checks02.check_backward,
@@ -421,7 +422,8 @@ PLANTED = [
      ["ex02 batchnorm2d_backward: dx", "a factor is off; look at gamma"]),
     ("batch norm backward with dgamma from x, not xhat", EX02, checks02.check_backward,
      [("    dgamma = (g * xhat).sum(axis=(0, 2, 3))",
-       "    dgamma = (g * xhat).sum(axis=(0, 2, 3))\n    dgamma_wrong = (g * x).sum(axis=(0, 2, 3))"),
+       "    dgamma = (g * xhat).sum(axis=(0, 2, 3))\n"
+       "    dgamma_wrong = (g * x).sum(axis=(0, 2, 3))"),
       ("dgamma.astype(x.dtype), dbeta", "dgamma_wrong.astype(x.dtype), dbeta")],
      ["ex02 batchnorm2d_backward: dgamma", "dout * xhat summed"]),
     ("batch norm backward with dbeta a mean", EX02, checks02.check_backward,
@@ -619,8 +621,8 @@ PLANTED = [
      [("nesterov=True,\n                    weight_decay=5e-4)", "nesterov=True)")],
      ["differs from the reference loop", "weight decay is missing"]),
     ("training with the default learning rate", EX06, _training_check,
-     [("optimizer = SGD(model.named_parameters(), lr,", "optimizer = SGD(model.named_parameters(), "
-       "0.05,")],
+     [("optimizer = SGD(model.named_parameters(), lr,",
+       "optimizer = SGD(model.named_parameters(), 0.05,")],
      ["the loss of step 1 differs", "the learning rate is the default"]),
     ("training that prints only at the end", EX06, _training_check,
      [("            if print_every and len(losses) % print_every == 0:",
@@ -704,6 +706,12 @@ def test_a_racy_kernel_is_caught_every_time():
             checks01._check_threads_agree(Racy)
         assert "differs from the one-thread run" in str(caught.value)
         assert "a race" in str(caught.value)
+
+
+def test_values_are_printed_with_enough_digits_to_differ():
+    from exercises.checks.common import fmt_pair
+    assert fmt_pair(1.0000001, 1.0000002) == ("1.0000001", "1.0000002")
+    assert fmt_pair(0.5, 0.25) == ("0.5", "0.25")
 
 
 def test_full_hints_only_on_request(monkeypatch):

@@ -7,8 +7,9 @@ residual block.
    the skip's gradient (the check refuses a backward that calls self.conv.backward).
    Exercise 06 trains a whole MobileNetV2 made of your blocks, so it needs this one.
 
-Check: `python -m pytest exercises -m ex03` (this exercise needs no other). Signatures are the library's (`minimobile.ops.relu6_*`,
-`minimobile.blocks.InvertedResidual`): keep them, so your block drops into the library's model.
+Check: `python -m pytest exercises -m ex03` (this exercise needs no other). Signatures are the
+library's (`minimobile.ops.relu6_*`, `minimobile.blocks.InvertedResidual`): keep them, so your
+block drops into the library's model.
 """
 
 import numpy as np
