@@ -628,6 +628,12 @@ PLANTED = [
      [("            if print_every and len(losses) % print_every == 0:",
        "            if print_every and len(losses) == steps:")],
      ["printed 1 lines", "not all at the end"]),
+    ("training before exercise 03 is done", EX06, _training_check,
+     [("from exercises.solutions.ex03_mobilenet_v2 import InvertedResidual",
+       "class InvertedResidual:\n    def __init__(self, *args, **kwargs):\n"
+       "        raise NotImplementedError('ex03: implement InvertedResidual.__init__')")],
+     ["ex06 train_mobilenet_v2 needs your InvertedResidual from exercise 03",
+      "do exercise 03 first"]),
     ("confusion matrix sized by the labels seen", EX06, checks06.check_confusion_matrix,
      [("minlength=num_classes ** 2).reshape(num_classes, num_classes)",
        ").reshape(int(np.sqrt(index.max() + 1)), -1)")],
