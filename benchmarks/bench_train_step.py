@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from minimobile import memory, ops  # noqa: E402
 from minimobile.optim import SGD  # noqa: E402
-from minimobile.train import build_model  # noqa: E402
+from minimobile.models import build_model  # noqa: E402
 
 try:
     import torch
@@ -53,7 +53,9 @@ class LayerTimer:
         for _, module in model.named_modules():
             if module._modules:  # containers: their children are timed
                 continue
-            for kind in ("forward", "backward"):
+            for kind in ("forward", "backward", "forward_with_activation"):
+                if not hasattr(module, kind):
+                    continue
                 original = getattr(module, kind)
                 self.originals.append((module, kind))
                 setattr(module, kind, self._wrap(original, f"{type(module).__name__}.{kind}"))
@@ -63,7 +65,8 @@ class LayerTimer:
             t0 = time.perf_counter()
             out = fn(*args, **kwargs)
             # Batch norm applies the activation itself when a block fuses them.
-            label = f"{key}+{kwargs['activation']}" if kwargs.get("activation") else key
+            label = (f"{key.replace('_with_activation', '')}+{args[1]}"
+                     if key.endswith("forward_with_activation") and args[1] else key)
             self.totals[label] += time.perf_counter() - t0
             return out
         return timed
