@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm  # the plain bar: tqdm.auto would want ipywidgets in notebooks
 
-from . import kernels
+from .augment import crop_flip_kernel
 from .errors import CorruptDataError, DataNotFoundError
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -340,7 +340,7 @@ def crop_flip(x, dy, dx, flipped, padding=4):
     if len(x) and (min(dy.min(), dx.min()) < 0 or max(dy.max(), dx.max()) > 2 * padding):
         raise ValueError(f"crop offsets must lie in 0..{2 * padding}")
     out = np.empty_like(x)
-    kernels.crop_flip_kernel(out, x, dy, dx, flipped, padding)
+    crop_flip_kernel(out, x, dy, dx, flipped, padding)
     return out
 
 
