@@ -44,6 +44,26 @@ def atomic_open(path, mode="wb"):
             os.remove(tmp)
 
 
+def temporary_files(folder, names):
+    """The temporary files that atomic_open left in `folder` for the given target names when
+    its process was killed mid-write (a kill -9 or a power cut skips its clean-up)."""
+    folder = Path(folder)
+    return sorted(p for name in names for p in folder.glob(f".{name}.*.tmp") if p.is_file())
+
+
+def remove_temporary_files(folder, names):
+    """Delete what `temporary_files` finds; returns the paths removed. Call it only when no
+    other process writes into `folder` (the trainer does, at the start of a run)."""
+    removed = []
+    for path in temporary_files(folder, names):
+        try:
+            path.unlink()
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def _fsync_folder(folder):
     # The rename itself lives in the folder's entry table: without this a power cut could undo
     # it. Windows cannot open a folder, and does not need this, so it is skipped there.
@@ -87,11 +107,29 @@ def save(path, arrays, meta=None):
     return Path(path)
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # how every .npz (a zip archive) begins
+
+
 def _open(path):
+    path = Path(path)
+    if path.is_dir():
+        raise CorruptCheckpointError(f"{path} is a folder, not a checkpoint: pass a file in it, "
+                                     f"such as {path / 'best.npz'}")
     try:
-        return np.load(path, allow_pickle=False)
+        with open(path, "rb") as f:
+            magic = f.read(len(ZIP_MAGIC))
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint {path} does not exist") from None
+    except OSError as e:
+        raise CorruptCheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from None
+    if magic != ZIP_MAGIC:
+        # Left to np.load, a text file or a .npy would be read as a pickle, and its error
+        # advises allow_pickle=True, which is exactly what must not be done with a stray file.
+        raise CorruptCheckpointError(f"{path} is not an .npz checkpoint (it does not start as "
+                                     "a zip archive does): pass a best.npz or last.npz "
+                                     "written by `minimobile train`")
+    try:
+        return np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         # np.load reads anything that is not a zip as a .npy or a pickle, so a stray file
         # surfaces as "pickled data", "truncated" or a bad magic string: say what it means.
