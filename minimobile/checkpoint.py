@@ -6,6 +6,7 @@ whole. The metadata travels inside the archive as UTF-8 JSON bytes under the key
 checkpoint is one file that `np.load(path)` can open without pickle.
 """
 
+import errno
 import json
 import os
 import tempfile
@@ -27,7 +28,12 @@ def atomic_open(path, mode="wb"):
     """Open a temporary file beside `path` for writing; on success fsync it and rename it onto
     `path`, on any exception delete it and leave `path` as it was. Yields the open file."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder; give a file name", str(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:  # name the file we were asked to write, not our temporary one
+        raise type(e)(e.errno, e.strerror, str(path)) from None
     try:
         # mkstemp makes the file private (0600); give it the permissions open() would have.
         umask = os.umask(0)

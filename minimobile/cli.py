@@ -13,6 +13,7 @@ opens and no backend is switched.
 
 import argparse
 import dataclasses
+import errno
 import os
 import signal
 import sys
@@ -313,6 +314,7 @@ def _train(args):
 def _eval(args):
     path = Path(args.checkpoint)
     config, model = _model_from_checkpoint(path)
+    out = _output_folder(args.out if args.out is not None else path.parent)
     data = load_cifar10(args.data if args.data is not None else config.data)
     x, y = data.x_test[:args.limit_test], data.y_test[:args.limit_test]
     result = evaluate(model, x, y, args.batch_size, config.label_smoothing, progress=True)
@@ -323,14 +325,20 @@ def _eval(args):
     print(f"test accuracy {result.accuracy:.4f}, loss {result.loss:.4f} (cross-entropy"
           f"{smoothing})\n")
     print(format_confusion_matrix(cm, data.classes))
-    out = Path(args.out) if args.out is not None else path.parent
-    out.mkdir(parents=True, exist_ok=True)
     png = out / f"{path.stem}_confusion_matrix.png"
     plot_confusion_matrix(cm, data.classes, png,
                           title=f"{config.model} width {config.width:g}: "
                           f"test accuracy {result.accuracy:.2%}")
     print(f"\nsaved {png}")
     return 0
+
+
+def _output_folder(path):
+    """The folder for a command's PNGs, created if needed, checked before any work is done."""
+    try:
+        return prepare_out(path, what="the output folder")
+    except OSError as e:
+        raise CommandError(str(e)) from None
 
 
 def _model_from_checkpoint(path):
@@ -361,8 +369,7 @@ def _plot(args):
                            "written by `minimobile train --out`?") from None
     if not history:
         raise CommandError(f"{run / 'history.csv'} has no epochs yet")
-    out = Path(args.out) if args.out is not None else run
-    out.mkdir(parents=True, exist_ok=True)
+    out = _output_folder(args.out if args.out is not None else run)
     for png in plot_history(history, out, title=run.name):
         print(f"saved {png}")
     return 0
@@ -486,10 +493,22 @@ def _exit_code(exc):
     return exc.code if isinstance(exc.code, int) else 1
 
 
+# What to do about the system's errors that a user's path can cause.
+_OS_HINTS = {
+    errno.ENOTDIR: "a folder on that path is a file: choose another path",
+    errno.EISDIR: "that is a folder: give a file name",
+    errno.EACCES: "permission denied: choose a path you can write to",
+    errno.EROFS: "the file system is read-only: choose another path",
+    errno.ENOSPC: "the disk is full: free some space",
+}
+
+
 def _os_error_message(e):
     """One line for an OSError: ours carry a full message, the system's a reason and a path."""
+    if e.filename and e.errno in _OS_HINTS:
+        return f"{e.filename}: {_OS_HINTS[e.errno]}"
     if e.strerror and e.filename:
-        return f"cannot write or read {e.filename}: {e.strerror}"
+        return f"{e.filename}: {e.strerror}"
     return str(e)
 
 

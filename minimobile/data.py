@@ -121,9 +121,10 @@ def _find_or_fetch(root, source, download):
         if not home.is_dir() and source != DEFAULT_SOURCE:
             # Only the default cache is ours to create: a mistyped --data must not become a
             # new folder holding a 170 MB download.
+            what = "is a file" if home.exists() else "does not exist"
             raise DataNotFoundError(_not_found_message(
-                root, source, looked, f"{home} does not exist, so nothing was downloaded "
-                "into it (check the path for a typo, or create the folder first)."))
+                root, source, looked, f"{home} {what}, so nothing was downloaded into it "
+                "(check the path for a typo, or create the folder first)."))
         try:
             home.mkdir(parents=True, exist_ok=True)
             download_url(CIFAR10_URL, archive, md5=CIFAR10_MD5)

@@ -409,7 +409,7 @@ def _check_finite_params(model):
                              + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))
 
 
-def prepare_out(out):
+def prepare_out(out, what="the run folder"):
     """Create the run folder `out` if needed and check that a file can be written in it, so a
     read-only folder or a path under a file fails before the data is loaded, not after an
     epoch. Raises OutputError naming the folder and what to do."""
@@ -420,10 +420,10 @@ def prepare_out(out):
         os.close(fd)
         os.remove(probe)
     except OSError as e:
-        what = "is a file, not a folder" if out.is_file() else (
+        problem = "is a file, not a folder" if out.is_file() else (
             "is under a file" if isinstance(e, (NotADirectoryError, FileExistsError))
             else f"cannot be written ({e.strerror or e})")
-        raise OutputError(f"the run folder {out} {what}: choose another --out") from None
+        raise OutputError(f"{what} {out} {problem}: choose another --out") from None
     return out
 
 

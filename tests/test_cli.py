@@ -330,3 +330,21 @@ def test_ctrl_c_while_the_process_shuts_down_prints_no_traceback():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120, cwd=REPO)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+
+
+def test_outputs_that_cannot_be_written_fail_in_one_line_before_any_work(trained_run, tmp_path,
+                                                                        monkeypatch, capsys):
+    def never(*args, **kwargs):
+        raise AssertionError("the data was loaded before the output was checked")
+    monkeypatch.setattr(cli, "load_cifar10", never)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["eval", str(trained_run / "best.npz"), "--out", str(blocker)]) == 1
+    assert "is a file, not a folder" in one_line_error(capsys)
+    assert main(["plot", str(trained_run), "--out", str(blocker / "plots")]) == 1
+    assert "is under a file" in one_line_error(capsys)
+    pytest.importorskip("onnx")
+    assert main(["export", str(trained_run / "best.npz"), str(tmp_path)]) == 1
+    assert "is a folder: give a file name" in one_line_error(capsys)
+    assert main(["export", str(trained_run / "best.npz"), str(blocker / "m.onnx")]) == 1
+    assert "a folder on that path is a file" in one_line_error(capsys)
