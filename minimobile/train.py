@@ -370,9 +370,12 @@ def _restore(path, config, model, optimizer, data_rng):
                                 "has finished); start without --resume")
     arrays, meta = checkpoint.load(path)
     check_resumable(read_config(path), config)
-    if not all(k in meta for k in ("epoch", "step", "history", "model_rngs", "data_rng")):
-        raise CorruptCheckpointError(f"{path} lacks the training state (epoch, step, random "
-                                     "generators): it cannot be resumed")
+    history = meta.get("history")
+    if not (all(k in meta for k in ("epoch", "step", "model_rngs", "data_rng"))
+            and _is_int(meta["epoch"]) and _is_int(meta["step"]) and isinstance(history, list)
+            and all(isinstance(row, dict) and "test_acc" in row for row in history)):
+        raise CorruptCheckpointError(f"{path} lacks a valid training state (epoch, step, "
+                                     "history, random generators): it cannot be resumed")
     weights = checkpoint.model_arrays(arrays)
     bad = [name for name, value in weights.items()
            if value.dtype.kind == "f" and not np.isfinite(value).all()]

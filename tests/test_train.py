@@ -341,3 +341,16 @@ def test_a_run_killed_during_a_checkpoint_write_resumes_and_leaves_no_temporary_
     a, _ = checkpoint.load(tmp_path / "straight" / "last.npz")
     b, _ = checkpoint.load(killed / "last.npz")
     assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("meta_change", [{"history": "lost"}, {"epoch": None}])
+def test_resuming_from_a_checkpoint_with_a_broken_training_state_is_a_corrupt_checkpoint(
+        tmp_path, meta_change):
+    data = colour_data(n_train=64, n_test=32)
+    config = tiny_config(tmp_path, epochs=1)
+    fit(config, model=tiny_model(0), data=data, progress=False)
+    arrays, meta = checkpoint.load(tmp_path / "last.npz")
+    checkpoint.save(tmp_path / "last.npz", arrays, {**meta, **meta_change})
+    with pytest.raises(checkpoint.CorruptCheckpointError, match="valid training state"):
+        fit(replace(config, epochs=2), model=tiny_model(0), data=data, resume=True,
+            progress=False)
