@@ -8,12 +8,16 @@ the state of every random generator), so `fit(config, resume=True)` continues bi
 Ctrl-C keeps the last completed epoch's checkpoint; a NaN or infinite loss stops the run.
 """
 
+import copy
 import csv
 import dataclasses
 import io
 import math
 import numbers
+import os
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,20 +27,16 @@ import numpy as np
 from tqdm import tqdm
 
 from . import checkpoint, memory
-from .data import NUM_CLASSES, Batches, load_cifar10
-from .errors import NonFiniteError
+from .data import NUM_CLASSES, Batches, load_cifar10, normalize, random_crop_flip
+from .errors import (CheckpointMismatchError, ConfigError, CorruptCheckpointError,
+                     CorruptHistoryError, NonFiniteError, OutputError)
 from .layers import no_grad
+# MODELS and build_model live in minimobile.models; they are imported here because the
+# exercises, notebook 06 and the benchmarks still import them from the trainer.
+from .models import MAX_WIDTH, MODELS, build_model  # noqa: F401
 from .ops import softmax_cross_entropy
 from .optim import SGD, AdamW, RMSprop
 from .schedules import make_schedule
-
-# Command-line name -> builder in minimobile.models.
-MODELS = {
-    "v1": "mobilenet_v1",
-    "v2": "mobilenet_v2",
-    "v3-small": "mobilenet_v3_small",
-    "v3-large": "mobilenet_v3_large",
-}
 
 # Default (learning rate at batch size 128, weight decay) per optimiser, for CIFAR-10 from
 # scratch. SGD: the common CIFAR recipe, lr 0.1 and decay 5e-4 (CIFAR's 50,000 images need more
@@ -52,6 +52,7 @@ DTYPES = ("float32", "float64")
 RESUMABLE_CHANGES = ("epochs", "eval_every", "data", "out", "limit_test")
 
 LAST, BEST, HISTORY = "last.npz", "best.npz", "history.csv"
+RUN_FILES = (LAST, BEST, HISTORY)
 HISTORY_FIELDS = ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
                   "epoch_seconds", "images_per_second")
 OPTIMIZER_PREFIX = "optimizer/"
@@ -116,7 +117,8 @@ class TrainConfig:
             _check(value is None or (_is_int(value) and value >= 1), name,
                    "None or an integer >= 1", value)
         _check(_is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0", self.seed)
-        _check(self.width > 0, "width", "> 0", self.width)
+        _check(0 < self.width <= MAX_WIDTH, "width", f"a value in (0, {MAX_WIDTH:g}]",
+               self.width)
         default_lr, default_decay = OPTIMIZER_DEFAULTS[self.optimizer]
         if self.lr is None:
             self.lr = default_lr * self.batch_size / 128
@@ -139,21 +141,6 @@ class TrainConfig:
         """The config saved in a checkpoint's meta; keys this version does not know are dropped."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
-
-
-def build_model(name, width=1.0, cifar=True, num_classes=NUM_CLASSES, dropout=None, seed=0,
-                dtype=np.float32):
-    """The MobileNet called `name` ("v1", "v2", "v3-small", "v3-large"), weights drawn from
-    default_rng(seed). dropout None keeps the builder's default (0 for V1, 0.2 for V2 and V3).
-    cifar=True gives the 32x32 variants (early strides 1; see minimobile.models)."""
-    _check(name in MODELS, "model", f"one of {list(MODELS)}", name)
-    # Imported here so that the trainer and the command line's --help load without the
-    # architecture module, which pulls in every block.
-    from . import models
-    builder = getattr(models, MODELS[name])
-    kwargs = {} if dropout is None else {"dropout": dropout}
-    return builder(num_classes=num_classes, width_mult=width, cifar=cifar, seed=seed,
-                   dtype=np.dtype(dtype).type, **kwargs)
 
 
 def make_optimizer(config, model):
@@ -303,20 +290,54 @@ def write_history(path, history):
 
 
 def read_history(path):
-    """The rows of a history.csv as dicts: epoch and step int, other fields float or None."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    return [{k: (None if v in ("", None) else int(v) if k in ("epoch", "step") else float(v))
-             for k, v in row.items()} for row in rows]
+    """The rows of a history.csv as dicts: epoch and step int, other fields float or None.
+
+    FileNotFoundError if there is none; CorruptHistoryError, naming the file and the line, if
+    it is not what write_history writes (another CSV, a truncated or hand-edited one)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = reader.fieldnames or []
+    except UnicodeDecodeError:
+        raise CorruptHistoryError(f"{path} is not a text file: it is not a history.csv written "
+                                  "by `minimobile train`") from None
+    except csv.Error as e:
+        raise CorruptHistoryError(f"{path} is not a readable CSV file ({e})") from None
+    missing = [k for k in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
+               if k not in header]
+    if missing:
+        raise CorruptHistoryError(f"{path} lacks the columns {', '.join(missing)}: it is not a "
+                                  "history.csv written by `minimobile train`")
+    history = []
+    for line, row in enumerate(rows, start=2):
+        if None in row or None in row.values():  # csv's marks of too many or too few fields
+            raise CorruptHistoryError(f"{path}, line {line}: expected {len(header)} fields; the "
+                                      "file was edited or cut short (last.npz holds the full "
+                                      "history: `minimobile train --resume` rewrites it)")
+        try:
+            history.append({k: (None if v in ("", None) else int(v) if k in ("epoch", "step")
+                                else float(v)) for k, v in row.items() if k is not None})
+        except (TypeError, ValueError) as e:
+            raise CorruptHistoryError(f"{path}, line {line}: {e}; the file was edited or cut "
+                                      "short (last.npz holds the full history: `minimobile "
+                                      "train --resume` rewrites it)") from None
+        if history[-1].get("epoch") is None:
+            raise CorruptHistoryError(f"{path}, line {line}: no epoch number")
+    return history
 
 
 def read_config(path):
     """The TrainConfig saved in a trainer checkpoint (reads only its metadata)."""
     meta = checkpoint.load_meta(path)
-    if meta.get("kind") != CHECKPOINT_KIND or "config" not in meta:
-        raise checkpoint.CorruptCheckpointError(
+    if meta.get("kind") != CHECKPOINT_KIND or not isinstance(meta.get("config"), dict):
+        raise CorruptCheckpointError(
             f"{path} is not a training checkpoint (written by minimobile.train): no config")
-    return TrainConfig.from_dict(meta["config"])
+    try:
+        return TrainConfig.from_dict(meta["config"])
+    except (TypeError, ValueError) as e:  # a value of the wrong type fails a comparison
+        raise CorruptCheckpointError(f"{path} holds an invalid training config ({e}): it was "
+                                     "edited, or written by another program") from None
 
 
 def check_resumable(saved, config):
@@ -327,7 +348,7 @@ def check_resumable(saved, config):
                if f.name not in RESUMABLE_CHANGES
                and getattr(saved, f.name) != getattr(config, f.name)]
     if changed:
-        raise ValueError("cannot resume: these settings differ from the checkpoint's: "
+        raise ConfigError("cannot resume: these settings differ from the checkpoint's: "
                          + ", ".join(changed) + ". Resume with the checkpoint's settings, or "
                          "start a new run in another --out folder.")
 
@@ -348,17 +369,34 @@ def _restore(path, config, model, optimizer, data_rng):
         raise FileNotFoundError(f"cannot resume: {path} does not exist (no epoch of this run "
                                 "has finished); start without --resume")
     arrays, meta = checkpoint.load(path)
-    if meta.get("kind") != CHECKPOINT_KIND:
-        raise checkpoint.CorruptCheckpointError(f"{path} is not a training checkpoint")
-    check_resumable(TrainConfig.from_dict(meta["config"]), config)
+    check_resumable(read_config(path), config)
+    history = meta.get("history")
+    if not (all(k in meta for k in ("epoch", "step", "model_rngs", "data_rng"))
+            and _is_int(meta["epoch"]) and _is_int(meta["step"]) and isinstance(history, list)
+            and all(isinstance(row, dict) and "test_acc" in row for row in history)):
+        raise CorruptCheckpointError(f"{path} lacks a valid training state (epoch, step, "
+                                     "history, random generators): it cannot be resumed")
+    weights = checkpoint.model_arrays(arrays)
+    bad = [name for name, value in weights.items()
+           if value.dtype.kind == "f" and not np.isfinite(value).all()]
+    if bad:
+        raise CheckpointMismatchError(
+            f"cannot resume from {path}: it already holds NaN or infinite weights "
+            f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}), so no learning rate can "
+            "save it; start a new run (--overwrite, or another --out)")
     try:
-        model.load_state_dict(checkpoint.model_arrays(arrays))
+        model.load_state_dict(weights)
+    except ValueError as e:
+        raise CheckpointMismatchError(f"cannot resume from {path}: its weights do not fit a "
+                                      f"{config.model} of width {config.width:g} ({e})") from None
+    try:
         optimizer.load_state_dict({k[len(OPTIMIZER_PREFIX):]: v for k, v in arrays.items()
                                    if k.startswith(OPTIMIZER_PREFIX)})
         set_generator_states(model, meta["model_rngs"])
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
-    data_rng.bit_generator.state = meta["data_rng"]
+        data_rng.bit_generator.state = meta["data_rng"]
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointMismatchError(f"cannot resume from {path}: its optimiser or random "
+                                      f"generator state does not fit this run ({e})") from None
     return meta["epoch"], meta["step"], meta["history"]
 
 
@@ -374,24 +412,115 @@ def _check_finite_params(model):
                              + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))
 
 
-def fit(config, model=None, data=None, resume=False, progress=True):
+def prepare_out(out, what="the run folder"):
+    """Create the run folder `out` if needed and check that a file can be written in it, so a
+    read-only folder or a path under a file fails before the data is loaded, not after an
+    epoch. Raises OutputError naming the folder and what to do."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        problem = "is a file, not a folder" if out.is_file() else (
+            "is under a file" if isinstance(e, (NotADirectoryError, FileExistsError))
+            else f"cannot be written ({e.strerror or e})")
+        raise OutputError(f"{what} {out} {problem}: choose another --out") from None
+    return out
+
+
+def existing_run_files(out):
+    """The names of a run's files (last.npz, best.npz, history.csv) already in `out`."""
+    return [name for name in RUN_FILES if (Path(out) / name).exists()]
+
+
+def _write(path, out, done, write):
+    """Run write() (a checkpoint or history save to `path`); a failure becomes one OutputError
+    that says what is still on disk, since the write was atomic."""
+    try:
+        write()
+    except OSError as e:
+        raise OutputError(f"could not write {path} ({e.strerror or e}). {_kept(out, done)} Free "
+                          "some space or fix the folder's permissions, then "
+                          + ("resume with --resume." if done else "start again.")) from None
+
+
+# Seconds the kernel warm-up may take before we say that Numba is compiling: with its cache
+# filled the warm-up takes a fraction of a second, a cold compile most of a minute.
+COMPILE_NOTE_AFTER = 2.0
+
+
+def warm_up(model, config, x, y, log=True):
+    """Compile (or load from Numba's cache) every kernel a training step and an evaluation of
+    `model` use, on a throwaway copy and two images, so the first epoch's timing and ETA do not
+    include the one-off compile. Says "compiling kernels, once" if that takes a while. The
+    model, the data order and every random generator of the run are left untouched."""
+    said = []
+
+    def note():
+        said.append(time.perf_counter())
+        print("compiling kernels, once (Numba caches them for later runs; this takes about a "
+              "minute)", file=sys.stderr, flush=True)
+    timer = threading.Timer(COMPILE_NOTE_AFTER, note)
+    timer.daemon = True
+    start = time.perf_counter()
+    if log:
+        timer.start()
+    try:
+        scratch = copy.deepcopy(model)
+        rng = np.random.default_rng(0)
+        xb = x[:2]
+        if config.augment:
+            xb = random_crop_flip(xb, rng)
+        xb = normalize(xb).astype(_param_dtype(scratch), copy=False)
+        scratch.train()
+        logits = scratch.forward(xb)
+        loss, dlogits = softmax_cross_entropy(logits, y[:2], config.label_smoothing)
+        scratch.backward(dlogits)
+        make_optimizer(config, scratch).step()
+        evaluate(scratch, x[:2], y[:2], 2)
+    except NonFiniteError:
+        pass  # the copy is thrown away: what the real run makes of its weights is its business
+    finally:
+        timer.cancel()
+    if said:
+        print(f"kernels compiled in {time.perf_counter() - start:.0f} s", file=sys.stderr,
+              flush=True)
+
+
+def fit(config, model=None, data=None, resume=False, progress=True, log=None):
     """Train for config.epochs epochs; returns the history (one dict per epoch, HISTORY_FIELDS).
 
     model defaults to build_model(config...), data to load_cifar10(config.data); pass either to
     train something else. resume=True continues from config.out/last.npz exactly (bit for bit
     on the same machine and NumPy build, whose BLAS may sum in another order). Ctrl-C keeps
     the last completed epoch's checkpoint and re-raises KeyboardInterrupt; a non-finite loss
-    raises NonFiniteError (epoch, step, lr) and leaves the checkpoints untouched.
+    raises NonFiniteError (epoch, step, lr) and leaves the checkpoints untouched. progress
+    shows progress bars; log (default: as progress) prints one line per epoch, and notes.
+
+    Errors the user can fix come before any training: OutputError (the run folder cannot be
+    written), ConfigError (a batch larger than the training set), CheckpointMismatchError
+    (resuming from weights that do not fit). Temporary files left in config.out by a killed
+    write are removed at the start.
     """
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    log = progress if log is None else log
+    out = prepare_out(config.out)
+    for path in checkpoint.remove_temporary_files(out, RUN_FILES):
+        if log:
+            print(f"removed {path.name}, a temporary file left by an interrupted write",
+                  file=sys.stderr)
     memory.keep_freed_memory()  # no page faults on each step's fresh arrays: see memory.py
     data = load_cifar10(config.data) if data is None else data
     x_train, y_train = _subset(data.x_train, data.y_train, config.limit_train)
     x_test, y_test = _subset(data.x_test, data.y_test, config.limit_test)
-    _check(len(x_train) >= config.batch_size, "training images",
-           f"at least batch_size={config.batch_size}", len(x_train))
-    if model is None:
+    if len(x_train) < config.batch_size:
+        raise ConfigError(f"--batch-size {config.batch_size} is larger than the {len(x_train)} "
+                          "training images" + (f" (--limit-train {config.limit_train})"
+                                               if config.limit_train else "")
+                          + f": use --batch-size {len(x_train)} or less")
+    built = model is None
+    if built:
         model = build_model(config.model, config.width, config.cifar, NUM_CLASSES,
                             config.dropout, config.seed, config.dtype)
     model.train()
@@ -405,11 +534,15 @@ def fit(config, model=None, data=None, resume=False, progress=True):
     done, step, history = 0, 0, []
     if resume:
         done, step, history = _restore(out / LAST, config, model, optimizer, data_rng)
-        write_history(out / HISTORY, history)
-        if progress:
+        _write(out / HISTORY, out, done, lambda: write_history(out / HISTORY, history))
+        if log:
             tqdm.write(f"resuming {out} after epoch {done} (step {step})"
                        + ("" if done < config.epochs else
                           f": nothing to do, raise --epochs above {done} to train longer"))
+    if built and done < config.epochs:
+        # Only a model fit built itself: a caller's model may carry patched methods that a
+        # copy would share, so its warm-up could touch the real model.
+        warm_up(model, config, x_train, y_train, log)
     best = max((row["test_acc"] for row in history if row["test_acc"] is not None),
                default=-math.inf)
     epoch = done + 1
@@ -442,22 +575,32 @@ def fit(config, model=None, data=None, resume=False, progress=True):
             # best before last: if interrupted between the two, the resumed run redoes this
             # epoch and rewrites best.npz identically, so best.npz is never an epoch behind.
             if is_best:
+                _write(out / BEST, out, done, lambda: checkpoint.save(out / BEST, arrays, meta))
                 best = test.accuracy
-                checkpoint.save(out / BEST, arrays, meta)
-            checkpoint.save(out / LAST, arrays, meta)
+            _write(out / LAST, out, done, lambda: checkpoint.save(out / LAST, arrays, meta))
+            if best == -math.inf and (out / BEST).exists():
+                # A new run over an old one (the command line's --overwrite) that has not
+                # evaluated yet: the old best.npz belongs to the old run, so it goes now that
+                # this run has a checkpoint of its own.
+                (out / BEST).unlink()
             done = epoch
-            write_history(out / HISTORY, history)
-            if progress:
+            _write(out / HISTORY, out, done, lambda: write_history(out / HISTORY, history))
+            if log:
                 tested = (f"  test loss {test.loss:.4f} acc {test.accuracy:.4f}"
                           if test is not None else "")
                 tqdm.write(f"epoch {epoch}/{config.epochs}  train loss {stats.loss:.4f} "
                            f"acc {stats.accuracy:.4f}{tested}  lr {stats.lr:.4g}  "
                            f"{stats.images / train_seconds:.0f} img/s  "
                            f"{time.perf_counter() - start:.0f} s{'  (best)' if is_best else ''}")
+                sys.stdout.flush()
     except KeyboardInterrupt:
-        print(f"\nInterrupted in epoch {epoch}. {_kept(out, done)} Resume with:\n"
-              f"  minimobile train --out {out} --resume    (or fit(config, resume=True))",
-              file=sys.stderr)
+        if done == 0:
+            print(f"\nInterrupted in epoch {epoch}. {_kept(out, done)} Nothing to resume: run "
+                  "the same command again to start over.", file=sys.stderr)
+        else:
+            print(f"\nInterrupted in epoch {epoch}. {_kept(out, done)} Resume with:\n"
+                  f"  minimobile train --out {out} --resume    (or fit(config, resume=True))",
+                  file=sys.stderr)
         raise
     except NonFiniteError as e:
         raise NonFiniteError(f"training stopped in epoch {epoch}: {e}. {_kept(out, done)} Lower "

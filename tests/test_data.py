@@ -80,6 +80,11 @@ def rewrite_batch(path, **changes):
     path.write_bytes(pickle.dumps(batch, protocol=4))
 
 
+def trust_archive(monkeypatch, path):
+    """Make the fake archive at `path` pass as the official one (its MD5 becomes the expected)."""
+    monkeypatch.setattr(data, "CIFAR10_MD5", hashlib.md5(Path(path).read_bytes()).hexdigest())
+
+
 def check_fake_dataset(ds, n_train_per_batch=20, n_test=20):
     assert ds.x_train.shape == (5 * n_train_per_batch, 3, 32, 32)
     assert ds.x_test.shape == (n_test, 3, 32, 32)
@@ -123,8 +128,9 @@ def test_load_cifar10_accepts_the_batches_folder_itself(tmp_path):
     check_fake_dataset(load_cifar10(folder, download=False), n_train_per_batch=3, n_test=4)
 
 
-def test_load_cifar10_reads_archive_layout_and_extracts_it_beside_the_archive(tmp_path):
-    write_fake_cifar10(tmp_path, as_archive=True)
+def test_load_cifar10_reads_archive_layout_and_extracts_it_beside_the_archive(tmp_path,
+                                                                              monkeypatch):
+    trust_archive(monkeypatch, write_fake_cifar10(tmp_path, as_archive=True))
     check_fake_dataset(load_cifar10(str(tmp_path), download=False))
     assert sorted(p.name for p in (tmp_path / FOLDER_NAME).iterdir()) == sorted(REQUIRED_FILES)
 
@@ -153,6 +159,7 @@ def test_load_cifar10_falls_back_to_the_home_cache(tmp_path, monkeypatch):
 def test_missing_data_message_lists_every_location_and_how_to_supply_data(tmp_path, root_name):
     root = tmp_path / root_name
     home = tmp_path if root_name == FOLDER_NAME else root  # where the archive would be
+    home.mkdir(exist_ok=True)  # a --data folder that does not exist is never downloaded into
     with pytest.raises(DataNotFoundError) as info:
         load_cifar10(root)
     message = str(info.value)
@@ -192,8 +199,10 @@ def test_load_cifar10_downloads_verifies_and_extracts_the_archive(tmp_path, monk
     monkeypatch.setattr(data, "CIFAR10_MD5", hashlib.md5(payload).hexdigest())
     requested = []
     serve(monkeypatch, payload, requested)
-    root = tmp_path / "cache" / "minimobile"  # does not exist yet: created on download
-    check_fake_dataset(load_cifar10(root))
+    monkeypatch.delenv("MINIMOBILE_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    root = tmp_path / ".cache" / "minimobile"  # the default cache: created on download
+    check_fake_dataset(load_cifar10())
     assert requested == [CIFAR10_URL]
     assert (root / ARCHIVE_NAME).read_bytes() == payload
     assert sorted(p.name for p in root.iterdir()) == sorted([ARCHIVE_NAME, FOLDER_NAME])
@@ -202,6 +211,7 @@ def test_load_cifar10_downloads_verifies_and_extracts_the_archive(tmp_path, monk
 def test_bad_checksum_raises_with_every_location_and_keeps_no_archive(tmp_path, monkeypatch):
     serve(monkeypatch, fake_archive_bytes(tmp_path), [])
     root = tmp_path / "data"
+    root.mkdir()
     with pytest.raises(CorruptDataError) as info:
         load_cifar10(root)
     message = str(info.value)
@@ -245,17 +255,102 @@ def test_corrupt_archive_error_names_the_archive(tmp_path):
 
 
 @pytest.mark.parametrize("member", ["../escaped.txt", "/tmp/minimobile_escaped.txt"])
-def test_archive_extraction_refuses_paths_outside_the_root(tmp_path, member):
+def test_archive_extraction_refuses_paths_outside_the_root(tmp_path, member, monkeypatch):
     root = tmp_path / "root"
     root.mkdir()
     with tarfile.open(root / ARCHIVE_NAME, "w:gz") as tar:
         info = tarfile.TarInfo(member)
         info.size = 4
         tar.addfile(info, io.BytesIO(b"evil"))
+    trust_archive(monkeypatch, root / ARCHIVE_NAME)
     with pytest.raises(CorruptDataError, match="refusing"):
         load_cifar10(root, download=False)
     assert not (tmp_path / "escaped.txt").exists()
     assert not Path("/tmp/minimobile_escaped.txt").exists()
+
+
+def test_a_local_archive_that_is_not_the_official_one_is_refused_before_extraction(tmp_path):
+    archive = write_fake_cifar10(tmp_path, as_archive=True)
+    with pytest.raises(CorruptDataError) as info:
+        load_cifar10(tmp_path, download=False)
+    message = str(info.value)
+    assert str(archive) in message and data.CIFAR10_MD5 in message
+    assert hashlib.md5(archive.read_bytes()).hexdigest() in message and "delete it" in message
+    assert not (tmp_path / FOLDER_NAME).exists()
+
+
+def test_a_data_folder_that_does_not_exist_is_not_created_or_downloaded_into(tmp_path,
+                                                                              monkeypatch):
+    requested = []
+    serve(monkeypatch, fake_archive_bytes(tmp_path), requested)
+    root = tmp_path / "typo"
+    with pytest.raises(DataNotFoundError, match="does not exist, so nothing was downloaded"):
+        load_cifar10(root)
+    assert requested == [] and not root.exists()
+    monkeypatch.setenv("MINIMOBILE_DATA", str(root))
+    with pytest.raises(DataNotFoundError, match="MINIMOBILE_DATA"):
+        load_cifar10()
+    assert requested == [] and not root.exists()
+
+
+class RunsCode:
+    """What a tampered pickle holds: unpickling it calls os.mkdir(marker)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+@pytest.mark.parametrize("key", ["data", "labels", "batch_label"])
+def test_a_batch_that_asks_to_run_code_is_refused_and_the_code_never_runs(tmp_path, key):
+    path = write_fake_cifar10(tmp_path / "d") / "data_batch_1"
+    marker = tmp_path / "pwned"
+    rewrite_batch(path, **{key: RunsCode(marker)})
+    with pytest.raises(CorruptDataError, match="posix.mkdir|os.mkdir") as info:
+        load_cifar10(tmp_path / "d", download=False)
+    assert str(path) in str(info.value) and "not loaded" in str(info.value)
+    assert not marker.exists()
+
+
+def test_only_uint8_arrays_may_be_unpickled(tmp_path):
+    path = write_fake_cifar10(tmp_path) / "data_batch_4"
+    rewrite_batch(path, data=np.zeros((20, 3072), dtype=np.float64))
+    with pytest.raises(CorruptDataError, match="dtype") as info:
+        load_cifar10(tmp_path, download=False)
+    assert str(path) in str(info.value)
+
+
+def test_a_protocol_2_batch_written_by_numpy_1_loads(tmp_path):
+    # The official files are Python 2 pickles (protocol 2) naming numpy.core.multiarray, NumPy
+    # 1's module path; NumPy 2 writes numpy._core. Both must load.
+    path = write_fake_cifar10(tmp_path, n_train_per_batch=4) / "data_batch_1"
+    payload = pickle.dumps(unpickle(path), protocol=2)
+    path.write_bytes(payload.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    assert b"numpy.core.multiarray" in path.read_bytes()
+    check_fake_dataset(load_cifar10(tmp_path, download=False), n_train_per_batch=4)
+
+
+@pytest.mark.parametrize("labels, why", [([0.0, 1.7] * 10, "list of integers, got list of float"),
+                                         (np.arange(20) % 10, "dtype 'i8'"),
+                                         ([True, False] * 10, "list of integers.*bool")])
+def test_labels_that_are_not_a_list_of_ints_are_refused_not_truncated(tmp_path, labels, why):
+    path = write_fake_cifar10(tmp_path) / "data_batch_5"
+    rewrite_batch(path, labels=labels)
+    with pytest.raises(CorruptDataError, match=why) as info:
+        load_cifar10(tmp_path, download=False)
+    assert str(path) in str(info.value)
+
+
+def test_data_loading_does_not_import_the_network_kernels():
+    import ast
+    for name in ("data.py", "augment.py"):
+        tree = ast.parse((REPO_ROOT / "minimobile" / name).read_text())
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                    for alias in node.names} | {node.module or "" for node in ast.walk(tree)
+                                                if isinstance(node, ast.ImportFrom)}
+        assert not imported & {"kernels", "ops", "layers"}, (name, imported)
 
 
 def crop_flip_reference(x, dy, dx, flipped, padding):

@@ -178,3 +178,179 @@ def test_resume_without_a_checkpoint_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="last.npz does not exist"):
         fit(tiny_config(tmp_path), model=tiny_model(0), data=colour_data(64, 32), resume=True,
             progress=False)
+
+
+def test_fit_refuses_a_batch_larger_than_the_training_set_before_training(tmp_path):
+    with pytest.raises(mm.errors.ConfigError, match="--batch-size 128 is larger than the 64 "
+                       "training images.*--batch-size 64 or less"):
+        fit(tiny_config(tmp_path, batch_size=128), model=tiny_model(0),
+            data=colour_data(64, 32), progress=False)
+    assert not list(tmp_path.glob("*.npz"))
+
+
+def test_a_run_folder_under_a_file_fails_before_the_data_is_loaded(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    data = SimpleNamespace()  # any attribute access would fail: the data must not be touched
+    for out in (tmp_path / "file", tmp_path / "file" / "run"):
+        with pytest.raises(mm.errors.OutputError, match=f"{out}.*choose another --out"):
+            fit(tiny_config(out), model=tiny_model(0), data=data, progress=False)
+
+
+def test_a_full_disk_mid_run_is_one_error_that_keeps_the_last_checkpoint(tmp_path,
+                                                                         monkeypatch):
+    import errno
+    savez, calls = np.savez, [0]
+
+    def savez_on_a_full_disk(file, **arrays):
+        if checkpoint.load_meta(tmp_path / "last.npz")["epoch"] == 1 if (
+                tmp_path / "last.npz").exists() else False:
+            file.write(b"PK\x03\x04 the start of a zip")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return savez(file, **arrays)
+    monkeypatch.setattr(np, "savez", savez_on_a_full_disk)
+    with pytest.raises(mm.errors.OutputError) as info:
+        fit(tiny_config(tmp_path), model=tiny_model(0), data=colour_data(64, 32),
+            progress=False)
+    message = str(info.value)
+    assert "No space left on device" in message and "epoch 1, untouched" in message
+    assert "--resume" in message and "\n" not in message
+    monkeypatch.undo()
+    assert checkpoint.load_meta(tmp_path / "last.npz")["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.npz", "history.csv", "last.npz"]
+
+
+def test_resuming_with_another_network_is_a_mismatch_error_naming_the_file(tmp_path):
+    data = colour_data(n_train=64, n_test=32)
+    config = tiny_config(tmp_path, epochs=1)
+    fit(config, model=tiny_model(0), data=data, progress=False)
+    other = mm.Sequential(mm.Conv2d(3, 4, 3, rng=np.random.default_rng(0)), mm.GlobalAvgPool2d(),
+                          mm.Flatten(), mm.Linear(4, 10, rng=np.random.default_rng(0)))
+    with pytest.raises(mm.errors.CheckpointMismatchError, match="last.npz.*do not fit"):
+        fit(replace(config, epochs=2), model=other, data=data, resume=True, progress=False)
+
+
+def test_resuming_from_nan_weights_says_so_instead_of_advising_a_lower_lr(tmp_path):
+    data = colour_data(n_train=64, n_test=32)
+    config = tiny_config(tmp_path, epochs=1)
+    fit(config, model=tiny_model(0), data=data, progress=False)
+    arrays, meta = checkpoint.load(tmp_path / "last.npz")
+    arrays["model/0.weight"][0, 0, 0, 0] = np.nan
+    checkpoint.save(tmp_path / "last.npz", arrays, meta)
+    with pytest.raises(mm.errors.CheckpointMismatchError) as info:
+        fit(replace(config, epochs=2), model=tiny_model(0), data=data, resume=True,
+            progress=False)
+    assert "already holds NaN" in str(info.value) and "0.weight" in str(info.value)
+    assert "--lr" not in str(info.value)
+
+
+def test_ctrl_c_before_the_first_epoch_ends_does_not_offer_a_resume(tmp_path, capsys):
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_config(tmp_path), model=interrupt_at(tiny_model(0), n=1), data=colour_data(),
+            progress=False)
+    err = capsys.readouterr().err
+    assert "No epoch finished" in err and "--resume" not in err and "start over" in err
+
+
+@pytest.mark.parametrize("text, match", [
+    ("name,value\nx,1\n", "lacks the columns epoch"),
+    ("epoch,step,train_loss,train_acc,test_loss,test_acc\n1,8,0.5,0.3,,\n2,16,oops,0.4,,\n",
+     "line 3"),
+    ("epoch,step,train_loss,train_acc,test_loss,test_acc\n1,8,0.5", "line 2"),
+])
+def test_a_malformed_history_names_the_file_and_the_line(tmp_path, text, match):
+    (tmp_path / "history.csv").write_text(text)
+    with pytest.raises(mm.errors.CorruptHistoryError, match=match) as info:
+        train.read_history(tmp_path / "history.csv")
+    assert "history.csv" in str(info.value)
+
+
+@pytest.mark.parametrize("bad", [{"model": "v9"}, {"width": -1}, {"epochs": "ten"},
+                                 {"width": 100.0}])
+def test_a_checkpoint_with_an_invalid_saved_config_is_a_corrupt_checkpoint(tmp_path, bad):
+    from dataclasses import asdict
+    config = {**asdict(tiny_config(tmp_path)), **bad}
+    checkpoint.save(tmp_path / "c.npz", {"w": np.zeros(1)},
+                    {"kind": train.CHECKPOINT_KIND, "config": config})
+    with pytest.raises(checkpoint.CorruptCheckpointError, match="c.npz holds an invalid"):
+        train.read_config(tmp_path / "c.npz")
+
+
+def test_warm_up_compiles_on_a_copy_says_so_when_slow_and_leaves_the_model_alone(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train, "COMPILE_NOTE_AFTER", 0.0)
+    model, data = tiny_model(0), colour_data(n_train=32, n_test=8)
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    rngs = train.generator_states(model)
+    train.warm_up(model, tiny_config(tmp_path), data.x_train, data.y_train)
+    assert "compiling kernels, once" in capsys.readouterr().err
+    assert all(np.array_equal(before[k], v) for k, v in model.state_dict().items())
+    assert train.generator_states(model) == rngs and model[0]._cache is None
+
+
+def test_without_progress_bars_one_line_per_epoch_is_still_printed(tmp_path, capsys):
+    fit(tiny_config(tmp_path, epochs=2), model=tiny_model(0), data=colour_data(64, 32),
+        progress=False, log=True)
+    out = capsys.readouterr().out
+    assert "epoch 1/2  train loss" in out and "epoch 2/2  train loss" in out
+
+
+def test_a_run_killed_during_a_checkpoint_write_resumes_and_leaves_no_temporary_file(
+        tmp_path):
+    """Fault injection: a child process trains and is killed (SIGKILL, no clean-up of any
+    kind) in the middle of its epoch-2 checkpoint write. The previous checkpoint must load,
+    the half-written temporary file is removed by the next start, and the resumed run ends
+    bit for bit where an uninterrupted one does."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+    tests, repo = Path(__file__).parent, Path(__file__).parents[1]
+    killed = tmp_path / "killed"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(tests)!r})
+        import numpy as np
+        import test_train as t
+        savez, calls = np.savez, [0]
+        def savez_killed_midway(file, **arrays):
+            calls[0] += 1
+            if calls[0] == 3:  # epoch 1 wrote best.npz and last.npz; this is epoch 2
+                file.write(b"PK\\x03\\x04" + bytes(1000))
+                file.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return savez(file, **arrays)
+        np.savez = savez_killed_midway
+        t.fit(t.tiny_config({str(killed)!r}, seed=3), model=t.tiny_model(0),
+              data=t.colour_data(), progress=False)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True,
+                          text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(repo)})
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    left = checkpoint.temporary_files(killed, train.RUN_FILES)
+    assert len(left) == 1 and left[0].stat().st_size > 1000
+    assert checkpoint.load_meta(killed / "last.npz")["epoch"] == 1
+
+    config = tiny_config(killed, seed=3)
+    fit(config, model=tiny_model(99), data=colour_data(), resume=True, progress=False)
+    assert checkpoint.temporary_files(killed, train.RUN_FILES) == []
+    straight = replace(config, out=str(tmp_path / "straight"))
+    fit(straight, model=tiny_model(0), data=colour_data(), progress=False)
+    a, _ = checkpoint.load(tmp_path / "straight" / "last.npz")
+    b, _ = checkpoint.load(killed / "last.npz")
+    assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("meta_change", [{"history": "lost"}, {"epoch": None}])
+def test_resuming_from_a_checkpoint_with_a_broken_training_state_is_a_corrupt_checkpoint(
+        tmp_path, meta_change):
+    data = colour_data(n_train=64, n_test=32)
+    config = tiny_config(tmp_path, epochs=1)
+    fit(config, model=tiny_model(0), data=data, progress=False)
+    arrays, meta = checkpoint.load(tmp_path / "last.npz")
+    checkpoint.save(tmp_path / "last.npz", arrays, {**meta, **meta_change})
+    with pytest.raises(checkpoint.CorruptCheckpointError, match="valid training state"):
+        fit(replace(config, epochs=2), model=tiny_model(0), data=data, resume=True,
+            progress=False)
