@@ -23,7 +23,7 @@ import numpy as np
 from minimobile.cost import profile  # noqa: F401
 from minimobile.layers import no_grad  # noqa: F401
 from minimobile.models import V1_SETTING, V1_STEM_CHANNELS, make_divisible  # noqa: F401
-from minimobile.train import build_model  # noqa: F401
+from minimobile.models import build_model  # noqa: F401
 
 
 class Measurement(NamedTuple):

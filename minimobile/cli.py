@@ -29,7 +29,7 @@ from .errors import (CheckpointMismatchError, ConfigError, CorruptCheckpointErro
 from .models import MAX_WIDTH, MODELS, build_model
 from .train import (DTYPES, HISTORY, LAST, OPTIMIZER_DEFAULTS, SCHEDULE_NAMES, TrainConfig,
                     check_resumable, confusion_matrix, evaluate, existing_run_files, fit,
-                    prepare_out, read_config, read_history)
+                    model_from_checkpoint, prepare_out, read_config, read_history)
 
 # The largest --resolution accepted: a 1024x1024 image already takes V1 seconds per forward.
 MAX_RESOLUTION = 1024
@@ -343,15 +343,10 @@ def _output_folder(path):
 
 def _model_from_checkpoint(path):
     """(config, model) of a trainer checkpoint, its weights loaded; one-line errors."""
-    config = read_config(path)
-    model = build_model(config.model, config.width, config.cifar, dropout=config.dropout,
-                        seed=config.seed, dtype=config.dtype)
     try:
-        checkpoint.load_model(path, model)
+        return model_from_checkpoint(path)
     except ValueError as e:
-        raise CommandError(f"{e} (the weights do not fit the {config.model} of width "
-                           f"{config.width:g} that its config names)") from None
-    return config, model
+        raise CommandError(str(e)) from None
 
 
 def _plot(args):

@@ -209,5 +209,5 @@ def export(model, path, resolution=None, fuse=True, opset=OPSET):
 
 def export_checkpoint(checkpoint_path, path, resolution=None, fuse=True, opset=OPSET):
     """Export the network saved in a trainer checkpoint (best.npz, last.npz) to `path`."""
-    from .deploy import model_from_checkpoint
-    return export(model_from_checkpoint(checkpoint_path), path, resolution, fuse, opset)
+    from .train import model_from_checkpoint
+    return export(model_from_checkpoint(checkpoint_path)[1], path, resolution, fuse, opset)

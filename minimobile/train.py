@@ -13,7 +13,6 @@ import csv
 import dataclasses
 import io
 import math
-import numbers
 import os
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from .models import MAX_WIDTH, MODELS, build_model  # noqa: F401
 from .ops import softmax_cross_entropy
 from .optim import SGD, AdamW, RMSprop
 from .schedules import make_schedule
+from .validation import is_int, require
 
 # Default (learning rate at batch size 128, weight decay) per optimiser, for CIFAR-10 from
 # scratch. SGD: the common CIFAR recipe, lr 0.1 and decay 5e-4 (CIFAR's 50,000 images need more
@@ -57,16 +57,6 @@ HISTORY_FIELDS = ("epoch", "step", "train_loss", "train_acc", "test_loss", "test
                   "epoch_seconds", "images_per_second")
 OPTIMIZER_PREFIX = "optimizer/"
 CHECKPOINT_KIND = "minimobile.train"
-
-
-def _check(ok, what, expected, got):
-    if not ok:
-        raise ValueError(f"{what}: expected {expected}, got {got!r}")
-
-
-def _is_int(x):
-    # numbers.Integral admits NumPy integers, and bool is refused though it subclasses int.
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 @dataclass
@@ -103,21 +93,21 @@ class TrainConfig:
     dtype: str = "float32"
 
     def __post_init__(self):
-        _check(self.model in MODELS, "model", f"one of {list(MODELS)}", self.model)
-        _check(self.optimizer in OPTIMIZER_DEFAULTS, "optimizer",
+        require(self.model in MODELS, "model", f"one of {list(MODELS)}", self.model)
+        require(self.optimizer in OPTIMIZER_DEFAULTS, "optimizer",
                f"one of {list(OPTIMIZER_DEFAULTS)}", self.optimizer)
-        _check(self.schedule in SCHEDULE_NAMES, "schedule", f"one of {list(SCHEDULE_NAMES)}",
+        require(self.schedule in SCHEDULE_NAMES, "schedule", f"one of {list(SCHEDULE_NAMES)}",
                self.schedule)
-        _check(self.dtype in DTYPES, "dtype", f"one of {list(DTYPES)}", self.dtype)
+        require(self.dtype in DTYPES, "dtype", f"one of {list(DTYPES)}", self.dtype)
         for name in ("epochs", "batch_size", "eval_every"):
             value = getattr(self, name)
-            _check(_is_int(value) and value >= 1, name, "an integer >= 1", value)
+            require(is_int(value) and value >= 1, name, "an integer >= 1", value)
         for name in ("limit_train", "limit_test"):
             value = getattr(self, name)
-            _check(value is None or (_is_int(value) and value >= 1), name,
+            require(value is None or (is_int(value) and value >= 1), name,
                    "None or an integer >= 1", value)
-        _check(_is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0", self.seed)
-        _check(0 < self.width <= MAX_WIDTH, "width", f"a value in (0, {MAX_WIDTH:g}]",
+        require(is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0", self.seed)
+        require(0 < self.width <= MAX_WIDTH, "width", f"a value in (0, {MAX_WIDTH:g}]",
                self.width)
         default_lr, default_decay = OPTIMIZER_DEFAULTS[self.optimizer]
         if self.lr is None:
@@ -127,13 +117,13 @@ class TrainConfig:
         if self.out is None:
             self.out = f"runs/{self.model}-w{self.width:g}"
         self.out, self.data = str(self.out), None if self.data is None else str(self.data)
-        _check(self.lr > 0, "lr", "> 0", self.lr)
-        _check(0 <= self.momentum < 1, "momentum", "a value in [0, 1)", self.momentum)
-        _check(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
-        _check(self.warmup_epochs >= 0, "warmup_epochs", ">= 0", self.warmup_epochs)
-        _check(0 <= self.label_smoothing < 1, "label_smoothing", "a value in [0, 1)",
+        require(self.lr > 0, "lr", "> 0", self.lr)
+        require(0 <= self.momentum < 1, "momentum", "a value in [0, 1)", self.momentum)
+        require(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
+        require(self.warmup_epochs >= 0, "warmup_epochs", ">= 0", self.warmup_epochs)
+        require(0 <= self.label_smoothing < 1, "label_smoothing", "a value in [0, 1)",
                self.label_smoothing)
-        _check(self.dropout is None or 0 <= self.dropout < 1, "dropout",
+        require(self.dropout is None or 0 <= self.dropout < 1, "dropout",
                "None or a value in [0, 1)", self.dropout)
 
     @classmethod
@@ -340,6 +330,20 @@ def read_config(path):
                                      "edited, or written by another program") from None
 
 
+def model_from_checkpoint(path):
+    """(config, model): the network a trainer checkpoint holds, rebuilt from its saved config
+    with its weights loaded, in eval mode. ValueError names the network if they do not fit."""
+    config = read_config(path)
+    model = build_model(config.model, config.width, config.cifar, dropout=config.dropout,
+                        seed=config.seed, dtype=config.dtype)
+    try:
+        checkpoint.load_model(path, model)
+    except ValueError as e:
+        raise ValueError(f"{e} (the weights do not fit the {config.model} of width "
+                         f"{config.width:g} that its config names)") from None
+    return config, model.eval()
+
+
 def check_resumable(saved, config):
     """Raise ValueError listing every setting of `config` that differs from the checkpoint's
     `saved` config, apart from RESUMABLE_CHANGES (epochs, eval_every, data, out, limit_test)."""
@@ -372,7 +376,7 @@ def _restore(path, config, model, optimizer, data_rng):
     check_resumable(read_config(path), config)
     history = meta.get("history")
     if not (all(k in meta for k in ("epoch", "step", "model_rngs", "data_rng"))
-            and _is_int(meta["epoch"]) and _is_int(meta["step"]) and isinstance(history, list)
+            and is_int(meta["epoch"]) and is_int(meta["step"]) and isinstance(history, list)
             and all(isinstance(row, dict) and "test_acc" in row for row in history)):
         raise CorruptCheckpointError(f"{path} lacks a valid training state (epoch, step, "
                                      "history, random generators): it cannot be resumed")

@@ -24,7 +24,7 @@ import numpy as np
 from minimobile.cost import profile
 from minimobile.layers import no_grad
 from minimobile.models import V1_SETTING, V1_STEM_CHANNELS, make_divisible
-from minimobile.train import build_model
+from minimobile.models import build_model
 
 
 class Measurement(NamedTuple):
