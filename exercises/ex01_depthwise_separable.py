@@ -5,7 +5,8 @@ convolution costs, and its three pieces written by hand.
    and separable; type the four numbers in (they are checked against `minimobile.cost`).
 1. standard_conv_macs, depthwise_separable_macs, cost_ratio: count multiply-adds.
 2. depthwise_conv2d_forward / _backward in plain NumPy (loop over the K*K taps, not the pixels).
-3. depthwise_conv2d_forward_kernel / _backward_kernel: the same as Numba kernels; then run
+3. depthwise_conv2d_forward_simple / _backward_simple: the same as Numba kernels (the
+   library's simple rung, minimobile/kernels/depthwise.py, has the same signature); then run
    `python -m exercises.ex01_depthwise_separable` to time them against your NumPy version
    (what to expect, and why, is in time_depthwise's docstring).
 4. pointwise_conv2d_forward / _backward: the 1x1 convolution as a matrix product.
@@ -84,20 +85,20 @@ def depthwise_conv2d_backward(dout, cache):
 # return nothing. Start with @njit(cache=True) and plain loops; once the tests pass, try
 # @njit(cache=True, parallel=True) with prange over planes (forward) or channels (backward:
 # thread c alone writes dw[c], so the result does not depend on the thread count).
-# The library's forward kernel also takes `ntasks`, to hand each thread a balanced chunk of
-# planes; here one prange step per plane is enough.
+# These are the "simple" rung of the library's staircase (minimobile/kernels/depthwise.py):
+# read its _loops rung for the definition, but write yours before reading its _simple one.
 
 
 @njit(cache=True)
-def depthwise_conv2d_forward_kernel(out, x, w, stride, pad):
+def depthwise_conv2d_forward_simple(out, x, w, stride, pad):
     """Fill out (N, C, Ho, Wo) with the depthwise conv of x (N, C, H, W) by w (C, 1, K, K)."""
-    raise NotImplementedError("ex01: implement depthwise_conv2d_forward_kernel")
+    raise NotImplementedError("ex01: implement depthwise_conv2d_forward_simple")
 
 
 @njit(cache=True)
-def depthwise_conv2d_backward_kernel(dx, dw, dout, x, w, stride, pad):
+def depthwise_conv2d_backward_simple(dx, dw, dout, x, w, stride, pad):
     """Fill dx (N, C, H, W) and dw (C, 1, K, K) from dout (N, C, Ho, Wo), x and w."""
-    raise NotImplementedError("ex01: implement depthwise_conv2d_backward_kernel")
+    raise NotImplementedError("ex01: implement depthwise_conv2d_backward_simple")
 
 
 # --- 4. Pointwise (1x1) conv -----------------------------------------------------------------
@@ -150,8 +151,8 @@ def time_depthwise(N=32, C=64, H=16, W=16, K=3, stride=1, repeats=5, seed=0):
     contenders = {
         "numpy_forward": lambda: depthwise_conv2d_forward(x, w, stride, pad),
         "numpy_backward": lambda: depthwise_conv2d_backward(dout, cache),
-        "numba_forward": lambda: depthwise_conv2d_forward_kernel(out, x, w, stride, pad),
-        "numba_backward": lambda: depthwise_conv2d_backward_kernel(dx, dw, dout, x, w, stride,
+        "numba_forward": lambda: depthwise_conv2d_forward_simple(out, x, w, stride, pad),
+        "numba_backward": lambda: depthwise_conv2d_backward_simple(dx, dw, dout, x, w, stride,
                                                                    pad),
     }
     seconds = {}

@@ -177,13 +177,6 @@ def _library_counterparts():
     return modules
 
 
-# The library's kernels also take a tuning argument: the forward `ntasks`, to give each thread
-# a balanced chunk of planes, the backward `block`, how many channels a task takes; the
-# exercise's kernels take one plane (forward) or one channel (backward) per prange step.
-SIGNATURE_EXCEPTIONS = {"depthwise_conv2d_forward_kernel": {"ntasks"},
-                        "depthwise_conv2d_backward_kernel": {"block"}}
-
-
 def test_stubs_solutions_and_library_share_signatures():
     compared_with_library = set()
     for name in EXERCISES:
@@ -198,11 +191,6 @@ def test_stubs_solutions_and_library_share_signatures():
                 if hasattr(module, attr):
                     library = _signatures(getattr(module, attr))
                     mine = _signatures(obj)
-                    if attr in SIGNATURE_EXCEPTIONS:
-                        sig = library["call"]
-                        library["call"] = sig.replace(parameters=[
-                            p for p in sig.parameters.values()
-                            if p.name not in SIGNATURE_EXCEPTIONS[attr]])
                     for member, sig in mine.items():
                         assert sig == library[member], (
                             f"{name}.{attr}.{member}{sig} differs from "
@@ -211,17 +199,13 @@ def test_stubs_solutions_and_library_share_signatures():
                     break
     expected = {"relu6_forward", "relu6_backward", "hardswish_forward", "hardswish_backward",
                 "hardsigmoid_forward", "hardsigmoid_backward", "depthwise_conv2d_forward",
-                "depthwise_conv2d_backward", "depthwise_conv2d_forward_kernel",
-                "depthwise_conv2d_backward_kernel", "pointwise_conv2d_forward",
+                "depthwise_conv2d_backward", "depthwise_conv2d_forward_simple",
+                "depthwise_conv2d_backward_simple", "pointwise_conv2d_forward",
                 "pointwise_conv2d_backward", "batchnorm2d_forward", "batchnorm2d_backward",
                 "InvertedResidual", "SqueezeExcitation", "Bneck", "DepthwiseSeparable",
                 "MobileNetV1", "confusion_matrix"}
     if any(m.__name__ == "minimobile.deploy" for m in _library_counterparts()):
         expected.add("fold_batchnorm")
-    # While minimobile.kernels is being split into rungs its kernels may change names; the
-    # exercise's kernels are then compared with whichever module still has them, if any.
-    if not any(hasattr(m, "depthwise_conv2d_forward_kernel") for m in _library_counterparts()):
-        expected -= {"depthwise_conv2d_forward_kernel", "depthwise_conv2d_backward_kernel"}
     assert expected <= compared_with_library, sorted(expected - compared_with_library)
 
 
@@ -388,14 +372,14 @@ PLANTED = [
      ["ex01 depthwise_conv2d_backward: dx has shape", "expected (2, 3, 6, 6)"]),
     ("forward kernel accumulating into an uninitialised output", EX01, _kernel_check,
      [("                out[n, c, i, j] = total", "                out[n, c, i, j] += total")],
-     ["ex01 depthwise_conv2d_forward_kernel: out", "NaN", "uninitialised"]),
+     ["ex01 depthwise_conv2d_forward_simple: out", "NaN", "uninitialised"]),
     ("backward kernel that never zeroes dw", EX01, _kernel_check,
      [("        dw[c] = 0.0\n", "")],
-     ["ex01 depthwise_conv2d_backward_kernel: dw", "NaN", "uninitialised"]),
+     ["ex01 depthwise_conv2d_backward_simple: dw", "NaN", "uninitialised"]),
     ("backward kernel that is not compiled", EX01, _kernel_check,
-     [("@njit(cache=True, parallel=True)\ndef depthwise_conv2d_backward_kernel",
-       "def depthwise_conv2d_backward_kernel")],
-     ["ex01 depthwise_conv2d_backward_kernel is correct but not compiled", "@njit"]),
+     [("@njit(cache=True, parallel=True)\ndef depthwise_conv2d_backward_simple",
+       "def depthwise_conv2d_backward_simple")],
+     ["ex01 depthwise_conv2d_backward_simple is correct but not compiled", "@njit"]),
     ("pointwise forward that drops the bias", EX01, checks01.check_pointwise_forward,
      [("        out = out + b[None, :, None, None]", "        pass")],
      ["ex01 pointwise_conv2d_forward: out", "with a bias", "plus b[o]"]),
@@ -705,8 +689,8 @@ def test_a_racy_kernel_is_caught_every_time():
     solution = _load(EX01, True)
 
     class Racy:
-        depthwise_conv2d_forward_kernel = solution.depthwise_conv2d_forward_kernel
-        depthwise_conv2d_backward_kernel = racy_backward
+        depthwise_conv2d_forward_simple = solution.depthwise_conv2d_forward_simple
+        depthwise_conv2d_backward_simple = racy_backward
     for _ in range(5):
         with pytest.raises(AssertionError) as caught:
             checks01._check_threads_agree(Racy)

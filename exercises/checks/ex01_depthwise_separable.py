@@ -234,24 +234,24 @@ def check_depthwise_kernels(ex):
             where = "for " + describe(x=x, w=w, stride=stride, pad=padding) + f" in {x.dtype}"
             expected = ops.depthwise_conv2d_forward(x, w, stride, padding)[0]
             out = np.full(expected.shape, np.nan, dtype=dtype)
-            call("ex01 depthwise_conv2d_forward_kernel", ex.depthwise_conv2d_forward_kernel,
+            call("ex01 depthwise_conv2d_forward_simple", ex.depthwise_conv2d_forward_simple,
                  out, x, w, stride, padding)
             uninitialised = ("outputs come in uninitialised (np.empty; here NaN-filled): set "
                              "every element, and zero an accumulator before adding into it")
-            assert_close(out, expected, "ex01 depthwise_conv2d_forward_kernel: out", where, tol,
+            assert_close(out, expected, "ex01 depthwise_conv2d_forward_simple: out", where, tol,
                          uninitialised if np.isnan(out).any() else STRIDE_HINT)
             dout = rng.standard_normal(expected.shape).astype(dtype)
             rdx, rdw = ops.depthwise_conv2d_backward(
                 dout, ops.depthwise_conv2d_forward(x, w, stride, padding)[1])
             dx = np.full(x.shape, np.nan, dtype=dtype)
             dw = np.full(w.shape, np.nan, dtype=dtype)
-            call("ex01 depthwise_conv2d_backward_kernel", ex.depthwise_conv2d_backward_kernel,
+            call("ex01 depthwise_conv2d_backward_simple", ex.depthwise_conv2d_backward_simple,
                  dx, dw, dout, x, w, stride, padding)
             hint = uninitialised if np.isnan(dx).any() or np.isnan(dw).any() else STRIDE_HINT
-            assert_close(dx, rdx, "ex01 depthwise_conv2d_backward_kernel: dx", where, tol, hint)
-            assert_close(dw, rdw, "ex01 depthwise_conv2d_backward_kernel: dw", where, tol, hint)
+            assert_close(dx, rdx, "ex01 depthwise_conv2d_backward_simple: dx", where, tol, hint)
+            assert_close(dw, rdw, "ex01 depthwise_conv2d_backward_simple: dw", where, tol, hint)
         _run_over_shapes(one)
-    for name in ("depthwise_conv2d_forward_kernel", "depthwise_conv2d_backward_kernel"):
+    for name in ("depthwise_conv2d_forward_simple", "depthwise_conv2d_backward_simple"):
         if not _is_compiled(getattr(ex, name)):
             fail(f"ex01 {name} is correct but not compiled by Numba",
                  "decorate it with @njit(cache=True) (parallel=True if you use prange)")
@@ -280,9 +280,9 @@ def _check_threads_agree(ex):
         minimobile.set_num_threads(n_threads)
         try:
             out = np.full(out_shape, np.nan, np.float32)
-            ex.depthwise_conv2d_forward_kernel(out, x, w, stride, pad)
+            ex.depthwise_conv2d_forward_simple(out, x, w, stride, pad)
             dx, dw = np.full(x.shape, np.nan, np.float32), np.full(w.shape, np.nan, np.float32)
-            ex.depthwise_conv2d_backward_kernel(dx, dw, dout, x, w, stride, pad)
+            ex.depthwise_conv2d_backward_simple(dx, dw, dout, x, w, stride, pad)
         finally:
             minimobile.set_num_threads(previous)
         return {"out": out, "dx": dx, "dw": dw}
