@@ -2,7 +2,8 @@
 competing load on the same cores, for minimobile and, where installed, PyTorch.
 
     python benchmarks/bench_contention.py [--model v1:0.5] [--seconds 15] [--repeats 3]
-                                          [--engines mm,torch] [--spin]
+                                          [--engines mm,torch] [--spin-counts 0,300000]
+                                          [--scenarios "train, alone;train, with another"]
 
 Every measurement is a fresh process that warms up, waits for a common start time and then
 counts completed steps for --seconds, so processes started together overlap for the whole
@@ -13,9 +14,9 @@ measurement. The loads:
 Each scenario runs --repeats times, alternating with the "alone" runs it is compared to, and
 every run's ratio is printed: a setting is only good if it holds in every run.
 
---spin also runs minimobile with libgomp's default spin-wait (GOMP_SPINCOUNT=300000: threads
-spin for about a millisecond before sleeping), the behaviour before minimobile/parallel.py
-told waiting threads to sleep, so the two can be compared in one run.
+--spin-counts also runs minimobile with each given GOMP_SPINCOUNT (how long a waiting thread
+spins before it sleeps; 300000 is libgomp's default, the behaviour before
+minimobile/parallel.py set its own), so the settings can be compared in one run.
 """
 
 import argparse
@@ -154,9 +155,10 @@ SCENARIOS = {
 
 def measure(engine, env_extra, args):
     """Rates per scenario per repeat; 'alone' runs alternate with the loaded ones."""
-    results = {name: [] for name in SCENARIOS}
+    results = {name: [] for name in args.scenarios}
     for _ in range(args.repeats):
-        for name, (roles, summed, _) in SCENARIOS.items():
+        for name in args.scenarios:
+            roles, summed, _ = SCENARIOS[name]
             roles = [r if r == "busy" else (engine, r[1]) for r in roles]
             rates = run_together(roles, args, env_extra)
             results[name].append(sum(rates[i] for i in summed))
@@ -166,7 +168,8 @@ def measure(engine, env_extra, args):
 def report(label, results):
     print(f"\n{label}")
     print(f"  {'scenario':<24}{'per run (images/s, or inferences/s)':<44}{'of alone':>28}")
-    for name, (_, _, base) in SCENARIOS.items():
+    for name in results:
+        base = SCENARIOS[name][2]
         rates = results[name]
         cells = " ".join(f"{r:7.0f}" for r in rates)
         if base is None:
@@ -185,11 +188,21 @@ def main(argv=None):
     parser.add_argument("--warmup", type=float, default=12.0,
                         help="seconds between launching workers and measuring (import, warm-up)")
     parser.add_argument("--engines", default="mm,torch")
-    parser.add_argument("--spin", action="store_true",
-                        help="also run minimobile with libgomp's default spin-wait")
+    parser.add_argument("--spin-counts", default="",
+                        help="also run minimobile with each of these GOMP_SPINCOUNT values")
+    parser.add_argument("--scenarios", default=";".join(SCENARIOS),
+                        help="semicolon-separated scenario names (default: all)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--start-at", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.scenarios = [n.strip() for n in args.scenarios.split(";") if n.strip()]
+    unknown = [n for n in args.scenarios if n not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenarios {unknown}; expected some of {list(SCENARIOS)}")
+    for name in args.scenarios:  # a loaded scenario needs its "alone" base
+        base = SCENARIOS[name][2]
+        if base is not None and base not in args.scenarios:
+            args.scenarios.insert(0, base)
     if args.worker:
         name, width = args.model.split(":")
         if args.worker == "busy":
@@ -203,7 +216,7 @@ def main(argv=None):
     engines = [e for e in args.engines.split(",") if e]
     if "torch" in engines:
         try:
-            import torch  # noqa: F401
+            import torch  # noqa: F401  (only to know whether it is installed)
         except ImportError:
             print("PyTorch is not installed: its rows are skipped")
             engines.remove("torch")
@@ -212,9 +225,9 @@ def main(argv=None):
     if "mm" in engines:
         report("minimobile (its own thread settings, minimobile/parallel.py)",
                measure("mm", {}, args))
-        if args.spin:
-            report("minimobile with libgomp's default spin-wait (GOMP_SPINCOUNT=300000)",
-                   measure("mm", {"GOMP_SPINCOUNT": "300000"}, args))
+        for count in filter(None, args.spin_counts.split(",")):
+            report(f"minimobile with GOMP_SPINCOUNT={count}",
+                   measure("mm", {"GOMP_SPINCOUNT": count}, args))
     if "torch" in engines:
         report("PyTorch 2.13, channels last, its own thread settings", measure("torch", {}, args))
 
