@@ -431,10 +431,11 @@ def test_translate_tta_weighs_the_unshifted_and_the_two_reflect_shifted_pairs_as
         train.evaluate(model, x, data.y_test, tta="rotate")
 
 
-def test_with_ema_the_averaged_model_is_tested_checkpointed_and_chosen_as_best(tmp_path):
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_with_ema_the_averaged_model_is_tested_checkpointed_and_chosen_as_best(tmp_path, tta):
     data = colour_data()
-    history = fit(tiny_config(tmp_path, epochs=3, ema=0.9), model=tiny_model(0), data=data,
-                  progress=False)
+    history = fit(tiny_config(tmp_path, epochs=3, ema=0.9, tta=tta), model=tiny_model(0),
+                  data=data, progress=False)
     arrays, meta = checkpoint.load(tmp_path / "last.npz")
     assert meta["ema_updates"] == 24 and any(k.startswith("ema/") for k in arrays)
     live = tiny_model(0)
@@ -443,9 +444,9 @@ def test_with_ema_the_averaged_model_is_tested_checkpointed_and_chosen_as_best(t
     ema_model = tiny_model(0)
     checkpoint.load_model(tmp_path / "last.npz", ema_model)
     assert not np.array_equal(ema_model[0].params["weight"], live[0].params["weight"])
-    tested = train.evaluate(ema_model, data.x_test, data.y_test, 32, 0.1)
+    tested = train.evaluate(ema_model, data.x_test, data.y_test, 32, 0.1, tta=tta)
     assert tested.loss == pytest.approx(history[-1]["test_loss"], rel=1e-6)
-    assert tested.loss != train.evaluate(live, data.x_test, data.y_test, 32, 0.1).loss
+    assert tested.loss != train.evaluate(live, data.x_test, data.y_test, 32, 0.1, tta=tta).loss
     best = max(history, key=lambda row: row["test_acc"])
     assert checkpoint.load_meta(tmp_path / "best.npz")["epoch"] == best["epoch"]
 
@@ -458,3 +459,17 @@ def test_the_fast_recipe_is_a_valid_config_whose_values_explicit_settings_overri
     assert train.recipe_config("fast", ema=0.0, out="x").ema == 0.0
     with pytest.raises(ValueError, match="recipe"):
         train.recipe_config("slowest")
+
+
+def test_fit_hands_the_flip_mode_and_cutout_to_its_batches(tmp_path, monkeypatch):
+    made = []
+
+    class SpyBatches(train.Batches):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs)
+            super().__init__(*args, **kwargs)
+    monkeypatch.setattr(train, "Batches", SpyBatches)
+    fit(tiny_config(tmp_path, epochs=1, flip="alternate", cutout=5), model=tiny_model(0),
+        data=colour_data(64, 16), progress=False)
+    (kwargs,) = made
+    assert kwargs["flip"] == "alternate" and kwargs["cutout"] == 5 and kwargs["augment"]
