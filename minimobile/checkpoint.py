@@ -203,8 +203,9 @@ def model_arrays(arrays, ema=True):
 
 def load_model(path, model):
     """Load the state dict saved in `path` (by `save_model` or the trainer; its EMA model if it
-    kept one) into `model`, in place; returns the file's meta. Missing, unexpected or mis-shaped keys fail the whole load
-    with Module.load_state_dict's list of them, prefixed by the file name."""
+    kept one) into `model`, in place; returns the file's meta. Missing, unexpected or
+    mis-shaped keys fail the whole load with Module.load_state_dict's list of them, prefixed by
+    the file name."""
     arrays, meta = load(path)
     try:
         model.load_state_dict(model_arrays(arrays))
