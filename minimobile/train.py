@@ -72,8 +72,10 @@ class TrainConfig:
 
     lr and weight_decay left at None become the optimiser's defaults (OPTIMIZER_DEFAULTS, the
     lr scaled by batch_size / 128, the linear scaling rule); out left at None becomes
-    runs/<model>-w<width>; dropout None keeps the model's own default. Bad values raise
-    ValueError at construction, not mid-run.
+    runs/<model>-w<width>; dropout None keeps the model's own default. The fast-CIFAR fields
+    (decay_norm_and_bias, ema, ema_warmup, tta, flip, cutout) default to off; docs/API.md says
+    what each does, RECIPES bundles them. Bad values raise ValueError at construction, not
+    mid-run.
     """
 
     model: str = "v2"
