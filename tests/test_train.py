@@ -473,3 +473,18 @@ def test_fit_hands_the_flip_mode_and_cutout_to_its_batches(tmp_path, monkeypatch
         data=colour_data(64, 16), progress=False)
     (kwargs,) = made
     assert kwargs["flip"] == "alternate" and kwargs["cutout"] == 5 and kwargs["augment"]
+
+
+def test_fit_trains_with_the_configs_label_smoothing_and_nesterov_setting(tmp_path, monkeypatch):
+    seen = []
+    loss_fn = train.softmax_cross_entropy
+
+    def spy(logits, y, smoothing=0.0):
+        seen.append(smoothing)
+        return loss_fn(logits, y, smoothing)
+    monkeypatch.setattr(train, "softmax_cross_entropy", spy)
+    fit(tiny_config(tmp_path, epochs=1, label_smoothing=0.2), model=tiny_model(0),
+        data=colour_data(64, 16), progress=False)
+    assert seen and set(seen) == {0.2}  # training steps and the test loss alike
+    assert train.make_optimizer(tiny_config("unused"), tiny_model(0)).nesterov
+    assert not train.make_optimizer(tiny_config("unused", nesterov=False), tiny_model(0)).nesterov
