@@ -479,10 +479,16 @@ def iterate_minibatches(x, y, batch_size, rng=None, shuffle=True, drop_last=Fals
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if shuffle and rng is None:
         raise ValueError("shuffle=True needs an explicit rng=np.random.default_rng(seed)")
-    order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
-    stop = len(x) - len(x) % batch_size if drop_last else len(x)
-    return ((x[order[i:i + batch_size]], y[order[i:i + batch_size]])
-            for i in range(0, stop, batch_size))
+    return ((x[idx], y[idx]) for idx in minibatch_indices(len(x), batch_size, rng, shuffle,
+                                                          drop_last))
+
+
+def minibatch_indices(N, batch_size, rng=None, shuffle=True, drop_last=False):
+    """The index arrays of one epoch's minibatches over N samples: slices of rng.permutation(N)
+    (drawn now) or of arange(N); the last one shorter unless drop_last."""
+    order = rng.permutation(N) if shuffle else np.arange(N)
+    stop = N - N % batch_size if drop_last else N
+    return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
 
 
 FLIP_MODES = ("random", "alternate")
@@ -498,10 +504,11 @@ class Batches:
     drawn when the epoch starts.
 
     flip="alternate" is airbench's de-randomised flip (Jordan, 2024): a random half of the
-    images, drawn from `rng` when the Batches is made, is flipped in even epochs and the other
-    half in odd ones, so every image is seen both ways in any two consecutive epochs. The
-    parity comes from `self.epoch`, the number of epochs already done, which each iteration
-    increments; a resumed run sets it (and must rebuild its Batches from the same seed).
+    images, drawn from `rng` when the Batches is made, is flipped in the first epoch and every
+    second one after it, the other half in the epochs between, so every image is seen both
+    ways in any two consecutive epochs. The parity comes from `self.epoch`, the number of
+    epochs already done, which each iteration increments; a resumed run sets it (and must
+    rebuild its Batches from the same seed).
     """
 
     def __init__(self, x, y, batch_size, *, augment=False, shuffle=True, drop_last=False,
@@ -525,13 +532,11 @@ class Batches:
         return full if self.drop_last or rest == 0 else full + 1
 
     def __iter__(self):
-        N = len(self.x)
-        order = self.rng.permutation(N) if self.shuffle else np.arange(N)
-        stop = N - N % self.batch_size if self.drop_last else N
+        batches = minibatch_indices(len(self.x), self.batch_size, self.rng, self.shuffle,
+                                    self.drop_last)
         odd = self.epoch % 2 == 1
         self.epoch += 1
-        for i in range(0, stop, self.batch_size):
-            idx = order[i:i + self.batch_size]
+        for idx in batches:
             xb, yb = self.x[idx], self.y[idx]
             if self.augment:
                 flip = True if self.flip_first is None else self.flip_first[idx] ^ odd

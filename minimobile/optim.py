@@ -339,18 +339,16 @@ class EMA:
                 np.copyto(shadow, live)
         self.num_updates += 1
 
+    @contextmanager
     def swapped_into(self, model):
-        """A context manager: inside it, `model` holds the averaged weights and buffers; on
-        leaving, its own come back (copied in place, so optimisers keep their references)."""
-        @contextmanager
-        def swap():
-            own = model.state_dict()
-            model.load_state_dict(self.shadow)
-            try:
-                yield model
-            finally:
-                model.load_state_dict(own)
-        return swap()
+        """Inside this context `model` holds the averaged weights and buffers; on leaving, its
+        own come back (copied in place, so optimisers keep their references)."""
+        own = model.state_dict()
+        model.load_state_dict(self.shadow)
+        try:
+            yield model
+        finally:
+            model.load_state_dict(own)
 
     def state_dict(self):
         """``num_updates`` and a copy of every shadow array, keyed like the model's state dict."""
@@ -360,11 +358,10 @@ class EMA:
     def load_state_dict(self, state):
         """Restore what ``state_dict()`` returned; ValueError names missing, unexpected or
         mis-shaped keys before anything changes."""
-        problems = [f"missing keys {sorted(set(self.shadow) - set(state))}"]
-        problems += [f"unexpected keys {sorted(set(state) - set(self.shadow) - {'num_updates'})}"]
-        problems = [p for p in problems if not p.endswith("[]")]
-        if "num_updates" not in state:
-            problems.append("missing num_updates")
+        expected = {"num_updates", *self.shadow}
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        problems = ([f"missing keys {missing}"] if missing else []) + (
+            [f"unexpected keys {unexpected}"] if unexpected else [])
         problems += [f"{key}: expected shape {value.shape}, got {np.shape(state[key])}"
                      for key, value in self.shadow.items()
                      if key in state and np.shape(state[key]) != value.shape]
