@@ -21,6 +21,8 @@ from .errors import CorruptCheckpointError  # noqa: F401 (re-exported for caller
 META_KEY = "__meta__"
 # The trainer's checkpoints hold more than a model; their model arrays carry this key prefix.
 MODEL_PREFIX = "model/"
+# A run that keeps an EMA of its weights (train --ema) stores the averaged model under this one.
+EMA_PREFIX = "ema/"
 
 
 @contextmanager
@@ -187,19 +189,23 @@ def save_model(path, model, **meta):
     return save(path, model.state_dict(), meta)
 
 
-def model_arrays(arrays):
+def model_arrays(arrays, ema=True):
     """The model's state dict within a checkpoint's arrays: the whole of a `save_model` file, or
-    the `model/`-prefixed entries of a trainer checkpoint (with the prefix removed)."""
-    if any(key.startswith(MODEL_PREFIX) for key in arrays):
-        return {key[len(MODEL_PREFIX):]: value for key, value in arrays.items()
-                if key.startswith(MODEL_PREFIX)}
+    the `ema/`-prefixed entries of a trainer checkpoint that has them (its averaged model, the
+    one it evaluated) when `ema`, else its `model/`-prefixed ones (the live weights a resume
+    continues from), with the prefix removed."""
+    for prefix in (EMA_PREFIX, MODEL_PREFIX) if ema else (MODEL_PREFIX,):
+        if any(key.startswith(prefix) for key in arrays):
+            return {key[len(prefix):]: value for key, value in arrays.items()
+                    if key.startswith(prefix)}
     return arrays
 
 
 def load_model(path, model):
-    """Load the state dict saved in `path` (by `save_model` or the trainer) into `model`, in
-    place; returns the file's meta. Missing, unexpected or mis-shaped keys fail the whole load
-    with Module.load_state_dict's list of them, prefixed by the file name."""
+    """Load the state dict saved in `path` (by `save_model` or the trainer; its EMA model if it
+    kept one) into `model`, in place; returns the file's meta. Missing, unexpected or
+    mis-shaped keys fail the whole load with Module.load_state_dict's list of them, prefixed by
+    the file name."""
     arrays, meta = load(path)
     try:
         model.load_state_dict(model_arrays(arrays))

@@ -17,6 +17,7 @@ import errno
 import os
 import signal
 import sys
+import textwrap
 import threading
 from pathlib import Path
 
@@ -27,7 +28,9 @@ from .data import load_cifar10
 from .errors import (CheckpointMismatchError, ConfigError, CorruptCheckpointError,
                      CorruptDataError, CorruptHistoryError, NonFiniteError)
 from .models import MAX_WIDTH, MODELS, build_model
-from .train import (DTYPES, HISTORY, LAST, OPTIMIZER_DEFAULTS, SCHEDULE_NAMES, TrainConfig,
+from .data import FLIP_MODES
+from .train import (DTYPES, HISTORY, LAST, OPTIMIZER_DEFAULTS, RECIPES, SCHEDULE_NAMES,
+                    TTA_MODES, TrainConfig,
                     check_resumable, confusion_matrix, evaluate, existing_run_files, fit,
                     model_from_checkpoint, prepare_out, read_config, read_history)
 
@@ -45,6 +48,13 @@ weight decay 5e-4 on weights (never on batch-norm parameters or biases), label s
 random crop (4 px padding) and horizontal flip. --optimizer rmsprop defaults to lr 0.008 and
 weight decay 4e-5 (torchvision's MobileNetV3 recipe at batch 128), adamw to 2e-3 and 0.05.
 
+The fast-CIFAR techniques are off by default: --ema (weight averaging; the averaged model is
+the one tested and kept as best.npz), --tta (test-time augmentation), --flip alternate,
+--cutout, --schedule linear, and --decay-norm-and-bias (to measure what skipping it buys).
+--recipe NAME sets a named bundle of them; options given explicitly override the bundle
+(the values are literature defaults, to be tuned by benchmarks/ablation.py):
+{recipes}
+
 Ctrl-C keeps the checkpoint of the last completed epoch (exit code 130); run the same command
 with --resume to continue exactly where it stopped. With --resume, settings not given on the
 command line come from the checkpoint; only --epochs, --eval-every, --data and --limit-test may
@@ -52,6 +62,13 @@ differ from it (a new --epochs stretches the schedule over the new length from t
 A folder that already holds a run is never overwritten silently: give --resume to continue it,
 --overwrite to replace it (its files are replaced epoch by epoch), or another --out.
 """
+
+
+TRAIN_DESCRIPTION = TRAIN_DESCRIPTION.format(recipes="\n".join(
+    textwrap.fill(f"--recipe {name} = " + " ".join(f"--{key.replace('_', '-')}={value}"
+                                                   for key, value in values.items()),
+                  width=94, initial_indent="  ", subsequent_indent="      ")
+    for name, values in RECIPES.items()))
 
 
 class CommandError(Exception):
@@ -108,6 +125,13 @@ def _float(low, high=None, low_open=False, high_open=True):
 _WIDTH = _float(0, MAX_WIDTH, low_open=True, high_open=False)
 
 
+def _cutout(text):
+    value = _non_negative_int(text)
+    if value > 32:
+        raise argparse.ArgumentTypeError(f"expected a size from 0 to 32 (the image), got {text!r}")
+    return value
+
+
 def _default(name):
     value = TRAIN_DEFAULTS[name]
     return "the optimiser's" if value is None and name in ("lr", "weight_decay") else value
@@ -142,7 +166,7 @@ def _add_train(sub):
     p.add_argument("--schedule", choices=list(SCHEDULE_NAMES),
                    help=f"learning-rate schedule (default {_default('schedule')})")
     p.add_argument("--warmup-epochs", type=_float(0), metavar="E",
-                   help=f"linear warm-up for the cosine schedule (default "
+                   help=f"linear warm-up for the cosine and linear schedules (default "
                    f"{_default('warmup_epochs')})")
     p.add_argument("--label-smoothing", type=_float(0, 1), metavar="E",
                    help=f"(default {_default('label_smoothing')})")
@@ -167,6 +191,29 @@ def _add_train(sub):
     p.add_argument("--limit-test", type=_positive_int, metavar="N",
                    help="evaluate on the first N test images only")
     p.add_argument("--dtype", choices=list(DTYPES), help="(default float32)")
+    p.add_argument("--recipe", choices=list(RECIPES),
+                   help="a named bundle of settings (listed above); explicit options override it")
+    p.add_argument("--ema", type=_float(0, 1), metavar="DECAY",
+                   help="keep an exponential moving average of the weights and batch-norm "
+                   "statistics with this decay, e.g. 0.999, and test it instead of the "
+                   "live weights (default 0: off)")
+    p.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=None,
+                   help="warm the EMA's decay up as min(DECAY, (1 + t) / (10 + t)) at update "
+                   "t, TensorFlow's rule (default on)")
+    p.add_argument("--tta", choices=list(TTA_MODES),
+                   help="test-time augmentation: average the logits over each test image and "
+                   "its mirror (flip), and its 1 px diagonal shifts too (flip,translate); "
+                   "costs 2 or 6 forward passes (default none)")
+    p.add_argument("--flip", choices=list(FLIP_MODES),
+                   help="random: each image mirrored with probability 1/2 each epoch; "
+                   "alternate: a random half mirrored in odd epochs, the other half in even "
+                   "ones (airbench) (default random)")
+    p.add_argument("--cutout", type=_cutout, metavar="SIZE",
+                   help="zero one random SIZE x SIZE square of each training image "
+                   "(DeVries and Taylor, 2017) (default 0: off)")
+    p.add_argument("--decay-norm-and-bias", action=argparse.BooleanOptionalAction,
+                   default=None, help="weight decay on batch-norm parameters and biases too "
+                   "(default off: only conv and linear weights decay)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last.npz")
     p.add_argument("--overwrite", action="store_true",
@@ -190,6 +237,8 @@ def _add_eval(sub):
                    help="(default 256)")
     p.add_argument("--limit-test", type=_positive_int, metavar="N",
                    help="evaluate on the first N test images only")
+    p.add_argument("--tta", choices=list(TTA_MODES),
+                   help="test-time augmentation, as train --tta (default: the run's own)")
     p.set_defaults(run=_eval, command_parser=p)
 
 
@@ -269,6 +318,8 @@ def build_parser():
 def _train(args):
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if args.recipe is not None:
+        given = {**RECIPES[args.recipe], **given}
     error = args.command_parser.error
     if args.resume and args.overwrite:
         error("--resume continues the run in --out and --overwrite replaces it: give one")
@@ -317,9 +368,13 @@ def _eval(args):
     out = _output_folder(args.out if args.out is not None else path.parent)
     data = load_cifar10(args.data if args.data is not None else config.data)
     x, y = data.x_test[:args.limit_test], data.y_test[:args.limit_test]
-    result = evaluate(model, x, y, args.batch_size, config.label_smoothing, progress=True)
+    tta = config.tta if args.tta is None else args.tta
+    result = evaluate(model, x, y, args.batch_size, config.label_smoothing, progress=True,
+                      tta=tta)
     cm = confusion_matrix(y, result.predictions, len(data.classes))
-    print(f"{path}: {config.model} width {config.width:g}, {len(y)} test images")
+    print(f"{path}: {config.model} width {config.width:g}, {len(y)} test images"
+          + ("" if tta == "none" else f", test-time augmentation {tta}")
+          + (f", EMA weights (decay {config.ema:g})" if config.ema else ""))
     smoothing = (f", label smoothing {config.label_smoothing:g} as in training"
                  if config.label_smoothing else "")
     print(f"test accuracy {result.accuracy:.4f}, loss {result.loss:.4f} (cross-entropy"

@@ -434,13 +434,36 @@ def random_crop_flip(x, rng, padding=4, flip=True):
 
     x: (N, C, H, W), uint8 (recommended: augment before normalize, so padding is black, as in
     torchvision's RandomCrop on images) or float; out: same shape and dtype. Offsets are uniform
-    in 0..2*padding, each image flipped with probability 0.5 (if `flip`). All randomness comes
-    from `rng` (np.random.Generator), so the result is fixed by its state.
+    in 0..2*padding. `flip`: True flips each image with probability 0.5, False never, or an (N,)
+    bool array says which to flip (the alternating flips of Batches). All randomness comes from
+    `rng` (np.random.Generator), so the result is fixed by its state.
     """
     N = len(x)
     dy, dx = rng.integers(0, 2 * padding + 1, size=(2, N))
-    flipped = rng.random(N) < 0.5 if flip else np.zeros(N, dtype=np.bool_)
+    if isinstance(flip, np.ndarray):
+        flipped = flip
+    else:
+        flipped = rng.random(N) < 0.5 if flip else np.zeros(N, dtype=np.bool_)
     return crop_flip(x, dy, dx, flipped, padding)
+
+
+def cutout(x, size, rng):
+    """DeVries and Taylor's cutout (2017): zero one size x size square per image, in place.
+
+    Each square's centre is uniform over the image and the square is clipped at the borders,
+    as in the paper, so a square near an edge covers less. Apply it to normalised images: 0 is
+    then the dataset's mean colour, as in the paper's code. x: (N, C, H, W) float; rng draws
+    the 2N centres (rows, then columns). Returns x.
+    """
+    N, _, H, W = x.shape
+    cy, cx = rng.integers(0, H, N), rng.integers(0, W, N)
+    rows, cols = np.arange(H), np.arange(W)
+    top, left = cy - size // 2, cx - size // 2
+    in_rows = (rows >= top[:, None]) & (rows < top[:, None] + size)  # (N, H)
+    in_cols = (cols >= left[:, None]) & (cols < left[:, None] + size)  # (N, W)
+    hole = in_rows[:, None, :, None] & in_cols[:, None, None, :]  # (N, 1, H, W)
+    np.copyto(x, 0, where=hole)
+    return x
 
 
 def iterate_minibatches(x, y, batch_size, rng=None, shuffle=True, drop_last=False):
@@ -456,36 +479,69 @@ def iterate_minibatches(x, y, batch_size, rng=None, shuffle=True, drop_last=Fals
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if shuffle and rng is None:
         raise ValueError("shuffle=True needs an explicit rng=np.random.default_rng(seed)")
-    order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
-    stop = len(x) - len(x) % batch_size if drop_last else len(x)
-    return ((x[order[i:i + batch_size]], y[order[i:i + batch_size]])
-            for i in range(0, stop, batch_size))
+    return ((x[idx], y[idx]) for idx in minibatch_indices(len(x), batch_size, rng, shuffle,
+                                                          drop_last))
+
+
+def minibatch_indices(N, batch_size, rng=None, shuffle=True, drop_last=False):
+    """The index arrays of one epoch's minibatches over N samples: slices of rng.permutation(N)
+    (drawn now) or of arange(N); the last one shorter unless drop_last."""
+    order = rng.permutation(N) if shuffle else np.arange(N)
+    stop = N - N % batch_size if drop_last else N
+    return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
+
+
+FLIP_MODES = ("random", "alternate")
 
 
 class Batches:
     """A tiny DataLoader: each iteration is one epoch of normalised float32 (xb, yb) batches.
 
-    Per epoch: shuffle (if `shuffle`), slice, random_crop_flip (if `augment`), normalize.
-    xb: (B, 3, 32, 32) float32, yb: (B,) int64. All randomness comes from `self.rng`, so
-    saving `rng.bit_generator.state` between epochs and restoring it replays the next epoch
-    exactly (the trainer's resume); the permutation is drawn when the epoch starts.
+    Per epoch: shuffle (if `shuffle`), slice, random_crop_flip (if `augment`), normalize, cutout
+    (if `cutout` > 0, a square of that side). xb: (B, 3, 32, 32) float32, yb: (B,) int64. All
+    randomness comes from `self.rng`, so saving `rng.bit_generator.state` between epochs and
+    restoring it replays the next epoch exactly (the trainer's resume); the permutation is
+    drawn when the epoch starts.
+
+    flip="alternate" is airbench's de-randomised flip (Jordan, 2024): a random half of the
+    images, drawn from `rng` when the Batches is made, is flipped in the first epoch and every
+    second one after it, the other half in the epochs between, so every image is seen both
+    ways in any two consecutive epochs. The parity comes from `self.epoch`, the number of
+    epochs already done, which each iteration increments; a resumed run sets it (and must
+    rebuild its Batches from the same seed).
     """
 
     def __init__(self, x, y, batch_size, *, augment=False, shuffle=True, drop_last=False,
-                 rng=None):
-        if (augment or shuffle) and rng is None:
-            raise ValueError("augment or shuffle needs an explicit rng=np.random.default_rng(seed)")
+                 rng=None, flip="random", cutout=0):
+        if (augment or shuffle or cutout) and rng is None:
+            raise ValueError("augment, shuffle or cutout needs an explicit "
+                             "rng=np.random.default_rng(seed)")
+        if flip not in FLIP_MODES:
+            raise ValueError(f"flip must be one of {FLIP_MODES}, got {flip!r}")
+        if not (isinstance(cutout, (int, np.integer)) and 0 <= cutout <= x.shape[-1]):
+            raise ValueError(f"cutout must be an integer from 0 to {x.shape[-1]}, got {cutout!r}")
         self.x, self.y, self.batch_size = x, y, batch_size
         self.augment, self.shuffle, self.drop_last, self.rng = augment, shuffle, drop_last, rng
+        self.flip, self.cutout, self.epoch = flip, int(cutout), 0
+        # Drawn only in this mode, so the default's random stream is what it always was.
+        self.flip_first = (rng.random(len(x)) < 0.5 if augment and flip == "alternate"
+                           else None)
 
     def __len__(self):
         full, rest = divmod(len(self.x), self.batch_size)
         return full if self.drop_last or rest == 0 else full + 1
 
     def __iter__(self):
-        batches = iterate_minibatches(self.x, self.y, self.batch_size, self.rng,
-                                      self.shuffle, self.drop_last)
-        for xb, yb in batches:
+        batches = minibatch_indices(len(self.x), self.batch_size, self.rng, self.shuffle,
+                                    self.drop_last)
+        odd = self.epoch % 2 == 1
+        self.epoch += 1
+        for idx in batches:
+            xb, yb = self.x[idx], self.y[idx]
             if self.augment:
-                xb = random_crop_flip(xb, self.rng)
-            yield normalize(xb), yb
+                flip = True if self.flip_first is None else self.flip_first[idx] ^ odd
+                xb = random_crop_flip(xb, self.rng, flip=flip)
+            xb = normalize(xb)
+            if self.cutout:
+                cutout(xb, self.cutout, self.rng)
+            yield xb, yb

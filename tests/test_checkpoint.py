@@ -154,3 +154,13 @@ def test_temporary_files_left_by_a_killed_write_are_found_and_removed(tmp_path):
     assert checkpoint.temporary_files(tmp_path, ["last.npz", "history.csv"]) == sorted(left)
     assert checkpoint.remove_temporary_files(tmp_path, ["last.npz", "history.csv"]) == sorted(left)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.txt.tmp", "last.npz"]
+
+
+def test_model_arrays_prefer_the_ema_of_a_trainer_checkpoint_unless_told_otherwise():
+    from minimobile.checkpoint import model_arrays
+    arrays = {"model/w": np.zeros(2), "ema/w": np.ones(2), "optimizer/step": np.array(3)}
+    np.testing.assert_array_equal(model_arrays(arrays)["w"], 1)
+    np.testing.assert_array_equal(model_arrays(arrays, ema=False)["w"], 0)
+    assert set(model_arrays({"model/w": np.zeros(2)})) == {"w"}
+    plain = {"w": np.zeros(2)}
+    assert model_arrays(plain) is plain

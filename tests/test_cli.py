@@ -348,3 +348,42 @@ def test_outputs_that_cannot_be_written_fail_in_one_line_before_any_work(trained
     assert "is a folder: give a file name" in one_line_error(capsys)
     assert main(["export", str(trained_run / "best.npz"), str(blocker / "m.onnx")]) == 1
     assert "a folder on that path is a file" in one_line_error(capsys)
+
+
+def test_train_help_lists_the_recipes_and_the_techniques(capsys):
+    assert main(["train", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--recipe fast = --model=v1" in text
+    assert all(option in text for option in ("--ema DECAY", "--tta", "--flip", "--cutout SIZE",
+                                             "--decay-norm-and-bias"))
+
+
+@pytest.mark.parametrize("argv", [["--cutout", "33"], ["--cutout", "-1"], ["--ema", "1"],
+                                  ["--tta", "rotate"], ["--flip", "sometimes"],
+                                  ["--recipe", "slowest"], ["--schedule", "triangle"]])
+def test_bad_technique_options_are_usage_errors_in_one_line(argv, capsys):
+    assert main(["train", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and "Traceback" not in err and len(err.splitlines()) == 2
+
+
+def test_a_recipe_sets_its_bundle_and_explicit_options_override_it(fake_data, tmp_path, capsys):
+    out = tmp_path / "fast"
+    assert main(["train", "--recipe", "fast", *TINY_RUN, "--cutout", "4", "--data",
+                 str(fake_data), "--out", str(out)]) == 0
+    config = train.read_config(out / "last.npz")
+    assert (config.model, config.width, config.epochs, config.cutout) == ("v1", 0.25, 1, 4)
+    assert (config.ema, config.tta, config.flip, config.schedule, config.label_smoothing) == (
+        0.999, "flip,translate", "alternate", "linear", 0.2)
+    assert any(key.startswith("ema/") for key in checkpoint.load(out / "last.npz")[0])
+    capsys.readouterr()
+    assert main(["eval", str(out / "best.npz"), "--data", str(fake_data), "--tta", "flip",
+                 "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "test-time augmentation flip" in printed and "EMA weights (decay 0.999)" in printed
+    # Without --tta, eval uses the run's own, so it reproduces the accuracy training logged.
+    assert main(["eval", str(out / "best.npz"), "--data", str(fake_data), "--limit-test", "32",
+                 "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    (row,) = train.read_history(out / "history.csv")
+    assert "flip,translate" in printed and f"test accuracy {row['test_acc']:.4f}" in printed

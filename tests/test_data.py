@@ -534,3 +534,76 @@ def test_real_cifar10_has_the_official_shapes_and_balanced_classes():
     z = normalize(ds.x_train[:5000], dtype=np.float64)
     np.testing.assert_allclose(z.mean(axis=(0, 2, 3)), 0.0, atol=0.03)
     np.testing.assert_allclose(z.std(axis=(0, 2, 3)), 1.0, atol=0.03)
+
+
+def ramp_images(n):
+    """Images whose value rises left to right (labels are their ids), so a flip, even after a
+    crop of up to 4 px, shows as a falling centre row."""
+    x = np.broadcast_to((10 + 7 * np.arange(32)).astype(np.uint8), (n, 3, 32, 32)).copy()
+    return x, np.arange(n)
+
+
+def flipped_ids(batches):
+    """{image id: flipped?} over one epoch of `batches` of ramp_images."""
+    return {int(i): bool(xb[k, 0, 16, 20] < xb[k, 0, 16, 12])
+            for xb, yb in batches for k, i in enumerate(yb)}
+
+
+def test_batches_default_flips_keep_the_random_stream_of_crop_then_flip_per_batch():
+    x, y = ramp_images(40)
+    got = list(Batches(x, y, 16, augment=True, rng=np.random.default_rng(5)))
+    rng = np.random.default_rng(5)
+    order = rng.permutation(40)
+    for (xb, yb), i in zip(got, range(0, 40, 16), strict=True):
+        idx = order[i:i + 16]
+        np.testing.assert_array_equal(xb, normalize(random_crop_flip(x[idx], rng)))
+        np.testing.assert_array_equal(yb, y[idx])
+
+
+def test_alternating_flips_flip_each_image_in_every_other_epoch_from_a_random_start():
+    x, y = ramp_images(64)
+    batches = Batches(x, y, 16, augment=True, rng=np.random.default_rng(0), flip="alternate")
+    epochs = [flipped_ids(batches) for _ in range(3)]
+    assert all(epochs[1][i] != epochs[0][i] for i in range(64))
+    assert epochs[2] == epochs[0]
+    assert 16 <= sum(epochs[0].values()) <= 48  # a random half, not all or none
+    other = flipped_ids(Batches(x, y, 16, augment=True, rng=np.random.default_rng(1),
+                                flip="alternate"))
+    assert other != epochs[0]
+
+
+def test_alternating_flips_resume_from_the_epoch_count_and_the_rng_state():
+    x, y = ramp_images(32)
+    batches = Batches(x, y, 8, augment=True, rng=np.random.default_rng(2), flip="alternate")
+    list(batches)
+    state = batches.rng.bit_generator.state
+    epoch2 = list(batches)
+    resumed = Batches(x, y, 8, augment=True, rng=np.random.default_rng(2), flip="alternate")
+    resumed.rng.bit_generator.state, resumed.epoch = state, 1
+    for (xb, yb), (xr, yr) in zip(epoch2, resumed, strict=True):
+        np.testing.assert_array_equal(xb, xr)
+        np.testing.assert_array_equal(yb, yr)
+
+
+def test_cutout_zeroes_one_clipped_square_per_image_deterministically():
+    from minimobile.data import cutout
+    x = np.ones((200, 3, 32, 32), np.float32)
+    out = cutout(x.copy(), 8, np.random.default_rng(0))
+    holes = out[:, 0] == 0  # (N, H, W)
+    assert (out == 0).sum(axis=1).max() <= 3 and np.array_equal(holes, out[:, 2] == 0)
+    areas = holes.sum(axis=(1, 2))
+    assert areas.max() == 64 and areas.min() >= 16  # a corner centre keeps a quarter
+    rows, cols = holes.any(axis=2), holes.any(axis=1)
+    assert np.array_equal(areas, rows.sum(1) * cols.sum(1))  # one rectangle, not scattered
+    np.testing.assert_array_equal(cutout(x.copy(), 8, np.random.default_rng(0)), out)
+
+
+def test_batches_apply_cutout_after_normalising_and_refuse_bad_options():
+    x, y = ramp_images(16)
+    xb, _ = next(iter(Batches(x, y, 16, shuffle=False, cutout=6, rng=np.random.default_rng(0))))
+    assert (xb == 0).all(axis=1).sum(axis=(1, 2)).min() >= 9
+    assert (normalize(x) != 0).all()  # so every zero is cutout's
+    with pytest.raises(ValueError, match="flip must be one of"):
+        Batches(x, y, 4, rng=np.random.default_rng(0), flip="sometimes")
+    with pytest.raises(ValueError, match="cutout must be an integer"):
+        Batches(x, y, 4, rng=np.random.default_rng(0), cutout=33)

@@ -62,7 +62,7 @@ def test_config_fills_the_optimizers_defaults_and_rejects_bad_values():
     assert config.out == "runs/v2-w0.5"
     adamw = TrainConfig(optimizer="adamw", lr=1e-3)
     assert adamw.lr == 1e-3 and adamw.weight_decay == 0.05
-    for bad in ({"model": "v4"}, {"optimizer": "adam"}, {"schedule": "linear"},
+    for bad in ({"model": "v4"}, {"optimizer": "adam"}, {"schedule": "triangle"},
                 {"epochs": 0}, {"label_smoothing": 1.0}, {"limit_train": 0}, {"width": 0},
                 {"dtype": "float16"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
@@ -116,9 +116,17 @@ def test_fit_lowers_the_loss_and_writes_checkpoints_and_history(tmp_path):
     assert checkpoint.load_meta(tmp_path / "last.npz")["epoch"] == 5
 
 
-def test_resume_after_ctrl_c_ends_bit_for_bit_where_an_uninterrupted_run_ends(tmp_path, capsys):
+# Every technique that carries state across epochs: the EMA's average and update count, the
+# alternating flips' parity, cutout's draws, and an evaluation with TTA.
+FAST_TECHNIQUES = {"ema": 0.9, "flip": "alternate", "cutout": 8, "tta": "flip,translate",
+                   "schedule": "linear", "label_smoothing": 0.2}
+
+
+@pytest.mark.parametrize("techniques", [{}, FAST_TECHNIQUES], ids=["defaults", "techniques"])
+def test_resume_after_ctrl_c_ends_bit_for_bit_where_an_uninterrupted_run_ends(tmp_path, capsys,
+                                                                              techniques):
     data = colour_data()
-    straight = tiny_config(tmp_path / "straight", seed=3)
+    straight = tiny_config(tmp_path / "straight", seed=3, **techniques)
     fit(straight, model=tiny_model(0), data=data, progress=False)
 
     resumed = replace(straight, out=str(tmp_path / "resumed"))
@@ -132,10 +140,11 @@ def test_resume_after_ctrl_c_ends_bit_for_bit_where_an_uninterrupted_run_ends(tm
     a, meta_a = checkpoint.load(tmp_path / "straight" / "last.npz")
     b, meta_b = checkpoint.load(tmp_path / "resumed" / "last.npz")
     assert set(a) == set(b) and any(k.startswith("optimizer/momentum_buffer") for k in a)
+    assert any(k.startswith("ema/") for k in a) == bool(techniques)
     for key in a:
         assert np.array_equal(a[key], b[key]), key
-    for key in ("epoch", "step", "data_rng", "model_rngs"):
-        assert meta_a[key] == meta_b[key], key
+    for key in ("epoch", "step", "data_rng", "model_rngs", "ema_updates"):
+        assert meta_a.get(key) == meta_b.get(key), key
     strip = [[{k: v for k, v in row.items() if k not in TIMING} for row in meta["history"]]
              for meta in (meta_a, meta_b)]
     assert strip[0] == strip[1]
@@ -354,3 +363,128 @@ def test_resuming_from_a_checkpoint_with_a_broken_training_state_is_a_corrupt_ch
     with pytest.raises(checkpoint.CorruptCheckpointError, match="valid training state"):
         fit(replace(config, epochs=2), model=tiny_model(0), data=data, resume=True,
             progress=False)
+
+
+def test_the_same_seed_gives_the_same_run_with_every_technique_on(tmp_path):
+    data = colour_data(n_train=128, n_test=32)
+    runs = [fit(tiny_config(tmp_path / name, epochs=2, **FAST_TECHNIQUES), model=tiny_model(0),
+                data=data, progress=False) for name in ("a", "b")]
+    strip = [[{k: v for k, v in row.items() if k not in TIMING} for row in run] for run in runs]
+    assert strip[0] == strip[1]
+    a, _ = checkpoint.load(tmp_path / "a" / "last.npz")
+    b, _ = checkpoint.load(tmp_path / "b" / "last.npz")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    other = fit(tiny_config(tmp_path / "c", epochs=2, seed=1, **FAST_TECHNIQUES),
+                model=tiny_model(0), data=data, progress=False)
+    assert other[-1]["train_loss"] != runs[0][-1]["train_loss"]  # the seed moves the data
+
+
+def test_decay_norm_and_bias_decays_every_parameter_and_the_default_only_weights():
+    model = tiny_model(0)
+    default = train.make_optimizer(tiny_config("unused"), model)
+    names = dict(zip(default.names, default.decay))
+    assert names["0.weight"] and names["6.weight"]  # conv and linear weights
+    assert not any(names[k] for k in ("1.weight", "1.bias", "6.bias"))  # batch norm, bias
+    everything = train.make_optimizer(tiny_config("unused", decay_norm_and_bias=True), model)
+    assert all(everything.decay)
+
+
+def test_evaluate_without_tta_is_the_plain_forward_pass_of_the_normalised_images():
+    model, data = tiny_model(0), colour_data(n_train=32, n_test=40)
+    result = train.evaluate(model, data.x_test, data.y_test, batch_size=16)
+    with mm.no_grad():
+        logits = model.eval().forward(mm.data.normalize(data.x_test))
+    np.testing.assert_array_equal(result.predictions, logits.argmax(axis=1))
+
+
+def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror():
+    model, data = tiny_model(0), colour_data(n_train=32, n_test=40)
+    x, y = data.x_test.copy(), data.y_test
+    x[:, :, :, :16] //= 2  # left and right halves differ, so a mirror changes the logits
+    plain = train.evaluate(model, x, y, 16)
+    flip = train.evaluate(model, x, y, 16, tta="flip")
+    mirrored = train.evaluate(model, x[..., ::-1], y, 16, tta="flip")
+    assert flip.loss != plain.loss
+    assert flip.loss == pytest.approx(mirrored.loss, rel=1e-6)  # the average is mirror-blind
+    model.eval()
+    with mm.no_grad():
+        expected = (model.forward(mm.data.normalize(x)) +
+                    model.forward(mm.data.normalize(x[..., ::-1].copy()))) / 2
+    np.testing.assert_allclose(train.tta_logits(model, x, "flip"), expected, rtol=1e-5)
+
+
+def test_translate_tta_weighs_the_unshifted_and_the_two_reflect_shifted_pairs_as_airbench():
+    model, data = tiny_model(0).eval(), colour_data(n_train=32, n_test=8)
+    x = data.x_test
+
+    def pair(images):
+        with mm.no_grad():
+            return sum(model.forward(mm.data.normalize(v.copy())) for v in
+                       (images, images[..., ::-1])) / 2
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect")
+    expected = (0.5 * pair(x) + 0.25 * pair(padded[..., :32, :32])
+                + 0.25 * pair(padded[..., 2:, 2:]))
+    with mm.no_grad():
+        got = train.tta_logits(model, x, "flip,translate")
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="tta"):
+        train.evaluate(model, x, data.y_test, tta="rotate")
+
+
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_with_ema_the_averaged_model_is_tested_checkpointed_and_chosen_as_best(tmp_path, tta):
+    data = colour_data()
+    history = fit(tiny_config(tmp_path, epochs=3, ema=0.9, tta=tta), model=tiny_model(0),
+                  data=data, progress=False)
+    arrays, meta = checkpoint.load(tmp_path / "last.npz")
+    assert meta["ema_updates"] == 24 and any(k.startswith("ema/") for k in arrays)
+    live = tiny_model(0)
+    live.load_state_dict(checkpoint.model_arrays(arrays, ema=False))
+    # The loader above builds the config's network, not our tiny one: load the EMA by hand.
+    ema_model = tiny_model(0)
+    checkpoint.load_model(tmp_path / "last.npz", ema_model)
+    assert not np.array_equal(ema_model[0].params["weight"], live[0].params["weight"])
+    tested = train.evaluate(ema_model, data.x_test, data.y_test, 32, 0.1, tta=tta)
+    assert tested.loss == pytest.approx(history[-1]["test_loss"], rel=1e-6)
+    assert tested.loss != train.evaluate(live, data.x_test, data.y_test, 32, 0.1, tta=tta).loss
+    best = max(history, key=lambda row: row["test_acc"])
+    assert checkpoint.load_meta(tmp_path / "best.npz")["epoch"] == best["epoch"]
+
+
+def test_the_fast_recipe_is_a_valid_config_whose_values_explicit_settings_override():
+    config = train.recipe_config("fast", out="x")
+    for key, value in train.RECIPES["fast"].items():
+        assert getattr(config, key) == value, key
+    assert config.ema > 0 and config.tta != "none" and config.cutout > 0
+    assert train.recipe_config("fast", ema=0.0, out="x").ema == 0.0
+    with pytest.raises(ValueError, match="recipe"):
+        train.recipe_config("slowest")
+
+
+def test_fit_hands_the_flip_mode_and_cutout_to_its_batches(tmp_path, monkeypatch):
+    made = []
+
+    class SpyBatches(train.Batches):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs)
+            super().__init__(*args, **kwargs)
+    monkeypatch.setattr(train, "Batches", SpyBatches)
+    fit(tiny_config(tmp_path, epochs=1, flip="alternate", cutout=5), model=tiny_model(0),
+        data=colour_data(64, 16), progress=False)
+    (kwargs,) = made
+    assert kwargs["flip"] == "alternate" and kwargs["cutout"] == 5 and kwargs["augment"]
+
+
+def test_fit_trains_with_the_configs_label_smoothing_and_nesterov_setting(tmp_path, monkeypatch):
+    seen = []
+    loss_fn = train.softmax_cross_entropy
+
+    def spy(logits, y, smoothing=0.0):
+        seen.append(smoothing)
+        return loss_fn(logits, y, smoothing)
+    monkeypatch.setattr(train, "softmax_cross_entropy", spy)
+    fit(tiny_config(tmp_path, epochs=1, label_smoothing=0.2), model=tiny_model(0),
+        data=colour_data(64, 16), progress=False)
+    assert seen and set(seen) == {0.2}  # training steps and the test loss alike
+    assert train.make_optimizer(tiny_config("unused"), tiny_model(0)).nesterov
+    assert not train.make_optimizer(tiny_config("unused", nesterov=False), tiny_model(0)).nesterov
