@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, checkpoint
+from . import __version__, checkpoint, parallel
 from .data import load_cifar10
 from .errors import (CheckpointMismatchError, ConfigError, CorruptCheckpointError,
                      CorruptDataError, CorruptHistoryError, NonFiniteError)
@@ -350,6 +350,7 @@ def _train(args):
             error(f"{out} already holds a run ({', '.join(existing)}): add --resume to continue "
                   "it, --overwrite to replace it, or choose another --out")
     prepare_out(out)  # a folder that cannot be written fails now, not after an epoch
+    print(parallel.describe(), flush=True)
     try:
         history = fit(config, resume=args.resume, progress=not args.no_progress, log=True)
     except ConfigError as e:  # found once the data is loaded: a batch larger than the data
@@ -369,6 +370,7 @@ def _eval(args):
     data = load_cifar10(args.data if args.data is not None else config.data)
     x, y = data.x_test[:args.limit_test], data.y_test[:args.limit_test]
     tta = config.tta if args.tta is None else args.tta
+    print(parallel.describe(), flush=True)
     result = evaluate(model, x, y, args.batch_size, config.label_smoothing, progress=True,
                       tta=tta)
     cm = confusion_matrix(y, result.predictions, len(data.classes))

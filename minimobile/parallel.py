@@ -62,3 +62,16 @@ def set_num_threads(n):
 
 def get_num_threads():
     return numba.get_num_threads()
+
+
+def describe():
+    """One line on the thread settings in force, for the command line to print: when training
+    runs far slower than it should, this is the first thing to look at (see
+    docs/TROUBLESHOOTING.md, "Slow on a busy machine")."""
+    if "OMP_WAIT_POLICY" in os.environ:
+        waiting = f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}"
+    else:
+        waiting = f"idle threads sleep after {os.environ.get('GOMP_SPINCOUNT', '300000')} spins"
+    blas = os.environ.get("MINIMOBILE_BLAS_THREADS", "1")
+    return (f"threads: {numba.get_num_threads()} Numba ({waiting}), BLAS {blas} per thread; "
+            f"set NUMBA_NUM_THREADS=1 if other programs keep the cores busy")

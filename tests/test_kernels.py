@@ -456,3 +456,13 @@ def test_waiting_threads_sleep_unless_the_environment_says_otherwise(env, expect
                             env={**base, **env}, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == expected
+
+
+def test_the_thread_settings_are_described_in_one_line(monkeypatch):
+    from minimobile import parallel
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setenv("GOMP_SPINCOUNT", "123")
+    line = parallel.describe()
+    assert f"threads: {numba.get_num_threads()} Numba" in line and "after 123 spins" in line
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert "OMP_WAIT_POLICY=PASSIVE" in parallel.describe()
