@@ -1,0 +1,285 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · The depthwise separable convolution: what it saves, on paper and in time
+#
+# A MobileNet V1 is a stack of *depthwise separable* convolutions. This notebook derives what
+# they cost against a standard convolution, checks the formula against minimobile's
+# multiply-add counter (`minimobile.cost.profile`), reproduces two tables of the V1 paper
+# (Howard et al. 2017, arXiv:1704.04861), and then measures how much of the saving survives on a
+# real CPU.
+#
+# **Exercise**: [`exercises/ex01_depthwise_separable.py`](../exercises/ex01_depthwise_separable.py) (count the multiply-adds, then write the depthwise and pointwise convolutions and their gradients yourself). Check your answers with `pytest exercises -m ex01`.
+
+# %%
+# %load_ext autoreload
+# %autoreload 2
+import os
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+import minimobile as mm
+from minimobile import experiments as ex
+
+# Quick mode (MINIMOBILE_QUICK=1, set by tests/test_notebooks.py): small sizes, few repetitions,
+# so that the test suite runs every notebook in seconds. Leave it unset to run the real thing.
+QUICK = os.environ.get("MINIMOBILE_QUICK") == "1"
+print("quick mode" if QUICK else "full mode", "| Numba threads:", mm.get_num_threads())
+
+# %% [markdown]
+# ## The cost ratio
+#
+# A standard convolution with $M$ input channels, $N$ output channels and a $D_K \times D_K$
+# kernel, on a $D_F \times D_F$ map (stride 1, 'same' padding), computes every output value as a
+# sum over $D_K^2 M$ products:
+#
+# $$\text{standard} = D_K^2 \, M \, N \, D_F^2 .$$
+#
+# The depthwise separable convolution splits it in two. A **depthwise** convolution filters each
+# input channel with its own $D_K \times D_K$ kernel ($D_K^2$ products per output value, $M$
+# channels), then a **pointwise** ($1 \times 1$) convolution mixes the channels ($M$ products per
+# output value, $N$ channels):
+#
+# $$\text{separable} = D_K^2 \, M \, D_F^2 + M \, N \, D_F^2 .$$
+#
+# Dividing,
+#
+# $$\frac{\text{separable}}{\text{standard}} = \frac{D_K^2 M D_F^2 + M N D_F^2}{D_K^2 M N D_F^2}
+# = \frac{1}{N} + \frac{1}{D_K^2}.$$
+#
+# It depends on neither $M$ nor $D_F$. With $D_K = 3$ and a few hundred output channels the
+# separable version needs between 8 and 9 times fewer multiply-adds, the paper's Section 3.1.
+# The parameters follow the same ratio, with $D_F^2$ removed from both.
+#
+# ## Counted against the formula
+#
+# `ex.separable_cost` builds a `Conv2d` and a `DepthwiseConv2d` + `PointwiseConv2d` pair and runs
+# `minimobile.cost.profile` on both, which counts what every layer actually computes in a forward
+# pass. The ratio is compared as an exact fraction, so "agree" means equal, not close.
+
+# %%
+c_outs = [16, 32, 64, 128, 256, 512, 1024]
+kernel_sizes = [3, 5, 7]
+grid = ex.separable_cost_grid(c_outs, kernel_sizes, C_in=32, size=8)
+print(f"{'K':>2} {'C_out':>6} {'standard MACs':>14} {'separable MACs':>15} {'counted':>9} {'1/N + 1/K^2':>12}")
+for c in grid:
+    print(f"{c.K:>2} {c.C_out:>6} {c.standard_macs:>14,} {c.separable_macs:>15,} "
+          f"{float(c.counted_ratio):>9.5f} {float(c.theoretical_ratio):>12.5f}")
+assert all(c.counted_ratio == c.theoretical_ratio for c in grid)
+print("counted == theoretical, exactly, for all", len(grid), "settings")
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 4))
+for K in kernel_sizes:
+    rows = [c for c in grid if c.K == K]
+    n = np.geomspace(16, 1024, 200)
+    line, = ax.plot(n, 1 / n + 1 / K**2, label=f"1/N + 1/{K * K} (K={K})")
+    ax.plot([c.C_out for c in rows], [float(c.counted_ratio) for c in rows], "o",
+            color=line.get_color(), label=f"counted by profile, K={K}")
+ax.set(xscale="log", yscale="log", xlabel="output channels N", ylabel="separable / standard MACs",
+       title="Cost ratio: counted against theory")
+ax.legend(fontsize=8)
+plt.show()
+
+# %% [markdown]
+# ## The V1 paper's Table 3: one 14×14×512 layer
+#
+# Table 3 of the paper follows one internal layer ($D_K = 3$, $M = N = 512$, $D_F = 14$) through
+# the changes the paper makes, each row adding to the one before: the standard conv, the
+# depthwise separable conv, width multiplier $\alpha = 0.75$ (384 channels), and resolution
+# multiplier $\rho = 0.714$ (10×10 maps). The counter's numbers, in millions, beside the paper's:
+
+# %%
+table_3 = {
+    "Convolution": ex.separable_cost(512, 512, 3, 14),
+    "Depthwise Separable Conv": ex.separable_cost(512, 512, 3, 14),
+    "alpha = 0.75": ex.separable_cost(384, 384, 3, 14),
+    "rho = 0.714": ex.separable_cost(384, 384, 3, 10),
+}
+print(f"{'V1 Table 3 row':<26} {'M MACs':>9} {'paper':>7} {'M params':>9} {'paper':>7}")
+for row, c in table_3.items():
+    macs, params = ((c.standard_macs, c.standard_params) if row == "Convolution"
+                    else (c.separable_macs, c.separable_params))
+    paper_macs, paper_params = ex.V1_TABLE_3[row]
+    print(f"{row:<26} {macs / 1e6:>9.2f} {paper_macs:>7} {params / 1e6:>9.3f} {paper_params:>7}")
+
+# %% [markdown]
+# ## The V1 paper's Table 2: where a whole MobileNet's multiply-adds are
+#
+# The paper's Table 2 sums the cost of the full network (224×224, width 1.0) by layer type and
+# finds about 95 % of the multiply-adds in the 1×1 convolutions. `ex.cost_by_layer_type` does the
+# same sum over `profile`'s rows (batch norm's parameters left out, as in the paper, whose four
+# rows are the only ones):
+
+# %%
+shares = ex.cost_by_layer_type(mm.mobilenet_v1(seed=0))
+print(f"{'layer type':<16} {'MACs %':>8} {'paper':>7} {'params %':>9} {'paper':>7}")
+for s in shares:
+    paper_macs, paper_params = ex.V1_TABLE_2[s.label]
+    print(f"{s.label:<16} {s.macs_share:>8.2f} {paper_macs:>7} {s.params_share:>9.2f} {paper_params:>7}")
+print(f"{'sum':<16} {sum(s.macs_share for s in shares):>8.2f} "
+      f"{sum(m for m, _ in ex.V1_TABLE_2.values()):>7.2f}")
+
+# %% [markdown]
+# The 1×1, depthwise and fully connected rows agree with the paper to its two decimals. The
+# 3×3 row (the stem) does not: the paper prints 1.19 %, but then its column sums to 99.29 %
+# (printed above); the count gives the same digits in the other order, and its column sums to
+# 100 %. The parameter shares differ in the second decimal because minimobile counts the
+# classifier's 1,000 biases, which the paper's shares leave out.
+#
+# ## Does time fall as far as the multiply-adds?
+#
+# Now the same two layers, timed: forward, and forward + backward (what a training step pays),
+# in float32 on a batch of images, with minimobile's Numba kernels and BLAS. Each time is the
+# median of several runs (`ex.time_callable`), after a warm-up run.
+
+# %%
+if QUICK:
+    N, size, C_in, timed_c_outs, repeats = 2, 8, 16, [16, 64], 2
+else:
+    N, size, C_in, timed_c_outs, repeats = 16, 16, 128, [16, 32, 64, 128, 256, 512, 1024], 7
+K = 3
+rng = np.random.default_rng(0)
+x = rng.standard_normal((N, C_in, size, size)).astype(np.float32)
+timings = []
+for C_out in timed_c_outs:
+    standard = ex.standard_conv(C_in, C_out, K, rng)
+    separable = ex.depthwise_separable_conv(C_in, C_out, K, rng)
+    std_f, std_fb = ex.time_forward_backward(standard, x, repeats)
+    sep_f, sep_fb = ex.time_forward_backward(separable, x, repeats)
+    dw_f, _ = ex.time_forward_backward(separable[0], x, repeats)
+    pw_f, _ = ex.time_forward_backward(separable[1], x, repeats)
+    timings.append(dict(C_out=C_out, flop_ratio=float(ex.theoretical_ratio(C_out, K)),
+                        std_f=std_f.ms, std_fb=std_fb.ms, sep_f=sep_f.ms, sep_fb=sep_fb.ms,
+                        dw_f=dw_f.ms, pw_f=pw_f.ms))
+print(f"batch {N}, {C_in} input channels, {size}x{size} maps, K={K}, median of {repeats}; ms")
+print(f"{'C_out':>6} {'std fwd':>8} {'sep fwd':>8} {'std f+b':>8} {'sep f+b':>8} "
+      f"{'MAC ratio':>9} {'fwd ratio':>9} {'f+b ratio':>9}")
+for t in timings:
+    print(f"{t['C_out']:>6} {t['std_f']:>8.2f} {t['sep_f']:>8.2f} {t['std_fb']:>8.2f} "
+          f"{t['sep_fb']:>8.2f} {t['flop_ratio']:>9.3f} {t['sep_f'] / t['std_f']:>9.3f} "
+          f"{t['sep_fb'] / t['std_fb']:>9.3f}")
+
+# %% [markdown]
+# PyTorch, if it is installed (it is optional: `pip install -e ".[torch]"`), times the same
+# shapes with its own kernels, on the same number of threads, for comparison:
+
+# %%
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:
+    torch = None
+    print("PyTorch is not installed: its column is skipped")
+if torch is not None:
+    torch.set_num_threads(mm.get_num_threads())
+
+    def torch_times(C_out):
+        xt = torch.from_numpy(x).requires_grad_()
+        w_std = torch.randn(C_out, C_in, K, K, requires_grad=True)
+        w_dw = torch.randn(C_in, 1, K, K, requires_grad=True)
+        w_pw = torch.randn(C_out, C_in, 1, 1, requires_grad=True)
+        standard = lambda: F.conv2d(xt, w_std, padding=K // 2)
+        separable = lambda: F.conv2d(F.conv2d(xt, w_dw, padding=K // 2, groups=C_in), w_pw)
+        out = {}
+        for name, f in (("std", standard), ("sep", separable)):
+            dout = torch.randn(N, C_out, size, size)
+            out[name + "_f"] = ex.time_callable(lambda: f().detach(), repeats).ms
+            out[name + "_fb"] = ex.time_callable(lambda: f().backward(dout), repeats).ms
+        return out
+
+    for t in timings:
+        t["torch"] = torch_times(t["C_out"])
+    print(f"{'C_out':>6} {'MAC ratio':>9} {'mm f+b ratio':>12} {'torch f+b ratio':>15}")
+    for t in timings:
+        p = t["torch"]
+        print(f"{t['C_out']:>6} {t['flop_ratio']:>9.3f} {t['sep_fb'] / t['std_fb']:>12.3f} "
+              f"{p['sep_fb'] / p['std_fb']:>15.3f}")
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 5))
+flop = [t["flop_ratio"] for t in timings]
+ax.plot(flop, [t["sep_f"] / t["std_f"] for t in timings], "o-", label="minimobile, forward")
+ax.plot(flop, [t["sep_fb"] / t["std_fb"] for t in timings], "s-", label="minimobile, forward+backward")
+if torch is not None:
+    ax.plot(flop, [t["torch"]["sep_fb"] / t["torch"]["std_fb"] for t in timings], "^--",
+            label="PyTorch, forward+backward")
+lims = [min(flop) * 0.8, 1.5]
+ax.plot(lims, lims, "k:", label="time ratio = MAC ratio")
+ax.set(xscale="log", yscale="log", xlabel="separable / standard multiply-adds",
+       ylabel="separable / standard time", title="Measured time ratio against MAC ratio")
+ax.legend(fontsize=8)
+plt.show()
+
+# %% [markdown]
+# ## Why time does not fall as far
+#
+# Points above the dotted line mean the separable pair saves less time than multiply-adds. The
+# two halves of the pair explain it. Below, each layer's forward throughput (multiply-adds per
+# second) and its *arithmetic intensity*, the multiply-adds it does per byte it must read or
+# write at least once (input, output and weights in float32):
+#
+# - the **depthwise** conv does only $D_K^2 = 9$ multiply-adds per input value it reads and per
+#   output value it writes. Its speed is set by how fast memory delivers the maps, not by the
+#   arithmetic units: it is *memory-bound*;
+# - the **pointwise** conv is a matrix product, $(N \times M) \cdot (M \times D_F^2)$ per image,
+#   with up to $M$ multiply-adds per value moved; BLAS keeps blocks of the operands in registers
+#   and cache, so arithmetic rather than memory sets its speed, as for the standard conv (an
+#   im2col matrix product).
+#
+# So the separable pair replaces one large, efficient matrix product by a smaller one plus a
+# pass that moves as many bytes as the smaller product but does little arithmetic on them.
+
+# %%
+t = timings[-1]
+C_out = t["C_out"]
+pixels = N * size * size
+dw_macs, pw_macs = pixels * C_in * K * K, pixels * C_in * C_out
+std_macs = pixels * C_in * C_out * K * K
+# Bytes each layer must at least read and write once: input, output and weights, float32.
+bytes_dw = 4 * (2 * pixels * C_in + C_in * K * K)
+bytes_pw = 4 * (pixels * (C_in + C_out) + C_in * C_out)
+bytes_std = 4 * (pixels * (C_in + C_out) + C_in * C_out * K * K)
+# What this machine's memory delivers to a plain copy of the same input: the ceiling for a
+# layer that only streams its data through.
+buffer = np.empty_like(x)
+copy = ex.time_callable(lambda: np.copyto(buffer, x), repeats=max(repeats, 5))
+copy_rate = 2 * x.nbytes / copy.median / 1e9
+print(f"at C_out = {C_out}; a plain copy of x moves {copy_rate:.1f} GB/s")
+print(f"{'layer':<14} {'GMAC/s':>7} {'GB/s':>6} {'MACs/byte':>9} {'% of pair MACs':>14} {'% of pair time':>14}")
+pair_ms = t["dw_f"] + t["pw_f"]
+for name, macs, nbytes, ms in (("depthwise 3x3", dw_macs, bytes_dw, t["dw_f"]),
+                               ("pointwise 1x1", pw_macs, bytes_pw, t["pw_f"]),
+                               ("standard 3x3", std_macs, bytes_std, t["std_f"])):
+    pair = name != "standard 3x3"
+    print(f"{name:<14} {macs / ms / 1e6:>7.2f} {nbytes / ms / 1e6:>6.1f} {macs / nbytes:>9.1f} "
+          f"{100 * macs / (dw_macs + pw_macs) if pair else float('nan'):>14.1f} "
+          f"{100 * ms / pair_ms if pair else float('nan'):>14.1f}")
+above = [t["C_out"] for t in timings if t["sep_fb"] / t["std_fb"] > t["flop_ratio"]]
+print(f"forward+backward time ratio above the MAC ratio at C_out = {above}" if above else
+      "forward+backward time ratio at or below the MAC ratio everywhere in this run")
+
+# %% [markdown]
+# How to read this table: a layer whose GB/s comes close to the plain copy's, while its GMAC/s
+# stays far below the matrix products', is limited by memory traffic, not arithmetic. With only
+# $D_K^2 = 9$ multiply-adds per value, the depthwise conv is the layer expected there (the table
+# shows whether it is, on the machine that ran this); the pointwise and standard convs do many
+# more multiply-adds per byte. Where the depthwise conv's share of the
+# pair's time exceeds its share of the multiply-adds, the pair saves less time than
+# arithmetic, and the measured ratios sit above the dotted line. The 1/N + 1/K² formula counts
+# arithmetic; a CPU also pays for memory. (Timings depend on the machine and on what else runs
+# on it: rerun the cells to see the spread.)

@@ -1,0 +1,151 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · MobileNet V3: hard-swish, squeeze-excite and the bneck block
+#
+# MobileNet V3 (Howard et al. 2019, arXiv:1905.02244) keeps V2's inverted residual, adds
+# squeeze-and-excite to some blocks, and replaces ReLU by **hard-swish** in the deeper half. Its
+# two networks, Large and Small, were found by architecture search and then hand-tuned.
+#
+# **Exercise**: [`exercises/ex04_mobilenet_v3.py`](../exercises/ex04_mobilenet_v3.py) (hard-swish, hard-sigmoid, squeeze-excite and the bneck block). Check your answers with `pytest exercises -m ex04`.
+
+# %%
+# %load_ext autoreload
+# %autoreload 2
+import os
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+import minimobile as mm
+from minimobile import experiments as ex
+
+# Quick mode (MINIMOBILE_QUICK=1, set by tests/test_notebooks.py): small sizes, few repetitions,
+# so that the test suite runs every notebook in seconds. Leave it unset to run the real thing.
+QUICK = os.environ.get("MINIMOBILE_QUICK") == "1"
+print("quick mode" if QUICK else "full mode", "| Numba threads:", mm.get_num_threads())
+
+# %% [markdown]
+# ## Hard-swish against swish, hard-sigmoid against sigmoid
+#
+# Swish is $x \, \sigma(x)$. Its sigmoid is costly on mobile hardware, so V3 replaces it by a
+# piecewise-linear version, $\mathrm{hsigmoid}(x) = \mathrm{ReLU6}(x + 3)/6$, and
+# $\mathrm{hswish}(x) = x \, \mathrm{ReLU6}(x + 3)/6$. Below, minimobile's ops
+# (`mm.ops.hardswish_forward` and `_backward`, likewise hard-sigmoid), beside the smooth
+# functions written out with NumPy:
+
+# %%
+x = np.linspace(-6, 6, 1201)
+ones = np.ones_like(x)
+hswish, cache = mm.ops.hardswish_forward(x)
+d_hswish = mm.ops.hardswish_backward(ones, cache)
+hsig, cache = mm.ops.hardsigmoid_forward(x)
+d_hsig = mm.ops.hardsigmoid_backward(ones, cache)
+sig = 1 / (1 + np.exp(-x))
+swish, d_swish, d_sig = x * sig, sig + x * sig * (1 - sig), sig * (1 - sig)
+
+fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+for ax, (hard, smooth, title) in zip(axes.flat, [
+        (hswish, swish, "hard-swish and swish"), (hsig, sig, "hard-sigmoid and sigmoid"),
+        (d_hswish, d_swish, "derivatives: hard-swish and swish"),
+        (d_hsig, d_sig, "derivatives: hard-sigmoid and sigmoid")]):
+    ax.plot(x, smooth, label="smooth", lw=2, alpha=0.6)
+    ax.plot(x, hard, label="hard (minimobile.ops)", lw=1.5)
+    ax.set_title(title)
+    ax.axvline(-3, color="gray", lw=0.5); ax.axvline(3, color="gray", lw=0.5)
+    ax.legend(fontsize=8)
+plt.show()
+print(f"largest |hard-swish - swish| on [-6, 6]: {np.abs(hswish - swish).max():.3f}")
+print(f"largest |hard-sigmoid - sigmoid| on [-6, 6]: {np.abs(hsig - sig).max():.3f}")
+
+# %% [markdown]
+# The hard versions are exact zeros left of −3 and the identity (hard-swish) or 1 (hard-sigmoid)
+# right of +3; between, hard-swish is a parabola and hard-sigmoid a line of slope 1/6. Their
+# derivatives are piecewise constant or linear, with jumps at ±3: gradient checks must keep
+# their inputs away from those kinks (`minimobile.gradcheck`'s docstring).
+#
+# ## Squeeze-and-excite
+#
+# A squeeze-excite layer computes one gate per channel from the whole map: global average pool
+# (squeeze), a 1×1 conv down to a quarter of the channels, ReLU, a 1×1 conv back up,
+# hard-sigmoid (excite), and multiplies each channel by its gate. The gate depends on $x$, so the
+# backward sums two paths to $x$: through the scaling and through the pooling
+# (`SqueezeExcitation.backward`).
+
+# %%
+rng = np.random.default_rng(0)
+se = mm.SqueezeExcitation(16, 8, rng=rng, dtype=np.float64)
+x = rng.uniform(0.5, 1.5, (2, 16, 5, 5))  # positive, so out / x reads off each gate
+out = se.forward(x)
+gates = (out / x)[:, :, 0, 0]
+assert np.allclose(out / x, gates[:, :, None, None])  # one gate per image and channel
+print("gates of image 0:", np.round(gates[0], 3))
+errors = ex.gradient_check_module(se, x, rng, count=10 if QUICK else 40)
+print(f"squeeze-excite gradient check: largest relative error {max(errors.values()):.2e}")
+assert max(errors.values()) < 1e-6
+
+# %% [markdown]
+# ## The bneck block
+#
+# V3's block (`mm.blocks.Bneck`) is V2's inverted residual with a choice of kernel (3 or 5),
+# activation (ReLU or hard-swish) and squeeze-excite after the depthwise conv. One row of V3's
+# table is its arguments: input channels, kernel, expanded channels, output channels, SE,
+# activation, stride.
+
+# %%
+rng = np.random.default_rng(1)
+bneck = mm.blocks.Bneck(24, 5, 96, 24, True, "HS", 1, rng=rng, dtype=np.float64)
+mm.gradcheck.randomize_batchnorm(bneck, rng)
+print(bneck)
+x = rng.standard_normal((4, 24, 6, 6))
+errors = ex.gradient_check_module(bneck, x, rng, count=10 if QUICK else 40)
+print(f"bneck gradient check over {len(errors)} arrays: largest relative error {max(errors.values()):.2e}")
+assert max(errors.values()) < 1e-6
+
+# %% [markdown]
+# ## V3-Small against V3-Large
+#
+# Both at 224×224 and width 1.0, beside the V3 paper's Table 9 (Appendix A). Large has more and
+# wider blocks; Small reaches stride 16 sooner and uses squeeze-excite in most of its blocks.
+
+# %%
+from minimobile.models import V3_LARGE_SETTING, V3_SMALL_SETTING
+nets = {"v3-small": (mm.mobilenet_v3_small(seed=0), V3_SMALL_SETTING),
+        "v3-large": (mm.mobilenet_v3_large(seed=0), V3_LARGE_SETTING)}
+profiles = {}
+for name, (model, setting) in nets.items():
+    profiles[name] = prof = mm.cost.profile(model, (3, 224, 224))
+    paper = next(r for r in ex.V3_TABLE_9 if r[:3] == (name, 1.0, 224))
+    print(f"{name}: {len(setting)} bneck blocks ({sum(r[4] for r in setting)} with SE, "
+          f"{sum(r[5] == 'HS' for r in setting)} with hard-swish); "
+          f"{prof.macs / 1e6:.2f} M MACs (V3 paper, Table 9: {paper[3]} M), "
+          f"{prof.params / 1e6:.2f} M params (Table 9: {paper[4]} M)")
+
+fig, axes = plt.subplots(1, 2, figsize=(13, 4))
+for ax, (name, prof) in zip(axes, profiles.items()):
+    per_block = {}
+    for row in prof.rows:
+        if row.macs == 0:
+            continue  # batch norm, activations, pooling
+        key = ".".join(row.name.split(".")[:2]) if row.name.startswith("features") else "classifier"
+        per_block[key] = per_block.get(key, 0) + row.macs
+    ax.bar(range(len(per_block)), np.array(list(per_block.values())) / 1e6)
+    ax.set_xticks(range(len(per_block)))
+    ax.set_xticklabels([k.replace("features.", "") for k in per_block], rotation=90, fontsize=7)
+    ax.set(title=f"{name}: multiply-adds (M) per block", xlabel="features.i / classifier")
+plt.show()
+for name, (model, _) in nets.items():
+    print(name, ", ".join(f"{s.label} {s.macs_share:.1f} %" for s in ex.cost_by_layer_type(model)))
