@@ -7,8 +7,10 @@ inference latency over widths and resolutions. The figures the papers print are 
 data, each with its table, so a notebook can show them beside what minimobile counts.
 """
 
+import inspect
 import time
 from fractions import Fraction
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -295,3 +297,23 @@ def gradient_check_module(module, x, rng, count=20, h=1e-6):
         errors[name] = check_gradient(f, param, analytic[name], dout, h,
                                       sample_indices(param.shape, count, rng))
     return errors
+
+
+def gradient_errors(f, pairs, dout, h=1e-6):
+    """Relative errors of analytic gradients against central differences of sum(f() * dout):
+    `pairs` maps a name to (array, analytic gradient), each array float64 and read by f.
+    Every entry is probed, so keep the arrays small. Returns {name: relative error}."""
+    return {name: check_gradient(f, array, grad, dout, h) for name, (array, grad) in pairs.items()}
+
+
+# -- showing the library's code in a notebook --------------------------------------------------
+
+def show_source(obj):
+    """Print the source of a library function, method or class, headed by where it lives, so a
+    notebook shows the code it explains instead of copying it."""
+    lines, start = inspect.getsourcelines(obj)
+    path = Path(inspect.getsourcefile(obj)).resolve()
+    package_root = Path(__file__).resolve().parent.parent
+    where = path.relative_to(package_root) if path.is_relative_to(package_root) else path.name
+    print(f"# {where.as_posix() if isinstance(where, Path) else where}, line {start}")
+    print("".join(lines).rstrip())

@@ -140,6 +140,130 @@ print(f"{'sum':<16} {sum(s.macs_share for s in shares):>8.2f} "
 # (printed above); the count gives the same digits in the other order, and its column sums to
 # 100 %. The parameter shares differ in the second decimal because minimobile counts the
 # classifier's 1,000 biases, which the paper's shares leave out.
+
+# %% [markdown]
+# ## The depthwise convolution's backward, derived
+#
+# Write one channel of one image (the batch index $n$ and channel $c$ are fixed; every channel
+# is its own small problem, which is what "depthwise" means). With the input zero-padded by $p$
+# to $x^p$, a $K \times K$ kernel $w$ and stride $s$,
+#
+# $$\text{out}_{ij} = \sum_{a=0}^{K-1} \sum_{b=0}^{K-1} w_{ab}\, x^p_{si+a,\; sj+b}.$$
+#
+# **The gradient with respect to the input.** Each padded input value $x^p_{uv}$ appears in
+# every output whose window covers it, with weight $w_{u-si,\,v-sj}$, so
+#
+# $$\frac{\partial L}{\partial x^p_{uv}} = \sum_{i,j} \text{dout}_{ij}\, w_{u-si,\; v-sj}
+# \quad (\text{terms with } 0 \le u-si,\, v-sj < K).$$
+#
+# Spread $\text{dout}$ onto the stride-1 grid, putting $\text{dout}_{ij}$ at $(si, sj)$ and
+# zeros between (for stride 2 this *dilates* dout: a zero between every two values); call it
+# $D$. Then $\partial L/\partial x^p_{uv} = \sum_{u',v'} D_{u'v'}\, w_{u-u',\,v-v'}$: a *full*
+# convolution of $D$ with $w$, which is the same as a correlation (what the forward computes) of
+# $D$, zero-padded by $K-1$, with the kernel flipped in both directions,
+# $\tilde w_{ab} = w_{K-1-a,\,K-1-b}$.
+#
+# **Padding's role.** The forward read $x^p$, whose border of width $p$ is zeros and not part of
+# $x$. The gradient of those zeros is computed and thrown away: $dx$ is $dx^p$ with the border
+# cropped. Padding is also why $D$ needs the $K - 1$ zeros around it: near the border, fewer
+# than $K^2$ outputs saw a given input value.
+#
+# **The gradient with respect to the kernel.** $w_{ab}$ multiplies $x^p_{si+a,\,sj+b}$ in
+# every output of every image of the batch:
+#
+# $$\frac{\partial L}{\partial w_{ab}} = \sum_n \sum_{i,j} \text{dout}_{n,ij}\; x^p_{n,\,si+a,\; sj+b},$$
+#
+# a correlation of the padded input with (the dilated) dout, summed over the batch: the weights
+# are shared by all $N$ images, so their gradients add.
+#
+# The library's readable version loops over exactly these sums; each output element sends
+# $\text{dout} \cdot w$ back to its window and $\text{dout} \cdot \text{window}$ to $w$
+# (`minimobile/reference.py`, which the fast kernels are tested against):
+
+# %%
+from minimobile import reference as ref
+
+ex.show_source(ref.depthwise_conv2d_backward)
+
+# %% [markdown]
+# The two readings agree: below, $dx$ is recomputed as the correlation of the dilated, padded
+# dout with the flipped kernel (with the library's own depthwise *forward*, at stride 1), and
+# $dw$ as the correlation of $x^p$ with the dilated dout summed over the batch. Then both are
+# checked against central differences (`minimobile.gradcheck`), at stride 2 with an odd map
+# size, so that the dilation shows up.
+
+# %%
+rng = np.random.default_rng(0)
+N, C, H, W, K, stride, padding = 2, 3, 7, 7, 3, 2, 1
+x = rng.standard_normal((N, C, H, W))
+w = rng.standard_normal((C, 1, K, K))
+out = ref.depthwise_conv2d_forward(x, w, stride, padding)
+dout = rng.standard_normal(out.shape)
+dx, dw = ref.depthwise_conv2d_backward(dout, x, w, stride, padding)
+
+Hp, Wp = H + 2 * padding, W + 2 * padding
+D = np.zeros((N, C, Hp - K + 1, Wp - K + 1))  # every stride-1 window position
+D[:, :, ::stride, ::stride][:, :, :out.shape[2], :out.shape[3]] = dout  # dilated dout
+dxp = ref.depthwise_conv2d_forward(D, w[:, :, ::-1, ::-1], stride=1, padding=K - 1)  # (N, C, Hp, Wp)
+dx_formula = dxp[:, :, padding:padding + H, padding:padding + W]  # crop the padding
+xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+windows = np.lib.stride_tricks.sliding_window_view(xp, D.shape[2:], axis=(2, 3))  # (N, C, K, K, ., .)
+dw_formula = np.einsum("ncabuv,ncuv->cab", windows, D)[:, None]  # summed over the batch
+print("max |dx - flipped-kernel correlation| =", np.abs(dx - dx_formula).max())
+print("max |dw - correlation of x with dout| =", np.abs(dw - dw_formula).max())
+
+errors = ex.gradient_errors(lambda: ref.depthwise_conv2d_forward(x, w, stride, padding),
+                            {"x": (x, dx), "w": (w, dw)}, dout)
+print({name: f"{e:.1e}" for name, e in errors.items()})
+assert np.allclose(dx, dx_formula) and np.allclose(dw, dw_formula) and max(errors.values()) < 1e-7
+
+# %% [markdown]
+# The exercise asks for the same thing written as a loop over the $K^2$ taps instead of the
+# pixels (each tap is then one vectorised multiply-add over whole maps), then as a Numba kernel.
+#
+# ## The pointwise convolution as matrix products
+#
+# A 1×1 convolution mixes channels at each pixel on its own. Lay one image's input out as a
+# matrix $X$ of $C_{in}$ rows and $HW$ columns, and the weights as $W$ ($C_{out} \times C_{in}$):
+#
+# $$\text{Out} = W X + b\,\mathbf 1^\top, \qquad
+# dX = W^\top\, d\text{Out}, \qquad dW = \sum_n d\text{Out}_n\, X_n^\top, \qquad
+# db = \sum_n d\text{Out}_n\, \mathbf 1 .$$
+#
+# (Differentiate $\text{Out}_{oq} = \sum_c W_{oc} X_{cq}$: $X_{cq}$ appears with $W_{oc}$ for
+# every $o$, and $W_{oc}$ with $X_{cq}$ for every pixel $q$ of every image.) All three are
+# matrix products, so a pointwise conv runs at the speed of BLAS, which keeps blocks of $W$
+# and $X$ in registers and cache and reuses each loaded value many times: every weight is used
+# at $N H W$ pixels and every input value by $C_{out}$ filters. The loops in the library's
+# reference make the same sums explicit:
+
+# %%
+ex.show_source(ref.pointwise_conv2d_backward)
+
+# %%
+C_in, C_out = 5, 4
+x = rng.standard_normal((2, C_in, 3, 4))
+w = rng.standard_normal((C_out, C_in, 1, 1))
+b = rng.standard_normal(C_out)
+out = ref.pointwise_conv2d_forward(x, w, b)
+dout = rng.standard_normal(out.shape)
+dx, dw, db = ref.pointwise_conv2d_backward(dout, x, w, b)
+Wm = w[:, :, 0, 0]  # (C_out, C_in)
+X = x.reshape(2, C_in, -1)  # (N, C_in, H*W), one matrix per image
+G = dout.reshape(2, C_out, -1)  # (N, C_out, H*W)
+print("forward  = W X + b:", np.allclose(out.reshape(2, C_out, -1), Wm @ X + b[:, None]))
+print("dx = W^T dout:     ", np.allclose(dx.reshape(2, C_in, -1), Wm.T @ G))
+print("dw = sum dout X^T: ", np.allclose(dw[:, :, 0, 0], (G @ X.transpose(0, 2, 1)).sum(0)))
+errors = ex.gradient_errors(lambda: ref.pointwise_conv2d_forward(x, w, b),
+                            {"x": (x, dx), "w": (w, dw), "b": (b, db)}, dout)
+print({name: f"{e:.1e}" for name, e in errors.items()})
+assert max(errors.values()) < 1e-7
+
+# %% [markdown]
+# **Exercise**: `depthwise_conv2d_forward` / `_backward` (part 2 of
+# [`exercises/ex01_depthwise_separable.py`](../exercises/ex01_depthwise_separable.py), then
+# their Numba kernels in part 3) and `pointwise_conv2d_forward` / `_backward` (part 4, as
+# matrix products): `pytest exercises -m ex01`.
 #
 # ## Does time fall as far as the multiply-adds?
 #

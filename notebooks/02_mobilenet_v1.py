@@ -22,7 +22,7 @@
 # per-layer cost table, finds where its multiply-adds and parameters go, and takes one block
 # apart: forward, backward, and a gradient check.
 #
-# **Exercise**: [`exercises/ex02_mobilenet_v1.py`](../exercises/ex02_mobilenet_v1.py) (build the depthwise separable block and V1 from its table). Check your answers with `pytest exercises -m ex02`.
+# **Exercise**: [`exercises/ex02_mobilenet_v1.py`](../exercises/ex02_mobilenet_v1.py) (batch norm's forward, backward and running statistics, then the depthwise separable block and V1 from its table). Check your answers with `pytest exercises -m ex02`.
 
 # %%
 # %load_ext autoreload
@@ -118,6 +118,127 @@ cifar = mm.cost.profile(mm.mobilenet_v1(num_classes=10, width_mult=0.5, cifar=Tr
 print(f"V1 width 0.5, CIFAR variant, 32x32: {cifar.params:,} parameters, {cifar.macs / 1e6:.2f} M multiply-adds")
 
 # %% [markdown]
+# ## Batch norm in training mode, derived
+#
+# Every conv of V1 is followed by batch norm, and in training mode its backward is the hardest
+# one in the network, because every output of a channel depends on every input of that channel
+# through the batch statistics. Fix one channel and call its $M = N H W$ values $x_1 \dots x_M$:
+#
+# $$\mu = \frac1M \sum_i x_i, \qquad \sigma^2 = \frac1M \sum_i (x_i - \mu)^2, \qquad
+# \hat x_i = \frac{x_i - \mu}{\sqrt{\sigma^2 + \varepsilon}}, \qquad y_i = \gamma \hat x_i + \beta .$$
+#
+# The graph: $x \to \mu$, $(x, \mu) \to \sigma^2$, $(x, \mu, \sigma^2) \to \hat x \to y$. With
+# $g_i = \partial L / \partial y_i$ and $s = \sqrt{\sigma^2 + \varepsilon}$, the parameters are
+# easy, $\;\partial L/\partial\beta = \sum_i g_i$, $\;\partial L/\partial\gamma = \sum_i g_i \hat x_i$,
+# and $\partial L/\partial \hat x_i = \gamma g_i$. The input $x_i$ reaches the loss along
+# **three paths**:
+#
+# 1. **directly** through its own $\hat x_i$: $\;\dfrac{\gamma g_i}{s}$;
+# 2. **through the mean** (every $\hat x_j$ subtracts $\mu$, and $\partial\mu/\partial x_i = 1/M$):
+#    $\;-\dfrac{1}{M s} \sum_j \gamma g_j$ (the mean's effect through $\sigma^2$ is zero, since
+#    $\sum_j (x_j - \mu) = 0$);
+# 3. **through the variance** ($\partial L/\partial\sigma^2 = -\frac{1}{2 s^3}\sum_j \gamma g_j (x_j - \mu)$
+#    and $\partial\sigma^2/\partial x_i = \frac{2}{M}(x_i - \mu)$):
+#    $\;-\dfrac{\hat x_i}{M s} \sum_j \gamma g_j \hat x_j$.
+#
+# Summed, the formula the library uses:
+#
+# $$\frac{\partial L}{\partial x_i} = \frac{\gamma}{M s}\Big(M g_i - \sum_j g_j - \hat x_i \sum_j g_j \hat x_j\Big).$$
+#
+# The library's readable version computes exactly this, one channel at a time
+# (`minimobile/reference.py`):
+
+# %%
+from minimobile import reference as ref
+
+ex.show_source(ref.batchnorm2d_backward)
+
+# %% [markdown]
+# Below, the three paths are computed one by one, summed and compared with the reference; then
+# the reference is checked against central differences. As the style guide says, the check
+# goes through the pure op (`reference.batchnorm2d_forward`), not the layer, so that probing does
+# not move the running statistics.
+
+# %%
+rng = np.random.default_rng(0)
+eps = 1e-5
+x = rng.normal(1.0, 2.0, (4, 3, 5, 5))
+gamma, beta = rng.uniform(0.5, 1.5, 3), rng.normal(0, 0.5, 3)
+out, mean, var = ref.batchnorm2d_forward(x, gamma, beta, eps)
+dout = rng.standard_normal(out.shape)
+dx, dgamma, dbeta = ref.batchnorm2d_backward(dout, x, gamma, eps)
+
+M = x.shape[0] * x.shape[2] * x.shape[3]
+c4 = (None, slice(None), None, None)  # a (C,) vector broadcast over (N, C, H, W)
+s = np.sqrt(var + eps)[c4]
+xhat = (x - mean[c4]) / s
+dxhat = gamma[c4] * dout
+direct = dxhat / s
+through_mean = -dxhat.sum(axis=(0, 2, 3))[c4] / (M * s)
+through_var = -xhat * (dxhat * xhat).sum(axis=(0, 2, 3))[c4] / (M * s)
+print("max |dx - (direct + through mean + through variance)| =",
+      np.abs(dx - (direct + through_mean + through_var)).max())
+for name, path in (("direct", direct), ("through the mean", through_mean),
+                   ("through the variance", through_var)):
+    print(f"  path {name:<21} largest |contribution| {np.abs(path).max():.3f}")
+errors = ex.gradient_errors(lambda: ref.batchnorm2d_forward(x, gamma, beta, eps)[0],
+                            {"x": (x, dx), "gamma": (gamma, dgamma), "beta": (beta, dbeta)}, dout)
+print({name: f"{e:.1e}" for name, e in errors.items()})
+assert max(errors.values()) < 1e-7
+
+# %% [markdown]
+# **Why $\sum_i \partial L/\partial x_i = 0$ per channel.** Add the same constant $t$ to every
+# value of a channel: the mean moves by $t$, $\hat x$ does not move, so neither does the loss.
+# The derivative of the loss along that direction, $\sum_i \partial L/\partial x_i$, is
+# therefore zero; in the formula, $\sum_i \hat x_i = 0$ makes the three terms cancel.
+#
+# **Why $\sum_i \hat x_i\, \partial L/\partial x_i \approx 0$.** Stretch a channel about its
+# mean, $x_i \to \mu + (1+t)(x_i - \mu)$: with $\varepsilon = 0$, $\hat x$ would not move
+# either, so the derivative along $x_i - \mu \propto \hat x_i$ would be zero. With
+# $\varepsilon > 0$ it is not exactly zero: from the formula and $\sum_i \hat x_i^2 = M\sigma^2/s^2$,
+# $\sum_i \hat x_i\, \partial L/\partial x_i = \gamma\, \varepsilon \sum_i g_i \hat x_i / s^3$,
+# small when $\sigma^2 \gg \varepsilon$. Measured, per channel:
+
+# %%
+sum_dx = dx.sum(axis=(0, 2, 3))
+sum_dx_xhat = (dx * xhat).sum(axis=(0, 2, 3))
+predicted = gamma * eps * (dout * xhat).sum(axis=(0, 2, 3)) / np.sqrt(var + eps) ** 3
+print("sum(dx) per channel:          ", sum_dx)
+print("sum(dx * xhat) per channel:   ", sum_dx_xhat)
+print("gamma eps sum(g xhat) / s^3:  ", predicted)
+dx0, _, _ = ref.batchnorm2d_backward(dout, x, gamma, eps=0.0)
+xhat0 = (x - mean[c4]) / np.sqrt(var)[c4]
+print("the same sum with eps = 0:    ", (dx0 * xhat0).sum(axis=(0, 2, 3)))
+assert np.allclose(sum_dx, 0, atol=1e-12) and np.allclose(sum_dx_xhat, predicted, atol=1e-12)
+
+# %% [markdown]
+# A learner's backward that fails these two sums is wrong, whatever else it gets right; they
+# are cheap to test.
+#
+# **Running statistics.** In evaluation mode batch norm cannot use batch statistics (a single
+# image has none worth having), so `BatchNorm2d` keeps running averages, updated after each
+# training batch from the statistics the op cached, with **PyTorch's convention**:
+# $\text{running} \leftarrow (1 - m)\,\text{running} + m \cdot \text{batch}$, $m = 0.1$, and
+# the variance averaged is the *unbiased* batch variance $\sigma^2 M / (M - 1)$, while the
+# normalisation itself uses the biased $\sigma^2$. CS231n's assignments write
+# $m \cdot \text{running} + (1 - m) \cdot \text{batch}$, the same update with $m \to 1 - m$: a
+# momentum of 0.9 there is 0.1 here. The layer's code, then one step checked:
+
+# %%
+ex.show_source(mm.BatchNorm2d.forward)
+bn = mm.BatchNorm2d(3, dtype=np.float64)
+bn.train()
+bn.forward(x)
+print("running mean:", bn.buffers["running_mean"], "= 0.9 * 0 + 0.1 * batch mean", 0.1 * mean)
+print("running var: ", bn.buffers["running_var"], "= 0.9 * 1 + 0.1 * unbiased var",
+      0.9 + 0.1 * var * M / (M - 1))
+assert np.allclose(bn.buffers["running_var"], 0.9 + 0.1 * var * M / (M - 1))
+
+# %% [markdown]
+# **Exercise**: `batchnorm2d_forward`, `batchnorm2d_backward` and `update_running_statistics`
+# (parts 1 to 3 of [`exercises/ex02_mobilenet_v1.py`](../exercises/ex02_mobilenet_v1.py)):
+# `pytest exercises -m ex02`.
+#
 # ## One block, forward and backward
 #
 # A `DepthwiseSeparable` block holds two `ConvBNActivation` children, `dw` and `pw`. Its forward
