@@ -100,6 +100,61 @@ print("without ReLU (a linear map), n = 2: round-trip error",
 # therefore applies ReLU6 after the expansion and after the depthwise conv, and none after the
 # projection to the bottleneck: in minimobile, `InvertedResidual.conv` ends with a
 # `PointwiseConv2d` and a `BatchNorm2d`, and nothing after them.
+
+# %% [markdown]
+# ## ReLU6 and its derivative
+#
+# V2's activation is $\mathrm{ReLU6}(x) = \min(\max(x, 0), 6)$ (the paper keeps the cap at 6 for
+# robustness in low-precision arithmetic). Its derivative is 1 on $(0, 6)$ and 0 outside:
+#
+# $$\frac{\partial L}{\partial x} = \frac{\partial L}{\partial y}\cdot
+# \begin{cases} 1 & 0 < x < 6 \\ 0 & \text{otherwise.}\end{cases}$$
+#
+# At the two kinks, $x = 0$ and $x = 6$, the derivative does not exist; any value between the
+# one-sided slopes (0 and 1) is a valid subgradient. minimobile takes PyTorch's choice, **0 at
+# both kinks** (the open interval), so that gradients agree with PyTorch bit for bit. The
+# readable version (`minimobile/reference.py`), then the function and derivative plotted, with
+# the values taken at the kinks marked:
+
+# %%
+from minimobile import reference as ref
+
+ex.show_source(ref.relu6_forward)
+ex.show_source(ref.relu6_backward)
+x = np.linspace(-2, 8, 1001)
+kinks = np.array([0.0, 6.0])
+fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+axes[0].plot(x, ref.relu6_forward(x))
+axes[0].set_title("ReLU6")
+axes[1].plot(x, ref.relu6_backward(np.ones_like(x), x), ".", ms=1)
+axes[1].plot(kinks, ref.relu6_backward(np.ones(2), kinks), "o", mfc="white", color="C3",
+             label="value at the kinks")
+axes[1].set_title("its derivative (minimobile's convention)")
+axes[1].legend(fontsize=8)
+plt.show()
+print("derivative at x = 0 and x = 6:", ref.relu6_backward(np.ones(2), kinks))
+
+# %% [markdown]
+# A central difference at a kink straddles it and measures the average of the two slopes
+# (1/2 here), matching neither convention; the gradient check therefore draws inputs away
+# from 0 and 6, as the tests do:
+
+# %%
+rng = np.random.default_rng(0)
+x = rng.uniform(-2, 8, (3, 4, 5))
+x[np.abs(x) < 0.1] += 0.2  # keep every probe at least 0.1 from a kink
+x[np.abs(x - 6) < 0.1] += 0.2
+dout = rng.standard_normal(x.shape)
+errors = ex.gradient_errors(lambda: ref.relu6_forward(x), {"x": (x, ref.relu6_backward(dout, x))}, dout)
+print(f"ReLU6 gradient check: relative error {errors['x']:.1e}")
+h = 1e-6
+at_kink = (ref.relu6_forward(np.array([h])) - ref.relu6_forward(np.array([-h]))) / (2 * h)
+print(f"a central difference at x = 0 itself gives {at_kink[0]:.3f}")
+assert errors["x"] < 1e-7
+
+# %% [markdown]
+# **Exercise**: `relu6_forward` / `relu6_backward`, part 1 of
+# [`exercises/ex03_mobilenet_v2.py`](../exercises/ex03_mobilenet_v2.py).
 #
 # ## The residual and its gradient
 #
@@ -108,10 +163,12 @@ print("without ReLU (a linear map), n = 2: round-trip error",
 #
 # $$\frac{\partial L}{\partial x} = \frac{\partial L}{\partial y} + \Big(\frac{\partial F}{\partial x}\Big)^{\!\top} \frac{\partial L}{\partial y}.$$
 #
-# In code, `InvertedResidual.backward` is `dx = self.conv.backward(dout) + dout`. Checked
-# directly, then against central differences:
+# In code (`minimobile/blocks.py`), the backward runs the branch's children in reverse, then
+# adds the skip's share, which is `dout` itself because the identity's Jacobian is the identity.
+# Checked directly, then against central differences:
 
 # %%
+ex.show_source(mm.blocks.InvertedResidual.backward)
 rng = np.random.default_rng(1)
 block = mm.blocks.InvertedResidual(16, 16, stride=1, expand_ratio=6, rng=rng, dtype=np.float64)
 mm.gradcheck.randomize_batchnorm(block, rng)

@@ -76,6 +76,50 @@ print(f"largest |hard-sigmoid - sigmoid| on [-6, 6]: {np.abs(hsig - sig).max():.
 # right of +3; between, hard-swish is a parabola and hard-sigmoid a line of slope 1/6. Their
 # derivatives are piecewise constant or linear, with jumps at ±3: gradient checks must keep
 # their inputs away from those kinks (`minimobile.gradcheck`'s docstring).
+
+# %% [markdown]
+# ### The derivatives and their kink conventions
+#
+# Differentiating piece by piece,
+#
+# $$\mathrm{hswish}'(x) = \begin{cases} 0 & x < -3 \\ \dfrac{2x + 3}{6} = \dfrac{x}{3} + \dfrac12 & -3 \le x \le 3 \\ 1 & x > 3 \end{cases}
+# \qquad
+# \mathrm{hsigmoid}'(x) = \begin{cases} \dfrac16 & -3 < x < 3 \\ 0 & \text{otherwise.} \end{cases}$$
+#
+# Both functions are continuous at $\pm 3$ but their slopes jump, so the value *at* a kink is a
+# convention. minimobile takes PyTorch's, so that gradients match it exactly: hard-swish uses
+# the middle formula on the **closed** interval $[-3, 3]$ (giving $-1/2$ at $x = -3$, the
+# right-hand slope, and $3/2$ at $x = 3$, the left-hand one); hard-sigmoid uses $1/6$ on the
+# **open** interval (0 at both kinks). The readable versions (`minimobile/reference.py`) and
+# the values they give at the kinks:
+
+# %%
+from minimobile import reference as ref
+
+for f in (ref.hardswish_backward, ref.hardsigmoid_backward):
+    ex.show_source(f)
+kinks = np.array([-3.0, 3.0])
+print("hard-swish'   at -3, 3:", ref.hardswish_backward(np.ones(2), kinks))
+print("hard-sigmoid' at -3, 3:", ref.hardsigmoid_backward(np.ones(2), kinks))
+print("the fast ops agree:    ",
+      mm.ops.hardswish_backward(np.ones(2), mm.ops.hardswish_forward(kinks)[1]),
+      mm.ops.hardsigmoid_backward(np.ones(2), mm.ops.hardsigmoid_forward(kinks)[1]))
+
+rng = np.random.default_rng(0)
+x = rng.uniform(-5, 5, (3, 4, 5))
+x[np.abs(np.abs(x) - 3) < 0.1] += 0.2  # away from the kinks at -3 and 3
+dout = rng.standard_normal(x.shape)
+errors = {
+    "hard-swish": ex.gradient_errors(lambda: ref.hardswish_forward(x),
+                                     {"x": (x, ref.hardswish_backward(dout, x))}, dout)["x"],
+    "hard-sigmoid": ex.gradient_errors(lambda: ref.hardsigmoid_forward(x),
+                                       {"x": (x, ref.hardsigmoid_backward(dout, x))}, dout)["x"]}
+print({name: f"{e:.1e}" for name, e in errors.items()})
+assert max(errors.values()) < 1e-7
+
+# %% [markdown]
+# **Exercise**: `hardswish_forward` / `_backward` and `hardsigmoid_forward` / `_backward`, part 1
+# of [`exercises/ex04_mobilenet_v3.py`](../exercises/ex04_mobilenet_v3.py).
 #
 # ## Squeeze-and-excite
 #
@@ -87,7 +131,7 @@ print(f"largest |hard-sigmoid - sigmoid| on [-6, 6]: {np.abs(hsig - sig).max():.
 
 # %%
 rng = np.random.default_rng(0)
-se = mm.SqueezeExcitation(16, 8, rng=rng, dtype=np.float64)
+se = mm.SqueezeExcitation(16, 4, rng=rng, dtype=np.float64)  # down to a quarter, 16 -> 4
 x = rng.uniform(0.5, 1.5, (2, 16, 5, 5))  # positive, so out / x reads off each gate
 out = se.forward(x)
 gates = (out / x)[:, :, 0, 0]
@@ -98,6 +142,43 @@ print(f"squeeze-excite gradient check: largest relative error {max(errors.values
 assert max(errors.values()) < 1e-6
 
 # %% [markdown]
+# ### Its backward: two paths into $x$
+#
+# Write $y = x \odot s$ with one gate $s_{nc}$ per image and channel, and
+# $s = \mathrm{hsigmoid}(W_2\, \mathrm{ReLU}(W_1 z + b_1) + b_2)$ of the pooled $z_{nc} = \frac{1}{HW}\sum_{hw} x_{nchw}$.
+# The input is used twice, so its gradient is the sum of two paths:
+#
+# 1. **through the scaling**, with the gate held fixed: $\;\partial L/\partial x_{nchw} \mathrel{+}= g_{nchw}\, s_{nc}$;
+# 2. **through the gate**: the gate's gradient is $\partial L/\partial s_{nc} = \sum_{hw} g_{nchw}\, x_{nchw}$;
+#    it goes back through hard-sigmoid, `fc2`, ReLU and `fc1` to $\partial L/\partial z_{nc}$, and the
+#    average pool spreads it evenly: $\;\partial L/\partial x_{nchw} \mathrel{+}= \frac{1}{HW}\, \partial L/\partial z_{nc}$.
+#
+# The second path is the same for every pixel of a channel. The layer's code
+# (`minimobile/layers.py`; `scale_channels_backward` returns both `dout * s` and
+# $\sum_{hw}$ `dout * x`):
+
+# %%
+ex.show_source(mm.SqueezeExcitation.backward)
+rng = np.random.default_rng(2)
+se = mm.SqueezeExcitation(16, 4, rng=rng, dtype=np.float64)
+x = rng.standard_normal((2, 16, 5, 5))
+with mm.layers.no_grad():  # the gates alone, leaving no caches behind
+    gates = se.scale_activation(se.fc2(se.activation(se.fc1(se.avgpool(x)))))  # (N, C, 1, 1)
+out = se.forward(x)
+dout = rng.standard_normal(out.shape)
+dx = se.backward(dout)
+through_scale = dout * gates
+through_gate = dx - through_scale
+spread = np.ptp(through_gate, axis=(2, 3)).max()
+print(f"largest |path 1, through the scaling| {np.abs(through_scale).max():.3f}")
+print(f"largest |path 2, through the gate|    {np.abs(through_gate).max():.3f}, "
+      f"constant over each channel's pixels to {spread:.1e}")
+assert spread < 1e-12
+
+# %% [markdown]
+# **Exercise**: `SqueezeExcitation.forward` / `.backward`, part 2 of
+# [`exercises/ex04_mobilenet_v3.py`](../exercises/ex04_mobilenet_v3.py).
+#
 # ## The bneck block
 #
 # V3's block (`mm.blocks.Bneck`) is V2's inverted residual with a choice of kernel (3 or 5),

@@ -29,7 +29,7 @@
 # quick mode the notebook uses a tiny random stand-in written by `write_fake_cifar10`, so the
 # numbers it prints then mean nothing.
 #
-# **Exercise**: [`exercises/ex06_train_cifar10.py`](../exercises/ex06_train_cifar10.py) (the training step, evaluation and the confusion matrix). Check your answers with `pytest exercises -m ex06`.
+# **Exercise**: [`exercises/ex06_train_cifar10.py`](../exercises/ex06_train_cifar10.py) (train the library's V2 with your own `InvertedResidual` from exercise 03 in every block, so do exercise 03 first; then evaluation and the confusion matrix). Check your answers with `pytest exercises -m ex06`.
 
 # %%
 # %load_ext autoreload
@@ -46,6 +46,56 @@ from minimobile import experiments as ex
 # so that the test suite runs every notebook in seconds. Leave it unset to run the real thing.
 QUICK = os.environ.get("MINIMOBILE_QUICK") == "1"
 print("quick mode" if QUICK else "full mode", "| Numba threads:", mm.get_num_threads())
+
+# %% [markdown]
+# ## The loss: softmax cross-entropy with label smoothing, derived
+#
+# Every training step ends in `mm.ops.softmax_cross_entropy(logits, labels, label_smoothing)`,
+# which returns the loss and its gradient together. For one image with logits $z_1 \dots z_K$
+# ($K = 10$ classes) and label $y$, the softmax is $p_k = e^{z_k} / \sum_j e^{z_j}$. Label
+# smoothing (Szegedy et al. 2016) trains against a softened target instead of the one-hot
+# vector,
+#
+# $$t_k = (1 - \varepsilon)\,[k = y] + \frac{\varepsilon}{K}, \qquad
+# L = -\frac1N \sum_n \sum_k t_{nk} \log p_{nk},$$
+#
+# with $\varepsilon$ = `TrainConfig.label_smoothing` = 0.1 here. Since
+# $\log p_k = z_k - \log\sum_j e^{z_j}$, $\;\partial \log p_k / \partial z_j = [k = j] - p_j$, and
+# because $\sum_k t_k = 1$,
+#
+# $$\frac{\partial L}{\partial z_{nj}} = \frac{1}{N}\,\big(p_{nj} - t_{nj}\big).$$
+#
+# Two consequences worth checking: each row of the gradient sums to zero (adding a constant to
+# all logits changes nothing), and with $\varepsilon > 0$ the gradient vanishes at *finite*
+# logits, where $p = t$: a margin $z_y - z_k = \log\frac{1 - \varepsilon + \varepsilon/K}{\varepsilon/K}$
+# over every other class, instead of pushing the margin to infinity. The readable version
+# (`minimobile/reference.py`; it subtracts the row's maximum first, which changes no $p$ but
+# keeps `exp` from overflowing):
+
+# %%
+from minimobile import reference as ref
+
+ex.show_source(ref.softmax_cross_entropy)
+rng = np.random.default_rng(0)
+logits = rng.standard_normal((4, 10))
+labels = rng.integers(0, 10, 4)
+eps_ls = 0.1
+loss, dlogits = ref.softmax_cross_entropy(logits, labels, eps_ls)
+fast_loss, fast_dlogits = mm.ops.softmax_cross_entropy(logits, labels, eps_ls)
+errors = ex.gradient_errors(lambda: np.array(ref.softmax_cross_entropy(logits, labels, eps_ls)[0]),
+                            {"logits": (logits, dlogits)}, dout=1.0)
+print(f"loss {loss:.6f} (library op: {fast_loss:.6f}); gradient check: relative error {errors['logits']:.1e}")
+print("rows of the gradient sum to", dlogits.sum(axis=1))
+margin = np.log((1 - eps_ls + eps_ls / 10) / (eps_ls / 10))
+at_optimum = np.full((1, 10), 0.0)
+at_optimum[0, 3] = margin
+print(f"with a margin of {margin:.3f} on the right class, the gradient is "
+      f"{np.abs(ref.softmax_cross_entropy(at_optimum, np.array([3]), eps_ls)[1]).max():.1e}")
+assert errors["logits"] < 1e-7 and np.isclose(loss, fast_loss)
+
+# %% [markdown]
+# The library's op is the same formula vectorised over the batch; exercise 06 uses it in its
+# training step.
 
 # %%
 import tempfile
