@@ -317,3 +317,34 @@ def show_source(obj):
     where = path.relative_to(package_root) if path.is_relative_to(package_root) else path.name
     print(f"# {where.as_posix() if isinstance(where, Path) else where}, line {start}")
     print("".join(lines).rstrip())
+
+
+# -- memory bandwidth --------------------------------------------------------------------------
+
+def last_level_cache_bytes():
+    """The largest CPU cache Linux reports for cpu0 (sysfs), in bytes; None where it cannot be
+    read. On a virtual machine this is what the host reports, shared with other tenants."""
+    sizes = []
+    for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = path.read_text().strip()
+        factor = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        sizes.append(int(text.rstrip("KMG")) * factor)
+    return max(sizes) if sizes else None
+
+
+class Bandwidth(NamedTuple):
+    nbytes: int  # size of the array copied
+    gbps: float  # median GB/s, counting a read and a write of every byte
+    samples: tuple  # GB/s of every repetition
+
+
+def copy_bandwidth(nbytes, repeats=5, warmup=1):
+    """What memory delivers to the simplest streaming kernel, np.copyto of a float32 array of
+    about `nbytes` into another: the ceiling for a layer that only streams its data through.
+    Arrays that fit in a cache measure that cache; arrays several times the last-level cache
+    measure DRAM."""
+    src = np.ones(max(nbytes // 4, 1), dtype=np.float32)
+    dst = np.empty_like(src)
+    timing = time_callable(lambda: np.copyto(dst, src), repeats, warmup)
+    moved = 2 * src.nbytes / 1e9
+    return Bandwidth(src.nbytes, moved / timing.median, tuple(moved / t for t in timing.samples))

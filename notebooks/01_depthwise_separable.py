@@ -43,25 +43,26 @@ print("quick mode" if QUICK else "full mode", "| Numba threads:", mm.get_num_thr
 # %% [markdown]
 # ## The cost ratio
 #
-# A standard convolution with $M$ input channels, $N$ output channels and a $D_K \times D_K$
-# kernel, on a $D_F \times D_F$ map (stride 1, 'same' padding), computes every output value as a
-# sum over $D_K^2 M$ products:
+# A standard convolution with $C_{in}$ input channels, $C_{out}$ output channels and a $D_K \times D_K$
+# kernel (the paper writes $M$ and $N$ for the channel counts; here, as in the code, $N$ is the
+# batch size), on a $D_F \times D_F$ map (stride 1, 'same' padding), computes every output value as a
+# sum over $D_K^2 C_{in}$ products:
 #
-# $$\text{standard} = D_K^2 \, M \, N \, D_F^2 .$$
+# $$\text{standard} = D_K^2 \, C_{in} \, C_{out} \, D_F^2 .$$
 #
 # The depthwise separable convolution splits it in two. A **depthwise** convolution filters each
-# input channel with its own $D_K \times D_K$ kernel ($D_K^2$ products per output value, $M$
-# channels), then a **pointwise** ($1 \times 1$) convolution mixes the channels ($M$ products per
-# output value, $N$ channels):
+# input channel with its own $D_K \times D_K$ kernel ($D_K^2$ products per output value, $C_{in}$
+# channels), then a **pointwise** ($1 \times 1$) convolution mixes the channels ($C_{in}$ products per
+# output value, $C_{out}$ channels):
 #
-# $$\text{separable} = D_K^2 \, M \, D_F^2 + M \, N \, D_F^2 .$$
+# $$\text{separable} = D_K^2 \, C_{in} \, D_F^2 + C_{in} \, C_{out} \, D_F^2 .$$
 #
 # Dividing,
 #
-# $$\frac{\text{separable}}{\text{standard}} = \frac{D_K^2 M D_F^2 + M N D_F^2}{D_K^2 M N D_F^2}
-# = \frac{1}{N} + \frac{1}{D_K^2}.$$
+# $$\frac{\text{separable}}{\text{standard}} = \frac{D_K^2 C_{in} D_F^2 + C_{in} C_{out} D_F^2}{D_K^2 C_{in} C_{out} D_F^2}
+# = \frac{1}{C_{out}} + \frac{1}{D_K^2}.$$
 #
-# It depends on neither $M$ nor $D_F$. With $D_K = 3$ and a few hundred output channels the
+# It depends on neither $C_{in}$ nor $D_F$. With $D_K = 3$ and a few hundred output channels the
 # separable version needs between 8 and 9 times fewer multiply-adds, the paper's Section 3.1.
 # The parameters follow the same ratio, with $D_F^2$ removed from both.
 #
@@ -75,10 +76,10 @@ print("quick mode" if QUICK else "full mode", "| Numba threads:", mm.get_num_thr
 c_outs = [16, 32, 64, 128, 256, 512, 1024]
 kernel_sizes = [3, 5, 7]
 grid = ex.separable_cost_grid(c_outs, kernel_sizes, C_in=32, size=8)
-print(f"{'K':>2} {'C_out':>6} {'standard MACs':>14} {'separable MACs':>15} {'counted':>9} {'1/N + 1/K^2':>12}")
+print(f"{'K':>2} {'C_out':>6} {'standard MACs':>14} {'separable MACs':>15} {'counted':>9} {'1/C_out + 1/K^2':>16}")
 for c in grid:
     print(f"{c.K:>2} {c.C_out:>6} {c.standard_macs:>14,} {c.separable_macs:>15,} "
-          f"{float(c.counted_ratio):>9.5f} {float(c.theoretical_ratio):>12.5f}")
+          f"{float(c.counted_ratio):>9.5f} {float(c.theoretical_ratio):>16.5f}")
 assert all(c.counted_ratio == c.theoretical_ratio for c in grid)
 print("counted == theoretical, exactly, for all", len(grid), "settings")
 
@@ -87,10 +88,10 @@ fig, ax = plt.subplots(figsize=(7, 4))
 for K in kernel_sizes:
     rows = [c for c in grid if c.K == K]
     n = np.geomspace(16, 1024, 200)
-    line, = ax.plot(n, 1 / n + 1 / K**2, label=f"1/N + 1/{K * K} (K={K})")
+    line, = ax.plot(n, 1 / n + 1 / K**2, label=f"1/C_out + 1/{K * K} (K={K})")
     ax.plot([c.C_out for c in rows], [float(c.counted_ratio) for c in rows], "o",
             color=line.get_color(), label=f"counted by profile, K={K}")
-ax.set(xscale="log", yscale="log", xlabel="output channels N", ylabel="separable / standard MACs",
+ax.set(xscale="log", yscale="log", xlabel="output channels C_out", ylabel="separable / standard MACs",
        title="Cost ratio: counted against theory")
 ax.legend(fontsize=8)
 plt.show()
@@ -98,7 +99,7 @@ plt.show()
 # %% [markdown]
 # ## The V1 paper's Table 3: one 14×14×512 layer
 #
-# Table 3 of the paper follows one internal layer ($D_K = 3$, $M = N = 512$, $D_F = 14$) through
+# Table 3 of the paper follows one internal layer ($D_K = 3$, $C_{in} = C_{out} = 512$, $D_F = 14$) through
 # the changes the paper makes, each row adding to the one before: the standard conv, the
 # depthwise separable conv, width multiplier $\alpha = 0.75$ (384 channels), and resolution
 # multiplier $\rho = 0.714$ (10×10 maps). The counter's numbers, in millions, beside the paper's:
@@ -269,7 +270,8 @@ assert max(errors.values()) < 1e-7
 #
 # Now the same two layers, timed: forward, and forward + backward (what a training step pays),
 # in float32 on a batch of images, with minimobile's Numba kernels and BLAS. Each time is the
-# median of several runs (`ex.time_callable`), after a warm-up run.
+# median of several runs (`ex.time_callable`), after a warm-up run; the spread of the runs is
+# kept to show how far a single number can be trusted.
 
 # %%
 if QUICK:
@@ -289,18 +291,34 @@ for C_out in timed_c_outs:
     pw_f, _ = ex.time_forward_backward(separable[1], x, repeats)
     timings.append(dict(C_out=C_out, flop_ratio=float(ex.theoretical_ratio(C_out, K)),
                         std_f=std_f.ms, std_fb=std_fb.ms, sep_f=sep_f.ms, sep_fb=sep_fb.ms,
-                        dw_f=dw_f.ms, pw_f=pw_f.ms))
-print(f"batch {N}, {C_in} input channels, {size}x{size} maps, K={K}, median of {repeats}; ms")
+                        dw_f=dw_f.ms, pw_f=pw_f.ms,
+                        spread=max((max(t.samples) - min(t.samples)) / t.median
+                                   for t in (std_f, std_fb, sep_f, sep_fb))))
+print(f"batch N = {N}, {C_in} input channels, {size}x{size} maps, K={K}, median of {repeats}; ms")
 print(f"{'C_out':>6} {'std fwd':>8} {'sep fwd':>8} {'std f+b':>8} {'sep f+b':>8} "
-      f"{'MAC ratio':>9} {'fwd ratio':>9} {'f+b ratio':>9}")
+      f"{'MAC ratio':>9} {'fwd ratio':>9} {'f+b ratio':>9} {'spread':>7}")
 for t in timings:
     print(f"{t['C_out']:>6} {t['std_f']:>8.2f} {t['sep_f']:>8.2f} {t['std_fb']:>8.2f} "
           f"{t['sep_fb']:>8.2f} {t['flop_ratio']:>9.3f} {t['sep_f'] / t['std_f']:>9.3f} "
-          f"{t['sep_fb'] / t['std_fb']:>9.3f}")
+          f"{t['sep_fb'] / t['std_fb']:>9.3f} {100 * t['spread']:>6.0f}%")
+for key, what in (("f", "forward"), ("fb", "forward+backward")):
+    above = [t["C_out"] for t in timings if t[f"sep_{key}"] / t[f"std_{key}"] > t["flop_ratio"]]
+    print(f"{what}: time ratio above the MAC ratio (saves less time than arithmetic) at "
+          f"C_out = {above}; at or below it at "
+          f"{[t['C_out'] for t in timings if t['C_out'] not in above]}")
 
 # %% [markdown]
+# "spread" is the largest (slowest − fastest) / median over the four timings of a row: where it
+# is large, a ratio's last digit is noise. Read the two summary lines above rather than a
+# single row: they list the channel counts where the pair saves less time than arithmetic
+# (time ratio above the MAC ratio) and those where it saves as much or more, separately for
+# the forward and for forward + backward, which need not agree. Time does not simply follow
+# $1/C_{out} + 1/D_K^2$ in either direction.
+#
 # PyTorch, if it is installed (it is optional: `pip install -e ".[torch]"`), times the same
-# shapes with its own kernels, on the same number of threads, for comparison:
+# shapes with its own kernels, on the same number of threads. It is an independent
+# implementation, so it tells whether the gap between time and multiply-adds is a property of
+# minimobile's kernels or of the two layer types:
 
 # %%
 try:
@@ -333,77 +351,87 @@ if torch is not None:
         p = t["torch"]
         print(f"{t['C_out']:>6} {t['flop_ratio']:>9.3f} {t['sep_fb'] / t['std_fb']:>12.3f} "
               f"{p['sep_fb'] / p['std_fb']:>15.3f}")
+    torch_ratios = [t["torch"]["sep_fb"] / t["torch"]["std_fb"] for t in timings]
+    over = [r / t["flop_ratio"] for r, t in zip(torch_ratios, timings)]
+    print(f"PyTorch's separable pair takes {min(over):.1f} to {max(over):.1f} times the time the "
+          f"MAC ratio predicts")
+
+# %% [markdown]
+# If PyTorch's time ratios also sit well above the MAC ratio, the gap belongs to the layers,
+# not to minimobile: a mature library with its own depthwise kernels does not get the
+# $1/C_{out} + 1/D_K^2$ saving in time either. The plot puts both against the MAC ratio, on
+# axes fitted to the points:
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 5))
 flop = [t["flop_ratio"] for t in timings]
-ax.plot(flop, [t["sep_f"] / t["std_f"] for t in timings], "o-", label="minimobile, forward")
-ax.plot(flop, [t["sep_fb"] / t["std_fb"] for t in timings], "s-", label="minimobile, forward+backward")
+series = [([t["sep_f"] / t["std_f"] for t in timings], "o-", "minimobile, forward"),
+          ([t["sep_fb"] / t["std_fb"] for t in timings], "s-", "minimobile, forward+backward")]
 if torch is not None:
-    ax.plot(flop, [t["torch"]["sep_fb"] / t["torch"]["std_fb"] for t in timings], "^--",
-            label="PyTorch, forward+backward")
-lims = [min(flop) * 0.8, 1.5]
-ax.plot(lims, lims, "k:", label="time ratio = MAC ratio")
-ax.set(xscale="log", yscale="log", xlabel="separable / standard multiply-adds",
-       ylabel="separable / standard time", title="Measured time ratio against MAC ratio")
+    series.append((torch_ratios, "^--", "PyTorch, forward+backward"))
+for ratios, style, label in series:
+    ax.plot(flop, ratios, style, label=label)
+    for f, r, t in zip(flop, ratios, timings):
+        if style == "o-":
+            ax.annotate(f"{t['C_out']}", (f, r), textcoords="offset points", xytext=(4, 4), fontsize=7)
+every = flop + [r for ratios, _, _ in series for r in ratios]
+ax.plot([min(flop), max(flop)], [min(flop), max(flop)], "k:", label="time ratio = MAC ratio")
+ax.set(xscale="log", yscale="log", xlim=(min(flop) * 0.95, max(flop) * 1.05),
+       ylim=(min(every) * 0.8, max(every) * 1.25), xlabel="separable / standard multiply-adds",
+       ylabel="separable / standard time",
+       title="Measured time ratio against MAC ratio (labels: C_out)")
 ax.legend(fontsize=8)
 plt.show()
 
 # %% [markdown]
-# ## Why time does not fall as far
+# ## What the separable pair's time is made of
 #
-# Points above the dotted line mean the separable pair saves less time than multiply-adds. The
-# two halves of the pair explain it. Below, each layer's forward throughput (multiply-adds per
-# second) and its *arithmetic intensity*, the multiply-adds it does per byte it must read or
-# write at least once (input, output and weights in float32):
-#
-# - the **depthwise** conv does only $D_K^2 = 9$ multiply-adds per input value it reads and per
-#   output value it writes. Its speed is set by how fast memory delivers the maps, not by the
-#   arithmetic units: it is *memory-bound*;
-# - the **pointwise** conv is a matrix product, $(N \times M) \cdot (M \times D_F^2)$ per image,
-#   with up to $M$ multiply-adds per value moved; BLAS keeps blocks of the operands in registers
-#   and cache, so arithmetic rather than memory sets its speed, as for the standard conv (an
-#   im2col matrix product).
-#
-# So the separable pair replaces one large, efficient matrix product by a smaller one plus a
-# pass that moves as many bytes as the smaller product but does little arithmetic on them.
+# Split the pair into its halves, at every channel count: the depthwise conv's share of the
+# pair's multiply-adds against its share of the pair's forward time. With only $D_K^2 = 9$
+# multiply-adds per input value, the depthwise conv is a small share of the arithmetic; if its
+# share of the time is much larger, it is the reason the pair saves less time than arithmetic.
 
 # %%
-t = timings[-1]
-C_out = t["C_out"]
 pixels = N * size * size
-dw_macs, pw_macs = pixels * C_in * K * K, pixels * C_in * C_out
-std_macs = pixels * C_in * C_out * K * K
-# Bytes each layer must at least read and write once: input, output and weights, float32.
-bytes_dw = 4 * (2 * pixels * C_in + C_in * K * K)
-bytes_pw = 4 * (pixels * (C_in + C_out) + C_in * C_out)
-bytes_std = 4 * (pixels * (C_in + C_out) + C_in * C_out * K * K)
-# What this machine's memory delivers to a plain copy of the same input: the ceiling for a
-# layer that only streams its data through.
-buffer = np.empty_like(x)
-copy = ex.time_callable(lambda: np.copyto(buffer, x), repeats=max(repeats, 5))
-copy_rate = 2 * x.nbytes / copy.median / 1e9
-print(f"at C_out = {C_out}; a plain copy of x moves {copy_rate:.1f} GB/s")
-print(f"{'layer':<14} {'GMAC/s':>7} {'GB/s':>6} {'MACs/byte':>9} {'% of pair MACs':>14} {'% of pair time':>14}")
-pair_ms = t["dw_f"] + t["pw_f"]
-for name, macs, nbytes, ms in (("depthwise 3x3", dw_macs, bytes_dw, t["dw_f"]),
-                               ("pointwise 1x1", pw_macs, bytes_pw, t["pw_f"]),
-                               ("standard 3x3", std_macs, bytes_std, t["std_f"])):
-    pair = name != "standard 3x3"
-    print(f"{name:<14} {macs / ms / 1e6:>7.2f} {nbytes / ms / 1e6:>6.1f} {macs / nbytes:>9.1f} "
-          f"{100 * macs / (dw_macs + pw_macs) if pair else float('nan'):>14.1f} "
-          f"{100 * ms / pair_ms if pair else float('nan'):>14.1f}")
-above = [t["C_out"] for t in timings if t["sep_fb"] / t["std_fb"] > t["flop_ratio"]]
-print(f"forward+backward time ratio above the MAC ratio at C_out = {above}" if above else
-      "forward+backward time ratio at or below the MAC ratio everywhere in this run")
+print(f"{'C_out':>6} {'dw % of MACs':>12} {'dw % of time':>12} {'dw GMAC/s':>9} {'pw GMAC/s':>9} {'std GMAC/s':>10}")
+for t in timings:
+    dw_macs, pw_macs = pixels * C_in * K * K, pixels * C_in * t["C_out"]
+    std_macs = pw_macs * K * K
+    print(f"{t['C_out']:>6} {100 * dw_macs / (dw_macs + pw_macs):>12.1f} "
+          f"{100 * t['dw_f'] / (t['dw_f'] + t['pw_f']):>12.1f} {dw_macs / t['dw_f'] / 1e6:>9.2f} "
+          f"{pw_macs / t['pw_f'] / 1e6:>9.2f} {std_macs / t['std_f'] / 1e6:>10.2f}")
 
 # %% [markdown]
-# How to read this table: a layer whose GB/s comes close to the plain copy's, while its GMAC/s
-# stays far below the matrix products', is limited by memory traffic, not arithmetic. With only
-# $D_K^2 = 9$ multiply-adds per value, the depthwise conv is the layer expected there (the table
-# shows whether it is, on the machine that ran this); the pointwise and standard convs do many
-# more multiply-adds per byte. Where the depthwise conv's share of the
-# pair's time exceeds its share of the multiply-adds, the pair saves less time than
-# arithmetic, and the measured ratios sit above the dotted line. The 1/N + 1/K² formula counts
-# arithmetic; a CPU also pays for memory. (Timings depend on the machine and on what else runs
-# on it: rerun the cells to see the spread.)
+# **Is the depthwise conv memory-bound?** A common explanation says yes: it does so little
+# arithmetic per byte that memory cannot feed it. That is a claim to measure, not to assert.
+# The bytes it must move at least once are its input and output maps and its weights; divided
+# by its time, that is the bandwidth it uses. Compare with what memory can deliver: the rate of
+# a plain copy (`ex.copy_bandwidth`), once on an array the size of these maps (which fits in
+# the CPU's caches) and once on arrays several times larger than the last-level cache, if
+# memory allows (which measures DRAM):
+
+# %%
+dw_bytes = 4 * (2 * x.size + C_in * K * K)  # float32 input and output maps, and the weights
+dw_gbps = dw_bytes / np.median([t["dw_f"] for t in timings]) / 1e6
+llc = ex.last_level_cache_bytes()
+sizes = [x.nbytes] + ([] if QUICK else [64 * 2**20, 512 * 2**20])
+print(f"maps: {x.nbytes / 2**20:.1f} MiB; largest cache reported: "
+      f"{'unknown' if llc is None else f'{llc / 2**20:.0f} MiB'}")
+copies = [ex.copy_bandwidth(n, repeats=max(repeats, 5)) for n in sizes]
+for b in copies:
+    print(f"copy of {b.nbytes / 2**20:>6.1f} MiB: {b.gbps:>5.1f} GB/s "
+          f"(runs from {min(b.samples):.1f} to {max(b.samples):.1f})")
+print(f"depthwise conv forward: {dw_gbps:.1f} GB/s, {100 * dw_gbps / copies[0].gbps:.0f} % of "
+      f"the copy at the same size")
+
+# %% [markdown]
+# A layer is memory-bound when its bandwidth comes close to what memory delivers *from where its
+# data are*. These maps fit in cache, so the ceiling is the in-cache copy: if the depthwise
+# conv's GB/s is a small fraction of it (the last line above), the layer is **not**
+# memory-bound at this size. Its limit is then the work its loops do per value: nine scattered
+# multiply-adds, with less reuse of registers and vector lanes than a matrix product gets from
+# BLAS, so its GMAC/s (table above) stays far below the pointwise and standard convs'. The
+# separable pair therefore replaces one efficient matrix product by a smaller one plus a pass
+# whose multiply-adds each cost more time. Notebook 08 takes the depthwise kernel apart and
+# places every layer of V1 and V2 on a measured roofline. (Timings depend on the machine and on
+# what else runs on it: rerun the cells to see the spread.)
