@@ -53,29 +53,21 @@ model = mm.mobilenet_v1(seed=0)  # ImageNet: 1000 classes, 224x224 inputs
 print(model.features[1])  # the first depthwise separable block
 
 # %% [markdown]
-# ## The per-layer cost table
+# ## The cost, block by block
 #
 # `mm.cost.profile` runs one 224×224 image through the network and records every leaf layer's
-# output shape, parameters and multiply-adds (the table `minimobile summary v1` prints):
+# output shape, parameters and multiply-adds: 89 rows for V1 (`minimobile summary v1` prints
+# them all). Summed per block, with each block's depthwise and pointwise parts apart, they
+# read more easily:
 
 # %%
 prof = mm.cost.profile(model, (3, 224, 224))
-print(prof.format_table())
-_, paper_macs, paper_params = ex.V1_TABLE_6[1.0]
-print(f"\npaper (V1 Table 6, 1.0 MobileNet-224): {paper_macs} M multiply-adds, {paper_params} M parameters")
-
-# %% [markdown]
-# ## Where the multiply-adds and the parameters go
-#
-# The same rows, summed per block. The early blocks work on large maps with few channels, the
-# late ones on small maps with many channels: multiply-adds scale with channels × map area,
-# parameters with channels² only, so the two end up in different places.
-
-# %%
 modules = dict(model.named_modules())
 blocks = ["features.0"] + [f"features.{i}" for i in range(1, 14)] + ["classifier"]
+names = ["stem"] + [str(i) for i in range(1, 14)] + ["fc"]
 macs = {b: {"dw": 0, "pw": 0, "other": 0} for b in blocks}
 params = {b: {"dw": 0, "pw": 0, "other": 0} for b in blocks}
+shape = {}
 for row in prof.rows:
     if not row.name.startswith(tuple(b + "." for b in blocks)):
         continue  # the pooling and flatten layers, which cost nothing
@@ -84,7 +76,45 @@ for row in prof.rows:
     part = "dw" if label == "Conv DW 3x3" else "pw" if label == "Conv 1x1" else "other"
     macs[block][part] += row.macs
     params[block][part] += row.params
+    shape[block] = row.output_shape  # the block's last layer: its output
+strides = [2] + [s for _, s in V1_SETTING] + ["-"]
+print(f"{'block':<6} {'stride':>6} {'output':>15} {'dw MACs':>9} {'pw MACs':>9} {'other':>8} {'params':>10}")
+for name, b, stride in zip(names, blocks, strides):
+    m = macs[b]
+    print(f"{name:<6} {stride:>6} {str(shape[b]):>15} {m['dw'] / 1e6:>8.2f}M {m['pw'] / 1e6:>8.2f}M "
+          f"{m['other'] / 1e6:>7.2f}M {sum(params[b].values()):>10,}")
+print(f"{'total':<6} {'':>6} {'':>15} {prof.macs / 1e6:>27.2f}M {prof.params:>10,}")
+_, paper_macs, paper_params = ex.V1_TABLE_6[1.0]
+print(f"\npaper (V1 Table 6, 1.0 MobileNet-224): {paper_macs} M multiply-adds, {paper_params} M parameters")
 
+# %% [markdown]
+# **The last block's stride.** The paper's Table 1 prints "s2" for the last depthwise layer,
+# yet lists its input as 7×7 and its output feeding a 7×7 average pool. Which reading gives the
+# paper's 569 M multiply-adds? Swap the last block for a stride-2 one and count again:
+
+# %%
+last = model.features[13]
+at_s1 = mm.cost.profile(last, (1024, 7, 7)).macs
+at_s2 = mm.cost.profile(mm.blocks.DepthwiseSeparable(1024, 1024, stride=2, rng=np.random.default_rng(0)),
+                        (1024, 7, 7)).macs
+print(f"last block at stride 1: {at_s1 / 1e6:.2f} M; at stride 2: {at_s2 / 1e6:.2f} M")
+print(f"whole network: {prof.macs / 1e6:.2f} M with stride 1, "
+      f"{(prof.macs - at_s1 + at_s2) / 1e6:.2f} M with stride 2; the paper prints {paper_macs} M")
+
+# %% [markdown]
+# Only stride 1 matches, so minimobile's table (`V1_SETTING` in `minimobile/models.py`) runs the
+# last block at stride 1: the "s2" is a misprint.
+#
+# ## Where the multiply-adds and the parameters go
+#
+# The same sums as bars. The early blocks work on large maps with few channels, the late ones
+# on small maps with many channels. A depthwise conv's multiply-adds grow with channels × map
+# area ($D_K^2 C H W$), but a pointwise conv's grow with *input channels × output channels* ×
+# map area ($C_{in} C_{out} H W$), while its parameters grow with $C_{in} C_{out}$ alone. So as
+# the map shrinks by 4 and the channels double, a pointwise conv's multiply-adds stay about
+# constant while its parameters grow fourfold: the two end up in different places.
+
+# %%
 fig, axes = plt.subplots(1, 2, figsize=(13, 4))
 names = ["stem"] + [str(i) for i in range(1, 14)] + ["fc"]
 for ax, table, unit, title in ((axes[0], macs, 1e6, "multiply-adds (M)"),
