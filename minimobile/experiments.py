@@ -38,7 +38,11 @@ V1_TABLE_7 = {224: (70.6, 569, 4.2), 192: (69.1, 418, 4.2), 160: (67.2, 290, 4.2
 # large core of a Google Pixel 1 with TF-Lite: (network, width, million MAdds, million params,
 # ms). The V1 paper prints no latency; this table is where V1's is found.
 V2_TABLE_4 = [("v1", 1.0, 575, 4.2, 113), ("v2", 1.0, 300, 3.4, 75), ("v2", 1.4, 585, 6.9, 143)]
-# Howard et al. 2019 (Searching for MobileNetV3, arXiv:1905.02244), Table 9 (Appendix A):
+# Howard et al. 2019 (Searching for MobileNetV3, arXiv:1905.02244), Table 3 (ImageNet results,
+# at 224): {network: (million MAdds, million params)} at width 1.0. The same paper's Table 9
+# prints other figures for the same networks (57 M and 217 M MAdds).
+V3_TABLE_3 = {"v3-large": (219, 5.4), "v3-small": (56, 2.5)}
+# Howard et al. 2019, Table 9 (Appendix A):
 # (network, width, resolution, million MAdds, million params, Pixel 1 ms).
 V3_TABLE_9 = [
     ("v3-large", 1.25, 224, 356, 7.5, 77.0), ("v3-large", 1.0, 224, 217, 5.4, 51.2),
