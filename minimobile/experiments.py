@@ -203,6 +203,7 @@ class LatencyRow(NamedTuple):
     macs: int
     params: int
     ms: float  # median batch-1 inference time
+    samples_ms: tuple = ()  # every timed run, ms: the spread behind the median
 
 
 def measure_latency(model, resolution, repeats=5, warmup=1, seed=0):
@@ -229,7 +230,8 @@ def latency_sweep(build, network, widths=(), resolutions=(), repeats=5, warmup=1
         model = build(width_mult=width, seed=0)
         cost = profile(model, (3, resolution, resolution))
         timing = measure_latency(model, resolution, repeats, warmup)
-        rows.append(LatencyRow(network, width, resolution, cost.macs, cost.params, timing.ms))
+        rows.append(LatencyRow(network, width, resolution, cost.macs, cost.params, timing.ms,
+                               tuple(1e3 * t for t in timing.samples)))
     return rows
 
 
@@ -352,3 +354,13 @@ def copy_bandwidth(nbytes, repeats=5, warmup=1):
     timing = time_callable(lambda: np.copyto(dst, src), repeats, warmup)
     moved = 2 * src.nbytes / 1e9
     return Bandwidth(src.nbytes, moved / timing.median, tuple(moved / t for t in timing.samples))
+
+
+def fit_overhead_and_work(macs, ms):
+    """Least-squares line ms = a + b * MACs through one network's latencies: a is the time an
+    inference costs whatever its size (per-layer dispatch, thread wake-ups), b the time per
+    multiply-add. Returns (a in ms, b in ms per million MACs, largest |residual| in ms)."""
+    macs_m = np.asarray(macs, dtype=np.float64) / 1e6
+    ms = np.asarray(ms, dtype=np.float64)
+    b, a = np.polyfit(macs_m, ms, 1)
+    return float(a), float(b), float(np.abs(ms - (a + b * macs_m)).max())
