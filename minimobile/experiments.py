@@ -364,3 +364,16 @@ def fit_overhead_and_work(macs, ms):
     ms = np.asarray(ms, dtype=np.float64)
     b, a = np.polyfit(macs_m, ms, 1)
     return float(a), float(b), float(np.abs(ms - (a + b * macs_m)).max())
+
+
+def relu_recover(points, T):
+    """The exact inverse where there is one: each point x solved from the rows of T it
+    activates (T_i x > 0), which are linear in x. NaN rows where those rows do not span the
+    input space (relu_recoverable is False). Unlike relu_roundtrip's pseudo-inverse, which
+    treats ReLU's zeros as if they were data, this recovers every recoverable point exactly."""
+    y = np.maximum(points @ T.T, 0.0)  # (P, n)
+    out = np.full(points.shape, np.nan)
+    for i, (row, active) in enumerate(zip(y, y > 0)):
+        if active.sum() >= T.shape[1] and np.linalg.matrix_rank(T[active]) == T.shape[1]:
+            out[i] = np.linalg.lstsq(T[active], row[active], rcond=None)[0]
+    return out

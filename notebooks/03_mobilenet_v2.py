@@ -52,6 +52,65 @@ print(prof.format_table())
 # The 24-channel tensors at either end are what the network carries from block to block (and
 # stores for the backward pass); the 144-channel expansion exists only inside the block.
 #
+# **The block's cost.** The paper's Table 1 gives it for an $h \times w$ input with $d'$
+# channels, expansion $t$, kernel $k$ and $d''$ output channels, at stride 1: the expansion
+# costs $h w\, d' \cdot t d'$, the depthwise conv $h w \cdot t d' \cdot k^2$, the projection
+# $h w \cdot t d' \cdot d''$, in all
+#
+# $$h \cdot w \cdot d' \cdot t \cdot (d' + k^2 + d'').$$
+#
+# Checked against the counter for the block above:
+
+# %%
+h, w_, d_in, t, k, d_out = 56, 56, 24, 6, 3, 24
+formula = h * w_ * d_in * t * (d_in + k * k + d_out)
+print(f"h w d' t (d' + k^2 + d'') = {formula:,}; counted by profile: {prof.macs:,}")
+assert formula == prof.macs
+
+# %% [markdown]
+# **The network's table.** V2 is written as rows $(t, c, n, s)$: expansion factor, output
+# channels, how many blocks, and the stride of the first of them (the others run at stride 1).
+# minimobile keeps it as `V2_SETTING` in `minimobile/models.py`, the paper's Table 2; the input
+# size of each row at 224×224 follows from the strides (the stem conv has stride 2):
+
+# %%
+from minimobile.models import V2_SETTING
+size, channels = 112, 32
+print(f"{'input':>14} {'t':>2} {'c':>4} {'n':>2} {'s':>2}")
+for t, c, n, s in V2_SETTING:
+    print(f"{f'{size}x{size}x{channels}':>14} {t:>2} {c:>4} {n:>2} {s:>2}")
+    size, channels = size // s, c
+
+# %% [markdown]
+# **Memory.** Inference needs to keep in memory only what the next layer reads. The V2 paper's
+# Section 5 argues that an inverted residual can be computed so that its wide expansion never
+# exists whole: the expansion, depthwise conv and projection work channel by channel of the
+# expanded tensor, so they can run in slices of it, adding each slice's contribution to the
+# projection's output. Then the largest tensors that must exist are the thin ones *between*
+# blocks. The picture below counts, for V1 and V2 at 224×224 in float32, the bytes of every
+# layer's output (what `profile` records), V2's split into those between blocks and those
+# inside them:
+
+# %%
+fig, ax = plt.subplots(figsize=(12, 3.5))
+for name, build in (("V1", mm.mobilenet_v1), ("V2", mm.mobilenet_v2)):
+    model_ = build(seed=0)
+    rows_ = [r for r in mm.cost.profile(model_, (3, 224, 224)).rows if len(r.output_shape) == 3]
+    mib = np.array([4 * np.prod(r.output_shape) / 2**20 for r in rows_])
+    ax.plot(np.linspace(0, 1, len(mib)), mib, label=f"{name}: every layer's output", lw=1)
+    if name == "V2":
+        block_of = [".".join(r.name.split(".")[:2]) for r in rows_]
+        ends = {b: m for b, m in zip(block_of, mib)}  # each block's last layer: its output
+        between = list(ends.values())
+        x_ends = [np.linspace(0, 1, len(mib))[len(block_of) - 1 - block_of[::-1].index(b)] for b in ends]
+        ax.plot(x_ends, between, "o", ms=4, label="V2: tensors between blocks (block outputs)")
+    print(f"{name}: largest layer output {mib.max():.2f} MiB")
+print(f"V2: largest tensor between blocks {max(between):.2f} MiB")
+ax.set(xlabel="depth (fraction of the network's layers)", ylabel="MiB per image (float32)",
+       title="Activation memory per layer at 224x224", yscale="log")
+ax.legend(fontsize=8)
+plt.show()
+#
 # ## Why the projection must be linear: the V2 paper's Figure 1
 #
 # The paper's argument: the information a layer carries lies on a low-dimensional manifold
@@ -63,22 +122,36 @@ print(prof.format_table())
 # rows of $T$ that $x$ activates ($T_i x > 0$) still span the plane, because those coordinates
 # are linear in $x$. `ex.relu_recoverable` tests that for every point; points where it fails are
 # drawn in red below.
+#
+# Two different maps back are drawn. The top row is the paper's Figure 1,
+# $T^{+}\,\mathrm{ReLU}(Tx)$ (`ex.relu_roundtrip`): it applies the pseudo-inverse to the
+# ReLU's output as if its zeros were data, so even where every point is recoverable the
+# picture is distorted. The bottom row is the recovery the percentage is about
+# (`ex.relu_recover`): each point solved from its active coordinates alone, exact wherever it
+# exists.
 
 # %%
 points = ex.spiral(1000 if not QUICK else 300)
 dims = [2, 3, 5, 15, 30]
 rng = np.random.default_rng(0)
-fig, axes = plt.subplots(1, len(dims) + 1, figsize=(3 * (len(dims) + 1), 3))
-axes[0].scatter(*points.T, s=2, c=np.arange(len(points)), cmap="viridis")
-axes[0].set_title("input spiral")
-for ax, n in zip(axes[1:], dims):
+fig, axes = plt.subplots(2, len(dims) + 1, figsize=(3 * (len(dims) + 1), 6))
+for ax in axes[:, 0]:
+    ax.scatter(*points.T, s=2, c=np.arange(len(points)), cmap="viridis")
+    ax.set_title("input spiral")
+for col, n in enumerate(dims, start=1):
     T = ex.random_embedding(n, rng)
-    back = ex.relu_roundtrip(points, T)
     ok = ex.relu_recoverable(points, T)
-    ax.scatter(*back[ok].T, s=2, c=np.arange(len(points))[ok], cmap="viridis")
-    ax.scatter(*back[~ok].T, s=2, c="red")
-    ax.set_title(f"n = {n}: {100 * ok.mean():.0f} % recoverable")
-for ax in axes:
+    back = ex.relu_roundtrip(points, T)
+    recovered = ex.relu_recover(points, T)
+    top, bottom = axes[0, col], axes[1, col]
+    top.scatter(*back[ok].T, s=2, c=np.arange(len(points))[ok], cmap="viridis")
+    top.scatter(*back[~ok].T, s=2, c="red")
+    top.set_title(f"n = {n}: T+ ReLU(Tx)\nerror {ex.roundtrip_error(points, back):.2f}", fontsize=9)
+    bottom.scatter(*recovered[ok].T, s=2, c=np.arange(len(points))[ok], cmap="viridis")
+    bottom.set_title(f"exact recovery: {100 * ok.mean():.0f} % of points\nerror on them "
+                     f"{ex.roundtrip_error(points[ok], recovered[ok]) if ok.any() else float('nan'):.0e}",
+                     fontsize=9)
+for ax in axes.flat:
     ax.set_aspect("equal")
     ax.set_xticks([]); ax.set_yticks([])
 plt.show()
