@@ -110,6 +110,12 @@ ax.set(xlabel="depth (fraction of the network's layers)", ylabel="MiB per image 
        title="Activation memory per layer at 224x224", yscale="log")
 ax.legend(fontsize=8)
 plt.show()
+
+# %% [markdown]
+# The printed maxima are the memory argument in numbers: V2's largest layer outputs are
+# expansions that, computed in slices as Section 5 describes, need never exist whole, while
+# the tensors it must keep between blocks are smaller than V1's largest. (minimobile computes
+# each expansion whole, for simplicity and for the backward pass, which needs it anyway.)
 #
 # ## Why the projection must be linear: the V2 paper's Figure 1
 #
@@ -173,6 +179,12 @@ print("without ReLU (a linear map), n = 2: round-trip error",
 # therefore applies ReLU6 after the expansion and after the depthwise conv, and none after the
 # projection to the bottleneck: in minimobile, `InvertedResidual.conv` ends with a
 # `PointwiseConv2d` and a `BatchNorm2d`, and nothing after them.
+#
+# The spiral is an argument, not a proof that it matters for accuracy. The paper's ablation
+# (Sandler et al. 2018, Section 6.4 and Figure 6a) trains the same network with and without a
+# ReLU6 after the projection and reports higher ImageNet accuracy for the linear bottleneck. That
+# ablation is not re-run here: it takes a full training run per variant (notebook 06 shows what
+# one costs on this machine).
 
 # %% [markdown]
 # ## ReLU6 and its derivative
