@@ -8,10 +8,15 @@ PyTorch's faster layout, each ratio from timings taken back to back.
 
     python benchmarks/bench_ops.py [--repeats 15] [--threads 2] [--ops depthwise3x3,bn]
                                    [--malloc default|keep]
+    python benchmarks/bench_ops.py --rungs    # loops, simple and fast side by side
 
 The NumPy column is CS231n-style im2col for the depthwise conv (benchmarks/numpy_baselines.py)
-and the loop references of `minimobile.reference` for the rest, timed on a batch of 2 and
-scaled to the full batch (they are linear in N; marked with ~).
+and the loops rung of minimobile.kernels for the rest, timed on a batch of 2 and scaled to
+the full batch (they are linear in N; marked with ~).
+
+--rungs times each op on the three rungs of minimobile.kernels instead (no PyTorch): the
+simple and fast rungs alternating within every repetition at batch 128, the loops rung at
+batch 2 scaled to 128, so the gain of each rung is a number a learner can reproduce.
 """
 
 import argparse
@@ -25,7 +30,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import numba  # noqa: E402
 
-from minimobile import memory, ops, reference  # noqa: E402
+from minimobile import kernels, memory, ops  # noqa: E402
 import numpy_baselines  # noqa: E402
 
 try:
@@ -40,14 +45,21 @@ def median_ms(samples):
 
 
 class Case:
-    """One op at one shape: how to run it in minimobile, in NumPy and in torch."""
+    """One op at one shape: how to run it in minimobile (at batch N, and at batch 2 for the
+    loops rung), in NumPy (where a NumPy version exists) and in torch."""
 
-    def __init__(self, name, shape_text, mm_fwd, mm_bwd, np_fn=None, np_scale=1.0,
-                 torch_fn=None, torch_inputs=None):
+    def __init__(self, name, shape_text, forward, backward, inputs, dout, torch_fn,
+                 np_fn=None):
         self.name, self.shape_text = name, shape_text
-        self.mm_fwd, self.mm_bwd = mm_fwd, mm_bwd
-        self.np_fn, self.np_scale = np_fn, np_scale
-        self.torch_fn, self.torch_inputs = torch_fn, torch_inputs
+        self.mm_fwd = lambda: forward(**inputs)
+        self.mm_bwd = lambda cache: backward(dout, cache)
+        small = {k: (v[:2] if k in ("x", "labels") else v) for k, v in inputs.items()}
+        self.small_fwd = lambda: forward(**small)
+        self.small_bwd = lambda cache: backward(None if dout is None else dout[:2], cache)
+        self.small_scale = len(inputs["x"]) / 2
+        self.torch_fn = torch_fn
+        self.torch_inputs = dict(inputs, **({} if dout is None else {"dout": dout}))
+        self.np_fn = np_fn
 
 
 def make_cases(rng, names):
@@ -58,115 +70,70 @@ def make_cases(rng, names):
     def arr(*shape):
         return rng.standard_normal(shape).astype(f32)
 
+    def add(name, shape_text, forward, backward, inputs, dout_shape, torch_fn, np_fn=None):
+        dout = arr(*dout_shape) if dout_shape else None
+        cases.append(Case(name, shape_text, forward, backward, inputs, dout, torch_fn, np_fn))
+
     def add_depthwise(name, C, H, K, stride):
         x, w = arr(N, C, H, H), arr(C, 1, K, K)
         pad = K // 2
         out, _ = ops.depthwise_conv2d_forward(x, w, stride, pad)
-        dout = arr(*out.shape)
 
-        def np_fn(fwd_only):
+        def np_fn():
             o, cache = numpy_baselines.depthwise_forward_im2col(x, w, stride, pad)
-            if not fwd_only:
-                numpy_baselines.depthwise_backward_im2col(dout, cache)
-        cases.append(Case(
-            name, f"N={N} C={C} {H}x{H} K={K} s={stride}",
-            lambda: ops.depthwise_conv2d_forward(x, w, stride, pad),
-            lambda cache: ops.depthwise_conv2d_backward(dout, cache), np_fn, 1.0,
-            lambda t: F.conv2d(t["x"], t["w"], stride=stride, padding=pad, groups=C),
-            dict(x=x, w=w, dout=dout)))
+            numpy_baselines.depthwise_backward_im2col(np.ones_like(o), cache)
+        add(name, f"N={N} C={C} {H}x{H} K={K} s={stride}",
+            lambda x, w: ops.depthwise_conv2d_forward(x, w, stride, pad),
+            ops.depthwise_conv2d_backward, dict(x=x, w=w), out.shape,
+            lambda t: F.conv2d(t["x"], t["w"], stride=stride, padding=pad, groups=C), np_fn)
 
     add_depthwise("depthwise3x3", 96, 16, 3, 1)
     add_depthwise("depthwise3x3_s2", 96, 16, 3, 2)
     add_depthwise("depthwise5x5", 120, 8, 5, 1)
 
-    def add_generic(name, shape_text, forward, backward, ref_fn, torch_fn, inputs, dout_shape):
-        dout = arr(*dout_shape)
-        small = {k: (v[:2] if k == "x" else v) for k, v in inputs.items()}
-
-        def np_fn(fwd_only):
-            ref_fn(small, dout[:2], fwd_only)
-        cases.append(Case(name, shape_text, lambda: forward(**inputs),
-                          lambda cache: backward(dout, cache), np_fn, N / 2, torch_fn,
-                          dict(inputs, dout=dout)))
-
-    x, w = arr(N, 32, 16, 16), arr(64, 32, 1, 1)
-
-    def ref_pointwise(t, d, fwd_only):
-        reference.pointwise_conv2d_forward(t["x"], t["w"])
-        if not fwd_only:
-            reference.pointwise_conv2d_backward(d, t["x"], t["w"])
-    add_generic("pointwise", f"N={N} 32->64 16x16", ops.pointwise_conv2d_forward,
-                ops.pointwise_conv2d_backward, ref_pointwise,
-                lambda t: F.conv2d(t["x"], t["w"]), dict(x=x, w=w), (N, 64, 16, 16))
-
-    x, w = arr(N, 3, 32, 32), arr(32, 3, 3, 3)
-
-    def ref_conv(t, d, fwd_only):
-        reference.conv2d_forward(t["x"], t["w"], 1, 1)
-        if not fwd_only:
-            reference.conv2d_backward(d, t["x"], t["w"], 1, 1)
-    add_generic("conv3x3_stem", f"N={N} 3->32 32x32", lambda x, w: ops.conv2d_forward(x, w, 1, 1),
-                ops.conv2d_backward, ref_conv, lambda t: F.conv2d(t["x"], t["w"], padding=1),
-                dict(x=x, w=w), (N, 32, 32, 32))
-
-    x, g, b = arr(N, 96, 16, 16), arr(96), arr(96)
-
-    def ref_bn(t, d, fwd_only):
-        reference.batchnorm2d_forward(t["x"], t["gamma"], t["beta"])
-        if not fwd_only:
-            reference.batchnorm2d_backward(d, t["x"], t["gamma"])
-    add_generic("batchnorm", f"N={N} C=96 16x16", ops.batchnorm2d_forward,
-                ops.batchnorm2d_backward, ref_bn,
-                lambda t: F.batch_norm(t["x"], None, None, t["gamma"], t["beta"], training=True),
-                dict(x=x, gamma=g, beta=b), (N, 96, 16, 16))
-
-    for act, tfn in (("relu", F.relu if torch else None), ("relu6", F.relu6 if torch else None),
-                     ("hardswish", F.hardswish if torch else None),
-                     ("hardsigmoid", F.hardsigmoid if torch else None)):
-        x = arr(N, 96, 16, 16) * 4
-
-        def ref_act(t, d, fwd_only, act=act):
-            getattr(reference, f"{act}_forward")(t["x"])
-            if not fwd_only:
-                getattr(reference, f"{act}_backward")(d, t["x"])
-        add_generic(act, f"N={N} C=96 16x16", getattr(ops, f"{act}_forward"),
-                    getattr(ops, f"{act}_backward"), ref_act,
-                    (lambda t, tfn=tfn: tfn(t["x"])), dict(x=x), (N, 96, 16, 16))
-
-    x = arr(N, 1280, 4, 4)
-
-    def ref_pool(t, d, fwd_only):
-        reference.global_avg_pool_forward(t["x"])
-        if not fwd_only:
-            reference.global_avg_pool_backward(d, t["x"])
-    add_generic("global_avg_pool", f"N={N} C=1280 4x4", ops.global_avg_pool_forward,
-                ops.global_avg_pool_backward, ref_pool,
-                lambda t: F.adaptive_avg_pool2d(t["x"], 1), dict(x=x), (N, 1280, 1, 1))
-
-    x, w, b = arr(N, 1280), arr(10, 1280), arr(10)
-
-    def ref_linear(t, d, fwd_only):
-        reference.linear_forward(t["x"], t["w"], t["b"])
-        if not fwd_only:
-            reference.linear_backward(d, t["x"], t["w"])
-    add_generic("linear", f"N={N} 1280->10", ops.linear_forward, ops.linear_backward,
-                ref_linear, lambda t: F.linear(t["x"], t["w"], t["b"]), dict(x=x, w=w, b=b),
-                (N, 10))
-
-    x = arr(N, 1280)
+    add("pointwise", f"N={N} 32->64 16x16", ops.pointwise_conv2d_forward,
+        ops.pointwise_conv2d_backward, dict(x=arr(N, 32, 16, 16), w=arr(64, 32, 1, 1)),
+        (N, 64, 16, 16), lambda t: F.conv2d(t["x"], t["w"]))
+    add("conv3x3_stem", f"N={N} 3->32 32x32", lambda x, w: ops.conv2d_forward(x, w, 1, 1),
+        ops.conv2d_backward, dict(x=arr(N, 3, 32, 32), w=arr(32, 3, 3, 3)), (N, 32, 32, 32),
+        lambda t: F.conv2d(t["x"], t["w"], padding=1))
+    add("batchnorm", f"N={N} C=96 16x16", ops.batchnorm2d_forward, ops.batchnorm2d_backward,
+        dict(x=arr(N, 96, 16, 16), gamma=arr(96), beta=arr(96)), (N, 96, 16, 16),
+        lambda t: F.batch_norm(t["x"], None, None, t["gamma"], t["beta"], training=True))
+    for act in ("relu", "relu6", "hardswish", "hardsigmoid"):
+        add(act, f"N={N} C=96 16x16", getattr(ops, f"{act}_forward"),
+            getattr(ops, f"{act}_backward"), dict(x=arr(N, 96, 16, 16) * 4), (N, 96, 16, 16),
+            (lambda t, act=act: getattr(F, act)(t["x"])))
+    add("global_avg_pool", f"N={N} C=1280 4x4", ops.global_avg_pool_forward,
+        ops.global_avg_pool_backward, dict(x=arr(N, 1280, 4, 4)), (N, 1280, 1, 1),
+        lambda t: F.adaptive_avg_pool2d(t["x"], 1))
+    add("linear", f"N={N} 1280->10", ops.linear_forward, ops.linear_backward,
+        dict(x=arr(N, 1280), w=arr(10, 1280), b=arr(10)), (N, 10),
+        lambda t: F.linear(t["x"], t["w"], t["b"]))
     drop_rng = np.random.default_rng(0)
-    cases.append(Case("dropout", f"N={N} 1280 p=0.2",
-                      lambda: ops.dropout_forward(x, 0.2, drop_rng),
-                      lambda cache: ops.dropout_backward(x, cache), None, 1.0,
-                      lambda t: F.dropout(t["x"], 0.2, True), dict(x=x, dout=x)))
-
-    logits, labels = arr(N, 10), rng.integers(0, 10, N)
-    cases.append(Case("softmax_cross_entropy", f"N={N} 10 classes",
-                      lambda: (None, ops.softmax_cross_entropy(logits, labels, 0.1)),
-                      lambda cache: None, None, 1.0,
-                      (lambda t: F.cross_entropy(t["x"], t["labels"], label_smoothing=0.1)),
-                      dict(x=logits, labels=labels)))
+    add("dropout", f"N={N} 1280 p=0.2", lambda x: ops.dropout_forward(x, 0.2, drop_rng),
+        ops.dropout_backward, dict(x=arr(N, 1280)), (N, 1280),
+        lambda t: F.dropout(t["x"], 0.2, True))
+    add("softmax_cross_entropy", f"N={N} 10 classes",
+        lambda x, labels: (None, ops.softmax_cross_entropy(x, labels, 0.1)),
+        lambda dout, cache: None, dict(x=arr(N, 10), labels=rng.integers(0, 10, N)), None,
+        lambda t: F.cross_entropy(t["x"], t["labels"], label_smoothing=0.1))
     return [c for c in cases if not names or c.name in names]
+
+
+def time_loops_rung(case, repeats):
+    """Forward+backward on the loops rung at batch 2, scaled to the full batch (linear in N),
+    in ms: the plain-Python loops are far too slow for batch 128."""
+    times = []
+    with kernels.use("loops"):
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            case.small_bwd(case.small_fwd()[1])
+            times.append(time.perf_counter() - t0)
+    return median_ms(times) * case.small_scale
+
+
+NO_NUMPY_COLUMN = ("dropout", "softmax_cross_entropy")  # already NumPy-speed one-liners
 
 
 def run_minimobile(case):
@@ -214,6 +181,8 @@ def main(argv=None):
                         help="default: glibc's own settings; keep: glibc recycles freed memory, "
                              "as minimobile.train.fit sets it (minimobile/memory.py). Either "
                              "way minimobile and PyTorch run under the same allocator.")
+    parser.add_argument("--rungs", action="store_true",
+                        help="time the loops, simple and fast rungs side by side instead")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.numpy_repeats < 0:
         parser.error(f"expected --repeats >= 1 and --numpy-repeats >= 0, got {args.repeats} "
@@ -229,6 +198,9 @@ def main(argv=None):
           f"; float32; medians of {args.repeats} (NumPy: {args.numpy_repeats}); times in ms")
     print(f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}  "
           f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '(unset)')}  malloc {malloc}")
+    if args.rungs:
+        run_rungs(cases, args.repeats, args.numpy_repeats)
+        return
     header = (f"{'op':<22}{'shape':<26}{'mm fwd':>8}{'mm f+b':>8}{'np f+b':>10}"
               f"{'pt fwd':>8}{'pt f+b':>8}{'ptCL f+b':>9}{'mm/pt':>7}{'np/mm':>8}")
     print(header)
@@ -250,13 +222,15 @@ def main(argv=None):
                 samples[name][1].append(total)
         result = {name: (median_ms(f), median_ms(t)) for name, (f, t) in samples.items()}
         np_ms = None
-        if case.np_fn is not None and args.numpy_repeats > 0:  # 0 skips the NumPy column
+        if args.numpy_repeats > 0 and case.np_fn is not None:  # 0 skips the NumPy column
             times = []
             for _ in range(args.numpy_repeats):
                 t0 = time.perf_counter()
-                case.np_fn(False)
+                case.np_fn()
                 times.append(time.perf_counter() - t0)
-            np_ms = median_ms(times) * case.np_scale
+            np_ms = median_ms(times)
+        elif args.numpy_repeats > 0 and case.name not in NO_NUMPY_COLUMN:
+            np_ms = time_loops_rung(case, args.numpy_repeats)
         mm_f, mm_t = result["mm"]
         # The ratio is the median of the per-repetition ratios against PyTorch's faster layout
         # (by median): each pair was timed back to back, so the machine's drift over the run,
@@ -268,7 +242,7 @@ def main(argv=None):
             ratio = float(np.median(np.array(samples["mm"][1]) / np.array(samples[best][1])))
         cells = [f"{case.name:<22}{case.shape_text:<26}{mm_f:8.2f}{mm_t:8.2f}"]
         cells.append(f"{'':>10}" if np_ms is None else
-                     f"{('~' if case.np_scale != 1 else '') + f'{np_ms:.1f}':>10}")
+                     f"{('~' if case.np_fn is None else '') + f'{np_ms:.1f}':>10}")
         for key, idx in (("pt", 0), ("pt", 1), ("ptCL", 1)):
             cells.append(f"{result[key][idx]:8.2f}" if key in result else f"{'-':>8}")
         cells.append(f"{ratio:7.2f}" if ratio is not None else f"{'-':>7}")
@@ -277,6 +251,33 @@ def main(argv=None):
     print("\nmm/pt: minimobile forward+backward over PyTorch's faster layout (below 1 is faster), "
           "the median of the ratios of each repetition's back-to-back timings.")
     print("np/mm: how many times faster the Numba kernels are than the NumPy version.")
+
+
+def run_rungs(cases, repeats, loops_repeats):
+    """The three rungs of every op side by side (see the module docstring)."""
+    header = (f"{'op':<22}{'shape':<26}{'loops f+b':>11}{'simple f+b':>12}{'fast f+b':>10}"
+              f"{'loops/simple':>14}{'simple/fast':>13}")
+    print(header)
+    print("-" * len(header))
+    for case in cases:
+        samples = {"simple": [], "fast": []}
+        for rung in samples:  # warm-up: compile, allocate, fault pages in
+            with kernels.use(rung):
+                run_minimobile(case)
+                run_minimobile(case)
+        for _ in range(repeats):
+            for rung in samples:
+                with kernels.use(rung):
+                    samples[rung].append(run_minimobile(case)[1])
+        loops_ms = time_loops_rung(case, loops_repeats) if loops_repeats else None
+        simple_ms, fast_ms = median_ms(samples["simple"]), median_ms(samples["fast"])
+        ratio = float(np.median(np.array(samples["simple"]) / np.array(samples["fast"])))
+        loops_cell = f"~{loops_ms:.0f}" if loops_ms is not None else "-"
+        speedup = f"{loops_ms / simple_ms:14.0f}" if loops_ms is not None else f"{'-':>14}"
+        print(f"{case.name:<22}{case.shape_text:<26}{loops_cell:>11}{simple_ms:12.2f}"
+              f"{fast_ms:10.2f}{speedup}{ratio:13.2f}", flush=True)
+    print("\nTimes in ms, forward+backward at batch 128. loops: plain Python at batch 2, scaled "
+          "to 128 (~). simple/fast: the median of each repetition's back-to-back ratio.")
 
 
 if __name__ == "__main__":

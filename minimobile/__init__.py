@@ -1,8 +1,9 @@
 """minimobile: MobileNet V1, V2 and V3 from scratch in NumPy and Numba, for learning.
 
-Tiers, with imports pointing one way: kernels (Numba loops) -> ops (pure forward/backward
-functions) -> layers (parameters, gradients, mode) -> blocks -> models -> training, data, cost
-accounting and the command line. `minimobile.reference` holds the slow references.
+Tiers, with imports pointing one way: kernels (each op's loops, from readable to fast) -> ops
+(pure forward/backward functions) -> layers (parameters, gradients, mode) -> blocks -> models
+-> training, data, cost accounting and the command line. `minimobile.kernels.use("loops")`
+runs every op on its readable rung; `minimobile.tuning` holds every tuned number.
 """
 
 from . import parallel
@@ -10,7 +11,7 @@ from . import parallel
 parallel.configure_blas_threads()  # before any kernel runs: see minimobile/parallel.py
 
 from . import blocks, checkpoint, cost, data, gradcheck, layers, models, ops, optim  # noqa: E402
-from . import reference, schedules, train  # noqa: E402
+from . import kernels, schedules, train, tuning  # noqa: E402
 from .errors import NonFiniteError  # noqa: E402
 from .layers import (BatchNorm2d, Conv2d, DepthwiseConv2d, Dropout, Flatten,  # noqa: E402
                      GlobalAvgPool2d, Hardsigmoid, Hardswish, Identity, Linear, Module,
@@ -23,7 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "blocks", "checkpoint", "cost", "data", "gradcheck", "layers", "models", "ops", "optim",
-    "parallel", "reference", "schedules", "train",
+    "kernels", "parallel", "schedules", "train", "tuning",
     "NonFiniteError", "no_grad", "get_num_threads", "set_num_threads",
     "Module", "Sequential", "Identity", "Conv2d", "DepthwiseConv2d", "PointwiseConv2d",
     "BatchNorm2d", "ReLU", "ReLU6", "Hardswish", "Hardsigmoid", "SqueezeExcitation",

@@ -70,7 +70,7 @@ class ConvBNActivation(Sequential):
         self._fused = self.fuse and self.training and (act is None or fused_name is not None)
         if not self._fused:
             return super().forward(x)
-        return self[1].forward(self[0].forward(x), activation=fused_name)
+        return self[1].forward_with_activation(self[0].forward(x), fused_name)
 
     def backward(self, dout):
         if not self._fused:

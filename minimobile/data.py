@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numba import njit, prange
 from tqdm import tqdm  # the plain bar: tqdm.auto would want ipywidgets in notebooks
 
-from . import kernels
 from .errors import CorruptDataError, DataNotFoundError
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -322,6 +322,30 @@ def normalize(x_uint8, mean=CIFAR10_MEAN, std=CIFAR10_STD, dtype=np.float32):
     return out
 
 
+@njit(cache=True, parallel=True)
+def crop_flip_kernel(out, x, dy, dx, flipped, padding):
+    """Kernel of crop_flip: reads x directly, treating out-of-range pixels as the zero padding.
+
+    Never materialises the padded array, which would be 1.6x the input. Debug with
+    NUMBA_DISABLE_JIT=1, or call crop_flip_kernel.py_func(...) for plain Python.
+    """
+    N, C, H, W = x.shape
+    for n in prange(N):  # thread n alone writes out[n]: disjoint, so deterministic
+        # Output column j reads source column base + step * j; hoisting the flip out of the
+        # pixel loop and zeroing padded rows whole halves the time of a per-pixel test.
+        step = -1 if flipped[n] else 1
+        base = W - 1 + dx[n] - padding if flipped[n] else dx[n] - padding
+        for c in range(C):
+            for i in range(H):
+                si = i + dy[n] - padding
+                if si < 0 or si >= H:
+                    out[n, c, i, :] = 0
+                    continue
+                for j in range(W):
+                    sj = base + step * j
+                    out[n, c, i, j] = x[n, c, si, sj] if 0 <= sj < W else 0
+
+
 def crop_flip(x, dy, dx, flipped, padding=4):
     """Crop each image from its zero-padded version at (dy[n], dx[n]), then mirror if flipped[n].
 
@@ -340,7 +364,7 @@ def crop_flip(x, dy, dx, flipped, padding=4):
     if len(x) and (min(dy.min(), dx.min()) < 0 or max(dy.max(), dx.max()) > 2 * padding):
         raise ValueError(f"crop offsets must lie in 0..{2 * padding}")
     out = np.empty_like(x)
-    kernels.crop_flip_kernel(out, x, dy, dx, flipped, padding)
+    crop_flip_kernel(out, x, dy, dx, flipped, padding)
     return out
 
 

@@ -13,9 +13,7 @@ import copy
 
 import numpy as np
 
-from . import kernels
-from .layers import (BatchNorm2d, Conv2d, DepthwiseConv2d, Dropout, Module, PointwiseConv2d,
-                     Sequential)
+from .layers import BatchNorm2d, Conv2d, DepthwiseConv2d, Dropout, PointwiseConv2d, Sequential
 
 CONVS = (Conv2d, DepthwiseConv2d, PointwiseConv2d)
 
@@ -42,33 +40,12 @@ def fold_batchnorm(w, b, gamma, beta, running_mean, running_var, eps=1e-5):
     return w_folded.astype(w.dtype), b_folded.astype(w.dtype)
 
 
-class DepthwiseConv2dWithBias(DepthwiseConv2d):
-    """A depthwise conv plus a per-channel bias: what a depthwise conv and its BN fold into.
-    (The training network never needs this bias: the BN's beta plays its part.)"""
-
-    def __init__(self, weight, bias, stride, padding):
-        Module.__init__(self)
-        self.stride, self.padding = stride, padding
-        self.add_param("weight", weight)
-        self.add_param("bias", bias)
-
-    def forward(self, x):
-        out = super().forward(x)  # (N, C, Ho, Wo)
-        N, C = out.shape[:2]
-        kernels.add_channel_bias_kernel(out.reshape(N, C, -1), self.params["bias"])
-        return out
-
-    def backward(self, dout):
-        dx = super().backward(dout)
-        self.grads["bias"][...] = dout.sum(axis=(0, 2, 3))
-        return dx
-
-
 def _conv_with_bias(conv, w, b):
     """A new layer of conv's kind and geometry holding the folded w and b."""
     if isinstance(conv, DepthwiseConv2d):
-        return DepthwiseConv2dWithBias(w, b, conv.stride, conv.padding)
-    if isinstance(conv, PointwiseConv2d):
+        fused = DepthwiseConv2d(w.shape[0], w.shape[2], conv.stride, conv.padding, bias=True,
+                                dtype=w.dtype)
+    elif isinstance(conv, PointwiseConv2d):
         fused = PointwiseConv2d(w.shape[1], w.shape[0], bias=True, dtype=w.dtype)
     else:
         fused = Conv2d(w.shape[1], w.shape[0], w.shape[2], conv.stride, conv.padding, bias=True,

@@ -215,7 +215,7 @@ class Conv2d(Module):
     def forward(self, x):
         out, cache = ops.conv2d_forward(x, self.params["weight"], self.stride, self.padding)
         if "bias" in self.params:
-            out += self.params["bias"][:, None, None]
+            ops.add_channel_bias(out, self.params["bias"])
         self._keep(cache)
         return out
 
@@ -223,7 +223,7 @@ class Conv2d(Module):
         dx, dw = ops.conv2d_backward(dout, self._take())
         self.grads["weight"][...] = dw
         if "bias" in self.params:
-            self.grads["bias"][...] = dout.sum(axis=(0, 2, 3))
+            self.grads["bias"][...] = ops.channel_sum(dout)
         return dx
 
     def extra_repr(self):
@@ -232,25 +232,33 @@ class Conv2d(Module):
 
 
 class DepthwiseConv2d(Module):
-    """One K x K filter per channel, weight (C, 1, K, K) (PyTorch's Conv2d with groups=C)."""
+    """One K x K filter per channel, weight (C, 1, K, K) (PyTorch's Conv2d with groups=C),
+    optional bias (a training network never needs one: the batch norm after it has beta; a
+    folded inference copy does, see deploy.py)."""
 
-    def __init__(self, channels, kernel_size=3, stride=1, padding=None, rng=None,
+    def __init__(self, channels, kernel_size=3, stride=1, padding=None, bias=False, rng=None,
                  dtype=np.float32):
         super().__init__()
         self.stride = stride
         self.padding = kernel_size // 2 if padding is None else padding
         shape = (channels, 1, kernel_size, kernel_size)
         self.add_param("weight", kaiming_normal_fan_out(shape, _rng(rng), dtype))
+        if bias:
+            self.add_param("bias", np.zeros(channels, dtype=dtype))
 
     def forward(self, x):
         out, cache = ops.depthwise_conv2d_forward(x, self.params["weight"], self.stride,
                                                   self.padding)
+        if "bias" in self.params:
+            ops.add_channel_bias(out, self.params["bias"])
         self._keep(cache)
         return out
 
     def backward(self, dout):
         dx, dw = ops.depthwise_conv2d_backward(dout, self._take())
         self.grads["weight"][...] = dw
+        if "bias" in self.params:
+            self.grads["bias"][...] = ops.channel_sum(dout)
         return dx
 
     def extra_repr(self):
@@ -302,18 +310,23 @@ class BatchNorm2d(Module):
         self.buffers["running_var"] = np.ones(num_features, dtype=dtype)
         self.buffers["num_batches_tracked"] = np.zeros((), dtype=np.int64)
 
-    def forward(self, x, activation=None):
-        """activation (training mode only): the name of an activation to apply in the same
-        pass, one of ops.FUSABLE_ACTIVATIONS; ConvBNActivation uses it to save memory traffic."""
+    def forward(self, x):
         p, b = self.params, self.buffers
         if not self.training:
-            if activation is not None:
-                raise ValueError(f"BatchNorm2d: a fused activation runs in training mode only, "
-                                 f"got activation={activation!r} in eval mode")
             out, cache = ops.batchnorm2d_inference_forward(
                 x, p["weight"], p["bias"], b["running_mean"], b["running_var"], self.eps)
             self._keep(cache)
             return out
+        return self.forward_with_activation(x, None)
+
+    def forward_with_activation(self, x, activation):
+        """Training mode: batch norm and then `activation` (one of ops.FUSABLE_ACTIVATIONS,
+        or None) in one pass over memory; ConvBNActivation uses it to save memory traffic.
+        backward() then goes through both."""
+        if not self.training:
+            raise ValueError(f"BatchNorm2d: a fused activation runs in training mode only, "
+                             f"got activation={activation!r} in eval mode")
+        p, b = self.params, self.buffers
         out, cache = ops.batchnorm2d_activation_forward(x, p["weight"], p["bias"], self.eps,
                                                         activation)
         m = self.momentum

@@ -2,17 +2,19 @@
 
 Arrays are NCHW; weights use PyTorch's layouts so state dicts map one to one. float32 and
 float64 both work; an op never mixes them. Each backward returns the gradients in the order of
-the forward's array arguments. The derivations live in the notebooks; the fast loops live in
-`minimobile.kernels`, and the slow readable versions in `minimobile.reference`.
+the forward's array arguments. The derivations live in the notebooks; the loops live in
+`minimobile.kernels`, one staircase per op (readable loops, a simple Numba kernel, the fast
+kernels), and every op here runs on the rung that `minimobile.kernels.use` selects.
 """
 
 from typing import NamedTuple, Optional
 
 import numpy as np
-from numba import get_num_threads
 
 from . import kernels
 from .errors import NonFiniteError
+from .kernels import batchnorm as bn_kernels
+from .kernels import depthwise, elementwise, matmul
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -58,6 +60,9 @@ def conv_output_size(size, kernel_size, stride, padding):
 
 
 def _check_conv_geometry(op, H, W, K, stride, padding):
+    for name, value in (("stride", stride), ("padding", padding)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{op}: expected {name} to be an integer, got {value!r}")
     if stride < 1 or padding < 0:
         raise ValueError(f"{op}: expected stride >= 1 and padding >= 0, got stride={stride}, "
                          f"padding={padding}")
@@ -67,52 +72,12 @@ def _check_conv_geometry(op, H, W, K, stride, padding):
 
 
 # --------------------------------------------------------------------------------------------
-# Matrix products on Numba's pool (kernels.py says why). A 1x1 conv over maps of at least
-# PER_IMAGE_MIN_PIXELS pixels is one product per image on the NCHW array in place; smaller maps
-# are copied channel-major, (C, N*H*W), where the whole batch is one product long enough for
-# BLAS. At N = 1 the two layouts are the same, and the copy is a view.
-# --------------------------------------------------------------------------------------------
-
-PER_IMAGE_MIN_PIXELS = 64
-
-
-def _matmul(a, b):
-    """a @ b, its rows split into a fixed number of products shared among Numba's threads (a
-    split that depended on the thread count might round differently)."""
-    a = np.ascontiguousarray(a)
-    out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
-    kernels.matmul_kernel(out, a, b, max(1, min(a.shape[0], kernels.SUM_TASKS)))
-    return out
-
-
-def _to_channel_major(a):
-    """(N, C, H, W) -> (C, N*H*W): a copy, or for N = 1 (where the two layouts are the same) a
-    view that saves copying a whole map at batch-1 inference."""
-    N, C, H, W = a.shape
-    if N == 1:
-        return np.ascontiguousarray(a).reshape(C, H * W)
-    out = np.empty((C, N, H * W), dtype=a.dtype)
-    kernels.swap_leading_axes_kernel(out, a.reshape(N, C, H * W))
-    return out.reshape(C, N * H * W)
-
-
-def _from_channel_major(a, N, H, W):
-    """(C, N*H*W) -> (N, C, H, W): a copy, or a view for N = 1."""
-    C = a.shape[0]
-    if N == 1:
-        return np.ascontiguousarray(a).reshape(1, C, H, W)
-    out = np.empty((N, C, H * W), dtype=a.dtype)
-    kernels.swap_leading_axes_kernel(out, a.reshape(C, N, H * W))
-    return out.reshape(N, C, H, W)
-
-
-# --------------------------------------------------------------------------------------------
 # Standard convolution (the stem; the dense conv of the cost comparison)
 # --------------------------------------------------------------------------------------------
 
 
 class Conv2dCache(NamedTuple):
-    x: np.ndarray  # the backward rebuilds the im2col columns from x (kernels.py says why)
+    x: np.ndarray  # the fast backward rebuilds its im2col columns from x (kernels/matmul.py)
     w: np.ndarray
     stride: int
     padding: int
@@ -134,11 +99,9 @@ def conv2d_forward(x, w, stride=1, padding=0):
                          f"got {w.shape}")
     _check_conv_geometry(op, H, W, K, stride, padding)
     Ho, Wo = conv_output_size(H, K, stride, padding), conv_output_size(W, K, stride, padding)
-    x = np.ascontiguousarray(x)
-    out = np.empty((N, C_out, Ho * Wo), dtype=x.dtype)
-    kernels.conv2d_forward_kernel(out, x, np.ascontiguousarray(w.reshape(C_out, -1)), K, stride,
-                                  padding, Ho, Wo, max(1, min(N, get_num_threads())))
-    return out.reshape(N, C_out, Ho, Wo), Conv2dCache(x, w, stride, padding)
+    out = np.empty((N, C_out, Ho, Wo), dtype=x.dtype)
+    kernels.pick(matmul, "conv2d_forward")(out, x, w, stride, padding)
+    return out, Conv2dCache(x, w, stride, padding)
 
 
 def conv2d_backward(dout, cache):
@@ -151,27 +114,14 @@ def conv2d_backward(dout, cache):
     Wo = conv_output_size(W, K, cache.stride, cache.padding)
     dout = _check_dout("conv2d", dout, (N, C_out, Ho, Wo), w.dtype)
     dx = np.empty_like(x)
-    dw = np.empty((C_out, C * K * K), dtype=w.dtype)
-    kernels.conv2d_backward_kernel(dx, dw, np.ascontiguousarray(dout).reshape(N, C_out, Ho * Wo),
-                                   x, np.ascontiguousarray(w.reshape(C_out, -1).T), K,
-                                   cache.stride, cache.padding, Ho, Wo)
-    return dx, dw.reshape(w.shape)
+    dw = np.empty_like(w)
+    kernels.pick(matmul, "conv2d_backward")(dx, dw, dout, x, w, cache.stride, cache.padding)
+    return dx, dw
 
 
 # --------------------------------------------------------------------------------------------
 # Depthwise convolution
 # --------------------------------------------------------------------------------------------
-
-
-# Outputs of at most DEPTHWISE_CHANNELS_LAST_MAX_PIXELS pixels (8x8 and smaller) run channels
-# last, image by image; larger ones plane by plane (see kernels.py). Timed on this machine at
-# batch 128, channels last was 2-6x faster for 4x4 and 2x2 outputs, about the same for 8x8,
-# and 1.5x slower for 16x16.
-DEPTHWISE_CHANNELS_LAST_MAX_PIXELS = 64
-
-
-def _depthwise_channels_last(Ho, Wo):
-    return Ho * Wo <= DEPTHWISE_CHANNELS_LAST_MAX_PIXELS
 
 
 class DepthwiseConv2dCache(NamedTuple):
@@ -199,11 +149,7 @@ def depthwise_conv2d_forward(x, w, stride=1, padding=1):
     _check_conv_geometry(op, H, W, K, stride, padding)
     Ho, Wo = conv_output_size(H, K, stride, padding), conv_output_size(W, K, stride, padding)
     out = np.empty((N, C, Ho, Wo), dtype=x.dtype)
-    if _depthwise_channels_last(Ho, Wo):
-        kernels.depthwise_conv2d_forward_channels_last_kernel(out, x, w, stride, padding)
-    else:
-        ntasks = min(N * C, 8 * get_num_threads())
-        kernels.depthwise_conv2d_forward_kernel(out, x, w, stride, padding, ntasks)
+    kernels.pick(depthwise, "depthwise_conv2d_forward")(out, x, w, stride, padding)
     return out, DepthwiseConv2dCache(x, w, stride, padding)
 
 
@@ -217,14 +163,8 @@ def depthwise_conv2d_backward(dout, cache):
     dout = _check_dout("depthwise_conv2d", dout, (N, C, Ho, Wo), x.dtype)
     dx = np.empty_like(x)
     dw = np.empty_like(w)
-    if _depthwise_channels_last(Ho, Wo):
-        kernels.depthwise_conv2d_backward_channels_last_kernel(dx, dw, dout, x, w, cache.stride,
-                                                               cache.padding)
-    else:
-        # blocks of up to 16 channels, at least two per thread so that both cores stay busy
-        block = max(1, min(16, C // (2 * get_num_threads())))
-        kernels.depthwise_conv2d_backward_kernel(dx, dw, dout, x, w, cache.stride,
-                                                 cache.padding, block)
+    kernels.pick(depthwise, "depthwise_conv2d_backward")(dx, dw, dout, x, w, cache.stride,
+                                                         cache.padding)
     return dx, dw
 
 
@@ -234,19 +174,17 @@ def depthwise_conv2d_backward(dout, cache):
 
 
 class PointwiseConv2dCache(NamedTuple):
-    x: np.ndarray  # x as (N, C_in, H*W) per image, or channel-major (C_in, N*H*W) for small maps
+    x: np.ndarray  # (N, C_in, H*W): dw needs exactly this matrix
     x_shape: tuple
-    w: np.ndarray
+    w: np.ndarray  # (C_out, C_in)
     has_bias: bool
-    per_image: bool
 
 
 def pointwise_conv2d_forward(x, w, b=None):
     """out[n] = W (C_out, C_in) @ x[n] (C_in, H*W) + b; w (C_out, C_in, 1, 1), b (C_out,).
 
-    One product per image in place, or one over the channel-major batch for maps smaller than
-    PER_IMAGE_MIN_PIXELS. The cache keeps x in the layout the product used, since dw needs
-    exactly that matrix.
+    A matrix product per image: C_out*C_in*H*W multiply-adds, the bulk of MobileNet's. The
+    cache keeps x and w.
     """
     op = "pointwise_conv2d"
     x = _check_float(op, "x", x, 4)
@@ -262,48 +200,52 @@ def pointwise_conv2d_forward(x, w, b=None):
         _check_same_dtype(op, x, b=b)
         _check_shape(op, "b", b, (C_out,))
     w2 = np.ascontiguousarray(w.reshape(C_out, C))
-    per_image = N > 1 and H * W >= PER_IMAGE_MIN_PIXELS
-    if per_image:
-        saved = np.ascontiguousarray(x).reshape(N, C, H * W)
-        out = np.empty((N, C_out, H * W), dtype=x.dtype)
-        kernels.batched_matmul_kernel(out, w2, saved)
-        out = out.reshape(N, C_out, H, W)
-    else:
-        saved = _to_channel_major(x)  # (C_in, N*H*W)
-        out = _from_channel_major(_matmul(w2, saved), N, H, W)
+    x3 = x.reshape(N, C, H * W)
+    out = np.empty((N, C_out, H * W), dtype=x.dtype)
+    kernels.pick(matmul, "pointwise_conv2d_forward")(out, x3, w2)
     if b is not None:
-        kernels.add_channel_bias_kernel(out.reshape(N, C_out, H * W), b)
-    return out, PointwiseConv2dCache(saved, x.shape, w, b is not None, per_image)
+        kernels.pick(elementwise, "add_channel_bias")(out, b)
+    return out.reshape(N, C_out, H, W), PointwiseConv2dCache(x3, x.shape, w2, b is not None)
 
 
 def pointwise_conv2d_backward(dout, cache):
     """Returns (dx, dw, db); db is None when the forward had no bias.
 
     With D[n] = dout[n] as a (C_out, H*W) matrix: dw = sum_n D[n] @ X[n]^T, dX[n] = W^T @ D[n],
-    db = D summed over images and pixels (or the same with the whole batch as one matrix).
+    db = D summed over images and pixels.
     """
     N, C, H, W = cache.x_shape
-    w = cache.w
-    C_out = w.shape[0]
-    dout = _check_dout("pointwise_conv2d", dout, (N, C_out, H, W), w.dtype)
-    wt = np.ascontiguousarray(w.reshape(C_out, C).T)
-    if cache.per_image:
-        d3 = np.ascontiguousarray(dout).reshape(N, C_out, H * W)
-        dw = np.empty((C_out, C), dtype=w.dtype)
-        dx = np.empty((N, C, H * W), dtype=w.dtype)
-        kernels.batched_matmul_backward_kernel(dx, dw, d3, cache.x, wt)
-        dx = dx.reshape(N, C, H, W)
-    else:
-        dc = _to_channel_major(dout)  # (C_out, N*H*W)
-        dw = _matmul(dc, cache.x.T)
-        dx = _from_channel_major(_matmul(wt, dc), N, H, W)
-        d3 = dc.reshape(1, C_out, -1)
-    db = None
-    if cache.has_bias:
-        db = np.empty(C_out)
-        kernels.channel_sum_kernel(db, d3)
-        db = db.astype(w.dtype)
-    return dx, dw.reshape(w.shape), db
+    w2 = cache.w
+    C_out = w2.shape[0]
+    dout = _check_dout("pointwise_conv2d", dout, (N, C_out, H, W), w2.dtype)
+    d3 = dout.reshape(N, C_out, H * W)
+    dx = np.empty((N, C, H * W), dtype=w2.dtype)
+    dw = np.empty((C_out, C), dtype=w2.dtype)
+    kernels.pick(matmul, "pointwise_conv2d_backward")(dx, dw, d3, cache.x, w2)
+    db = channel_sum(dout) if cache.has_bias else None
+    return dx.reshape(N, C, H, W), dw.reshape(C_out, C, 1, 1), db
+
+
+def add_channel_bias(out, b):
+    """out[:, c] += b[c], in place, for a conv's bias; out (N, C, H, W), b (C,). Its gradient
+    is channel_sum(dout)."""
+    op = "add_channel_bias"
+    b = _check_float(op, "b", b, 1)
+    _check_shape(op, "b", b, out.shape[1:2])
+    _check_same_dtype(op, out, b=b)
+    N, C = out.shape[:2]
+    kernels.pick(elementwise, "add_channel_bias")(out.reshape(N, C, -1), b)
+    return out
+
+
+def channel_sum(x):
+    """The sum of x (N, C, H, W) over images and pixels, per channel, in x's dtype (summed in
+    float64, the same order on every run): the gradient of a per-channel bias."""
+    x = _check_float("channel_sum", "x", x, 4)
+    N, C = x.shape[:2]
+    sums = np.empty(C)
+    kernels.pick(elementwise, "channel_sum")(sums, x.reshape(N, C, -1))
+    return sums.astype(x.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,18 +262,6 @@ class BatchNorm2dCache(NamedTuple):
     scale: np.ndarray  # (C,) in x's dtype: bn(x) = x * scale + shift, exactly as the forward
     shift: np.ndarray  # computed it, so the backward recomputes the same bn(x)
     activation: Optional[str]  # None, or the activation fused after the normalisation
-
-
-# Maps of at most BN_BY_IMAGE_MAX_PIXELS pixels run batch norm image by image (contiguous
-# (C, H*W) blocks); larger maps channel by channel. See kernels.py for why. Timed on this
-# machine at MobileNet V1 0.5's shapes (batch 128), the backward by image was 1.3x (16x16)
-# to 20x (2x2) faster, and 1.5x slower at 32x32, where its per-position partial sums no
-# longer stay in cache.
-BN_BY_IMAGE_MAX_PIXELS = 256
-
-
-def _bn_by_image(H, W):
-    return H * W <= BN_BY_IMAGE_MAX_PIXELS
 
 
 def _check_bn_args(op, x, gamma, beta):
@@ -364,25 +294,24 @@ def batchnorm2d_backward(dout, cache):
     dx = np.empty_like(x)
     dgamma = np.empty(C)
     dbeta = np.empty(C)
-    kernel = (kernels.batchnorm2d_backward_by_image_kernel if _bn_by_image(H, W)
-              else kernels.batchnorm2d_backward_kernel)
-    kernel(dx.reshape(N, C, H * W), dgamma, dbeta, dout.reshape(N, C, H * W),
-           x.reshape(N, C, H * W), cache.mean, cache.invstd, cache.gamma, cache.scale,
-           cache.shift, kernels.ACTIVATION_CODES[cache.activation])
+    kernels.pick(bn_kernels, "batchnorm2d_backward")(
+        dx.reshape(N, C, H * W), dgamma, dbeta, dout.reshape(N, C, H * W),
+        x.reshape(N, C, H * W), cache.mean, cache.invstd, cache.gamma, cache.scale, cache.shift,
+        bn_kernels.ACTIVATION_CODES[cache.activation])
     return dx, dgamma.astype(x.dtype), dbeta.astype(x.dtype)
 
 
-FUSABLE_ACTIVATIONS = tuple(a for a in kernels.ACTIVATION_CODES if a is not None)
+FUSABLE_ACTIVATIONS = tuple(a for a in bn_kernels.ACTIVATION_CODES if a is not None)
 
 
 def batchnorm2d_activation_forward(x, gamma, beta, eps=1e-5, activation="relu"):
     """Training-mode batch norm and the activation after it in one pass over memory:
     out = act(batchnorm2d(x)) for activation in FUSABLE_ACTIVATIONS ("relu", "relu6",
-    "hardswish"), or None for batch norm alone. The same numbers as batchnorm2d_forward
-    followed by relu_forward (or relu6_, hardswish_), bit for bit.
+    "hardswish"), or None for batch norm alone. On the fast rung, the same numbers as
+    batchnorm2d_forward followed by relu_forward (or relu6_, hardswish_), bit for bit.
     """
     op = "batchnorm2d_activation"
-    if activation not in kernels.ACTIVATION_CODES:
+    if activation not in bn_kernels.ACTIVATION_CODES:
         raise ValueError(f"{op}: expected activation None or one of {FUSABLE_ACTIVATIONS}, "
                          f"got {activation!r}")
     return _batchnorm2d_forward(op, x, gamma, beta, eps, activation)
@@ -399,15 +328,16 @@ def _batchnorm2d_forward(op, x, gamma, beta, eps, activation):
     if N * H * W < 2:
         raise ValueError(f"{op}: expected more than one value per channel in training mode, "
                          f"got input of shape {x.shape}")
+    if not eps > 0:
+        raise ValueError(f"{op}: expected eps > 0, got {eps}")
     out = np.empty_like(x)
     mean = np.empty(C)
     var = np.empty(C)
     scale = np.empty(C, dtype=x.dtype)
     shift = np.empty(C, dtype=x.dtype)
-    kernel = (kernels.batchnorm2d_forward_by_image_kernel if _bn_by_image(H, W)
-              else kernels.batchnorm2d_forward_kernel)
-    kernel(out.reshape(N, C, H * W), mean, var, scale, shift, x.reshape(N, C, H * W), gamma,
-           beta, float(eps), kernels.ACTIVATION_CODES[activation])
+    kernels.pick(bn_kernels, "batchnorm2d_forward")(
+        out.reshape(N, C, H * W), mean, var, scale, shift, x.reshape(N, C, H * W), gamma, beta,
+        float(eps), bn_kernels.ACTIVATION_CODES[activation])
     invstd = 1.0 / np.sqrt(var + eps)
     return out, BatchNorm2dCache(x, gamma, mean, var, invstd, scale, shift, activation)
 
@@ -436,8 +366,8 @@ def batchnorm2d_inference_forward(x, gamma, beta, running_mean, running_var, eps
     shift = beta - mean * scale
     out = np.empty_like(x)
     N, C, H, W = x.shape
-    kernels.channel_affine_kernel(out.reshape(N, C, H * W), x.reshape(N, C, H * W),
-                                  scale, shift)
+    kernels.pick(bn_kernels, "channel_affine")(out.reshape(N, C, H * W), x.reshape(N, C, H * W),
+                                               scale, shift)
     return out, BatchNorm2dInferenceCache(x, gamma, mean, invstd)
 
 
@@ -448,8 +378,8 @@ def batchnorm2d_inference_backward(dout, cache):
     dout = _check_dout("batchnorm2d_inference", dout, x.shape, x.dtype)
     scale = cache.gamma * cache.invstd
     dx = np.empty_like(x)
-    kernels.channel_affine_kernel(dx.reshape(N, C, H * W), dout.reshape(N, C, H * W),
-                                  scale, np.zeros(C))
+    kernels.pick(bn_kernels, "channel_affine")(dx.reshape(N, C, H * W),
+                                               dout.reshape(N, C, H * W), scale, np.zeros(C))
     xhat = (x - cache.mean[:, None, None].astype(x.dtype)) * cache.invstd[:, None, None].astype(
         x.dtype)
     dgamma = np.einsum("nchw,nchw->c", dout, xhat)
@@ -466,60 +396,59 @@ class ActivationCache(NamedTuple):
     x: np.ndarray
 
 
-def _elementwise_forward(op, kernel, x):
+def _elementwise_forward(op, x):
     x = _check_float(op, "x", x)
     out = np.empty_like(x)
-    kernel(out.reshape(-1), x.reshape(-1))
+    kernels.pick(elementwise, f"{op}_forward")(out.reshape(-1), x.reshape(-1))
     return out, ActivationCache(x)
 
 
-def _elementwise_backward(op, kernel, dout, cache):
+def _elementwise_backward(op, dout, cache):
     x = cache.x
     dout = _check_dout(op, dout, x.shape, x.dtype)
     dx = np.empty_like(x)
-    kernel(dx.reshape(-1), dout.reshape(-1), x.reshape(-1))
+    kernels.pick(elementwise, f"{op}_backward")(dx.reshape(-1), dout.reshape(-1), x.reshape(-1))
     return dx
 
 
 def relu_forward(x):
     """out = max(x, 0)."""
-    return _elementwise_forward("relu", kernels.relu_forward_kernel, x)
+    return _elementwise_forward("relu", x)
 
 
 def relu_backward(dout, cache):
     """dx = dout where x > 0, else 0 (0 at x = 0, as PyTorch)."""
-    return _elementwise_backward("relu", kernels.relu_backward_kernel, dout, cache)
+    return _elementwise_backward("relu", dout, cache)
 
 
 def relu6_forward(x):
     """out = min(max(x, 0), 6)."""
-    return _elementwise_forward("relu6", kernels.relu6_forward_kernel, x)
+    return _elementwise_forward("relu6", x)
 
 
 def relu6_backward(dout, cache):
     """dx = dout on the open (0, 6), else 0 (0 at both kinks, as PyTorch)."""
-    return _elementwise_backward("relu6", kernels.relu6_backward_kernel, dout, cache)
+    return _elementwise_backward("relu6", dout, cache)
 
 
 def hardswish_forward(x):
     """out = x * relu6(x + 3) / 6."""
-    return _elementwise_forward("hardswish", kernels.hardswish_forward_kernel, x)
+    return _elementwise_forward("hardswish", x)
 
 
 def hardswish_backward(dout, cache):
     """dx = 0 below -3, dout * (x/3 + 1/2) on [-3, 3], dout above 3 (as PyTorch)."""
-    return _elementwise_backward("hardswish", kernels.hardswish_backward_kernel, dout, cache)
+    return _elementwise_backward("hardswish", dout, cache)
 
 
 def hardsigmoid_forward(x):
     """out = relu6(x + 3) / 6."""
-    return _elementwise_forward("hardsigmoid", kernels.hardsigmoid_forward_kernel, x)
+    return _elementwise_forward("hardsigmoid", x)
 
 
 def hardsigmoid_backward(dout, cache):
     """dx = dout / 6 on the open (-3, 3), else 0 (as PyTorch)."""
-    return _elementwise_backward("hardsigmoid", kernels.hardsigmoid_backward_kernel, dout,
-                                 cache)
+    return _elementwise_backward("hardsigmoid", dout, cache)
 
 
 # --------------------------------------------------------------------------------------------
@@ -537,7 +466,8 @@ def global_avg_pool_forward(x):
     x = _check_float("global_avg_pool", "x", x, 4)
     N, C, H, W = x.shape
     out = np.empty((N, C, 1, 1), dtype=x.dtype)
-    kernels.spatial_mean_kernel(out.reshape(N, C), x.reshape(N, C, H * W))
+    kernels.pick(elementwise, "global_avg_pool_forward")(out.reshape(N, C),
+                                                         x.reshape(N, C, H * W))
     return out, GlobalAvgPoolCache(x.shape)
 
 
@@ -547,7 +477,8 @@ def global_avg_pool_backward(dout, cache):
     dout = _check_float("global_avg_pool backward", "dout", dout)
     _check_shape("global_avg_pool backward", "dout", dout, (N, C, 1, 1))
     dx = np.empty(cache.x_shape, dtype=dout.dtype)
-    dx[...] = dout / (H * W)
+    kernels.pick(elementwise, "global_avg_pool_backward")(dx.reshape(N, C, H * W),
+                                                          dout.reshape(N, C))
     return dx
 
 
@@ -563,14 +494,23 @@ def scale_channels_forward(x, s):
     s = _check_float(op, "s", s, 4)
     _check_same_dtype(op, x, s=s)
     _check_shape(op, "s", s, x.shape[:2] + (1, 1))
-    return x * s, ScaleChannelsCache(x, s)
+    N, C = x.shape[:2]
+    out = np.empty_like(x)
+    kernels.pick(elementwise, "scale_channels_forward")(out.reshape(N, C, -1),
+                                                        x.reshape(N, C, -1), s.reshape(N, C))
+    return out, ScaleChannelsCache(x, s)
 
 
 def scale_channels_backward(dout, cache):
     """Returns (dx, ds): dx = dout * s, ds = sum over H, W of dout * x."""
-    dout = _check_dout("scale_channels", dout, cache.x.shape, cache.x.dtype)
-    dx = dout * cache.s
-    ds = np.einsum("nchw,nchw->nc", dout, cache.x)[:, :, None, None]
+    x, s = cache.x, cache.s
+    dout = _check_dout("scale_channels", dout, x.shape, x.dtype)
+    N, C = x.shape[:2]
+    dx = np.empty_like(x)
+    ds = np.empty((N, C, 1, 1), dtype=x.dtype)
+    kernels.pick(elementwise, "scale_channels_backward")(
+        dx.reshape(N, C, -1), ds.reshape(N, C), dout.reshape(N, C, -1), x.reshape(N, C, -1),
+        s.reshape(N, C))
     return dx, ds
 
 
@@ -588,19 +528,25 @@ def linear_forward(x, w, b):
     if w.shape[1] != x.shape[1]:
         raise ValueError(f"{op}: expected w of shape (out_features, {x.shape[1]}) for x of "
                          f"shape {x.shape}, got {w.shape}")
-    out = x @ w.T
     if b is not None:
         b = _check_float(op, "b", b, 1)
         _check_same_dtype(op, x, b=b)
         _check_shape(op, "b", b, (w.shape[0],))
+    out = np.empty((x.shape[0], w.shape[0]), dtype=x.dtype)
+    kernels.pick(matmul, "linear_forward")(out, x, w)
+    if b is not None:
         out += b
     return out, LinearCache(x, w)
 
 
 def linear_backward(dout, cache):
     """Returns (dx, dw, db)."""
-    dout = _check_dout("linear", dout, (cache.x.shape[0], cache.w.shape[0]), cache.x.dtype)
-    return dout @ cache.w, dout.T @ cache.x, dout.sum(axis=0)
+    x, w = cache.x, cache.w
+    dout = _check_dout("linear", dout, (x.shape[0], w.shape[0]), x.dtype)
+    dx = np.empty_like(x)
+    dw = np.empty_like(w)
+    kernels.pick(matmul, "linear_backward")(dx, dw, dout, x, w)
+    return dx, dw, dout.sum(axis=0)
 
 
 class DropoutCache(NamedTuple):
@@ -616,8 +562,12 @@ def dropout_forward(x, p, rng, training=True):
         raise ValueError(f"{op}: expected 0 <= p < 1, got p={p}")
     if not training or p == 0:
         return x, DropoutCache(None)
-    mask = (rng.random(x.shape, dtype=x.dtype) >= p).astype(x.dtype) / x.dtype.type(1 - p)
-    return x * mask, DropoutCache(mask)
+    u = rng.random(x.shape, dtype=x.dtype)
+    out = np.empty_like(x)
+    mask = np.empty_like(x)
+    kernels.pick(elementwise, "dropout_forward")(out.reshape(-1), mask.reshape(-1),
+                                                 x.reshape(-1), u.reshape(-1), x.dtype.type(p))
+    return out, DropoutCache(mask)
 
 
 def dropout_backward(dout, cache):
@@ -625,7 +575,10 @@ def dropout_backward(dout, cache):
     if cache.mask is None:
         return dout
     dout = _check_dout("dropout", dout, cache.mask.shape, cache.mask.dtype)
-    return dout * cache.mask
+    dx = np.empty_like(dout)
+    kernels.pick(elementwise, "dropout_backward")(dx.reshape(-1), dout.reshape(-1),
+                                                  cache.mask.reshape(-1))
+    return dx
 
 
 def softmax_cross_entropy(logits, labels, label_smoothing=0.0):
@@ -639,10 +592,13 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0):
     logits = _check_float(op, "logits", logits, 2)
     labels = np.asarray(labels)
     N, num_classes = logits.shape
+    if N == 0:
+        raise ValueError(f"{op}: expected a batch of at least one row, got logits of shape "
+                         f"{logits.shape}")
     if labels.shape != (N,) or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{op}: expected integer labels of shape ({N},), got "
                          f"{labels.dtype} array of shape {labels.shape}")
-    if N and (labels.min() < 0 or labels.max() >= num_classes):
+    if labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(f"{op}: expected labels in [0, {num_classes}), got values from "
                          f"{labels.min()} to {labels.max()}")
     if not 0 <= label_smoothing < 1:
@@ -650,12 +606,9 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0):
     if not np.isfinite(logits).all():
         raise NonFiniteError(f"{op}: logits contain NaN or inf "
                              f"({np.count_nonzero(~np.isfinite(logits))} of {logits.size})")
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    target = np.full_like(logits, label_smoothing / num_classes)
-    target[np.arange(N), labels] += 1 - label_smoothing
-    loss = float(-(target * log_probs).sum() / N)
+    dlogits = np.empty_like(logits)
+    loss = float(kernels.pick(elementwise, "softmax_cross_entropy")(
+        dlogits, logits, labels.astype(np.int64), float(label_smoothing)))
     if not np.isfinite(loss):
         raise NonFiniteError(f"{op}: the loss is {loss}")
-    dlogits = (np.exp(log_probs) - target) / N
     return loss, dlogits

@@ -9,6 +9,8 @@ store it in an ``.npz`` and a resumed run continues bit for bit.
 
 import numpy as np
 
+from .validation import require
+
 
 def default_no_decay(name, param):
     """True for parameters that weight decay should leave alone: those with fewer than 2 dims.
@@ -19,11 +21,6 @@ def default_no_decay(name, param):
     custom rule go by name. Pass ``no_decay=lambda name, param: False`` to decay everything.
     """
     return param.ndim < 2
-
-
-def _check(ok, what, expected, got):
-    if not ok:
-        raise ValueError(f"{what}: expected {expected}, got {got!r}")
 
 
 def _as_scalar(value):
@@ -48,20 +45,20 @@ class Optimizer:
     def __init__(self, params, lr, weight_decay, no_decay):
         self.names, self.params, self.grads = [], [], []
         for name, param, grad in params:
-            _check(isinstance(param, np.ndarray) and param.dtype.kind == "f",
+            require(isinstance(param, np.ndarray) and param.dtype.kind == "f",
                    f"param {name}", "a float NumPy array", type(param).__name__)
-            _check(isinstance(grad, np.ndarray) and grad.shape == param.shape
+            require(isinstance(grad, np.ndarray) and grad.shape == param.shape
                    and grad.dtype == param.dtype, f"grad of {name}",
                    f"an array of shape {param.shape} and dtype {param.dtype}",
                    f"{getattr(grad, 'shape', None)} {getattr(grad, 'dtype', type(grad).__name__)}")
             self.names.append(name)
             self.params.append(param)
             self.grads.append(grad)
-        _check(len(self.params) > 0, "params", "at least one (name, param, grad) triple", 0)
+        require(len(self.params) > 0, "params", "at least one (name, param, grad) triple", 0)
         duplicates = sorted({n for n in self.names if self.names.count(n) > 1})
-        _check(not duplicates, "param names", "unique names", duplicates)
-        _check(lr >= 0.0, "lr", ">= 0", lr)
-        _check(weight_decay >= 0.0, "weight_decay", ">= 0", weight_decay)
+        require(not duplicates, "param names", "unique names", duplicates)
+        require(lr >= 0.0, "lr", ">= 0", lr)
+        require(weight_decay >= 0.0, "weight_decay", ">= 0", weight_decay)
         self.lr = lr
         self.weight_decay = weight_decay
         self.num_steps = 0
@@ -160,8 +157,8 @@ class SGD(Optimizer):
     def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0,
                  no_decay=default_no_decay):
         super().__init__(params, lr, weight_decay, no_decay)
-        _check(momentum >= 0.0, "momentum", ">= 0", momentum)
-        _check(not nesterov or momentum > 0.0, "nesterov=True", "momentum > 0", momentum)
+        require(momentum >= 0.0, "momentum", ">= 0", momentum)
+        require(not nesterov or momentum > 0.0, "nesterov=True", "momentum > 0", momentum)
         self.momentum = momentum
         self.nesterov = bool(nesterov)
         if momentum > 0.0:
@@ -209,9 +206,9 @@ class RMSprop(Optimizer):
     def __init__(self, params, lr, alpha=0.9, eps=0.0316, momentum=0.9, weight_decay=4e-5,
                  centered=False, no_decay=default_no_decay):
         super().__init__(params, lr, weight_decay, no_decay)
-        _check(0.0 <= alpha <= 1.0, "alpha", "a value in [0, 1]", alpha)
-        _check(eps >= 0.0, "eps", ">= 0", eps)
-        _check(momentum >= 0.0, "momentum", ">= 0", momentum)
+        require(0.0 <= alpha <= 1.0, "alpha", "a value in [0, 1]", alpha)
+        require(eps >= 0.0, "eps", ">= 0", eps)
+        require(momentum >= 0.0, "momentum", ">= 0", momentum)
         self.alpha, self.eps, self.momentum = alpha, eps, momentum
         self.centered = bool(centered)
         self._add_buffer("square_avg")
@@ -267,9 +264,9 @@ class AdamW(Optimizer):
     def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
                  no_decay=default_no_decay):
         super().__init__(params, lr, weight_decay, no_decay)
-        _check(len(betas) == 2 and all(0.0 <= b < 1.0 for b in betas),
+        require(len(betas) == 2 and all(0.0 <= b < 1.0 for b in betas),
                "betas", "two values in [0, 1)", betas)
-        _check(eps >= 0.0, "eps", ">= 0", eps)
+        require(eps >= 0.0, "eps", ">= 0", eps)
         self.beta1, self.beta2 = betas
         self.eps = eps
         self._add_buffer("exp_avg")

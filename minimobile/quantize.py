@@ -13,7 +13,7 @@ integers, as an int8 engine does:
 The stem conv and the classifier stay in float32 (a few percent of the multiply-adds: the
 report gives the share that runs in int8); activations, pooling and skip additions run in
 float between the integer convs. Batch norms are
-folded first (`minimobile.deploy.fuse`). The kernels are in `minimobile.kernels_int8`.
+folded first (`minimobile.deploy.fuse`). The kernels are in `minimobile.kernels.int8`.
 
 `python -m minimobile.quantize CHECKPOINT --data PATH` reports accuracy and weight size before
 and after; `notebooks/07_deploy.ipynb` walks through it.
@@ -25,10 +25,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import deploy, kernels_int8
+from . import deploy
 from .data import normalize
+from .kernels import int8
+from .kernels.int8 import QMAX
 from .layers import DepthwiseConv2d, Module, PointwiseConv2d, no_grad
-from .kernels_int8 import QMAX
 
 
 def quantize_per_channel(w):
@@ -49,7 +50,7 @@ def tensor_scale(max_abs):
 def quantize_tensor(x, scale):
     """x float (any shape) -> int8 of x's shape, x ~ scale * q."""
     out = np.empty(x.shape, np.int8)
-    kernels_int8.quantize_kernel(out.reshape(-1), np.ascontiguousarray(x).reshape(-1),
+    int8.quantize_fast(out.reshape(-1), np.ascontiguousarray(x).reshape(-1),
                                  1.0 / scale)
     return out
 
@@ -75,7 +76,7 @@ class _QuantizedConv(Module):
     def _dequantize(self, acc):
         N, C = acc.shape[:2]
         out = np.empty(acc.shape, self.dtype)
-        kernels_int8.dequantize_kernel(out.reshape(N, C, -1), acc.reshape(N, C, -1),
+        int8.dequantize_fast(out.reshape(N, C, -1), acc.reshape(N, C, -1),
                                        self.buffers["output_scale"])
         return out
 
@@ -92,7 +93,7 @@ class QuantizedPointwiseConv2d(_QuantizedConv):
         q = self.buffers["weight_int8"]
         x_q = quantize_tensor(x, self.input_scale).reshape(N, C, H * W)
         acc = np.empty((N, q.shape[0], H * W), np.int32)
-        kernels_int8.pointwise_int8_kernel(acc, x_q, q.reshape(q.shape[0], C),
+        int8.pointwise_int8_fast(acc, x_q, q.reshape(q.shape[0], C),
                                            self.buffers["bias_int32"])
         return self._dequantize(acc).reshape(N, q.shape[0], H, W)
 
@@ -111,7 +112,7 @@ class QuantizedDepthwiseConv2d(_QuantizedConv):
         Ho = (H + 2 * self.padding - K) // self.stride + 1
         Wo = (W + 2 * self.padding - K) // self.stride + 1
         acc = np.empty((N, C, Ho, Wo), np.int32)
-        kernels_int8.depthwise_int8_kernel(acc, quantize_tensor(x, self.input_scale),
+        int8.depthwise_int8_fast(acc, quantize_tensor(x, self.input_scale),
                                            q.reshape(C, K, K), self.buffers["bias_int32"],
                                            self.stride, self.padding)
         return self._dequantize(acc)

@@ -8,31 +8,22 @@ hyper-parameters and checks them once, up front, rather than mid-training.
 
 import functools
 import math
-import numbers
 
-
-def _check(ok, what, expected, got):
-    if not ok:
-        raise ValueError(f"{what}: expected {expected}, got {got!r}")
-
-
-def _is_int(x):
-    # numbers.Integral admits NumPy integers too, so step counts computed with NumPy still pass.
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+from .validation import is_int, require
 
 
 def _check_step(step, total_steps=None):
-    _check(_is_int(step), "step", "an integer", step)
+    require(is_int(step), "step", "an integer", step)
     if total_steps is None:
-        _check(step >= 0, "step", "an integer >= 0", step)
+        require(step >= 0, "step", "an integer >= 0", step)
     else:
-        _check(0 <= step <= total_steps, "step", f"an integer in [0, {total_steps}]", step)
+        require(0 <= step <= total_steps, "step", f"an integer in [0, {total_steps}]", step)
 
 
 def constant(step, lr):
     """``lr`` at every step; here so "no schedule" goes through the same code path."""
     _check_step(step)
-    _check(lr >= 0.0, "lr", ">= 0", lr)
+    require(lr >= 0.0, "lr", ">= 0", lr)
     return float(lr)
 
 
@@ -44,12 +35,12 @@ def cosine_with_warmup(step, total_steps, base_lr, warmup_steps=0, min_lr=0.0):
     ``step = W`` with ``base_lr``; ``step = total_steps`` gives ``min_lr``. It equals PyTorch's
     LinearLR(start_factor=1/(W+1), total_iters=W) followed by CosineAnnealingLR(T_max=T-W).
     """
-    _check(_is_int(total_steps) and total_steps > 0, "total_steps", "an integer > 0",
+    require(is_int(total_steps) and total_steps > 0, "total_steps", "an integer > 0",
            total_steps)
-    _check(_is_int(warmup_steps) and 0 <= warmup_steps <= total_steps, "warmup_steps",
+    require(is_int(warmup_steps) and 0 <= warmup_steps <= total_steps, "warmup_steps",
            f"an integer in [0, total_steps={total_steps}]", warmup_steps)
-    _check(base_lr > 0.0, "base_lr", "> 0", base_lr)
-    _check(0.0 <= min_lr <= base_lr, "min_lr", f"a value in [0, base_lr={base_lr}]", min_lr)
+    require(base_lr > 0.0, "base_lr", "> 0", base_lr)
+    require(0.0 <= min_lr <= base_lr, "min_lr", f"a value in [0, base_lr={base_lr}]", min_lr)
     _check_step(step, total_steps)
     if step < warmup_steps:
         return base_lr * (step + 1) / (warmup_steps + 1)
@@ -66,13 +57,13 @@ def one_cycle(step, total_steps, max_lr, pct_start=0.3, div_factor=25.0, final_d
     cycles momentum inversely (0.95 -> 0.85 -> 0.95) by default; we do not, which matches it
     with ``cycle_momentum=False``.
     """
-    _check(_is_int(total_steps) and total_steps > 0, "total_steps", "an integer > 0",
+    require(is_int(total_steps) and total_steps > 0, "total_steps", "an integer > 0",
            total_steps)
-    _check(max_lr > 0.0, "max_lr", "> 0", max_lr)
+    require(max_lr > 0.0, "max_lr", "> 0", max_lr)
     # pct_start = 1 would leave no annealing phase (and divide by zero at the last step).
-    _check(0.0 <= pct_start < 1.0, "pct_start", "a value in [0, 1)", pct_start)
-    _check(div_factor > 0.0, "div_factor", "> 0", div_factor)
-    _check(final_div_factor > 0.0, "final_div_factor", "> 0", final_div_factor)
+    require(0.0 <= pct_start < 1.0, "pct_start", "a value in [0, 1)", pct_start)
+    require(div_factor > 0.0, "div_factor", "> 0", div_factor)
+    require(final_div_factor > 0.0, "final_div_factor", "> 0", final_div_factor)
     warmup_end = float(pct_start * total_steps) - 1
     # PyTorch divides by the warm-up length here and would raise ZeroDivisionError instead.
     if warmup_end == 0.0:
@@ -92,10 +83,10 @@ def one_cycle(step, total_steps, max_lr, pct_start=0.3, div_factor=25.0, final_d
 
 def step_decay(step, base_lr, step_size, gamma=0.1):
     """``base_lr * gamma ** (step // step_size)``: PyTorch's StepLR."""
-    _check(base_lr > 0.0, "base_lr", "> 0", base_lr)
-    _check(_is_int(step_size) and step_size > 0, "step_size", "an integer > 0",
+    require(base_lr > 0.0, "base_lr", "> 0", base_lr)
+    require(is_int(step_size) and step_size > 0, "step_size", "an integer > 0",
            step_size)
-    _check(gamma > 0.0, "gamma", "> 0", gamma)
+    require(gamma > 0.0, "gamma", "> 0", gamma)
     _check_step(step)
     return base_lr * gamma ** (step // step_size)
 
@@ -114,7 +105,7 @@ def make_schedule(name, **kw):
 
     Evaluating it once at step 0 runs every argument check now, before training starts.
     """
-    _check(name in SCHEDULES, "schedule name", f"one of {sorted(SCHEDULES)}", name)
+    require(name in SCHEDULES, "schedule name", f"one of {sorted(SCHEDULES)}", name)
     lr_at = functools.partial(SCHEDULES[name], **kw)
     lr_at(0)
     return lr_at

@@ -86,10 +86,10 @@ def test_fuse_leaves_the_original_model_untouched_and_in_its_mode(rng):
         np.testing.assert_array_equal(value, state[key])
 
 
-def test_fused_depthwise_layer_backward_matches_numerical_gradient(rng):
+def test_depthwise_layer_with_bias_backward_matches_numerical_gradient(rng):
     from minimobile.gradcheck import check_gradient
-    layer = deploy.DepthwiseConv2dWithBias(rng.standard_normal((3, 1, 3, 3)),
-                                           rng.standard_normal(3), stride=2, padding=1)
+    layer = mm.DepthwiseConv2d(3, 3, stride=2, padding=1, bias=True, rng=rng, dtype=np.float64)
+    layer.params["bias"][...] = rng.standard_normal(3)
     x = rng.standard_normal((2, 3, 7, 6))
     dout = rng.standard_normal(layer.forward(x).shape)
     dx = layer.backward(dout)

@@ -1,9 +1,16 @@
-"""The Numba kernels (through the ops that call them) against the slow loop references.
+"""The kernel staircase: every rung against the rung below it.
 
-float64 must agree to 1e-10 and float32 to 1e-5, relative to the largest magnitude, on shapes
-that cover stride 2, odd and non-square sizes, K = 5, one channel and batch 1, and on shapes
-drawn by hypothesis for the convolutions.
+Each op runs through `minimobile.ops` on one rung and then on the rung below (loops <- simple
+<- fast), with the same inputs; float64 must agree to 1e-10 and float32 to 1e-5, relative to
+the largest magnitude, on shapes that cover stride 2, odd and non-square sizes, K = 5, one
+channel and batch 1, and on shapes drawn by hypothesis for the convolutions. Where the fast
+rung has several loop orders (chosen by map size in `minimobile.tuning`), each is forced in
+turn.
 """
+
+import os
+import subprocess
+import sys
 
 import numba
 import numpy as np
@@ -11,11 +18,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minimobile import kernels, ops, reference
+from minimobile import kernels, ops, tuning
 from minimobile.gradcheck import relative_error
+from minimobile.kernels import depthwise
 
 TOL = {np.float64: 1e-10, np.float32: 1e-5}
 DTYPES = [np.float64, np.float32]
+STEPS = [("loops", "simple"), ("simple", "fast")]  # (lower rung, the rung tested against it)
 
 # (N, C, H, W, K, stride)
 CONV_SHAPES = [
@@ -26,7 +35,7 @@ CONV_SHAPES = [
     (1, 2, 6, 9, 3, 2),
     (3, 1, 4, 4, 3, 1),
     (1, 5, 2, 3, 3, 1),
-    (2, 3, 9, 11, 3, 2),  # planes of more than kernels.PIXEL_ORDER_MAX_PIXELS pixels
+    (2, 3, 9, 11, 3, 2),  # planes of more than tuning.PIXEL_ORDER_MAX_PIXELS pixels
 ]
 
 
@@ -35,134 +44,146 @@ def _arrays(rng, dtype, *shapes):
 
 
 def _assert_close(actual, expected, dtype, what):
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
     err = relative_error(actual, expected)
     assert err < TOL[dtype], f"{what}: relative error {err:.2e} above {TOL[dtype]:.0e}"
 
 
+def _compare_rungs(run, dtype, steps=STEPS):
+    """run() -> {name: array}, computed on each rung; each rung against the one below."""
+    results = {}
+    for lower, upper in steps:
+        for rung in (lower, upper):
+            if rung not in results:
+                with kernels.use(rung):
+                    results[rung] = run()
+        for name, expected in results[lower].items():
+            _assert_close(results[upper][name], expected, dtype, f"{upper} against {lower}: {name}")
+
+
 @pytest.fixture(params=["planes", "channels_last"])
 def depthwise_layout(request, monkeypatch):
-    """The depthwise conv runs plane by plane on large maps and channels last on small ones:
-    tests that take this fixture run once with each forced."""
-    monkeypatch.setattr(ops, "DEPTHWISE_CHANNELS_LAST_MAX_PIXELS",
+    """The fast depthwise conv runs plane by plane on large maps and channels last on small
+    ones: tests that take this fixture run once with each forced."""
+    monkeypatch.setattr(tuning, "DEPTHWISE_CHANNELS_LAST_MAX_PIXELS",
                         10**9 if request.param == "channels_last" else 0)
     return request.param
 
 
+def _depthwise_case(x, w, stride, pad, dout_seed=1):
+    def run():
+        out, cache = ops.depthwise_conv2d_forward(x, w, stride, pad)
+        dout = np.random.default_rng(dout_seed).standard_normal(out.shape).astype(x.dtype)
+        dx, dw = ops.depthwise_conv2d_backward(dout, cache)
+        return {"out": out, "dx": dx, "dw": dw}
+    return run
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("N,C,H,W,K,stride", CONV_SHAPES)
-def test_depthwise_kernels_match_reference(rng, depthwise_layout, dtype, N, C, H, W, K, stride):
-    pad = K // 2
+def test_depthwise_rungs_match(rng, depthwise_layout, dtype, N, C, H, W, K, stride):
     x, w = _arrays(rng, dtype, (N, C, H, W), (C, 1, K, K))
-    out, cache = ops.depthwise_conv2d_forward(x, w, stride, pad)
-    _assert_close(out, reference.depthwise_conv2d_forward(x, w, stride, pad), dtype, "out")
-    dout = rng.standard_normal(out.shape).astype(dtype)
-    dx, dw = ops.depthwise_conv2d_backward(dout, cache)
-    rdx, rdw = reference.depthwise_conv2d_backward(dout, x, w, stride, pad)
-    _assert_close(dx, rdx, dtype, "dx")
-    _assert_close(dw, rdw, dtype, "dw")
-    assert out.dtype == dx.dtype == dw.dtype == dtype
+    _compare_rungs(_depthwise_case(x, w, stride, K // 2), dtype)
+
+
+@pytest.mark.parametrize("pixel_order", [True, False])
+def test_depthwise_channels_last_transposes_either_way(rng, monkeypatch, pixel_order):
+    """Small planes are turned channels last pixel by pixel, larger ones plane by plane."""
+    monkeypatch.setattr(tuning, "DEPTHWISE_CHANNELS_LAST_MAX_PIXELS", 10**9)
+    monkeypatch.setattr(tuning, "PIXEL_ORDER_MAX_PIXELS", 10**9 if pixel_order else 0)
+    x, w = _arrays(rng, np.float64, (2, 3, 9, 11), (3, 1, 3, 3))
+    _compare_rungs(_depthwise_case(x, w, 2, 1), np.float64, STEPS[1:])
+
+
+def _conv2d_case(x, w, stride, pad):
+    def run():
+        out, cache = ops.conv2d_forward(x, w, stride, pad)
+        dout = np.random.default_rng(1).standard_normal(out.shape).astype(x.dtype)
+        dx, dw = ops.conv2d_backward(dout, cache)
+        return {"out": out, "dx": dx, "dw": dw}
+    return run
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("N,C,H,W,K,stride", CONV_SHAPES)
-def test_conv2d_kernels_match_reference(rng, dtype, N, C, H, W, K, stride):
-    pad = K // 2
+def test_conv2d_rungs_match(rng, dtype, N, C, H, W, K, stride):
     x, w = _arrays(rng, dtype, (N, C, H, W), (4, C, K, K))
-    out, cache = ops.conv2d_forward(x, w, stride, pad)
-    _assert_close(out, reference.conv2d_forward(x, w, stride, pad), dtype, "out")
-    dout = rng.standard_normal(out.shape).astype(dtype)
-    dx, dw = ops.conv2d_backward(dout, cache)
-    rdx, rdw = reference.conv2d_backward(dout, x, w, stride, pad)
-    _assert_close(dx, rdx, dtype, "dx")
-    _assert_close(dw, rdw, dtype, "dw")
+    _compare_rungs(_conv2d_case(x, w, stride, K // 2), dtype)
+
+
+def _pointwise_case(x, w, b):
+    def run():
+        out, cache = ops.pointwise_conv2d_forward(x, w, b)
+        dout = np.random.default_rng(1).standard_normal(out.shape).astype(x.dtype)
+        dx, dw, db = ops.pointwise_conv2d_backward(dout, cache)
+        assert (db is None) == (b is None)
+        return {"out": out, "dx": dx, "dw": dw, **({"db": db} if b is not None else {})}
+    return run
+
+
+@pytest.fixture(params=["per_image", "channel_major"])
+def pointwise_layout(request, monkeypatch):
+    """The fast 1x1 conv runs one product per image on large maps and one channel-major
+    product on small ones: force each."""
+    monkeypatch.setattr(tuning, "PER_IMAGE_MIN_PIXELS",
+                        1 if request.param == "per_image" else 10**9)
+    return request.param
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("N,C_in,C_out,H,W", [(2, 3, 5, 4, 4), (1, 1, 1, 3, 5), (3, 6, 2, 1, 1),
                                                (2, 3, 5, 8, 8), (3, 4, 2, 9, 11), (1, 2, 3, 8, 9)])
-def test_pointwise_kernels_match_reference(rng, dtype, bias, N, C_in, C_out, H, W):
+def test_pointwise_rungs_match(rng, pointwise_layout, dtype, bias, N, C_in, C_out, H, W):
     x, w, b = _arrays(rng, dtype, (N, C_in, H, W), (C_out, C_in, 1, 1), (C_out,))
-    b = b if bias else None
-    out, cache = ops.pointwise_conv2d_forward(x, w, b)
-    _assert_close(out, reference.pointwise_conv2d_forward(x, w, b), dtype, "out")
-    dout = rng.standard_normal(out.shape).astype(dtype)
-    dx, dw, db = ops.pointwise_conv2d_backward(dout, cache)
-    rdx, rdw, rdb = reference.pointwise_conv2d_backward(dout, x, w, b)
-    _assert_close(dx, rdx, dtype, "dx")
-    _assert_close(dw, rdw, dtype, "dw")
-    if bias:
-        _assert_close(db, rdb, dtype, "db")
-    else:
-        assert db is None
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(4, 3, 5, 5), (1, 1, 3, 2), (5, 6, 1, 1)])
-def test_batchnorm_kernels_match_reference(rng, dtype, shape):
-    x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
-    gamma, beta = _arrays(rng, dtype, shape[1:2], shape[1:2])
-    out, cache = ops.batchnorm2d_forward(x, gamma, beta, eps=1e-5)
-    rout, rmean, rvar = reference.batchnorm2d_forward(x, gamma, beta, eps=1e-5)
-    _assert_close(out, rout, dtype, "out")
-    _assert_close(cache.mean, rmean, dtype, "batch mean")
-    _assert_close(cache.var, rvar, dtype, "batch variance")
-    dout = rng.standard_normal(shape).astype(dtype)
-    dx, dgamma, dbeta = ops.batchnorm2d_backward(dout, cache)
-    rdx, rdgamma, rdbeta = reference.batchnorm2d_backward(dout, x, gamma, eps=1e-5)
-    _assert_close(dx, rdx, dtype, "dx")
-    _assert_close(dgamma, rdgamma, dtype, "dgamma")
-    _assert_close(dbeta, rdbeta, dtype, "dbeta")
+    _compare_rungs(_pointwise_case(x, w, b if bias else None), dtype)
 
 
 FUSED = [None, "relu", "relu6", "hardswish"]
 
 
-@pytest.mark.parametrize("by_image", [True, False])
-@pytest.mark.parametrize("activation", FUSED)
-def test_batchnorm_both_loop_orders_match_reference(rng, monkeypatch, by_image, activation):
-    """Batch norm runs image by image on small maps and channel by channel on large ones:
-    force each, in float64 at 1e-10, with every fused activation."""
-    monkeypatch.setattr(ops, "BN_BY_IMAGE_MAX_PIXELS", 10**9 if by_image else 0)
-    x = rng.standard_normal((5, 4, 3, 7)) * 3 + 2
-    gamma = rng.uniform(1, 4, 4)
-    beta = rng.uniform(-2, 4, 4)
-    out, cache = ops.batchnorm2d_activation_forward(x, gamma, beta, 1e-5, activation)
-    rout, rmean, rvar = reference.batchnorm2d_activation_forward(x, gamma, beta, 1e-5,
-                                                                 activation)
-    _assert_close(out, rout, np.float64, "out")
-    _assert_close(cache.mean, rmean, np.float64, "batch mean")
-    _assert_close(cache.var, rvar, np.float64, "batch variance")
-    dout = rng.standard_normal(x.shape)
-    grads = ops.batchnorm2d_activation_backward(dout, cache)
-    rgrads = reference.batchnorm2d_activation_backward(dout, x, gamma, beta, 1e-5, activation)
-    for name, g, r in zip(("dx", "dgamma", "dbeta"), grads, rgrads):
-        _assert_close(g, r, np.float64, name)
+@pytest.fixture(params=["by_image", "by_channel"])
+def batchnorm_layout(request, monkeypatch):
+    """Fast batch norm runs image by image on small maps, channel by channel on large ones."""
+    monkeypatch.setattr(tuning, "BN_BY_IMAGE_MAX_PIXELS",
+                        10**9 if request.param == "by_image" else 0)
+    return request.param
+
+
+def _batchnorm_case(x, gamma, beta, activation, eps=1e-5):
+    def run():
+        out, cache = ops.batchnorm2d_activation_forward(x, gamma, beta, eps, activation)
+        dout = np.random.default_rng(1).standard_normal(x.shape).astype(x.dtype)
+        dx, dgamma, dbeta = ops.batchnorm2d_activation_backward(dout, cache)
+        return {"out": out, "mean": cache.mean, "var": cache.var, "dx": dx, "dgamma": dgamma,
+                "dbeta": dbeta}
+    return run
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", FUSED)
-def test_fused_batchnorm_activation_matches_reference(rng, dtype, activation):
+@pytest.mark.parametrize("shape", [(4, 3, 5, 5), (1, 1, 3, 2), (5, 6, 1, 1), (3, 4, 5, 6)])
+def test_batchnorm_rungs_match(rng, batchnorm_layout, dtype, activation, shape):
     # Scaled so that the normalised values straddle every kink (0, 6 and +-3).
-    x = (rng.standard_normal((3, 4, 5, 6)) * 3 + 2).astype(dtype)
-    gamma = rng.uniform(1, 4, 4).astype(dtype)
-    beta = rng.uniform(-2, 4, 4).astype(dtype)
-    out, cache = ops.batchnorm2d_activation_forward(x, gamma, beta, 1e-5, activation)
-    rout, rmean, rvar = reference.batchnorm2d_activation_forward(x, gamma, beta, 1e-5,
-                                                                 activation)
-    _assert_close(out, rout, dtype, "out")
-    _assert_close(cache.mean, rmean, dtype, "batch mean")
-    dout = rng.standard_normal(x.shape).astype(dtype)
-    grads = ops.batchnorm2d_activation_backward(dout, cache)
-    rgrads = reference.batchnorm2d_activation_backward(dout, x, gamma, beta, 1e-5, activation)
-    for name, g, r in zip(("dx", "dgamma", "dbeta"), grads, rgrads):
-        _assert_close(g, r, dtype, name)
+    x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
+    gamma = rng.uniform(1, 4, shape[1]).astype(dtype)
+    beta = rng.uniform(-2, 4, shape[1]).astype(dtype)
+    _compare_rungs(_batchnorm_case(x, gamma, beta, activation), dtype)
+
+
+def test_batchnorm_statistics_survive_a_large_mean(rng, batchnorm_layout):
+    """The fast rung's one-pass shifted sums against the two-pass rungs, on values whose mean
+    is a thousand standard deviations from zero (a naive E[x^2] - E[x]^2 loses it all)."""
+    x = rng.standard_normal((4, 3, 6, 6)) + 1000.0
+    gamma, beta = np.ones(3), np.zeros(3)
+    _compare_rungs(_batchnorm_case(x, gamma, beta, None), np.float64)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", FUSED[1:])
 def test_fused_batchnorm_activation_is_bitwise_the_unfused_pair(rng, dtype, activation):
-    """Fusion is an optimisation only: the same bits as batch norm then the activation."""
+    """On the fast rung, fusion is an optimisation only: the same bits as batch norm then the
+    activation."""
     x = (rng.standard_normal((4, 3, 6, 6)) * 2 + 1).astype(dtype)
     gamma = rng.uniform(1, 4, 3).astype(dtype)
     beta = rng.uniform(-2, 4, 3).astype(dtype)
@@ -181,12 +202,15 @@ def test_fused_batchnorm_activation_is_bitwise_the_unfused_pair(rng, dtype, acti
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_batchnorm_inference_kernel_matches_reference(rng, dtype):
+def test_batchnorm_inference_rungs_match(rng, dtype):
     x, gamma, beta, mean = _arrays(rng, dtype, (2, 3, 4, 5), (3,), (3,), (3,))
     var = rng.uniform(0.5, 2.0, 3).astype(dtype)
-    out, _ = ops.batchnorm2d_inference_forward(x, gamma, beta, mean, var, eps=1e-3)
-    _assert_close(out, reference.batchnorm2d_inference_forward(x, gamma, beta, mean, var, 1e-3),
-                  dtype, "out")
+
+    def run():
+        out, cache = ops.batchnorm2d_inference_forward(x, gamma, beta, mean, var, eps=1e-3)
+        dx, dgamma, dbeta = ops.batchnorm2d_inference_backward(np.ones_like(out), cache)
+        return {"out": out, "dx": dx, "dgamma": dgamma}
+    _compare_rungs(run, dtype)
 
 
 ACTIVATIONS = ["relu", "relu6", "hardswish", "hardsigmoid"]
@@ -194,39 +218,66 @@ ACTIVATIONS = ["relu", "relu6", "hardswish", "hardsigmoid"]
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", ACTIVATIONS)
-def test_activation_kernels_match_reference_including_the_kinks(rng, dtype, name):
-    # Exactly at the kinks the kernels must take PyTorch's side, like the reference does.
+def test_activation_rungs_match_including_the_kinks(rng, dtype, name):
+    # Exactly at the kinks every rung must take PyTorch's side.
     kinks = np.array([-3.0, 0.0, 3.0, 6.0, -4.0, 7.0, 1.5])
     x = np.concatenate([kinks, rng.uniform(-8, 8, 50)]).astype(dtype).reshape(1, 1, 1, -1)
-    forward, backward = getattr(ops, f"{name}_forward"), getattr(ops, f"{name}_backward")
-    out, cache = forward(x)
-    _assert_close(out, getattr(reference, f"{name}_forward")(x), dtype, "out")
     dout = rng.standard_normal(x.shape).astype(dtype)
-    _assert_close(backward(dout, cache), getattr(reference, f"{name}_backward")(dout, x), dtype,
-                  "dx")
+    forward, backward = getattr(ops, f"{name}_forward"), getattr(ops, f"{name}_backward")
+
+    def run():
+        out, cache = forward(x)
+        return {"out": out, "dx": backward(dout, cache)}
+    _compare_rungs(run, dtype)
+
+
+def test_activation_gradients_at_the_kinks_are_pytorchs():
+    """The values at the kinks themselves, on the loops rung that the others are checked
+    against: ReLU 0 at 0; ReLU6 0 at 0 and 6; hard-swish -1/2 at -3 and 3/2 at 3 (the closed
+    [-3, 3]); hard-sigmoid 0 at +-3 (the open (-3, 3))."""
+    x = np.array([-3.0, 0.0, 3.0, 6.0]).reshape(1, 1, 1, 4)
+    expected = {"relu": [0, 0, 1, 1], "relu6": [0, 0, 1, 0], "hardswish": [-0.5, 0.5, 1.5, 1],
+                "hardsigmoid": [0, 1 / 6, 0, 0]}
+    with kernels.use("loops"):
+        for name, slopes in expected.items():
+            _, cache = getattr(ops, f"{name}_forward")(x)
+            dx = getattr(ops, f"{name}_backward")(np.ones_like(x), cache)
+            np.testing.assert_allclose(dx.ravel(), slopes, err_msg=name)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_pool_linear_and_loss_match_reference(rng, dtype):
-    x, w, b = _arrays(rng, dtype, (3, 4, 2, 5), (6, 4), (6,))
-    pooled, cache = ops.global_avg_pool_forward(x)
-    _assert_close(pooled, reference.global_avg_pool_forward(x), dtype, "pool out")
-    dpool = rng.standard_normal(pooled.shape).astype(dtype)
-    _assert_close(ops.global_avg_pool_backward(dpool, cache),
-                  reference.global_avg_pool_backward(dpool, x), dtype, "pool dx")
-    flat = pooled.reshape(3, 4)
-    out, cache = ops.linear_forward(flat, w, b)
-    _assert_close(out, reference.linear_forward(flat, w, b), dtype, "linear out")
-    dout = rng.standard_normal(out.shape).astype(dtype)
-    for got, want, what in zip(ops.linear_backward(dout, cache),
-                               reference.linear_backward(dout, flat, w), ("dx", "dw", "db")):
-        _assert_close(got, want, dtype, f"linear {what}")
-    labels = np.array([0, 5, 2])
-    for smoothing in (0.0, 0.1):
-        loss, dlogits = ops.softmax_cross_entropy(out, labels, smoothing)
-        rloss, rdlogits = reference.softmax_cross_entropy(out, labels, smoothing)
-        assert abs(loss - rloss) < TOL[dtype] * abs(rloss)
-        _assert_close(dlogits, rdlogits, dtype, "dlogits")
+def test_pool_scale_linear_dropout_and_loss_rungs_match(rng, dtype):
+    x, w, b, s = _arrays(rng, dtype, (3, 4, 2, 5), (6, 4), (6,), (3, 4, 1, 1))
+
+    def run():
+        pooled, pool_cache = ops.global_avg_pool_forward(x)
+        scaled, scale_cache = ops.scale_channels_forward(x, s)
+        dscaled, ds = ops.scale_channels_backward(np.cos(x), scale_cache)
+        out, cache = ops.linear_forward(pooled.reshape(3, 4), w, b)
+        dropped, drop_cache = ops.dropout_forward(out, 0.3, np.random.default_rng(5))
+        results = {"pool": pooled, "pool dx": ops.global_avg_pool_backward(np.sin(pooled),
+                                                                           pool_cache),
+                   "scaled": scaled, "scale dx": dscaled, "scale ds": ds, "linear": out,
+                   "dropout": dropped, "dropout dx": ops.dropout_backward(np.cos(out),
+                                                                          drop_cache)}
+        for key, g in zip(("linear dx", "linear dw", "linear db"),
+                          ops.linear_backward(np.sin(out), cache)):
+            results[key] = g
+        for smoothing in (0.0, 0.1):
+            loss, dlogits = ops.softmax_cross_entropy(out, np.array([0, 5, 2]), smoothing)
+            results[f"loss {smoothing}"] = np.array(loss, dtype=dtype)
+            results[f"dlogits {smoothing}"] = dlogits
+        return results
+    _compare_rungs(run, dtype)
+
+
+def test_bias_and_channel_sum_rungs_match(rng):
+    out, b = _arrays(rng, np.float64, (3, 4, 2, 5), (4,))
+
+    def run():
+        biased = ops.add_channel_bias(out.copy(), b)
+        return {"biased": biased, "sums": ops.channel_sum(biased)}
+    _compare_rungs(run, np.float64)
 
 
 conv_cases = st.tuples(
@@ -242,48 +293,30 @@ conv_cases = st.tuples(
 
 @settings(max_examples=60, deadline=None)
 @given(case=conv_cases, channels_last=st.booleans(), seed=st.integers(0, 2**32 - 1))
-def test_depthwise_kernels_match_reference_on_fuzzed_shapes(case, channels_last, seed):
+def test_depthwise_rungs_match_on_fuzzed_shapes(case, channels_last, seed):
     N, C, H, W, K, stride, same = case
     pad = K // 2 if same else 0
     if H + 2 * pad < K or W + 2 * pad < K:
         return
+    x, w = _arrays(np.random.default_rng(seed), np.float64, (N, C, H, W), (C, 1, K, K))
     # Not monkeypatch: hypothesis runs every example inside one call of the test.
-    saved = ops.DEPTHWISE_CHANNELS_LAST_MAX_PIXELS
-    ops.DEPTHWISE_CHANNELS_LAST_MAX_PIXELS = 10**9 if channels_last else 0
+    saved = tuning.DEPTHWISE_CHANNELS_LAST_MAX_PIXELS
+    tuning.DEPTHWISE_CHANNELS_LAST_MAX_PIXELS = 10**9 if channels_last else 0
     try:
-        _check_depthwise_against_reference(N, C, H, W, K, stride, pad, seed)
+        _compare_rungs(_depthwise_case(x, w, stride, pad), np.float64)
     finally:
-        ops.DEPTHWISE_CHANNELS_LAST_MAX_PIXELS = saved
-
-
-def _check_depthwise_against_reference(N, C, H, W, K, stride, pad, seed):
-    rng = np.random.default_rng(seed)
-    x, w = _arrays(rng, np.float64, (N, C, H, W), (C, 1, K, K))
-    out, cache = ops.depthwise_conv2d_forward(x, w, stride, pad)
-    _assert_close(out, reference.depthwise_conv2d_forward(x, w, stride, pad), np.float64, "out")
-    dout = rng.standard_normal(out.shape)
-    dx, dw = ops.depthwise_conv2d_backward(dout, cache)
-    rdx, rdw = reference.depthwise_conv2d_backward(dout, x, w, stride, pad)
-    _assert_close(dx, rdx, np.float64, "dx")
-    _assert_close(dw, rdw, np.float64, "dw")
+        tuning.DEPTHWISE_CHANNELS_LAST_MAX_PIXELS = saved
 
 
 @settings(max_examples=40, deadline=None)
 @given(case=conv_cases, c_out=st.integers(1, 4), seed=st.integers(0, 2**32 - 1))
-def test_conv2d_kernels_match_reference_on_fuzzed_shapes(case, c_out, seed):
+def test_conv2d_rungs_match_on_fuzzed_shapes(case, c_out, seed):
     N, C, H, W, K, stride, same = case
     pad = K // 2 if same else 0
     if H + 2 * pad < K or W + 2 * pad < K:
         return
-    rng = np.random.default_rng(seed)
-    x, w = _arrays(rng, np.float64, (N, C, H, W), (c_out, C, K, K))
-    out, cache = ops.conv2d_forward(x, w, stride, pad)
-    _assert_close(out, reference.conv2d_forward(x, w, stride, pad), np.float64, "out")
-    dout = rng.standard_normal(out.shape)
-    dx, dw = ops.conv2d_backward(dout, cache)
-    rdx, rdw = reference.conv2d_backward(dout, x, w, stride, pad)
-    _assert_close(dx, rdx, np.float64, "dx")
-    _assert_close(dw, rdw, np.float64, "dw")
+    x, w = _arrays(np.random.default_rng(seed), np.float64, (N, C, H, W), (c_out, C, K, K))
+    _compare_rungs(_conv2d_case(x, w, stride, pad), np.float64)
 
 
 def test_depthwise_kernel_is_deterministic_across_runs(rng, depthwise_layout):
@@ -296,61 +329,48 @@ def test_depthwise_kernel_is_deterministic_across_runs(rng, depthwise_layout):
         assert all(np.array_equal(a, b) for a, b in zip(first, again))
 
 
-@pytest.mark.parametrize("per_image", [True, False])
-def test_pointwise_both_layouts_match_reference(rng, monkeypatch, per_image):
-    """The 1x1 conv runs per image on large maps and channel-major on small ones: force each."""
-    monkeypatch.setattr(ops, "PER_IMAGE_MIN_PIXELS", 1 if per_image else 10**9)
-    x, w, b = _arrays(rng, np.float64, (3, 4, 5, 6), (7, 4, 1, 1), (7,))
-    out, cache = ops.pointwise_conv2d_forward(x, w, b)
-    assert cache.per_image == per_image
-    _assert_close(out, reference.pointwise_conv2d_forward(x, w, b), np.float64, "out")
-    dout = rng.standard_normal(out.shape)
-    for got, expected, name in zip(ops.pointwise_conv2d_backward(dout, cache),
-                                   reference.pointwise_conv2d_backward(dout, x, w, b),
-                                   ("dx", "dw", "db")):
-        _assert_close(got, expected, np.float64, name)
-
-
 def test_depthwise_backward_is_the_same_for_any_channel_block(rng):
-    """The plane-by-plane backward hands each task a block of channels (ops picks the size
-    from the thread count): every block size, dividing C or not, gives the reference's
-    gradients and the same bits."""
+    """The plane-path backward hands each task a block of channels (its size comes from the
+    thread count): every block size, dividing C or not, gives the simple rung's gradients and
+    the same bits."""
     x, w = _arrays(rng, np.float64, (3, 7, 9, 8), (7, 1, 3, 3))
     dout = rng.standard_normal((3, 7, 5, 4))
-    rdx, rdw = reference.depthwise_conv2d_backward(dout, x, w, 2, 1)
+    sdx, sdw = np.empty_like(x), np.empty_like(w)
+    depthwise.depthwise_conv2d_backward_simple(sdx, sdw, dout, x, w, 2, 1)
     results = []
     for block in (1, 3, 4, 7, 16):
         dx, dw = np.empty_like(x), np.empty_like(w)
-        kernels.depthwise_conv2d_backward_kernel(dx, dw, dout, x, w, 2, 1, block)
-        _assert_close(dx, rdx, np.float64, f"dx, blocks of {block}")
-        _assert_close(dw, rdw, np.float64, f"dw, blocks of {block}")
+        depthwise.depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, 2, 1, block)
+        _assert_close(dx, sdx, np.float64, f"dx, blocks of {block}")
+        _assert_close(dw, sdw, np.float64, f"dw, blocks of {block}")
         results.append((dx, dw))
     for dx, dw in results[1:]:
         assert np.array_equal(dx, results[0][0]) and np.array_equal(dw, results[0][1])
 
 
+@pytest.mark.parametrize("rung", ["simple", "fast"])
 @pytest.mark.parametrize("op", ["pointwise_per_image", "pointwise_channel_major", "conv2d",
                                 "depthwise_stride2", "depthwise_channels_last",
-                                "batchnorm_by_image"])
-def test_weight_gradients_are_the_same_for_any_thread_count(rng, monkeypatch, op):
-    """Weight gradients sum over the batch in a fixed split (kernels.SUM_TASKS), so one thread
-    and all threads give the same bits."""
+                                "batchnorm_by_image", "batchnorm_by_channel"])
+def test_results_are_the_same_for_any_thread_count(rng, monkeypatch, rung, op):
+    """Every kernel writes disjoint outputs and sums over the batch in a fixed split
+    (tuning.SUM_TASKS), so one thread and all threads give the same bits."""
     x = rng.standard_normal((9, 6, 10, 10)).astype(np.float32)
     if op.startswith("pointwise"):
-        monkeypatch.setattr(ops, "PER_IMAGE_MIN_PIXELS", 1 if op.endswith("image") else 10**9)
+        monkeypatch.setattr(tuning, "PER_IMAGE_MIN_PIXELS", 1 if op.endswith("image") else 10**9)
         w = rng.standard_normal((8, 6, 1, 1)).astype(np.float32)
         forward, backward = (lambda: ops.pointwise_conv2d_forward(x, w, w[:, 0, 0, 0]),
                              ops.pointwise_conv2d_backward)
     elif op == "conv2d":
         w = rng.standard_normal((8, 6, 3, 3)).astype(np.float32)
         forward, backward = lambda: ops.conv2d_forward(x, w, 1, 1), ops.conv2d_backward
-    elif op == "batchnorm_by_image":
-        monkeypatch.setattr(ops, "BN_BY_IMAGE_MAX_PIXELS", 10**9)
+    elif op.startswith("batchnorm"):
+        monkeypatch.setattr(tuning, "BN_BY_IMAGE_MAX_PIXELS", 10**9 if op.endswith("image") else 0)
         gamma, beta = np.linspace(0.5, 2, 6, dtype=np.float32), np.zeros(6, np.float32)
         forward, backward = (lambda: ops.batchnorm2d_activation_forward(x, gamma, beta),
                              ops.batchnorm2d_activation_backward)
     else:
-        monkeypatch.setattr(ops, "DEPTHWISE_CHANNELS_LAST_MAX_PIXELS",
+        monkeypatch.setattr(tuning, "DEPTHWISE_CHANNELS_LAST_MAX_PIXELS",
                             10**9 if op.endswith("last") else 0)
         w = rng.standard_normal((6, 1, 3, 3)).astype(np.float32)
         forward, backward = (lambda: ops.depthwise_conv2d_forward(x, w, 2, 1),
@@ -358,12 +378,55 @@ def test_weight_gradients_are_the_same_for_any_thread_count(rng, monkeypatch, op
     results = []
     threads = numba.get_num_threads()
     try:
-        for n in sorted({1, threads}):
-            numba.set_num_threads(n)
-            out, cache = forward()
-            dout = np.linspace(-1, 1, out.size, dtype=np.float32).reshape(out.shape)
-            results.append((out, *[g for g in backward(dout, cache) if g is not None]))
+        with kernels.use(rung):
+            for n in sorted({1, threads}):
+                numba.set_num_threads(n)
+                out, cache = forward()
+                dout = np.linspace(-1, 1, out.size, dtype=np.float32).reshape(out.shape)
+                results.append((out, *[g for g in backward(dout, cache) if g is not None]))
     finally:
         numba.set_num_threads(threads)
     for first, other in zip(results[0], results[-1]):
         assert np.array_equal(first, other)
+
+
+def test_use_selects_the_rung_and_puts_the_old_one_back():
+    assert kernels.current() == "fast"
+    with kernels.use("loops"):
+        assert kernels.current() == "loops"
+        with kernels.use("simple"):
+            assert kernels.pick(depthwise, "depthwise_conv2d_forward") is \
+                depthwise.depthwise_conv2d_forward_simple
+        assert kernels.current() == "loops"
+    assert kernels.current() == "fast"
+    with pytest.raises(RuntimeError), kernels.use("simple"):
+        raise RuntimeError("an op failed inside")
+    assert kernels.current() == "fast"
+    with pytest.raises(ValueError, match="expected one of loops, simple, fast, got 'quick'"):
+        with kernels.use("quick"):
+            pass
+
+
+def test_every_op_family_has_all_three_rungs():
+    """A rung missing for one op would make `kernels.use` fail mid-network."""
+    for module in (kernels.depthwise, kernels.matmul, kernels.batchnorm, kernels.elementwise,
+                   kernels.int8):
+        names = {n.rsplit("_", 1)[0] for n in dir(module)
+                 if n.endswith(("_loops", "_simple", "_fast")) and not n.startswith("_")}
+        for name in names:
+            for rung in kernels.RUNGS:
+                assert hasattr(module, f"{name}_{rung}"), f"{module.__name__}.{name}_{rung}"
+
+
+@pytest.mark.parametrize("value, ok", [("simple", True), ("quick", False)])
+def test_the_environment_variable_selects_the_rung(value, ok):
+    env = dict(os.environ, MINIMOBILE_KERNELS=value)
+    result = subprocess.run([sys.executable, "-c", "import minimobile as mm; "
+                             "print(mm.kernels.current())"], env=env, capture_output=True,
+                            text=True)
+    if ok:
+        assert result.returncode == 0 and result.stdout.strip() == value
+    else:
+        assert result.returncode != 0
+        assert "MINIMOBILE_KERNELS: expected one of loops, simple, fast, got 'quick'" in \
+            result.stderr

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 import minimobile as mm
-from minimobile import data, deploy, kernels_int8, quantize
+from minimobile import data, deploy, quantize
+from minimobile.kernels import int8 as int8_kernels
 from minimobile.gradcheck import randomize_running_statistics, relative_error
 
 
@@ -11,15 +12,17 @@ def int8(rng, shape):
     return rng.integers(-127, 128, shape).astype(np.int8)
 
 
-# -- kernels against their references (integers: exactly equal) ------------------------------
+# -- the simple rung against the loops rung (integers: exactly equal) ------------------------------
 
 @pytest.mark.parametrize("N, C_in, C_out, P", [(1, 1, 1, 1), (2, 5, 3, 7), (3, 64, 17, 16)])
 def test_pointwise_int8_kernel_equals_the_int32_matrix_product(N, C_in, C_out, P, rng):
     x, w = int8(rng, (N, C_in, P)), int8(rng, (C_out, C_in))
     b = rng.integers(-10_000, 10_000, C_out).astype(np.int32)
     acc = np.empty((N, C_out, P), np.int32)
-    kernels_int8.pointwise_int8_kernel(acc, x, w, b)
-    np.testing.assert_array_equal(acc, kernels_int8.pointwise_int8_reference(x, w, b))
+    int8_kernels.pointwise_int8_simple(acc, x, w, b)
+    expected = np.empty_like(acc)
+    int8_kernels.pointwise_int8_loops(expected, x, w, b)
+    np.testing.assert_array_equal(acc, expected)
 
 
 def test_int32_accumulation_holds_the_extreme_sums_of_a_wide_layer():
@@ -28,7 +31,7 @@ def test_int32_accumulation_holds_the_extreme_sums_of_a_wide_layer():
     x = np.full((1, 1280, 2), -127, np.int8)
     w = np.full((1, 1280), -127, np.int8)
     acc = np.empty((1, 1, 2), np.int32)
-    kernels_int8.pointwise_int8_kernel(acc, x, w, np.zeros(1, np.int32))
+    int8_kernels.pointwise_int8_fast(acc, x, w, np.zeros(1, np.int32))
     assert (acc == 1280 * 127 * 127).all()
 
 
@@ -40,24 +43,28 @@ def test_depthwise_int8_kernel_equals_its_reference(N, C, H, W, K, stride, rng):
     b = rng.integers(-1000, 1000, C).astype(np.int32)
     Ho, Wo = (H + 2 * pad - K) // stride + 1, (W + 2 * pad - K) // stride + 1
     acc = np.empty((N, C, Ho, Wo), np.int32)
-    kernels_int8.depthwise_int8_kernel(acc, x, w, b, stride, pad)
-    np.testing.assert_array_equal(acc, kernels_int8.depthwise_int8_reference(x, w, b, stride,
-                                                                              pad))
+    int8_kernels.depthwise_int8_simple(acc, x, w, b, stride, pad)
+    expected = np.empty_like(acc)
+    int8_kernels.depthwise_int8_loops(expected, x, w, b, stride, pad)
+    np.testing.assert_array_equal(acc, expected)
 
 
 def test_quantize_and_dequantize_kernels_equal_their_references(rng):
     x = (rng.standard_normal(1000) * 3).astype(np.float32)
     x[:3] = [100.0, -100.0, 0.5 / 0.05]  # clipped both ways, and a tie (rint: to even)
     q = np.empty(x.shape, np.int8)
-    kernels_int8.quantize_kernel(q, x, 1 / 0.05)
-    np.testing.assert_array_equal(q, kernels_int8.quantize_reference(x, 1 / 0.05))
+    int8_kernels.quantize_simple(q, x, 1 / 0.05)
+    expected = np.empty_like(q)
+    int8_kernels.quantize_loops(expected, x, 1 / 0.05)
+    np.testing.assert_array_equal(q, expected)
     assert q[0] == 127 and q[1] == -127
     acc = rng.integers(-10**6, 10**6, (2, 3, 5)).astype(np.int32)
     scale = rng.uniform(1e-4, 1e-2, 3).astype(np.float32)
     out = np.empty(acc.shape, np.float32)
-    kernels_int8.dequantize_kernel(out, acc, scale)
-    np.testing.assert_array_equal(out, kernels_int8.dequantize_reference(acc, scale)
-                                  .astype(np.float32))
+    int8_kernels.dequantize_simple(out, acc, scale)
+    expected = np.empty_like(out)
+    int8_kernels.dequantize_loops(expected, acc, scale)
+    np.testing.assert_array_equal(out, expected)
 
 
 # -- quantisation -------------------------------------------------------------------------------
@@ -80,9 +87,7 @@ def test_a_quantized_conv_is_close_to_the_float_conv_it_replaces(conv, rng):
         x = rng.standard_normal((2, 16, 5, 5)).astype(np.float32)
         qkind = quantize.QuantizedPointwiseConv2d
     else:
-        layer = deploy.DepthwiseConv2dWithBias(
-            rng.standard_normal((8, 1, 3, 3)).astype(np.float32),
-            rng.standard_normal(8).astype(np.float32), stride=2, padding=1)
+        layer = mm.DepthwiseConv2d(8, 3, stride=2, padding=1, bias=True, rng=rng)
         x = rng.standard_normal((2, 8, 9, 9)).astype(np.float32)
         qkind = quantize.QuantizedDepthwiseConv2d
     layer.params["bias"][...] = rng.standard_normal(8)

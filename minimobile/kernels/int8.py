@@ -1,13 +1,12 @@
-"""The int8 kernels of post-training quantisation (`minimobile.quantize`), each with its slow,
-obviously-correct NumPy reference beside it (`*_reference`).
+"""The int8 kernels of post-training quantisation (`minimobile.quantize`): each op as its
+definition written with NumPy (`_loops`) and a Numba kernel (`_simple`, which is also `_fast`:
+only inference runs them, and they are already a small share of its time).
 
-Kernels follow `minimobile.kernels`' conventions (`@njit(cache=True)`, outputs first, `prange`
-only over disjoint writes) but live in their own file, since only inference uses them. Inputs
+Inputs
 and weights are int8, products are summed in int32, as an int8 engine does: with |q| <= 127 a
 sum of C*K*K products stays below 2**31 for any C*K*K < 133,000, far beyond MobileNet's widest
 layer (1280 inputs). Integer sums are exact, so tests compare kernels and references with ==.
 
-Debugging: `NUMBA_DISABLE_JIT=1 pytest -x tests/test_quantize.py` runs these as plain Python.
 """
 
 import numpy as np
@@ -17,19 +16,19 @@ QMAX = 127  # symmetric int8: -127..127, so that negating a value never overflow
 
 
 @njit(cache=True, parallel=True)
-def quantize_kernel(out, x, inv_scale):
+def quantize_simple(out, x, inv_scale):
     """out = clip(rint(x * inv_scale), -127, 127) as int8; x, out flat (M,)."""
     for i in prange(x.size):
         q = np.rint(x[i] * inv_scale)
         out[i] = np.int8(min(max(q, -QMAX), QMAX))
 
 
-def quantize_reference(x, inv_scale):
-    return np.clip(np.rint(x.astype(np.float64) * inv_scale), -QMAX, QMAX).astype(np.int8)
+def quantize_loops(out, x, inv_scale):
+    out[...] = np.clip(np.rint(x.astype(np.float64) * inv_scale), -QMAX, QMAX).astype(np.int8)
 
 
 @njit(cache=True, parallel=True)
-def pointwise_int8_kernel(acc, x, w, b):
+def pointwise_int8_simple(acc, x, w, b):
     """acc[n, o, p] = b[o] + sum_i w[o, i] * x[n, i, p] in int32.
 
     acc (N, C_out, P) int32; x (N, C_in, P) int8; w (C_out, C_in) int8; b (C_out,) int32.
@@ -50,13 +49,13 @@ def pointwise_int8_kernel(acc, x, w, b):
                 row[p] += wi * np.int32(src[p])
 
 
-def pointwise_int8_reference(x, w, b):
+def pointwise_int8_loops(acc, x, w, b):
     """W (C_out, C_in) @ x[n] (C_in, P) + b for every image, as an int32 matrix product."""
-    return np.matmul(w.astype(np.int32), x.astype(np.int32)) + b.astype(np.int32)[:, None]
+    acc[...] = np.matmul(w.astype(np.int32), x.astype(np.int32)) + b.astype(np.int32)[:, None]
 
 
 @njit(cache=True, parallel=True)
-def depthwise_int8_kernel(acc, x, w, b, stride, pad):
+def depthwise_int8_simple(acc, x, w, b, stride, pad):
     """acc[n, c, i, j] = b[c] + sum_{k, l} w[c, k, l] * x[n, c, i*s - p + k, j*s - p + l] in
     int32, zero outside x (the quantised zero is 0: the scale is symmetric).
 
@@ -83,11 +82,10 @@ def depthwise_int8_kernel(acc, x, w, b, stride, pad):
                 acc[n, c, i, j] = total
 
 
-def depthwise_int8_reference(x, w, b, stride, pad):
+def depthwise_int8_loops(out, x, w, b, stride, pad):
     """The same sum as K*K shifted, strided slices of the zero-padded x, in int32."""
-    N, C, H, W = x.shape
+    N, C, Ho, Wo = out.shape
     K = w.shape[1]
-    Ho, Wo = (H + 2 * pad - K) // stride + 1, (W + 2 * pad - K) // stride + 1
     xp = np.pad(x.astype(np.int32), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     acc = np.broadcast_to(b.astype(np.int32)[:, None, None], (N, C, Ho, Wo)).copy()
     for k in range(K):
@@ -95,11 +93,11 @@ def depthwise_int8_reference(x, w, b, stride, pad):
             rows = slice(k, k + stride * (Ho - 1) + 1, stride)
             cols = slice(m, m + stride * (Wo - 1) + 1, stride)
             acc += w[:, k, m].astype(np.int32)[:, None, None] * xp[:, :, rows, cols]
-    return acc
+    out[...] = acc
 
 
 @njit(cache=True, parallel=True)
-def dequantize_kernel(out, acc, scale):
+def dequantize_simple(out, acc, scale):
     """out[n, c, p] = acc[n, c, p] * scale[c]: int32 sums back to float; (N, C, P)."""
     N, C, P = acc.shape
     for nc in prange(N * C):
@@ -112,5 +110,11 @@ def dequantize_kernel(out, acc, scale):
             dst[p] = src[p] * s
 
 
-def dequantize_reference(acc, scale):
-    return acc * scale[None, :, None]
+def dequantize_loops(out, acc, scale):
+    out[...] = acc * scale[None, :, None]
+
+
+quantize_fast = quantize_simple
+pointwise_int8_fast = pointwise_int8_simple
+depthwise_int8_fast = depthwise_int8_simple
+dequantize_fast = dequantize_simple

@@ -1,0 +1,456 @@
+"""Batch norm in training mode, with the activation after it, and in evaluation mode.
+
+Training mode, for each channel c over its M = N*H*W values (x as (N, C, P), P = H*W):
+
+    mean = sum(x) / M,  var = sum((x - mean)^2) / M   (biased: the layer makes it unbiased)
+    out  = act(gamma * (x - mean) / sqrt(var + eps) + beta) = act(x * scale + shift)
+
+with scale = gamma / sqrt(var + eps), shift = beta - mean * scale, and act one of the
+activations of ACTIVATION_CODES (or none). The backward, with g = dout * act'(bn(x)) and
+xhat = (x - mean) * invstd:
+
+    dbeta = sum(g),  dgamma = sum(g * xhat),
+    dx = gamma * invstd / M * (M * g - sum(g) - xhat * sum(g * xhat))
+
+(derived in notebooks/02_mobilenet_v1.ipynb: the three paths from x to the loss, through
+xhat directly, through the mean and through the variance). Outputs: mean, var and invstd in
+float64, scale and shift in x's dtype, exactly as the forward used them, so the backward
+recomputes bn(x) bit for bit.
+
+The staircase: `_loops`, `_simple` (one Numba task per channel, two passes for the
+statistics), `_fast` (one pass of shifted sums, the activation in the same pass, and a loop
+order by image on small maps).
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from .. import tuning
+
+# The activations batch norm can apply in its own pass, by the code the kernels take.
+ACTIVATION_CODES = {None: 0, "relu": 1, "relu6": 2, "hardswish": 3}
+
+
+@njit(cache=True)
+def activate(y, kind):
+    """act(y) for an activation code; PyTorch's definitions."""
+    if kind == 1:
+        return max(y, 0.0)
+    if kind == 2:
+        return min(max(y, 0.0), 6.0)
+    if kind == 3:
+        return y * min(max(y + 3.0, 0.0), 6.0) / 6.0
+    return y
+
+
+@njit(cache=True)
+def activation_slope(y, kind):
+    """act'(y), with PyTorch's values at the kinks (ReLU: 0 at 0; ReLU6: 0 at 0 and 6;
+    hard-swish: y/3 + 1/2 on the closed [-3, 3])."""
+    if kind == 1:
+        return 1.0 if y > 0 else 0.0
+    if kind == 2:
+        return 1.0 if 0 < y < 6 else 0.0
+    if kind == 3:
+        return 0.0 if y < -3 else (y / 3 + 0.5 if y <= 3 else 1.0)
+    return 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Rung 1, loops: the formulas above, channel by channel.
+# ---------------------------------------------------------------------------------------------
+
+
+def batchnorm2d_forward_loops(out, mean, var, scale, shift, x, gamma, beta, eps, kind):
+    N, C, P = x.shape
+    M = N * P
+    for c in range(C):
+        total = 0.0
+        for n in range(N):
+            for p in range(P):
+                total += x[n, c, p]
+        mean[c] = total / M
+        squares = 0.0
+        for n in range(N):
+            for p in range(P):
+                squares += (x[n, c, p] - mean[c]) ** 2
+        var[c] = squares / M
+        scale[c] = gamma[c] / np.sqrt(var[c] + eps)
+        shift[c] = beta[c] - mean[c] * scale[c]
+        for n in range(N):
+            for p in range(P):
+                xhat = (x[n, c, p] - mean[c]) / np.sqrt(var[c] + eps)
+                out[n, c, p] = activate(gamma[c] * xhat + beta[c], kind)
+
+
+def batchnorm2d_backward_loops(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale, shift,
+                               kind):
+    N, C, P = x.shape
+    M = N * P
+    for c in range(C):
+        g = np.empty((N, P))  # the gradient reaching bn(x): through the activation first
+        xhat = np.empty((N, P))
+        for n in range(N):
+            for p in range(P):
+                g[n, p] = dout[n, c, p] * activation_slope(x[n, c, p] * scale[c] + shift[c],
+                                                           kind)
+                xhat[n, p] = (x[n, c, p] - mean[c]) * invstd[c]
+        sum_g = 0.0
+        sum_gxhat = 0.0
+        for n in range(N):
+            for p in range(P):
+                sum_g += g[n, p]
+                sum_gxhat += g[n, p] * xhat[n, p]
+        dbeta[c] = sum_g
+        dgamma[c] = sum_gxhat
+        for n in range(N):
+            for p in range(P):
+                dx[n, c, p] = (gamma[c] * invstd[c] / M
+                               * (M * g[n, p] - sum_g - xhat[n, p] * sum_gxhat))
+
+
+def channel_affine_loops(out, x, scale, shift):
+    """Evaluation mode: out[n, c] = x[n, c] * scale[c] + shift[c], with the running
+    statistics folded into scale and shift."""
+    N, C, P = x.shape
+    for n in range(N):
+        for c in range(C):
+            for p in range(P):
+                out[n, c, p] = x[n, c, p] * scale[c] + shift[c]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rung 2, simple: the same passes in Numba, thread c alone reading and writing channel c. The
+# forward reads x three times (mean, variance, output), the backward twice (sums, dx).
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, parallel=True)
+def batchnorm2d_forward_simple(out, mean, var, scale, shift, x, gamma, beta, eps, kind):
+    N, C, P = x.shape
+    M = N * P
+    for c in prange(C):
+        total = 0.0
+        for n in range(N):
+            for p in range(P):
+                total += x[n, c, p]
+        mean[c] = total / M
+        squares = 0.0
+        for n in range(N):
+            for p in range(P):
+                d = x[n, c, p] - mean[c]
+                squares += d * d
+        var[c] = squares / M
+        scale[c] = gamma[c] / np.sqrt(var[c] + eps)
+        shift[c] = beta[c] - mean[c] * scale[c]
+        for n in range(N):
+            for p in range(P):
+                out[n, c, p] = activate(x[n, c, p] * scale[c] + shift[c], kind)
+
+
+@njit(cache=True, parallel=True)
+def batchnorm2d_backward_simple(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale, shift,
+                                kind):
+    N, C, P = x.shape
+    M = N * P
+    for c in prange(C):
+        sum_g = 0.0
+        sum_gxhat = 0.0
+        for n in range(N):
+            for p in range(P):
+                g = dout[n, c, p] * activation_slope(x[n, c, p] * scale[c] + shift[c], kind)
+                sum_g += g
+                sum_gxhat += g * (x[n, c, p] - mean[c]) * invstd[c]
+        dbeta[c] = sum_g
+        dgamma[c] = sum_gxhat
+        k = gamma[c] * invstd[c] / M
+        for n in range(N):
+            for p in range(P):
+                g = dout[n, c, p] * activation_slope(x[n, c, p] * scale[c] + shift[c], kind)
+                xhat = (x[n, c, p] - mean[c]) * invstd[c]
+                dx[n, c, p] = k * (M * g - sum_g - xhat * sum_gxhat)
+
+
+@njit(cache=True, parallel=True)
+def channel_affine_simple(out, x, scale, shift):
+    """Parallel over (image, channel) planes; the fast rung is this one (one pass, nothing
+    left to save)."""
+    N, C, P = x.shape
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        s = x.dtype.type(scale[c])
+        t = x.dtype.type(shift[c])
+        src = x[n, c]
+        dst = out[n, c]
+        for p in range(P):
+            dst[p] = src[p] * s + t
+
+
+channel_affine_fast = channel_affine_simple
+
+
+# ---------------------------------------------------------------------------------------------
+# Rung 3, fast. What changes against rung 2, and why it is faster (a MobileNet step is bound
+# by memory traffic, and batch norm with its activation is most of it):
+# - One pass for the statistics instead of two: sums of d = x - k0 and d*d, shifted by one of
+#   the channel's own values k0 so that var = E[d^2] - E[d]^2 does not cancel (x read twice in
+#   the forward instead of three times: V2 0.5's step went from 787 to 652 ms, 867 to 825 in a
+#   second pair of runs).
+# - Sums go into vectors of lanes, one per position, reduced at the end: LLVM vectorises the
+#   accumulation without reordering additions (rung 2's scalar sum cannot be vectorised
+#   without fastmath).
+# - The activation is applied in the same pass as the normalisation, and the backward
+#   recomputes bn(x) from x (one multiply-add) instead of keeping it: no intermediate tensor
+#   is written or read. The branch on the activation code sits outside each row loop, so every
+#   loop stays branch-free.
+# - Two loop orders, because the maps run from 32x32 down to 2x2 (tuning.BN_BY_IMAGE_MAX_PIXELS):
+#   by channel (large maps): thread c alone reads and writes channel c, row by row;
+#   by image (maps of a few hundred pixels or fewer): a 4x4 row is 64 bytes, and walking one
+#   channel through the batch touches a scattered cache line per row at a cost of tens of ns
+#   per row. There each image's (C, P) block is one contiguous, vectorised pass with the
+#   per-channel constants spread out to one per position, and the sums go into `sum_tasks`
+#   fixed partial sums (per position) added in task order. Forward+backward at batch 128 and
+#   V1 0.5's channel counts: 1.3x faster at 16x16, 3.6x at 8x8, 10x at 4x4, 15-18x at 2x2.
+# Both orders give the same result on every run and for any thread count.
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _affine_activate_row(dst, src, s, t, kind):
+    """dst = act(src * s + t) over one row."""
+    zero, three, six = src.dtype.type(0), src.dtype.type(3), src.dtype.type(6)
+    P = src.size
+    if kind == 0:
+        for p in range(P):
+            dst[p] = src[p] * s[p] + t[p]
+    elif kind == 1:
+        for p in range(P):
+            dst[p] = max(src[p] * s[p] + t[p], zero)
+    elif kind == 2:
+        for p in range(P):
+            dst[p] = min(max(src[p] * s[p] + t[p], zero), six)
+    else:
+        for p in range(P):
+            y = src[p] * s[p] + t[p]
+            dst[p] = y * min(max(y + three, zero), six) / six
+
+
+@njit(cache=True)
+def _upstream_row(g, dout, src, s, t, kind):
+    """The gradient reaching bn(x) for one row: dout itself when no activation is fused (no
+    copy), else g = dout * act'(y), y = src * s + t recomputed exactly as the forward computed
+    it. Slopes at the kinks are PyTorch's, as in the standalone activation kernels below."""
+    if kind == 0:
+        return dout
+    zero, half, one = src.dtype.type(0), src.dtype.type(0.5), src.dtype.type(1)
+    three, six = src.dtype.type(3), src.dtype.type(6)
+    P = src.size
+    if kind == 1:
+        for p in range(P):
+            g[p] = dout[p] if src[p] * s[p] + t[p] > zero else zero
+    elif kind == 2:
+        for p in range(P):
+            y = src[p] * s[p] + t[p]
+            g[p] = dout[p] if (y > zero and y < six) else zero
+    else:
+        for p in range(P):
+            y = src[p] * s[p] + t[p]
+            slope = y / three + half
+            slope = zero if y < -three else slope
+            slope = one if y > three else slope
+            g[p] = dout[p] * slope
+    return g
+
+
+@njit(cache=True)
+def _shifted_moments(c, mean, var, k0, sum_d, sum_d2, M):
+    """mean and biased variance of channel c from one pass of sums of d = x - k0 and d*d, with
+    k0 one of the channel's own values. The shift keeps var = E[d^2] - E[d]^2 from cancelling
+    catastrophically (k0 is within a few standard deviations of the mean), and one pass
+    instead of two reads x once less."""
+    mean_d = sum_d / M
+    mean[c] = k0 + mean_d
+    var[c] = max(sum_d2 / M - mean_d * mean_d, 0.0)
+
+
+@njit(cache=True)
+def _batchnorm_constants(c, mean, var, scale, shift, gamma, beta, eps):
+    """scale = gamma / sqrt(var + eps), shift = beta - mean * scale, stored in x's dtype."""
+    k = gamma[c] / np.sqrt(var[c] + eps)
+    scale[c] = k
+    shift[c] = beta[c] - mean[c] * k
+
+
+@njit(cache=True, parallel=True)
+def batchnorm2d_forward_by_channel(out, mean, var, scale, shift, x, gamma, beta, eps, kind):
+    """By channel. mean, var (biased) over (N, H, W); out = act(x * scale + shift) with
+    scale = gamma / sqrt(var + eps) and shift = beta - mean * scale."""
+    N, C, P = x.shape
+    for c in prange(C):
+        k0 = np.float64(x[0, c, 0])
+        lanes = np.zeros(P)
+        lanes_sq = np.zeros(P)
+        for n in range(N):
+            row = x[n, c]
+            for p in range(P):
+                d = row[p] - k0
+                lanes[p] += d
+                lanes_sq[p] += d * d
+        _shifted_moments(c, mean, var, k0, lanes.sum(), lanes_sq.sum(), N * P)
+        _batchnorm_constants(c, mean, var, scale, shift, gamma, beta, eps)
+        s = np.full(P, scale[c])
+        t = np.full(P, shift[c])
+        for n in range(N):
+            _affine_activate_row(out[n, c], x[n, c], s, t, kind)
+
+
+@njit(cache=True, parallel=True)
+def batchnorm2d_backward_by_channel(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale,
+                                    shift, kind):
+    """By channel. With g = dout * act'(bn(x)):
+    dx = gamma*invstd/M * (M*g - sum(g) - xhat*sum(g*xhat)), xhat and bn(x) recomputed from x.
+    g lives in one row of per-thread scratch."""
+    N, C, P = x.shape
+    M = N * P
+    for c in prange(C):
+        g = np.empty(P, dtype=x.dtype)
+        lanes_g = np.zeros(P)
+        lanes_gx = np.zeros(P)
+        m = mean[c]
+        s = np.full(P, scale[c])
+        t = np.full(P, shift[c])
+        for n in range(N):
+            src = x[n, c]
+            grad = _upstream_row(g, dout[n, c], src, s, t, kind)
+            for p in range(P):
+                lanes_g[p] += grad[p]
+                lanes_gx[p] += grad[p] * (src[p] - m)
+        sum_g = lanes_g.sum()
+        sum_gxhat = lanes_gx.sum() * invstd[c]
+        dbeta[c] = sum_g
+        dgamma[c] = sum_gxhat
+        k = gamma[c] * invstd[c]
+        a = x.dtype.type(k)
+        b = x.dtype.type(k * invstd[c] * sum_gxhat / M)  # xhat * this = (x - m) * invstd * ...
+        cm = x.dtype.type(-k * sum_g / M)
+        mm = x.dtype.type(m)
+        for n in range(N):
+            src = x[n, c]
+            d = dx[n, c]
+            grad = _upstream_row(g, dout[n, c], src, s, t, kind)
+            for p in range(P):
+                d[p] = a * grad[p] - b * (src[p] - mm) + cm
+
+
+@njit(cache=True)
+def _spread(per_channel, P, dtype):
+    """(C,) -> (C*P,): each channel's value repeated over its P positions."""
+    C = per_channel.size
+    out = np.empty(C * P, dtype=dtype)
+    for c in range(C):
+        out[c * P:(c + 1) * P] = per_channel[c]
+    return out
+
+
+@njit(cache=True)
+def _per_channel_total(lanes, C, P):
+    """lanes (tasks, C*P) -> (C,) float64: task by task, then position by position."""
+    totals = np.zeros(C)
+    for t in range(lanes.shape[0]):
+        for c in range(C):
+            totals[c] += lanes[t, c * P:(c + 1) * P].sum()
+    return totals
+
+
+@njit(cache=True, parallel=True)
+def batchnorm2d_forward_by_image(out, mean, var, scale, shift, x, gamma, beta, eps, kind,
+                                 sum_tasks):
+    """By image: the same result as batchnorm2d_forward_by_channel, for small maps. x (N, C, P)."""
+    N, C, P = x.shape
+    M = N * P
+    xs = x.reshape(N, C * P)
+    k0 = np.empty(C)
+    for c in range(C):
+        k0[c] = x[0, c, 0]
+    shifts = _spread(k0, P, np.float64)
+    lanes = np.zeros((sum_tasks, C * P))
+    lanes_sq = np.zeros((sum_tasks, C * P))
+    for task in prange(sum_tasks):
+        acc = lanes[task]
+        acc_sq = lanes_sq[task]
+        for n in range(task * N // sum_tasks, (task + 1) * N // sum_tasks):
+            row = xs[n]
+            for i in range(C * P):
+                d = row[i] - shifts[i]
+                acc[i] += d
+                acc_sq[i] += d * d
+    sum_d = _per_channel_total(lanes, C, P)
+    sum_d2 = _per_channel_total(lanes_sq, C, P)
+    for c in range(C):
+        _shifted_moments(c, mean, var, k0[c], sum_d[c], sum_d2[c], M)
+        _batchnorm_constants(c, mean, var, scale, shift, gamma, beta, eps)
+    s = _spread(scale, P, x.dtype)
+    t = _spread(shift, P, x.dtype)
+    outs = out.reshape(N, C * P)
+    for n in prange(N):
+        _affine_activate_row(outs[n], xs[n], s, t, kind)
+
+
+@njit(cache=True, parallel=True)
+def batchnorm2d_backward_by_image(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale,
+                                  shift, kind, sum_tasks):
+    """By image: the same result as batchnorm2d_backward_by_channel, for small maps."""
+    N, C, P = x.shape
+    M = N * P
+    xs, douts, dxs = x.reshape(N, C * P), dout.reshape(N, C * P), dx.reshape(N, C * P)
+    s = _spread(scale, P, x.dtype)
+    t = _spread(shift, P, x.dtype)
+    m = _spread(mean, P, np.float64)
+    lanes_g = np.zeros((sum_tasks, C * P))
+    lanes_gx = np.zeros((sum_tasks, C * P))
+    for task in prange(sum_tasks):
+        g = np.empty(C * P, dtype=x.dtype)
+        acc_g = lanes_g[task]
+        acc_gx = lanes_gx[task]
+        for n in range(task * N // sum_tasks, (task + 1) * N // sum_tasks):
+            src = xs[n]
+            grad = _upstream_row(g, douts[n], src, s, t, kind)
+            for i in range(C * P):
+                acc_g[i] += grad[i]
+                acc_gx[i] += grad[i] * (src[i] - m[i])
+    sum_g = _per_channel_total(lanes_g, C, P)
+    sum_gxhat = _per_channel_total(lanes_gx, C, P) * invstd
+    dbeta[:] = sum_g
+    dgamma[:] = sum_gxhat
+    k = gamma * invstd
+    a = _spread(k, P, x.dtype)
+    b = _spread(k * invstd * sum_gxhat / M, P, x.dtype)
+    cm = _spread(-k * sum_g / M, P, x.dtype)
+    mm = _spread(mean, P, x.dtype)
+    for n in prange(N):
+        g = np.empty(C * P, dtype=x.dtype)
+        src = xs[n]
+        d = dxs[n]
+        grad = _upstream_row(g, douts[n], src, s, t, kind)
+        for i in range(C * P):
+            d[i] = a[i] * grad[i] - b[i] * (src[i] - mm[i]) + cm[i]
+
+
+
+def batchnorm2d_forward_fast(out, mean, var, scale, shift, x, gamma, beta, eps, kind):
+    if x.shape[2] <= tuning.BN_BY_IMAGE_MAX_PIXELS:
+        batchnorm2d_forward_by_image(out, mean, var, scale, shift, x, gamma, beta, eps, kind,
+                                     tuning.SUM_TASKS)
+    else:
+        batchnorm2d_forward_by_channel(out, mean, var, scale, shift, x, gamma, beta, eps, kind)
+
+
+def batchnorm2d_backward_fast(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale, shift,
+                              kind):
+    if x.shape[2] <= tuning.BN_BY_IMAGE_MAX_PIXELS:
+        batchnorm2d_backward_by_image(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale,
+                                      shift, kind, tuning.SUM_TASKS)
+    else:
+        batchnorm2d_backward_by_channel(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale,
+                                        shift, kind)

@@ -1,0 +1,485 @@
+"""Depthwise convolution: one K x K filter per channel, w (C, 1, K, K), x (N, C, H, W).
+
+    out[n, c, i, j] = sum_{ki, kj} w[c, 0, ki, kj] * x[n, c, i*s + ki - pad, j*s + kj - pad]
+
+with x read as 0 outside the image (the padding). The backward sends each output's gradient
+back along the same taps: dx[n, c, r, q] collects w * dout from every output whose window
+covers (r, q), and dw[c] sums dout * x over the windows, the batch included. The derivation is
+in notebooks/01_depthwise_separable.ipynb.
+
+The staircase: `_loops` (the definition), `_simple` (one Numba loop over planes, or over
+channels for the backward), `_fast` (phase planes for large maps, channels last for small
+ones). See `minimobile/kernels/__init__.py` for the conventions.
+"""
+
+import numpy as np
+from numba import get_num_threads, njit, prange
+
+from .. import tuning
+
+# ---------------------------------------------------------------------------------------------
+# Rung 1, loops: the definition, one output element at a time.
+# ---------------------------------------------------------------------------------------------
+
+
+def depthwise_conv2d_forward_loops(out, x, w, stride, pad):
+    """out (N, C, Ho, Wo) = the depthwise correlation of x with w, zero padding pad."""
+    N, C, H, W = x.shape
+    K = w.shape[2]
+    Ho, Wo = out.shape[2], out.shape[3]
+    for n in range(N):
+        for c in range(C):
+            for i in range(Ho):
+                for j in range(Wo):
+                    total = 0.0
+                    for ki in range(K):
+                        for kj in range(K):
+                            r, q = i * stride + ki - pad, j * stride + kj - pad
+                            if 0 <= r < H and 0 <= q < W:  # outside: padding, which is 0
+                                total += w[c, 0, ki, kj] * x[n, c, r, q]
+                    out[n, c, i, j] = total
+
+
+def depthwise_conv2d_backward_loops(dx, dw, dout, x, w, stride, pad):
+    """dx (N, C, H, W) and dw (C, 1, K, K): every tap of every output sends dout * w back to
+    the pixel it read, and dout * that pixel to its weight."""
+    N, C, H, W = x.shape
+    K = w.shape[2]
+    Ho, Wo = dout.shape[2], dout.shape[3]
+    dx[...] = 0
+    dw[...] = 0
+    for n in range(N):
+        for c in range(C):
+            for i in range(Ho):
+                for j in range(Wo):
+                    g = dout[n, c, i, j]
+                    for ki in range(K):
+                        for kj in range(K):
+                            r, q = i * stride + ki - pad, j * stride + kj - pad
+                            if 0 <= r < H and 0 <= q < W:  # a padded tap has no input
+                                dx[n, c, r, q] += w[c, 0, ki, kj] * g
+                                dw[c, 0, ki, kj] += x[n, c, r, q] * g
+
+
+# ---------------------------------------------------------------------------------------------
+# Rung 2, simple: the same loops compiled by Numba, each (n, c) plane (forward) or each channel
+# (backward: thread c alone writes dw[c] and dx[:, c]) on one thread. Compiled, the loops run
+# about a hundred times faster than rung 1; the index tests in the innermost loop and the
+# walk of one small plane at a time are what rung 3 removes.
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, parallel=True)
+def depthwise_conv2d_forward_simple(out, x, w, stride, pad):
+    N, C, H, W = x.shape
+    K = w.shape[2]
+    Ho, Wo = out.shape[2], out.shape[3]
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        for i in range(Ho):
+            for j in range(Wo):
+                total = 0.0
+                for ki in range(K):
+                    r = i * stride + ki - pad
+                    if 0 <= r < H:
+                        for kj in range(K):
+                            q = j * stride + kj - pad
+                            if 0 <= q < W:
+                                total += w[c, 0, ki, kj] * x[n, c, r, q]
+                out[n, c, i, j] = total
+
+
+@njit(cache=True, parallel=True)
+def depthwise_conv2d_backward_simple(dx, dw, dout, x, w, stride, pad):
+    N, C, H, W = x.shape
+    K = w.shape[2]
+    Ho, Wo = dout.shape[2], dout.shape[3]
+    for c in prange(C):
+        dwc = np.zeros((K, K))  # float64 whatever the dtype
+        for n in range(N):
+            dx[n, c] = 0
+            for i in range(Ho):
+                for j in range(Wo):
+                    g = dout[n, c, i, j]
+                    for ki in range(K):
+                        r = i * stride + ki - pad
+                        if 0 <= r < H:
+                            for kj in range(K):
+                                q = j * stride + kj - pad
+                                if 0 <= q < W:
+                                    dx[n, c, r, q] += w[c, 0, ki, kj] * g
+                                    dwc[ki, kj] += x[n, c, r, q] * g
+        for ki in range(K):
+            for kj in range(K):
+                dw[c, 0, ki, kj] = dwc[ki, kj]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rung 3, fast. Two loop orders over the same arithmetic, chosen by the output's size
+# (tuning.DEPTHWISE_CHANNELS_LAST_MAX_PIXELS), and two notes that shape all of the code below:
+# - Inner loops index with slices that start at the offset (`src = xp[off:]; src[q]`) instead
+#   of `xp[q + off]`: Numba must guard a possibly negative index for wrap-around, and that
+#   guard stops LLVM from vectorising the loop. A slice starts at a known non-negative index.
+# - Sums that must be exact in order are accumulated elementwise into small vectors ("lanes")
+#   and reduced at the end, so LLVM vectorises the accumulation without reordering additions.
+#
+# 3a. Phase planes (large maps). What changes against rung 2: each (n, c) plane is copied once
+# into a zero-padded scratch plane, so the K*K taps become K*K shifted, branch-free,
+# vectorised passes over a flat array (no index test per tap and pixel): a "wide" output whose
+# rows have the scratch plane's pitch, of which the first Wo columns are real.
+#
+# With stride s, the padded plane is split into s*s phase planes, phase (a, b) holding the
+# pixels at rows = a and columns = b (mod s), each of pitch Wh = ceil(Wp / s). Tap (ki, kj)
+# then reads phase (ki % s, kj % s) shifted by (ki // s, kj // s), so a stride-2 layer is again
+# K*K contiguous passes, over exactly its own Ho x Wo outputs. (At s = 1 there is one phase,
+# the padded plane itself.) The backward runs the same passes transposed: dout is spread onto
+# the wide grid (zeros in the junk columns), each tap adds into its phase of dx and into its
+# lane of dw, and dx is gathered back from the phases. Against rung 2 at batch 128 (python
+# benchmarks/bench_ops.py --rungs), see docs/PERFORMANCE.md for the measured gain.
+# ---------------------------------------------------------------------------------------------
+
+@njit(cache=True)
+def _phase_layout(H, W, K, s, pad, Hh, Wh):
+    """Where things live in the flat phase planes, computed once per call so that the per-plane
+    loops do no integer division (which costs more than the convolution on small maps):
+    row_start[r, b], where row r's pixels with (col + pad) % s == b begin; col_first[b] and
+    col_count[b], which columns those are; tap_start[k], where tap k = ki*K + kj reads from."""
+    row_start = np.empty((H, s), dtype=np.int64)
+    col_first = np.empty(s, dtype=np.int64)
+    col_count = np.empty(s, dtype=np.int64)
+    for b in range(s):
+        first = (b - pad) % s
+        col_first[b] = first
+        col_count[b] = (W - first + s - 1) // s if W > first else 0
+        for r in range(H):
+            pr = r + pad
+            row_start[r, b] = ((pr % s) * s + b) * Hh * Wh + (pr // s) * Wh + (first + pad) // s
+    tap_start = np.empty(K * K, dtype=np.int64)
+    for k in range(K * K):
+        ki, kj = k // K, k % K
+        tap_start[k] = ((ki % s) * s + kj % s) * Hh * Wh + (ki // s) * Wh + kj // s
+    return row_start, col_first, col_count, tap_start
+
+
+@njit(cache=True)
+def _copy_into_phases(xp, plane, s, row_start, col_first, col_count):
+    """Write an (H, W) plane into the interior of its s*s flat zero-bordered phase planes."""
+    H, W = plane.shape
+    for r in range(H):
+        src = plane[r]
+        if s == 1:
+            dst = xp[row_start[r, 0]:]
+            for m in range(W):
+                dst[m] = src[m]
+        elif s == 2:
+            # Even and odd columns in one loop with a literal stride: LLVM turns the pair of
+            # strided loads into vector shuffles, where a loop per phase stays scalar.
+            even = 0 if col_first[0] == 0 else 1
+            dst_even = xp[row_start[r, even]:]
+            dst_odd = xp[row_start[r, 1 - even]:]
+            for m in range(W // 2):
+                dst_even[m] = src[2 * m]
+                dst_odd[m] = src[2 * m + 1]
+            if W % 2 == 1:
+                dst_even[W // 2] = src[W - 1]
+        else:
+            for b in range(s):
+                dst = xp[row_start[r, b]:]
+                part = src[col_first[b]:]
+                for m in range(col_count[b]):
+                    dst[m] = part[m * s]
+
+
+@njit(cache=True)
+def _copy_from_phases(plane, xp, s, row_start, col_first, col_count):
+    """The inverse of _copy_into_phases: read the (H, W) interior back out of the phases."""
+    H, W = plane.shape
+    for r in range(H):
+        dst = plane[r]
+        if s == 1:
+            src = xp[row_start[r, 0]:]
+            for m in range(W):
+                dst[m] = src[m]
+        elif s == 2:
+            even = 0 if col_first[0] == 0 else 1
+            src_even = xp[row_start[r, even]:]
+            src_odd = xp[row_start[r, 1 - even]:]
+            for m in range(W // 2):
+                dst[2 * m] = src_even[m]
+                dst[2 * m + 1] = src_odd[m]
+            if W % 2 == 1:
+                dst[W - 1] = src_even[W // 2]
+        else:
+            for b in range(s):
+                src = xp[row_start[r, b]:]
+                part = dst[col_first[b]:]
+                for m in range(col_count[b]):
+                    part[m * s] = src[m]
+
+
+@njit(cache=True, parallel=True)
+def depthwise_conv2d_forward_phase_planes(out, x, w, stride, pad, ntasks):
+    """out[n,c,i,j] = sum_{ki,kj} w[c,0,ki,kj] * xpad[n,c,i*s+ki,j*s+kj]; parallel over planes."""
+    N, C, H, W = x.shape
+    K = w.shape[2]
+    Ho, Wo = out.shape[2], out.shape[3]
+    s = stride
+    Hh, Wh = (H + 2 * pad + s - 1) // s, (W + 2 * pad + s - 1) // s
+    L = (Ho - 1) * Wh + Wo  # length of the wide output, pitch Wh
+    row_start, col_first, col_count, tap_start = _phase_layout(H, W, K, s, pad, Hh, Wh)
+    total = N * C
+    for t in prange(ntasks):
+        xp = np.zeros(s * s * Hh * Wh, dtype=x.dtype)  # borders stay zero: only the interior
+        acc = np.empty(L, dtype=x.dtype)               # is ever rewritten
+        for nc in range(t * total // ntasks, (t + 1) * total // ntasks):
+            n = nc // C
+            c = nc % C
+            _copy_into_phases(xp, x[n, c], s, row_start, col_first, col_count)
+            w0 = w[c, 0, 0, 0]
+            for q in range(L):
+                acc[q] = w0 * xp[q]
+            for k in range(1, K * K):
+                wk = w[c, 0, k // K, k % K]
+                src = xp[tap_start[k]:]
+                for q in range(L):
+                    acc[q] += wk * src[q]
+            o = out[n, c]
+            for i in range(Ho):
+                row = acc[i * Wh:]
+                dst = o[i]
+                for j in range(Wo):
+                    dst[j] = row[j]
+
+
+@njit(cache=True, parallel=True)
+def depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, pad, block):
+    """dx = w scattered by dout; dw[c] = sum_n,i,j dout * xpad window.
+
+    Parallel over blocks of `block` channels: a task walks the images in order and, in each,
+    its block's planes, which lie side by side. One channel per task read one 1 KB plane per
+    image, images 100 KB apart, which the prefetcher does not follow: blocks of 16 channels
+    were 13-20 % faster at 32x32 and 3-5 % at 16x16 when timed. Each channel's dw lanes still
+    add the images in order, so the bits do not depend on the block size or thread count."""
+    N, C, H, W = x.shape
+    K = w.shape[2]
+    Ho, Wo = dout.shape[2], dout.shape[3]
+    s = stride
+    Hh, Wh = (H + 2 * pad + s - 1) // s, (W + 2 * pad + s - 1) // s
+    L = (Ho - 1) * Wh + Wo
+    row_start, col_first, col_count, tap_start = _phase_layout(H, W, K, s, pad, Hh, Wh)
+    for b in prange((C + block - 1) // block):
+        c_first = b * block
+        c_end = min(C, c_first + block)
+        xp = np.zeros(s * s * Hh * Wh, dtype=x.dtype)
+        gw = np.zeros(L, dtype=x.dtype)  # dout on the wide grid; the junk columns stay 0
+        dxp = np.empty(s * s * Hh * Wh, dtype=x.dtype)
+        # one lane per channel, tap and wide position
+        dw_partial = np.zeros((c_end - c_first, K * K, L), dtype=x.dtype)
+        for n in range(N):
+            for c in range(c_first, c_end):
+                _copy_into_phases(xp, x[n, c], s, row_start, col_first, col_count)
+                g = dout[n, c]
+                for i in range(Ho):
+                    row = gw[i * Wh:]
+                    src = g[i]
+                    for j in range(Wo):
+                        row[j] = src[j]
+                dxp[:] = 0
+                channel_lanes = dw_partial[c - c_first]
+                for k in range(K * K):
+                    wk = w[c, 0, k // K, k % K]
+                    off = tap_start[k]
+                    dst = dxp[off:]
+                    src = xp[off:]
+                    lanes = channel_lanes[k]
+                    for q in range(L):
+                        dst[q] += wk * gw[q]
+                        lanes[q] += gw[q] * src[q]
+                _copy_from_phases(dx[n, c], dxp, s, row_start, col_first, col_count)
+        for c in range(c_first, c_end):
+            for k in range(K * K):
+                total = 0.0
+                for q in range(L):
+                    total += dw_partial[c - c_first, k, q]
+                dw[c, 0, k // K, k % K] = total
+
+
+# ---------------------------------------------------------------------------------------------
+# 3b. Channels last (small maps). What changes against 3a: at 4x4 and 2x2 a plane is a handful
+# of pixels, and 3a's passes spend their time on per-plane setup (copies, slices, loop
+# starts), not on arithmetic: a 2x2 layer was 5x slower than a 16x16 one with 16 times the
+# pixels. Here each image is turned channels last in per-thread scratch, (pixels, C),
+# zero-padded, so every tap of every output pixel is one vectorised pass over the C channels:
+# 2-6x faster than 3a for 4x4 and 2x2 outputs at batch 128. The forward sums the taps in the
+# same order as 3a, so its result is the same bit for bit. The backward sums each image's dw,
+# then adds it into `sum_tasks` fixed float64 partial sums, added in task order.
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _depthwise_weights_by_tap(w):
+    """(C, 1, K, K) -> (K*K, C): one row of C weights per tap."""
+    C, K = w.shape[0], w.shape[2]
+    wt = np.empty((K * K, C), dtype=w.dtype)
+    for c in range(C):
+        for k in range(K * K):
+            wt[k, c] = w[c, 0, k // K, k % K]
+    return wt
+
+
+@njit(cache=True)
+def _into_channels_last(xt, image, pad, Wp, pixel_order_max):
+    """xt[(i + pad) * Wp + j + pad, c] = image[c, i, j]; xt's border rows stay as they are.
+
+    Small planes go pixel by pixel, so the writes are contiguous: 1.2-2x faster than plane by
+    plane when timed at 8x8 and below. Larger planes go plane by plane, reading each one in
+    order: pixel by pixel, a 16x16 image's C reads per pixel are 1 KB apart, which all fall in
+    4 of L1's 64 sets and defeat the prefetcher (a 16x16 stride-2 forward took 3.8-4.2 ms
+    that way, 3.0-3.2 ms plane by plane)."""
+    C, H, W = image.shape
+    if H * W > pixel_order_max:
+        for c in range(C):
+            for i in range(H):
+                src = image[c, i]
+                dst = xt[(i + pad) * Wp + pad:]
+                for j in range(W):
+                    dst[j, c] = src[j]
+    else:
+        for i in range(H):
+            for j in range(W):
+                dst = xt[(i + pad) * Wp + pad + j]
+                for c in range(C):
+                    dst[c] = image[c, i, j]
+
+
+@njit(cache=True, parallel=True)
+def depthwise_conv2d_forward_channels_last(out, x, w, stride, pad, pixel_order_max):
+    """The same result as depthwise_conv2d_forward_phase_planes, for small maps; parallel over images."""
+    N, C, H, W = x.shape
+    K = w.shape[2]
+    Ho, Wo = out.shape[2], out.shape[3]
+    Wp = W + 2 * pad
+    wt = _depthwise_weights_by_tap(w)
+    for n in prange(N):
+        xt = np.zeros(((H + 2 * pad) * Wp, C), dtype=x.dtype)
+        ot = np.empty((Ho * Wo, C), dtype=x.dtype)
+        _into_channels_last(xt, x[n], pad, Wp, pixel_order_max)
+        for i in range(Ho):
+            for j in range(Wo):
+                acc = ot[i * Wo + j]
+                src = xt[i * stride * Wp + j * stride]
+                w0 = wt[0]
+                for c in range(C):
+                    acc[c] = w0[c] * src[c]
+                for k in range(1, K * K):
+                    src = xt[(i * stride + k // K) * Wp + j * stride + k % K]
+                    wk = wt[k]
+                    for c in range(C):
+                        acc[c] += wk[c] * src[c]
+        o = out[n]
+        for c in range(C):
+            for i in range(Ho):
+                row = o[c, i]
+                src = ot[i * Wo:]  # a slice, not ot[i * Wo + j, c]: see the top of the file
+                for j in range(Wo):
+                    row[j] = src[j, c]
+
+
+@njit(cache=True)
+def _taps_onto(p, K, stride, n_out):
+    """The outputs whose window covers padded position p: first and last (clipped to the
+    n_out outputs); output o reads p through tap p - o * stride."""
+    return max(0, (p - K + stride) // stride), min(n_out - 1, p // stride)
+
+
+@njit(cache=True, parallel=True)
+def depthwise_conv2d_backward_channels_last(dx, dw, dout, x, w, stride, pad,
+                                            pixel_order_max, sum_tasks):
+    """The same result as depthwise_conv2d_backward_phase_planes (up to the order of dw's sum), for
+    small maps. Parallel over sum_tasks fixed shares of the batch.
+
+    dx is gathered: each input pixel sums w * dout over the outputs that read it, in one
+    L1-resident row of C, where scattering every output's taps into a padded dx took a
+    read-modify-write of an L2-resident row per tap and a zeroing pass (gathering was ~10 %
+    faster at 16x16, 8x8 and 4x4 when timed; each pixel's terms are added in output order,
+    as the scatter added them, so the bits are the same)."""
+    N, C, H, W = x.shape
+    K = w.shape[2]
+    Ho, Wo = dout.shape[2], dout.shape[3]
+    Wp = W + 2 * pad
+    wt = _depthwise_weights_by_tap(w)
+    partial = np.zeros((sum_tasks, K * K, C))
+    for task in prange(sum_tasks):
+        xt = np.zeros(((H + 2 * pad) * Wp, C), dtype=x.dtype)
+        dxt = np.empty((H * W, C), dtype=x.dtype)
+        gt = np.empty((Ho * Wo, C), dtype=x.dtype)
+        # One image's dw in x's dtype (at most Ho*Wo terms per lane, and it vectorises twice
+        # as wide), then added into the task's float64 partial sum.
+        lanes = np.empty((K * K, C), dtype=x.dtype)
+        task_sum = partial[task]
+        for n in range(task * N // sum_tasks, (task + 1) * N // sum_tasks):
+            _into_channels_last(gt, dout[n], 0, Wo, pixel_order_max)
+            _into_channels_last(xt, x[n], pad, Wp, pixel_order_max)
+            lanes[:] = 0
+            for i in range(Ho):
+                for j in range(Wo):
+                    gq = gt[i * Wo + j]
+                    for k in range(K * K):
+                        src = xt[(i * stride + k // K) * Wp + j * stride + k % K]
+                        lane = lanes[k]
+                        for c in range(C):
+                            lane[c] += gq[c] * src[c]
+            for k in range(K * K):
+                for c in range(C):
+                    task_sum[k, c] += lanes[k, c]
+            for r in range(H):
+                i_first, i_last = _taps_onto(r + pad, K, stride, Ho)
+                for q in range(W):
+                    j_first, j_last = _taps_onto(q + pad, K, stride, Wo)
+                    acc = dxt[r * W + q]
+                    acc[:] = 0
+                    for i in range(i_first, i_last + 1):
+                        for j in range(j_first, j_last + 1):
+                            wk = wt[(r + pad - i * stride) * K + q + pad - j * stride]
+                            gq = gt[i * Wo + j]
+                            for c in range(C):
+                                acc[c] += wk[c] * gq[c]
+            d = dx[n]
+            for c in range(C):
+                for r in range(H):
+                    row = d[c, r]
+                    src = dxt[r * W:]
+                    for q in range(W):
+                        row[q] = src[q, c]
+    for c in range(C):
+        for k in range(K * K):
+            total = 0.0
+            for task in range(sum_tasks):
+                total += partial[task, k, c]
+            dw[c, 0, k // K, k % K] = total
+
+
+# ---------------------------------------------------------------------------------------------
+# The fast rung: the loop order for the map's size, with the tuned numbers of minimobile.tuning.
+# ---------------------------------------------------------------------------------------------
+
+
+def depthwise_conv2d_forward_fast(out, x, w, stride, pad):
+    N, C = x.shape[:2]
+    if out.shape[2] * out.shape[3] <= tuning.DEPTHWISE_CHANNELS_LAST_MAX_PIXELS:
+        depthwise_conv2d_forward_channels_last(out, x, w, stride, pad,
+                                               tuning.PIXEL_ORDER_MAX_PIXELS)
+    else:
+        ntasks = min(N * C, tuning.DEPTHWISE_TASKS_PER_THREAD * get_num_threads())
+        depthwise_conv2d_forward_phase_planes(out, x, w, stride, pad, ntasks)
+
+
+def depthwise_conv2d_backward_fast(dx, dw, dout, x, w, stride, pad):
+    C = x.shape[1]
+    if dout.shape[2] * dout.shape[3] <= tuning.DEPTHWISE_CHANNELS_LAST_MAX_PIXELS:
+        depthwise_conv2d_backward_channels_last(dx, dw, dout, x, w, stride, pad,
+                                                tuning.PIXEL_ORDER_MAX_PIXELS, tuning.SUM_TASKS)
+    else:
+        block = max(1, min(tuning.DEPTHWISE_MAX_CHANNEL_BLOCK,
+                           C // (tuning.DEPTHWISE_BLOCKS_PER_THREAD * get_num_threads())))
+        depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, pad, block)

@@ -1,0 +1,502 @@
+"""Matrix products: the 1x1 (pointwise) conv, the standard conv of the stem, the linear layer.
+
+    1x1 conv    out[n] = W (C_out, C) @ x[n] (C, H*W)          x, out as (N, C, H*W)
+    stem conv   out[n, o, i, j] = sum_{c, ki, kj} w[o, c, ki, kj] * x[n, c, i*s+ki-p, j*s+kj-p]
+    linear      out = x (N, in) @ w.T (in, out)
+
+Their backwards are products too: for the 1x1 conv dX[n] = W^T @ dout[n] and dW = sum_n
+dout[n] @ x[n]^T (derived in notebooks/01_depthwise_separable.ipynb). Biases are added by the
+ops (`elementwise.add_channel_bias_*`), not here.
+
+The staircase: `_loops` (the sums as written), `_simple` (the same sums as Numba loops, parallel
+over images, or over output channels where the batch is summed), `_fast` (BLAS products called
+from inside Numba's pool, laid out so that no product is too short for BLAS).
+"""
+
+import numpy as np
+from numba import get_num_threads, njit, prange
+
+from .. import tuning
+
+# ---------------------------------------------------------------------------------------------
+# Rung 1, loops.
+# ---------------------------------------------------------------------------------------------
+
+
+def pointwise_conv2d_forward_loops(out, x, w):
+    """out (N, C_out, P) = w (C_out, C) applied to every pixel of x (N, C, P)."""
+    N, C, P = x.shape
+    for n in range(N):
+        for o in range(w.shape[0]):
+            for p in range(P):
+                out[n, o, p] = sum(w[o, c] * x[n, c, p] for c in range(C))
+
+
+def pointwise_conv2d_backward_loops(dx, dw, dout, x, w):
+    """dx (N, C, P) and dw (C_out, C): each output pixel sends dout * w back to its input
+    pixel's channels, and dout * x to the weights."""
+    N, C, P = x.shape
+    dx[...] = 0
+    dw[...] = 0
+    for n in range(N):
+        for o in range(w.shape[0]):
+            for c in range(C):
+                for p in range(P):
+                    dx[n, c, p] += w[o, c] * dout[n, o, p]
+                    dw[o, c] += dout[n, o, p] * x[n, c, p]
+
+
+def conv2d_forward_loops(out, x, w, stride, pad):
+    """out (N, C_out, Ho, Wo): every output element is a sum over its window of all C
+    channels, w (C_out, C, K, K), x read as 0 outside the image."""
+    N, C, H, W = x.shape
+    C_out, _, K, _ = w.shape
+    for n in range(N):
+        for o in range(C_out):
+            for i in range(out.shape[2]):
+                for j in range(out.shape[3]):
+                    total = 0.0
+                    for c in range(C):
+                        for ki in range(K):
+                            for kj in range(K):
+                                r, q = i * stride + ki - pad, j * stride + kj - pad
+                                if 0 <= r < H and 0 <= q < W:
+                                    total += w[o, c, ki, kj] * x[n, c, r, q]
+                    out[n, o, i, j] = total
+
+
+def conv2d_backward_loops(dx, dw, dout, x, w, stride, pad):
+    """dx (N, C, H, W) and dw (C_out, C, K, K), each tap of each output in turn."""
+    N, C, H, W = x.shape
+    C_out, _, K, _ = w.shape
+    dx[...] = 0
+    dw[...] = 0
+    for n in range(N):
+        for o in range(C_out):
+            for i in range(dout.shape[2]):
+                for j in range(dout.shape[3]):
+                    g = dout[n, o, i, j]
+                    for c in range(C):
+                        for ki in range(K):
+                            for kj in range(K):
+                                r, q = i * stride + ki - pad, j * stride + kj - pad
+                                if 0 <= r < H and 0 <= q < W:
+                                    dx[n, c, r, q] += w[o, c, ki, kj] * g
+                                    dw[o, c, ki, kj] += x[n, c, r, q] * g
+
+
+def linear_forward_loops(out, x, w):
+    """out (N, out) = x (N, in) @ w.T, w (out, in) as PyTorch stores it."""
+    for n in range(x.shape[0]):
+        for o in range(w.shape[0]):
+            out[n, o] = sum(w[o, i] * x[n, i] for i in range(x.shape[1]))
+
+
+def linear_backward_loops(dx, dw, dout, x, w):
+    """dx = dout @ w, dw = dout.T @ x."""
+    dx[...] = 0
+    dw[...] = 0
+    for n in range(x.shape[0]):
+        for o in range(w.shape[0]):
+            for i in range(x.shape[1]):
+                dx[n, i] += dout[n, o] * w[o, i]
+                dw[o, i] += dout[n, o] * x[n, i]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rung 2, simple: the same sums in Numba, parallel over images for what belongs to one image
+# (out, dx) and over output channels for the weight gradient, which sums over the batch (thread
+# o alone writes dw[o]). The innermost loop runs along a contiguous row (pixels, or input
+# features) so that LLVM vectorises it.
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, parallel=True)
+def pointwise_conv2d_forward_simple(out, x, w):
+    N, C, P = x.shape
+    for n in prange(N):
+        for o in range(w.shape[0]):
+            row = out[n, o]
+            row[:] = 0
+            for c in range(C):
+                woc = w[o, c]
+                src = x[n, c]
+                for p in range(P):
+                    row[p] += woc * src[p]
+
+
+@njit(cache=True, parallel=True)
+def pointwise_conv2d_backward_simple(dx, dw, dout, x, w):
+    N, C, P = x.shape
+    C_out = w.shape[0]
+    for n in prange(N):
+        for c in range(C):
+            row = dx[n, c]
+            row[:] = 0
+            for o in range(C_out):
+                woc = w[o, c]
+                g = dout[n, o]
+                for p in range(P):
+                    row[p] += woc * g[p]
+    for o in prange(C_out):
+        for c in range(C):
+            total = 0.0
+            for n in range(N):
+                g = dout[n, o]
+                src = x[n, c]
+                for p in range(P):
+                    total += g[p] * src[p]
+            dw[o, c] = total
+
+
+@njit(cache=True, parallel=True)
+def conv2d_forward_simple(out, x, w, stride, pad):
+    N, C, H, W = x.shape
+    C_out, _, K, _ = w.shape
+    for n in prange(N):
+        for o in range(C_out):
+            for i in range(out.shape[2]):
+                for j in range(out.shape[3]):
+                    total = 0.0
+                    for c in range(C):
+                        for ki in range(K):
+                            r = i * stride + ki - pad
+                            if 0 <= r < H:
+                                for kj in range(K):
+                                    q = j * stride + kj - pad
+                                    if 0 <= q < W:
+                                        total += w[o, c, ki, kj] * x[n, c, r, q]
+                    out[n, o, i, j] = total
+
+
+@njit(cache=True, parallel=True)
+def conv2d_backward_simple(dx, dw, dout, x, w, stride, pad):
+    N, C, H, W = x.shape
+    C_out, _, K, _ = w.shape
+    Ho, Wo = dout.shape[2], dout.shape[3]
+    for n in prange(N):  # dx[n] gathers from the outputs of image n only
+        dx[n] = 0
+        for o in range(C_out):
+            for i in range(Ho):
+                for j in range(Wo):
+                    g = dout[n, o, i, j]
+                    for c in range(C):
+                        for ki in range(K):
+                            r = i * stride + ki - pad
+                            if 0 <= r < H:
+                                for kj in range(K):
+                                    q = j * stride + kj - pad
+                                    if 0 <= q < W:
+                                        dx[n, c, r, q] += w[o, c, ki, kj] * g
+    for o in prange(C_out):  # dw[o] sums over the whole batch
+        acc = np.zeros((C, K, K))
+        for n in range(N):
+            for i in range(Ho):
+                for j in range(Wo):
+                    g = dout[n, o, i, j]
+                    for c in range(C):
+                        for ki in range(K):
+                            r = i * stride + ki - pad
+                            if 0 <= r < H:
+                                for kj in range(K):
+                                    q = j * stride + kj - pad
+                                    if 0 <= q < W:
+                                        acc[c, ki, kj] += x[n, c, r, q] * g
+        for c in range(C):
+            for ki in range(K):
+                for kj in range(K):
+                    dw[o, c, ki, kj] = acc[c, ki, kj]
+
+
+@njit(cache=True, parallel=True)
+def linear_forward_simple(out, x, w):
+    for n in prange(x.shape[0]):
+        for o in range(w.shape[0]):
+            total = 0.0
+            for i in range(x.shape[1]):
+                total += w[o, i] * x[n, i]
+            out[n, o] = total
+
+
+@njit(cache=True, parallel=True)
+def linear_backward_simple(dx, dw, dout, x, w):
+    N, F = x.shape
+    for n in prange(N):
+        for i in range(F):
+            total = 0.0
+            for o in range(w.shape[0]):
+                total += dout[n, o] * w[o, i]
+            dx[n, i] = total
+    for o in prange(w.shape[0]):
+        for i in range(F):
+            total = 0.0
+            for n in range(N):
+                total += dout[n, o] * x[n, i]
+            dw[o, i] = total
+
+
+# ---------------------------------------------------------------------------------------------
+# Rung 3, fast: BLAS. What changes against rung 2: the sums become matrix products, which
+# OpenBLAS runs from registers and cache in blocks (tens of GFLOP/s per core here, against a
+# few for rung 2's loops, which reload a row of the output for every input channel). np.dot in
+# nopython mode calls SciPy's BLAS, which parallel.py holds to one thread, and these kernels
+# spread the calls over Numba's pool: a second thread pool for BLAS would fight Numba's for
+# the two cores; inside Numba's pool both cores run BLAS and nothing spins.
+#
+# On NCHW arrays, image n of a 1x1 conv is out[n] = W @ x[n] with x[n] a (C, H*W) matrix in
+# place, so large maps need no layout change at all. Small maps (4x4 at the end of a CIFAR
+# network) make per-image products too short for BLAS; there the batch is laid out
+# channel-major, (C, N*H*W), and one product is split by rows of its output
+# (tuning.PER_IMAGE_MIN_PIXELS). Weight gradients are summed over the batch in `sum_tasks`
+# fixed partial sums (see kernels/__init__.py).
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, parallel=True)
+def matmul_per_image(out, a, b):
+    """out[n] = a @ b[n] for every n; a (M, K), b (N, K, P), out (N, M, P)."""
+    for n in prange(b.shape[0]):
+        np.dot(a, b[n], out[n])
+
+
+@njit(cache=True)
+def _add_into(acc, part):
+    M, K = acc.shape
+    for i in range(M):
+        dst = acc[i]
+        src = part[i]
+        for j in range(K):
+            dst[j] += src[j]
+
+
+@njit(cache=True, parallel=True)
+def matmul_per_image_backward(dx, dw, dout, x, wt, sum_tasks):
+    """The backward of out[n] = w @ x[n]: dw = sum over n of dout[n] @ x[n].T and dx[n] =
+    wt @ dout[n]; dout (N, M, P), x (N, K, P), dw (M, K), wt (K, M), dx (N, K, P). Both
+    products of an image run back to back, while dout[n] is still in cache."""
+    N = x.shape[0]
+    M, K = dw.shape
+    partial = np.zeros((sum_tasks, M, K), dtype=dw.dtype)
+    for t in prange(sum_tasks):
+        product = np.empty((M, K), dtype=dw.dtype)
+        for n in range(t * N // sum_tasks, (t + 1) * N // sum_tasks):
+            np.dot(dout[n], x[n].T, product)
+            _add_into(partial[t], product)
+            np.dot(wt, dout[n], dx[n])
+    dw[:] = partial[0]
+    for t in range(1, sum_tasks):
+        _add_into(dw, partial[t])
+
+
+@njit(cache=True, parallel=True)
+def matmul_rows(out, a, b, ntasks):
+    """out = a @ b, the rows of a and out split into ntasks products; a (M, K), b (K, P)."""
+    M = a.shape[0]
+    for t in prange(ntasks):
+        lo = t * M // ntasks
+        hi = (t + 1) * M // ntasks
+        if hi > lo:
+            np.dot(a[lo:hi], b, out[lo:hi])
+
+
+@njit(cache=True, parallel=True)
+def swap_leading_axes(out, x):
+    """out[j, i, :] = x[i, j, :]: NCHW <-> CNHW, moving whole H*W rows; x (A, B, P)."""
+    A, B, P = x.shape
+    for ab in prange(A * B):
+        a = ab // B
+        b = ab % B
+        src = x[a, b]
+        dst = out[b, a]
+        for p in range(P):
+            dst[p] = src[p]
+
+# ---------------------------------------------------------------------------------------------
+# The stem conv by im2col (C_in = 3; also the dense conv of the cost comparison). Image by
+# image, each thread builds the (C*K*K, Ho*Wo) column matrix of one image in a scratch buffer
+# that stays in its cache and multiplies: out[n] = W @ cols, written straight into the NCHW
+# output. The backward rebuilds the columns from x rather than keeping them: reading x again
+# costs far less memory traffic than writing and re-reading a column matrix K*K times its size.
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _valid_columns(kj, stride, pad, W, Wo):
+    """The output columns j whose input column j*stride + kj - pad lies inside 0..W-1."""
+    lo = max(0, (pad - kj + stride - 1) // stride)
+    hi = min(Wo, (W - 1 + pad - kj) // stride + 1) if W - 1 + pad - kj >= 0 else 0
+    return lo, max(lo, hi)
+
+
+@njit(cache=True)
+def _im2col_image(cols, x, K, stride, pad, Ho, Wo):
+    """cols[(c*K+ki)*K+kj, i*Wo+j] = xpad[c, i*s+ki, j*s+kj] for one image x (C, H, W)."""
+    C, H, W = x.shape
+    zero = cols.dtype.type(0)
+    for c in range(C):
+        for ki in range(K):
+            for kj in range(K):
+                row = cols[(c * K + ki) * K + kj]
+                lo, hi = _valid_columns(kj, stride, pad, W, Wo)
+                for i in range(Ho):
+                    dst = row[i * Wo:]
+                    r = i * stride + ki - pad
+                    if r < 0 or r >= H:
+                        for j in range(Wo):
+                            dst[j] = zero
+                        continue
+                    for j in range(lo):
+                        dst[j] = zero
+                    for j in range(hi, Wo):
+                        dst[j] = zero
+                    part = x[c, r, lo * stride + kj - pad:]
+                    inside = dst[lo:]
+                    if stride == 1:
+                        for j in range(hi - lo):
+                            inside[j] = part[j]
+                    else:
+                        for j in range(hi - lo):
+                            inside[j] = part[j * stride]
+
+
+@njit(cache=True)
+def _col2im_image(dx, dcols, K, stride, pad, Ho, Wo):
+    """The adjoint of _im2col_image: dx (C, H, W) = the sum of dcols over the taps that read
+    each pixel."""
+    C, H, W = dx.shape
+    dx[:] = 0
+    for c in range(C):
+        for ki in range(K):
+            for kj in range(K):
+                row = dcols[(c * K + ki) * K + kj]
+                lo, hi = _valid_columns(kj, stride, pad, W, Wo)
+                for i in range(Ho):
+                    r = i * stride + ki - pad
+                    if r < 0 or r >= H:
+                        continue
+                    part = dx[c, r, lo * stride + kj - pad:]
+                    inside = row[i * Wo + lo:]
+                    if stride == 1:
+                        for j in range(hi - lo):
+                            part[j] += inside[j]
+                    else:
+                        for j in range(hi - lo):
+                            part[j * stride] += inside[j]
+
+
+@njit(cache=True, parallel=True)
+def conv2d_forward_im2col(out, x, w2, K, stride, pad, Ho, Wo, ntasks):
+    """out[n] = w2 @ im2col(x[n]); x (N, C, H, W), w2 (C_out, C*K*K), out (N, C_out, Ho*Wo)."""
+    N = x.shape[0]
+    for t in prange(ntasks):
+        cols = np.empty((w2.shape[1], Ho * Wo), dtype=x.dtype)
+        for n in range(t * N // ntasks, (t + 1) * N // ntasks):
+            _im2col_image(cols, x[n], K, stride, pad, Ho, Wo)
+            np.dot(w2, cols, out[n])
+
+
+@njit(cache=True, parallel=True)
+def conv2d_backward_im2col(dx, dw2, dout, x, w2t, K, stride, pad, Ho, Wo, sum_tasks):
+    """dw2 = sum_n dout[n] @ im2col(x[n]).T and dx[n] = col2im(w2t @ dout[n]); dout
+    (N, C_out, Ho*Wo), w2t (C*K*K, C_out), dw2 (C_out, C*K*K). Partial sums as for the 1x1."""
+    N = x.shape[0]
+    C_out, CKK = dw2.shape
+    partial = np.zeros((sum_tasks, C_out, CKK), dtype=dw2.dtype)
+    for t in prange(sum_tasks):
+        cols = np.empty((CKK, Ho * Wo), dtype=x.dtype)
+        dcols = np.empty((CKK, Ho * Wo), dtype=x.dtype)
+        product = np.empty((C_out, CKK), dtype=dw2.dtype)
+        for n in range(t * N // sum_tasks, (t + 1) * N // sum_tasks):
+            _im2col_image(cols, x[n], K, stride, pad, Ho, Wo)
+            np.dot(dout[n], cols.T, product)
+            _add_into(partial[t], product)
+            np.dot(w2t, dout[n], dcols)
+            _col2im_image(dx[n], dcols, K, stride, pad, Ho, Wo)
+    dw2[:] = partial[0]
+    for t in range(1, sum_tasks):
+        _add_into(dw2, partial[t])
+
+
+# ---------------------------------------------------------------------------------------------
+# The fast rung: the layout and split for the array's size, from minimobile.tuning.
+# ---------------------------------------------------------------------------------------------
+
+
+def _to_channel_major(a):
+    """(N, C, P) -> (C, N*P): a copy, or for N = 1 (where the two layouts are the same) a view
+    that saves copying a whole map at batch-1 inference."""
+    N, C, P = a.shape
+    if N == 1:
+        return a.reshape(C, P)
+    out = np.empty((C, N, P), dtype=a.dtype)
+    swap_leading_axes(out, a)
+    return out.reshape(C, N * P)
+
+
+def _from_channel_major(out, a):
+    """(C, N*P) -> out (N, C, P)."""
+    N, C, P = out.shape
+    if N == 1:
+        out[0] = a
+    else:
+        swap_leading_axes(out, a.reshape(C, N, P))
+
+
+def _matmul(out, a, b):
+    """out = a @ b, its rows split into a fixed number of products shared among Numba's
+    threads (a split that depended on the thread count might round differently)."""
+    matmul_rows(out, np.ascontiguousarray(a), b, max(1, min(a.shape[0], tuning.SUM_TASKS)))
+
+
+def _per_image(x):
+    N, _, P = x.shape
+    return N > 1 and P >= tuning.PER_IMAGE_MIN_PIXELS
+
+
+def pointwise_conv2d_forward_fast(out, x, w):
+    if _per_image(x):
+        matmul_per_image(out, w, x)
+    else:
+        product = np.empty((w.shape[0], x.shape[0] * x.shape[2]), dtype=x.dtype)
+        _matmul(product, w, _to_channel_major(x))
+        _from_channel_major(out, product)
+
+
+def pointwise_conv2d_backward_fast(dx, dw, dout, x, w):
+    wt = np.ascontiguousarray(w.T)
+    if _per_image(x):
+        matmul_per_image_backward(dx, dw, dout, x, wt, tuning.SUM_TASKS)
+    else:
+        dc = _to_channel_major(dout)  # (C_out, N*P)
+        _matmul(dw, dc, _to_channel_major(x).T)
+        product = np.empty((x.shape[1], dc.shape[1]), dtype=x.dtype)
+        _matmul(product, wt, dc)
+        _from_channel_major(dx, product)
+
+
+def conv2d_forward_fast(out, x, w, stride, pad):
+    N = x.shape[0]
+    C_out, _, K, _ = w.shape
+    Ho, Wo = out.shape[2], out.shape[3]
+    conv2d_forward_im2col(out.reshape(N, C_out, Ho * Wo), x,
+                          np.ascontiguousarray(w.reshape(C_out, -1)), K, stride, pad, Ho, Wo,
+                          max(1, min(N, get_num_threads())))
+
+
+def conv2d_backward_fast(dx, dw, dout, x, w, stride, pad):
+    N = x.shape[0]
+    C_out, _, K, _ = w.shape
+    Ho, Wo = dout.shape[2], dout.shape[3]
+    conv2d_backward_im2col(dx, dw.reshape(C_out, -1), dout.reshape(N, C_out, Ho * Wo), x,
+                           np.ascontiguousarray(w.reshape(C_out, -1).T), K, stride, pad, Ho, Wo,
+                           tuning.SUM_TASKS)
+
+
+def linear_forward_fast(out, x, w):
+    """One BLAS product (the classifier is tiny: N x 1280 x 10)."""
+    np.dot(x, w.T, out=out)
+
+
+def linear_backward_fast(dx, dw, dout, x, w):
+    np.dot(dout, w, out=dx)
+    np.dot(dout.T, x, out=dw)

@@ -1,0 +1,16 @@
+"""The argument check shared by the optimisers, the schedules and the trainer: one line that
+names what was wrong, what was expected and what came. (The ops check their arrays with
+their own helpers in ops.py, which also name the op.)"""
+
+import numbers
+
+
+def require(ok, what, expected, got):
+    """Raise ValueError("{what}: expected {expected}, got {got!r}") unless ok."""
+    if not ok:
+        raise ValueError(f"{what}: expected {expected}, got {got!r}")
+
+
+def is_int(x):
+    """An integer, NumPy's included, but not a bool (True is an int to Python)."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
