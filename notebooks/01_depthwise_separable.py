@@ -177,35 +177,38 @@ print(f"{'sum':<16} {sum(s.macs_share for s in shares):>8.2f} "
 # a correlation of the padded input with (the dilated) dout, summed over the batch: the weights
 # are shared by all $N$ images, so their gradients add.
 #
-# The library's readable version loops over exactly these sums; each output element sends
-# $\text{dout} \cdot w$ back to its window and $\text{dout} \cdot \text{window}$ to $w$
-# (`minimobile/reference.py`, which the fast kernels are tested against):
+# The library's readable version, the *loops* rung of `minimobile/kernels/depthwise.py` (the
+# rung the faster kernels above it are tested against), loops over exactly these sums: each
+# tap of each output sends $\text{dout} \cdot w$ back to the pixel it read and
+# $\text{dout} \cdot \text{pixel}$ to its weight, and a tap that falls in the padding has no
+# pixel to send to:
 
 # %%
-from minimobile import reference as ref
-
-ex.show_source(ref.depthwise_conv2d_backward)
+ex.show_source(mm.kernels.depthwise.depthwise_conv2d_backward_loops)
 
 # %% [markdown]
 # The two readings agree: below, $dx$ is recomputed as the correlation of the dilated, padded
 # dout with the flipped kernel (with the library's own depthwise *forward*, at stride 1), and
 # $dw$ as the correlation of $x^p$ with the dilated dout summed over the batch. Then both are
 # checked against central differences (`minimobile.gradcheck`), at stride 2 with an odd map
-# size, so that the dilation shows up.
+# size, so that the dilation shows up. `mm.kernels.use("loops")` makes every op run on the
+# loops rung, so what is checked is the code shown.
 
 # %%
 rng = np.random.default_rng(0)
 N, C, H, W, K, stride, padding = 2, 3, 7, 7, 3, 2, 1
 x = rng.standard_normal((N, C, H, W))
 w = rng.standard_normal((C, 1, K, K))
-out = ref.depthwise_conv2d_forward(x, w, stride, padding)
-dout = rng.standard_normal(out.shape)
-dx, dw = ref.depthwise_conv2d_backward(dout, x, w, stride, padding)
+with mm.kernels.use("loops"):
+    out, cache = mm.ops.depthwise_conv2d_forward(x, w, stride, padding)
+    dout = rng.standard_normal(out.shape)
+    dx, dw = mm.ops.depthwise_conv2d_backward(dout, cache)
 
 Hp, Wp = H + 2 * padding, W + 2 * padding
 D = np.zeros((N, C, Hp - K + 1, Wp - K + 1))  # every stride-1 window position
 D[:, :, ::stride, ::stride][:, :, :out.shape[2], :out.shape[3]] = dout  # dilated dout
-dxp = ref.depthwise_conv2d_forward(D, w[:, :, ::-1, ::-1], stride=1, padding=K - 1)  # (N, C, Hp, Wp)
+flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1])
+dxp, _ = mm.ops.depthwise_conv2d_forward(D, flipped, stride=1, padding=K - 1)  # (N, C, Hp, Wp)
 dx_formula = dxp[:, :, padding:padding + H, padding:padding + W]  # crop the padding
 xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
 windows = np.lib.stride_tricks.sliding_window_view(xp, D.shape[2:], axis=(2, 3))  # (N, C, K, K, ., .)
@@ -213,8 +216,9 @@ dw_formula = np.einsum("ncabuv,ncuv->cab", windows, D)[:, None]  # summed over t
 print("max |dx - flipped-kernel correlation| =", np.abs(dx - dx_formula).max())
 print("max |dw - correlation of x with dout| =", np.abs(dw - dw_formula).max())
 
-errors = ex.gradient_errors(lambda: ref.depthwise_conv2d_forward(x, w, stride, padding),
-                            {"x": (x, dx), "w": (w, dw)}, dout)
+with mm.kernels.use("loops"):
+    errors = ex.gradient_errors(lambda: mm.ops.depthwise_conv2d_forward(x, w, stride, padding)[0],
+                                {"x": (x, dx), "w": (w, dw)}, dout)
 print({name: f"{e:.1e}" for name, e in errors.items()})
 assert np.allclose(dx, dx_formula) and np.allclose(dw, dw_formula) and max(errors.values()) < 1e-7
 
@@ -235,28 +239,31 @@ assert np.allclose(dx, dx_formula) and np.allclose(dw, dw_formula) and max(error
 # every $o$, and $W_{oc}$ with $X_{cq}$ for every pixel $q$ of every image.) All three are
 # matrix products, so a pointwise conv runs at the speed of BLAS, which keeps blocks of $W$
 # and $X$ in registers and cache and reuses each loaded value many times: every weight is used
-# at $N H W$ pixels and every input value by $C_{out}$ filters. The loops in the library's
-# reference make the same sums explicit:
+# at $N H W$ pixels and every input value by $C_{out}$ filters. The loops rung
+# (`minimobile/kernels/matmul.py`, on maps flattened to $P = HW$ pixels) makes the same sums
+# explicit:
 
 # %%
-ex.show_source(ref.pointwise_conv2d_backward)
+ex.show_source(mm.kernels.matmul.pointwise_conv2d_backward_loops)
 
 # %%
 C_in, C_out = 5, 4
 x = rng.standard_normal((2, C_in, 3, 4))
 w = rng.standard_normal((C_out, C_in, 1, 1))
 b = rng.standard_normal(C_out)
-out = ref.pointwise_conv2d_forward(x, w, b)
-dout = rng.standard_normal(out.shape)
-dx, dw, db = ref.pointwise_conv2d_backward(dout, x, w, b)
+with mm.kernels.use("loops"):
+    out, cache = mm.ops.pointwise_conv2d_forward(x, w, b)
+    dout = rng.standard_normal(out.shape)
+    dx, dw, db = mm.ops.pointwise_conv2d_backward(dout, cache)
 Wm = w[:, :, 0, 0]  # (C_out, C_in)
 X = x.reshape(2, C_in, -1)  # (N, C_in, H*W), one matrix per image
 G = dout.reshape(2, C_out, -1)  # (N, C_out, H*W)
 print("forward  = W X + b:", np.allclose(out.reshape(2, C_out, -1), Wm @ X + b[:, None]))
 print("dx = W^T dout:     ", np.allclose(dx.reshape(2, C_in, -1), Wm.T @ G))
 print("dw = sum dout X^T: ", np.allclose(dw[:, :, 0, 0], (G @ X.transpose(0, 2, 1)).sum(0)))
-errors = ex.gradient_errors(lambda: ref.pointwise_conv2d_forward(x, w, b),
-                            {"x": (x, dx), "w": (w, dw), "b": (b, db)}, dout)
+with mm.kernels.use("loops"):
+    errors = ex.gradient_errors(lambda: mm.ops.pointwise_conv2d_forward(x, w, b)[0],
+                                {"x": (x, dx), "w": (w, dw), "b": (b, db)}, dout)
 print({name: f"{e:.1e}" for name, e in errors.items()})
 assert max(errors.values()) < 1e-7
 

@@ -198,26 +198,28 @@ print("without ReLU (a linear map), n = 2: round-trip error",
 # At the two kinks, $x = 0$ and $x = 6$, the derivative does not exist; any value between the
 # one-sided slopes (0 and 1) is a valid subgradient. minimobile takes PyTorch's choice, **0 at
 # both kinks** (the open interval), so that gradients agree with PyTorch bit for bit. The
-# readable version (`minimobile/reference.py`), then the function and derivative plotted, with
-# the values taken at the kinks marked:
+# readable version (the loops rung of `minimobile/kernels/elementwise.py`, on flattened
+# arrays), then the function and derivative plotted from the op on that rung, with the values
+# taken at the kinks marked:
 
 # %%
-from minimobile import reference as ref
-
-ex.show_source(ref.relu6_forward)
-ex.show_source(ref.relu6_backward)
+ex.show_source(mm.kernels.elementwise.relu6_forward_loops)
+ex.show_source(mm.kernels.elementwise.relu6_backward_loops)
 x = np.linspace(-2, 8, 1001)
 kinks = np.array([0.0, 6.0])
+with mm.kernels.use("loops"):
+    y, cache = mm.ops.relu6_forward(x)
+    slope = mm.ops.relu6_backward(np.ones_like(x), cache)
+    at_kinks = mm.ops.relu6_backward(np.ones(2), mm.ops.relu6_forward(kinks)[1])
 fig, axes = plt.subplots(1, 2, figsize=(9, 3))
-axes[0].plot(x, ref.relu6_forward(x))
+axes[0].plot(x, y)
 axes[0].set_title("ReLU6")
-axes[1].plot(x, ref.relu6_backward(np.ones_like(x), x), ".", ms=1)
-axes[1].plot(kinks, ref.relu6_backward(np.ones(2), kinks), "o", mfc="white", color="C3",
-             label="value at the kinks")
+axes[1].plot(x, slope, ".", ms=1)
+axes[1].plot(kinks, at_kinks, "o", mfc="white", color="C3", label="value at the kinks")
 axes[1].set_title("its derivative (minimobile's convention)")
 axes[1].legend(fontsize=8)
 plt.show()
-print("derivative at x = 0 and x = 6:", ref.relu6_backward(np.ones(2), kinks))
+print("derivative at x = 0 and x = 6:", at_kinks)
 
 # %% [markdown]
 # A central difference at a kink straddles it and measures the average of the two slopes
@@ -230,10 +232,12 @@ x = rng.uniform(-2, 8, (3, 4, 5))
 x[np.abs(x) < 0.1] += 0.2  # keep every probe at least 0.1 from a kink
 x[np.abs(x - 6) < 0.1] += 0.2
 dout = rng.standard_normal(x.shape)
-errors = ex.gradient_errors(lambda: ref.relu6_forward(x), {"x": (x, ref.relu6_backward(dout, x))}, dout)
+with mm.kernels.use("loops"):
+    dx = mm.ops.relu6_backward(dout, mm.ops.relu6_forward(x)[1])
+    errors = ex.gradient_errors(lambda: mm.ops.relu6_forward(x)[0], {"x": (x, dx)}, dout)
 print(f"ReLU6 gradient check: relative error {errors['x']:.1e}")
 h = 1e-6
-at_kink = (ref.relu6_forward(np.array([h])) - ref.relu6_forward(np.array([-h]))) / (2 * h)
+at_kink = (mm.ops.relu6_forward(np.array([h]))[0] - mm.ops.relu6_forward(np.array([-h]))[0]) / (2 * h)
 print(f"a central difference at x = 0 itself gives {at_kink[0]:.3f}")
 assert errors["x"] < 1e-7
 

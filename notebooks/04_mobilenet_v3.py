@@ -90,30 +90,33 @@ print(f"largest |hard-sigmoid - sigmoid| on [-6, 6]: {np.abs(hsig - sig).max():.
 # convention. minimobile takes PyTorch's, so that gradients match it exactly: hard-swish uses
 # the middle formula on the **closed** interval $[-3, 3]$ (giving $-1/2$ at $x = -3$, the
 # right-hand slope, and $3/2$ at $x = 3$, the left-hand one); hard-sigmoid uses $1/6$ on the
-# **open** interval (0 at both kinks). The readable versions (`minimobile/reference.py`) and
-# the values they give at the kinks:
+# **open** interval (0 at both kinks). The readable versions (the loops rung of
+# `minimobile/kernels/elementwise.py`) and the values the ops give at the kinks, on the loops
+# rung and on the fast one:
 
 # %%
-from minimobile import reference as ref
-
-for f in (ref.hardswish_backward, ref.hardsigmoid_backward):
+for f in (mm.kernels.elementwise.hardswish_backward_loops,
+          mm.kernels.elementwise.hardsigmoid_backward_loops):
     ex.show_source(f)
 kinks = np.array([-3.0, 3.0])
-print("hard-swish'   at -3, 3:", ref.hardswish_backward(np.ones(2), kinks))
-print("hard-sigmoid' at -3, 3:", ref.hardsigmoid_backward(np.ones(2), kinks))
-print("the fast ops agree:    ",
-      mm.ops.hardswish_backward(np.ones(2), mm.ops.hardswish_forward(kinks)[1]),
-      mm.ops.hardsigmoid_backward(np.ones(2), mm.ops.hardsigmoid_forward(kinks)[1]))
+for rung in ("loops", "fast"):
+    with mm.kernels.use(rung):
+        print(f"{rung:<5}: hard-swish' at -3, 3:",
+              mm.ops.hardswish_backward(np.ones(2), mm.ops.hardswish_forward(kinks)[1]),
+              "  hard-sigmoid' at -3, 3:",
+              mm.ops.hardsigmoid_backward(np.ones(2), mm.ops.hardsigmoid_forward(kinks)[1]))
 
 rng = np.random.default_rng(0)
 x = rng.uniform(-5, 5, (3, 4, 5))
 x[np.abs(np.abs(x) - 3) < 0.1] += 0.2  # away from the kinks at -3 and 3
 dout = rng.standard_normal(x.shape)
-errors = {
-    "hard-swish": ex.gradient_errors(lambda: ref.hardswish_forward(x),
-                                     {"x": (x, ref.hardswish_backward(dout, x))}, dout)["x"],
-    "hard-sigmoid": ex.gradient_errors(lambda: ref.hardsigmoid_forward(x),
-                                       {"x": (x, ref.hardsigmoid_backward(dout, x))}, dout)["x"]}
+errors = {}
+with mm.kernels.use("loops"):
+    for name, forward, backward in (
+            ("hard-swish", mm.ops.hardswish_forward, mm.ops.hardswish_backward),
+            ("hard-sigmoid", mm.ops.hardsigmoid_forward, mm.ops.hardsigmoid_backward)):
+        dx = backward(dout, forward(x)[1])
+        errors[name] = ex.gradient_errors(lambda: forward(x)[0], {"x": (x, dx)}, dout)["x"]
 print({name: f"{e:.1e}" for name, e in errors.items()})
 assert max(errors.values()) < 1e-7
 

@@ -68,29 +68,28 @@ print("quick mode" if QUICK else "full mode", "| Numba threads:", mm.get_num_thr
 # Two consequences worth checking: each row of the gradient sums to zero (adding a constant to
 # all logits changes nothing), and with $\varepsilon > 0$ the gradient vanishes at *finite*
 # logits, where $p = t$: a margin $z_y - z_k = \log\frac{1 - \varepsilon + \varepsilon/K}{\varepsilon/K}$
-# over every other class, instead of pushing the margin to infinity. The readable version
-# (`minimobile/reference.py`; it subtracts the row's maximum first, which changes no $p$ but
-# keeps `exp` from overflowing):
+# over every other class, instead of pushing the margin to infinity. The readable version, the
+# loops rung of `minimobile/kernels/elementwise.py` (it subtracts the row's maximum first, which
+# changes no $p$ but keeps `exp` from overflowing):
 
 # %%
-from minimobile import reference as ref
-
-ex.show_source(ref.softmax_cross_entropy)
+ex.show_source(mm.kernels.elementwise.softmax_cross_entropy_loops)
 rng = np.random.default_rng(0)
 logits = rng.standard_normal((4, 10))
 labels = rng.integers(0, 10, 4)
 eps_ls = 0.1
-loss, dlogits = ref.softmax_cross_entropy(logits, labels, eps_ls)
+with mm.kernels.use("loops"):
+    loss, dlogits = mm.ops.softmax_cross_entropy(logits, labels, eps_ls)
+    errors = ex.gradient_errors(lambda: mm.ops.softmax_cross_entropy(logits, labels, eps_ls)[0],
+                                {"logits": (logits, dlogits)}, dout=1.0)
 fast_loss, fast_dlogits = mm.ops.softmax_cross_entropy(logits, labels, eps_ls)
-errors = ex.gradient_errors(lambda: np.array(ref.softmax_cross_entropy(logits, labels, eps_ls)[0]),
-                            {"logits": (logits, dlogits)}, dout=1.0)
-print(f"loss {loss:.6f} (library op: {fast_loss:.6f}); gradient check: relative error {errors['logits']:.1e}")
+print(f"loss {loss:.6f} (fast rung: {fast_loss:.6f}); gradient check: relative error {errors['logits']:.1e}")
 print("rows of the gradient sum to", dlogits.sum(axis=1))
 margin = np.log((1 - eps_ls + eps_ls / 10) / (eps_ls / 10))
 at_optimum = np.full((1, 10), 0.0)
 at_optimum[0, 3] = margin
 print(f"with a margin of {margin:.3f} on the right class, the gradient is "
-      f"{np.abs(ref.softmax_cross_entropy(at_optimum, np.array([3]), eps_ls)[1]).max():.1e}")
+      f"{np.abs(mm.ops.softmax_cross_entropy(at_optimum, np.array([3]), eps_ls)[1]).max():.1e}")
 assert errors["logits"] < 1e-7 and np.isclose(loss, fast_loss)
 
 # %% [markdown]
