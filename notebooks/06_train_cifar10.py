@@ -127,7 +127,47 @@ for name, width in NETWORKS:
           f"{np.mean([h['epoch_seconds'] for h in history]):.0f} s per epoch")
 
 # %% [markdown]
-# ## Learning curves
+# ## Learning curves of full runs
+#
+# Two epochs give two points per curve: not a learning curve. Real curves come from full runs
+# of `minimobile train`, which writes a `history.csv` (one row per epoch) into its output
+# folder. Small results like these are committed under `results/` at the top of the
+# repository, each listed in `results/README.md` with the exact command that made it; this
+# cell plots every `results/*history*.csv` it finds, and says so when there is none.
+
+# %%
+from pathlib import Path
+
+histories = sorted(Path("..", "results").glob("*history*.csv"))
+if not histories:
+    print("No full-run history is committed under results/ yet. To make one (70 minutes for the "
+          "README's V1 run):\n  minimobile train --model v1 --width 0.5 --epochs 42 --out runs/v1\n"
+          "then copy runs/v1/history.csv to results/v1-w0.5-history.csv and add the command to "
+          "results/README.md.")
+else:
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for path in histories:
+        h = mm.train.read_history(path)
+        epochs = [row["epoch"] for row in h]
+        line, = axes[0].plot(epochs, [row["train_loss"] for row in h], label=f"{path.stem} train")
+        axes[0].plot(epochs, [row["test_loss"] for row in h], "--", color=line.get_color(),
+                     label=f"{path.stem} test")
+        axes[1].plot(epochs, [100 * row["test_acc"] for row in h], color=line.get_color(),
+                     label=path.stem)
+        best_row = max(h, key=lambda row: row["test_acc"])
+        print(f"{path.name}: {len(h)} epochs, best test accuracy {100 * best_row['test_acc']:.2f} % "
+              f"at epoch {best_row['epoch']}")
+    axes[0].set(xlabel="epoch", ylabel="loss (label-smoothed cross-entropy)", title="loss")
+    axes[1].set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    plt.show()
+
+# %% [markdown]
+# ## This notebook's short run
+#
+# The same plot for the run above: `EPOCHS` points per network, enough to check that every
+# loss falls, not to compare the networks.
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(12, 4))
@@ -143,6 +183,30 @@ for ax in axes:
 plt.show()
 
 # %% [markdown]
+# **Why the test loss can be below the training loss.** The two are not measured alike. The
+# training loss of an epoch is the mean over its steps, so it includes the weights of the
+# epoch's start, when they were worse; and it is computed in training mode, on randomly
+# cropped and flipped images, with dropout (0.2 in V2 and V3) and with batch statistics. The
+# test loss is computed once, at the end of the epoch, in evaluation mode (running statistics,
+# no dropout) on plain images. Measuring the training images the way the test images are
+# measured separates the effects:
+
+# %%
+name = NETWORKS[1][0]  # V2: it has dropout
+r = results[name]
+subset = slice(0, 500 if QUICK else 5000)
+as_test = mm.train.evaluate(r["model"], data.x_train[subset], data.y_train[subset],
+                            label_smoothing=0.1)
+last = r["history"][-1]
+print(f"{name}, after epoch {last['epoch']}:")
+print(f"  training loss as logged (mean over the epoch, training mode, augmented): {last['train_loss']:.4f}")
+print(f"  the same model on {subset.stop} training images, evaluation mode, plain:       {as_test.loss:.4f}")
+print(f"  test loss (evaluation mode, plain):                                       {last['test_loss']:.4f}")
+
+# %% [markdown]
+# If the middle number is close to the test loss, the gap between the logged losses is the way
+# they are measured, not a network that does better on images it has never seen.
+#
 # ## Confusion matrix of the most accurate network
 #
 # `evaluate` returns every test image's predicted class; `confusion_matrix` counts how often
@@ -188,6 +252,9 @@ plt.show()
 #
 # Multiply-adds and parameters are those of the CIFAR variants at 32×32 (`mm.cost.profile`);
 # time per epoch is the mean wall time of an epoch (training and the test pass) in this run.
+# The accuracies are after `EPOCHS` epochs of a schedule (cosine, with warm-up) set for that
+# many: they say which network learns fastest at the start, not which is most accurate when
+# trained to the end, so the table is in the order of the networks, not ranked.
 
 # %%
 print(f"{'network':<9} {'width':>5} {'test acc %':>10} {'M MACs':>8} {'params':>10} {'s/epoch':>8} {'img/s':>7}")
@@ -197,3 +264,4 @@ for name, r in results.items():
     print(f"{name:<9} {r['width']:>5} {100 * h[-1]['test_acc']:>10.2f} {prof.macs / 1e6:>8.2f} "
           f"{prof.params:>10,} {np.mean([e['epoch_seconds'] for e in h]):>8.1f} "
           f"{np.mean([e['images_per_second'] for e in h]):>7.0f}")
+print(f"(test accuracy after {EPOCHS} epoch{'s' if EPOCHS > 1 else ''}; see results/ for full runs)")
