@@ -20,7 +20,7 @@
 # rest of the way with the steps a real deployment uses: batch norm folded into the convolutions
 # (`minimobile.deploy`), the graph exported to ONNX and run in ONNX Runtime
 # (`minimobile.onnx_export`), the weights and convolutions moved to 8-bit integers
-# (`minimobile.quantize`, kernels in `minimobile.kernels_int8`), and the latency of it all
+# (`minimobile.quantize`, kernels in `minimobile/kernels/int8.py`), and the latency of it all
 # measured at batch 1 (`benchmarks/bench_inference.py`).
 #
 # **Exercise**: [`exercises/ex07_deploy.py`](../exercises/ex07_deploy.py) (fold a batch norm into
@@ -166,10 +166,25 @@ if onnx is not None:
 # $$
 #
 # and a depthwise convolution the same with its $K \times K$ window. The sums are exact in int32
-# (at most $1280 \cdot 127^2 \approx 2 \cdot 10^7$ here); only the rounding of $q_W$ and $q_x$
-# loses information. The stem convolution and the classifier stay in float32 (the report prints
-# the share of the multiply-adds that runs in int8). Below: the trained V1 (width 0.5) of the README's run, if it is on this
-# machine; accuracy before and after, and the bytes of the weights.
+# as long as (fan-in) $\cdot\, 127^2$ plus the bias stays below $2^{31}$: computed for this
+# model below. Only the rounding of $q_W$ and $q_x$ loses information, and the result goes back
+# to float32 after every conv ($\times s_x s_w[o]$): activations, pooling and skip additions
+# run in float between the integer convs, so this is a simulation of an int8 engine's
+# arithmetic, not a full int8 pipeline. The stem convolution and the classifier stay in float32
+# (the report prints the share of the multiply-adds that runs in int8).
+#
+# **What symmetric scales waste.** Every quantised conv of V1 after the first reads the output
+# of a ReLU, which is never negative, so with $q \in [-127, 127]$ half of the codes are never
+# used: the inputs get 128 levels, 7 bits' worth. Engines such as TF-Lite use an *asymmetric*
+# scheme (a zero point, $r \approx s\,(q - z)$) for activations to get all 256 levels back;
+# minimobile keeps the symmetric one because it is the shortest to read.
+#
+# **Which network.** The accuracy comparison needs a trained network. Checkpoints are not
+# committed (`runs/` is ignored by git); the cell below uses the README's trained V1 (width 0.5)
+# if it is on this machine, made by
+# `minimobile train --model v1 --width 0.5 --epochs 42 --out runs/v1-w0.5-e42` (about 70
+# minutes). Without it, the network is untrained: its accuracy is chance (about 10 %) before
+# and after, and only the sizes and the bound below mean anything.
 
 # %%
 from minimobile.data import load_cifar10, write_fake_cifar10
@@ -180,7 +195,9 @@ if checkpoint.exists():
     print(f"{checkpoint}: the trained V1, width 0.5")
 else:
     trained = mm.mobilenet_v1(cifar=True, width_mult=0.5, seed=0).eval()
-    print(f"{checkpoint} not found: an untrained V1 (accuracies near 10 %, the sizes are real)")
+    print(f"{checkpoint} not found: an UNTRAINED V1. Its accuracies below are chance (about 10 %) "
+          "and say nothing about int8; the sizes are real. Train it with\n"
+          "  minimobile train --model v1 --width 0.5 --epochs 42 --out runs/v1-w0.5-e42")
 try:
     data = load_cifar10(download=False)  # $MINIMOBILE_DATA or ~/.cache/minimobile
 except (FileNotFoundError, ValueError):
@@ -192,6 +209,17 @@ n_calibration, n_test = (64, 100) if QUICK else (512, 10_000)
 result = quantize.report(trained, quantize.calibration_images(data.x_train, n_calibration),
                          data.x_test[:n_test], data.y_test[:n_test])
 print(result)
+
+# The int32 bound: the largest fan-in of a quantised conv (C_in for a 1x1, K*K for a depthwise).
+int8_model = quantize.quantize(trained, mm.data.normalize(
+    quantize.calibration_images(data.x_train, n_calibration), dtype=np.float32))
+convs = [m for _, m in int8_model.named_modules()
+         if isinstance(m, (quantize.QuantizedPointwiseConv2d, quantize.QuantizedDepthwiseConv2d))]
+fan_in = max(int(np.prod(m.buffers["weight_int8"].shape[1:])) for m in convs)
+bias = max(int(np.abs(m.buffers["bias_int32"]).max()) for m in convs)
+bound = fan_in * 127**2 + bias
+print(f"largest fan-in {fan_in}: |int32 sum| <= {fan_in} * 127^2 + {bias} = {bound:,} "
+      f"< 2^31 = {2**31:,}: {bound < 2**31}")
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3))
@@ -207,6 +235,23 @@ ax.set_title(f"accuracy {100 * result.float_accuracy:.2f} % (float32) -> "
 fig.tight_layout()
 
 # %% [markdown]
+# **int8 latency.** Smaller weights are one promise of int8; speed is the other. Each model on its
+# own (not interleaved with the others), batch 1 at 32x32, after a warm-up, the median of
+# repeated runs with the fastest and slowest:
+
+# %%
+latency_repeats = 3 if QUICK else 50
+for name, model in (("float32, as trained", trained), ("float32, BN folded", deploy.fuse(trained)),
+                    ("int8 convs", int8_model)):
+    t = ex.measure_latency(model, 32, repeats=latency_repeats, warmup=3)
+    print(f"{name:<20} {t.ms:7.2f} ms   (runs {1e3 * min(t.samples):.2f} to {1e3 * max(t.samples):.2f})")
+
+# %% [markdown]
+# Whether int8 is faster here is what the numbers say. minimobile's int8 convs quantise each
+# input and dequantise each output in extra passes over memory, and its int8 kernels are
+# simple loops beside float kernels tuned for speed; an int8 engine on a phone keeps
+# activations in int8 from layer to layer and uses the CPU's int8 dot-product instructions.
+#
 # ## Latency at batch 1
 #
 # A phone classifies one image at a time, so deployment latency is measured at batch 1, where
@@ -217,6 +262,14 @@ fig.tight_layout()
 # report next to them: those were measured on a Pixel 1 phone with TF-Lite on one core (the V2
 # paper's Table 4; the V3 paper's Table 3), so they show what the networks were designed for,
 # not what this machine should reach. Quick mode runs V1 once at 32x32 only.
+#
+# "mm fused blas" is a deliberate bad configuration, kept in the table to show its cost: BLAS
+# is given its own thread pool inside each of Numba's threads, so the cores are oversubscribed
+# (`benchmarks/bench_inference.py`'s docstring; `minimobile/parallel.py` is why minimobile
+# normally runs a one-thread BLAS). It is left out of the chart so that it does not set its
+# scale. The benchmark interleaves the engines within each repetition; engines with thread
+# pools of their own can disturb the one timed after them, so compare its numbers with the
+# timings above, made one model at a time.
 
 # %%
 csv_path = Path(tempfile.mkdtemp()) / "latency.csv"
@@ -230,7 +283,7 @@ print(done.stdout or done.stderr)
 import csv
 
 rows = list(csv.DictReader(open(csv_path)))
-engines = ["mm", "mm fused", "mm fused blas", "onnxruntime", "pytorch"]
+engines = ["mm", "mm fused", "onnxruntime", "pytorch"]  # "mm fused blas": in the table only
 resolutions = sorted({int(r["resolution"]) for r in rows}, reverse=True)
 fig, axes = plt.subplots(1, len(resolutions), figsize=(6 * len(resolutions), 3.8), squeeze=False)
 for ax, resolution in zip(axes[0], resolutions):
@@ -238,7 +291,7 @@ for ax, resolution in zip(axes[0], resolutions):
     positions = np.arange(len(subset))
     for k, engine in enumerate(engines):
         values = [float(r[engine]) if r[engine] else np.nan for r in subset]
-        ax.bar(positions + (k - 2) * 0.16, values, width=0.16, label=engine)
+        ax.bar(positions + (k - 1.5) * 0.2, values, width=0.2, label=engine)
     if resolution == 224:
         ax.scatter(positions, [float(r["paper_ms"]) for r in subset], marker="_", s=400,
                    color="black", label="paper (Pixel 1 phone)", zorder=3)
