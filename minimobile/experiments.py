@@ -377,3 +377,104 @@ def relu_recover(points, T):
         if active.sum() >= T.shape[1] and np.linalg.matrix_rank(T[active]) == T.shape[1]:
             out[i] = np.linalg.lstsq(T[active], row[active], rcond=None)[0]
     return out
+
+
+# -- pictures ----------------------------------------------------------------------------------
+
+def _box3d(ax, x, y, w, h, d, color, alpha=0.85):
+    """A box seen from the front and a little above: front face w x h at (x, y), depth d drawn
+    as an oblique offset (half of d to the right and up)."""
+    from matplotlib.patches import Polygon
+    dx, dy = 0.5 * d, 0.5 * d
+    faces = [[(x, y), (x + w, y), (x + w, y + h), (x, y + h)],
+             [(x, y + h), (x + w, y + h), (x + w + dx, y + h + dy), (x + dx, y + h + dy)],
+             [(x + w, y), (x + w + dx, y + dy), (x + w + dx, y + h + dy), (x + w, y + h)]]
+    for face, shade in zip(faces, (1.0, 0.8, 0.65)):
+        rgb = np.array(color[:3]) * shade
+        ax.add_patch(Polygon(face, closed=True, facecolor=(*rgb, alpha), edgecolor="black", lw=0.6))
+
+
+def plot_conv_filters(C_in=6, C_out=4, K=3):
+    """The V1 paper's Figure 2 idea: a standard conv's C_out filters of K x K x C_in, a
+    depthwise conv's C_in filters of K x K x 1, a pointwise conv's C_out filters of 1 x 1 x C_in,
+    drawn as boxes, each panel titled with its multiply-adds per output pixel. Returns the figure."""
+    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    colors = colormaps["tab10"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 2.8))
+    panels = [("standard conv", C_out, K, C_in, f"{C_out} filters of {K}x{K}x{C_in}",
+               K * K * C_in * C_out),
+              ("depthwise conv", C_in, K, 1, f"{C_in} filters of {K}x{K}x1, one per input channel",
+               K * K * C_in),
+              ("pointwise (1x1) conv", C_out, 1, C_in, f"{C_out} filters of 1x1x{C_in}",
+               C_in * C_out)]
+    for ax, (title, count, size, depth, caption, macs) in zip(axes, panels):
+        x = 0.0
+        for i in range(count):
+            color = colors(i % 10) if title.startswith("depthwise") else colors(0)
+            _box3d(ax, x, 0, size, size, depth, color)
+            x += size + 0.5 * depth + 1.0
+        ax.set_xlim(-0.5, max(x, 12))
+        ax.set_ylim(-0.5, K + 0.5 * C_in + 0.5)
+        ax.set_aspect("equal")
+        ax.axis("off")
+        ax.set_title(f"{title}\n{caption}\n{macs} multiply-adds per output pixel", fontsize=9)
+    fig.suptitle(f"Filters for C_in = {C_in} input and C_out = {C_out} output channels "
+                 "(box depth: input channels a filter reads)", fontsize=10)
+    return fig
+
+
+def plot_block_diagram(ax, layers, skip=False, title=""):
+    """A block as a column of boxes, input at the bottom: `layers` is a list of (label,
+    channels), each box as wide as its channel count (square-root scaled so thin and wide both
+    show). skip=True draws the residual connection around the block. Returns ax."""
+    from matplotlib.patches import FancyArrowPatch, Rectangle
+    widest = max(np.sqrt(c) for _, c in layers)
+    for i, (label, channels) in enumerate(layers):
+        w = 3.0 * np.sqrt(channels) / widest
+        ax.add_patch(Rectangle((-w / 2, 1.6 * i), w, 0.9, facecolor="C0" if i in (0, len(layers) - 1)
+                               else "C1", alpha=0.35, edgecolor="black"))
+        ax.text(0, 1.6 * i + 0.45, f"{label}\n{channels} ch", ha="center", va="center", fontsize=7)
+        if i:
+            ax.add_patch(FancyArrowPatch((0, 1.6 * i - 0.7), (0, 1.6 * i), arrowstyle="->",
+                                         mutation_scale=10))
+    top = 1.6 * (len(layers) - 1) + 0.9  # the last box's upper edge
+    if skip:
+        add_y = top + 0.7
+        ax.add_patch(FancyArrowPatch((0, top), (0, add_y - 0.22), arrowstyle="->", mutation_scale=10))
+        ax.text(0, add_y, "+", ha="center", va="center", fontsize=12, color="C3",
+                bbox=dict(boxstyle="circle", facecolor="white", edgecolor="C3"))
+        w0 = 3.0 * np.sqrt(layers[0][1]) / widest
+        ax.plot([w0 / 2, 1.9, 1.9], [0.45, 0.45, add_y], color="C3", lw=1)
+        ax.add_patch(FancyArrowPatch((1.9, add_y), (0.25, add_y), arrowstyle="->",
+                                     mutation_scale=10, color="C3"))
+        ax.text(2.0, top / 2, "skip", color="C3", fontsize=8, rotation=90, va="center")
+    ax.set_xlim(-2.2, 2.6)
+    ax.set_ylim(-0.4, top + 1.3)
+    ax.axis("off")
+    ax.set_title(title, fontsize=9)
+    return ax
+
+
+class ReceptiveField(NamedTuple):
+    name: str  # state-dict prefix of the conv
+    kernel_size: int
+    stride: int
+    size: int  # output map side
+    field: int  # side of the input patch one output value sees
+    jump: int  # input pixels between neighbouring outputs
+
+
+def receptive_fields(model, input_size):
+    """Every spatial conv of `model` in forward order, with the receptive field after it:
+    field += (K - 1) * jump, then jump *= stride (1x1 convs change neither). Assumes the
+    convs run in the order named_modules lists them, as in minimobile's sequential models."""
+    rows, field, jump, size = [], 1, 1, input_size
+    for name, module in model.named_modules():
+        if isinstance(module, (Conv2d, DepthwiseConv2d)):
+            K = module.params["weight"].shape[-1]
+            size = (size + 2 * module.padding - K) // module.stride + 1
+            field += (K - 1) * jump
+            jump *= module.stride
+            rows.append(ReceptiveField(name, K, module.stride, size, field, jump))
+    return rows

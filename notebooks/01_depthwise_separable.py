@@ -66,6 +66,52 @@ print("quick mode" if QUICK else "full mode", "| Numba threads:", mm.get_num_thr
 # separable version needs between 8 and 9 times fewer multiply-adds, the paper's Section 3.1.
 # The parameters follow the same ratio, with $D_F^2$ removed from both.
 #
+# The three kinds of filter, drawn for a small case (the V1 paper's Figure 2):
+
+# %%
+fig = ex.plot_conv_filters(C_in=6, C_out=4, K=3)
+plt.show()
+
+# %% [markdown]
+# ### Channels do not mix until the 1×1 conv
+#
+# An image through a depthwise conv with a hand-set filter per colour channel (a horizontal
+# edge detector on red, a vertical one on green, a blur on blue): each output channel is a
+# filtered copy of its own input channel and of nothing else. Only the pointwise conv after it
+# combines channels, here into their sum and the red-minus-green difference. The image is a
+# CIFAR-10 test image if CIFAR-10 is on this machine, else the photograph that ships with
+# matplotlib, shrunk to 64×64.
+
+# %%
+try:
+    image = mm.data.load_cifar10(download=False).x_test[7] / 255.0  # (3, 32, 32)
+    source = "CIFAR-10 test image 7"
+except (FileNotFoundError, ValueError, OSError):
+    import matplotlib.cbook
+    photo = plt.imread(matplotlib.cbook.get_sample_data("grace_hopper.jpg")) / 255.0  # (H, W, 3)
+    step = photo.shape[0] // 64
+    image = photo[:64 * step:step, :64 * step:step].transpose(2, 0, 1)  # (3, 64, 64)
+    source = "matplotlib's sample photograph (CIFAR-10 not found)"
+x_img = np.ascontiguousarray(image[None], dtype=np.float64)  # (1, 3, H, W)
+sobel = np.array([[1, 2, 1], [0, 0, 0], [-1, -2, -1]], dtype=np.float64)
+w_dw = np.stack([sobel, sobel.T, np.full((3, 3), 1 / 9)])[:, None]  # (3, 1, 3, 3)
+w_pw = np.array([[1.0, 1.0, 1.0], [1.0, -1.0, 0.0]])[:, :, None, None]  # (2, 3, 1, 1)
+dw_out, _ = mm.ops.depthwise_conv2d_forward(x_img, w_dw, stride=1, padding=1)
+pw_out, _ = mm.ops.pointwise_conv2d_forward(dw_out, w_pw)
+fig, axes = plt.subplots(3, 3, figsize=(8, 8))
+rows = [("input", x_img[0], ["red", "green", "blue"]),
+        ("depthwise", dw_out[0], ["red: horizontal edges", "green: vertical edges", "blue: blur"]),
+        ("pointwise", pw_out[0], ["sum of the three", "red - green", None])]
+for ax_row, (stage, maps, names) in zip(axes, rows):
+    for ax, m, name in zip(ax_row, maps, names):
+        ax.imshow(m, cmap="gray")
+        ax.set_title(f"{stage}: {name}", fontsize=8)
+    for ax in ax_row:
+        ax.axis("off")
+fig.suptitle(source, fontsize=9)
+plt.show()
+
+# %% [markdown]
 # ## Counted against the formula
 #
 # `ex.separable_cost` builds a `Conv2d` and a `DepthwiseConv2d` + `PointwiseConv2d` pair and runs

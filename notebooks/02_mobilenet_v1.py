@@ -148,6 +148,39 @@ cifar = mm.cost.profile(mm.mobilenet_v1(num_classes=10, width_mult=0.5, cifar=Tr
 print(f"V1 width 0.5, CIFAR variant, 32x32: {cifar.params:,} parameters, {cifar.macs / 1e6:.2f} M multiply-adds")
 
 # %% [markdown]
+# ### What the strides do: map size and receptive field
+#
+# Each stride-2 layer halves the map; each $K \times K$ layer widens the *receptive field*, the
+# patch of the input one output value depends on, by $(K - 1)$ times the spacing of its inputs
+# in image pixels (which doubles at every stride 2). `ex.receptive_fields` walks the convs in
+# order. V1's five stride-2 layers take 224 to 7. The same strides on a 32×32 image end at
+# 1×1: the last six blocks, which hold most of the parameters, then work on a single pixel
+# per channel. The CIFAR variant runs the stem at stride 1 and ends at 2×2. Dropping a stride
+# keeps the maps from collapsing; it does not keep the receptive field inside a 32×32 image
+# (the printed ratios: in both 32×32 cases the last layers' fields are several times the image,
+# mostly padding):
+
+# %%
+cases = [("ImageNet V1 at 224", mm.mobilenet_v1(seed=0), 224),
+         ("ImageNet strides at 32", mm.mobilenet_v1(seed=0), 32),
+         ("CIFAR variant at 32", mm.mobilenet_v1(num_classes=10, cifar=True, seed=0), 32)]
+fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+for label, net, size in cases:
+    rf = ex.receptive_fields(net, size)
+    axes[0].plot([r.size for r in rf], "o-", ms=3, label=label)
+    axes[1].plot([r.field / size for r in rf], "o-", ms=3, label=label)
+    print(f"{label:<24} final map {rf[-1].size}x{rf[-1].size}, receptive field {rf[-1].field} px "
+          f"= {rf[-1].field / size:.1f} x the image side")
+axes[0].set(yscale="log", xlabel="spatial conv (stem, then each block's depthwise)",
+            ylabel="map side (pixels)", title="map size through the network")
+axes[1].set(yscale="log", xlabel="spatial conv (stem, then each block's depthwise)",
+            ylabel="receptive field / image side", title="receptive field, relative to the image")
+axes[1].axhline(1, color="gray", lw=0.5)
+for ax in axes:
+    ax.legend(fontsize=8)
+plt.show()
+
+# %% [markdown]
 # ## Batch norm in training mode, derived
 #
 # Every conv of V1 is followed by batch norm, and in training mode its backward is the hardest

@@ -42,6 +42,18 @@ QUICK = os.environ.get("MINIMOBILE_QUICK") == "1"
 print("quick mode" if QUICK else "full mode", "| Numba threads:", mm.get_num_threads())
 
 # %%
+fig, axes = plt.subplots(1, 2, figsize=(9, 5))
+ex.plot_block_diagram(axes[0], [("input", 24), ("1x1 expand, BN, ReLU6", 144),
+                                ("3x3 depthwise, BN, ReLU6", 144), ("1x1 project, BN (linear)", 24)],
+                      skip=True, title="stride 1, C_in = C_out: with the skip")
+ex.plot_block_diagram(axes[1], [("input", 24), ("1x1 expand, BN, ReLU6", 144),
+                                ("3x3 depthwise stride 2, BN, ReLU6", 144),
+                                ("1x1 project, BN (linear)", 32)],
+                      title="stride 2 (or C_in != C_out): no skip")
+fig.suptitle("V2's inverted residual, t = 6 (box widths: channels)", fontsize=10)
+plt.show()
+
+# %%
 rng = np.random.default_rng(0)
 block = mm.blocks.InvertedResidual(24, 24, stride=1, expand_ratio=6, rng=rng)
 print(block)

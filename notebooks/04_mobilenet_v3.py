@@ -213,6 +213,18 @@ assert spread < 1e-12
 # activation, stride.
 
 # %%
+fig, axes = plt.subplots(1, 2, figsize=(9, 5.5))
+ex.plot_block_diagram(axes[0], [("input", 24), ("1x1 expand, BN, hard-swish", 96),
+                                ("5x5 depthwise, BN, hard-swish", 96),
+                                ("squeeze-excite: x * gate(x)", 96), ("1x1 project, BN (linear)", 24)],
+                      skip=True, title="bneck(24, 5, 96, 24, SE, HS, stride 1)")
+ex.plot_block_diagram(axes[1], [("input", 16), ("3x3 depthwise stride 2, BN, ReLU", 16),
+                                ("squeeze-excite: x * gate(x)", 16), ("1x1 project, BN (linear)", 16)],
+                      title="V3-Small's first: bneck(16, 3, 16, 16, SE, RE, stride 2),\n"
+                            "no expansion (expanded = input)")
+plt.show()
+
+# %%
 rng = np.random.default_rng(1)
 bneck = mm.blocks.Bneck(24, 5, 96, 24, True, "HS", 1, rng=rng, dtype=np.float64)
 mm.gradcheck.randomize_batchnorm(bneck, rng)
