@@ -316,7 +316,9 @@ def gradient_errors(f, pairs, dout, h=1e-6):
 
 def show_source(obj):
     """Print the source of a library function, method or class, headed by where it lives, so a
-    notebook shows the code it explains instead of copying it."""
+    notebook shows the code it explains instead of copying it. A Numba kernel shows the Python
+    source it was compiled from (its py_func)."""
+    obj = getattr(obj, "py_func", obj)
     lines, start = inspect.getsourcelines(obj)
     path = Path(inspect.getsourcefile(obj)).resolve()
     package_root = Path(__file__).resolve().parent.parent
@@ -477,4 +479,77 @@ def receptive_fields(model, input_size):
             field += (K - 1) * jump
             jump *= module.stride
             rows.append(ReceptiveField(name, K, module.stride, size, field, jump))
+    return rows
+
+
+# -- inside a kernel: rungs, layers and the roofline -------------------------------------------
+
+def time_on_rungs(fn, rungs=("simple", "fast"), repeats=5, warmup=1):
+    """{rung: Timing} of fn() with every op on each rung of minimobile.kernels in turn (the
+    warm-up calls pay each rung's Numba compilation)."""
+    from . import kernels
+    timings = {}
+    for rung in rungs:
+        with kernels.use(rung):
+            timings[rung] = time_callable(fn, repeats, warmup)
+    return timings
+
+
+def peak_matmul_gmacs(n=1024, threads=None, repeats=5, warmup=1):
+    """Multiply-adds per second (GMAC/s) of one float32 n x n x n matrix product through NumPy's
+    BLAS on `threads` threads (default: Numba's thread count; minimobile itself runs BLAS on one
+    thread per Numba thread): the arithmetic ceiling of a roofline here."""
+    from threadpoolctl import threadpool_limits
+    from numba import get_num_threads
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    b = rng.standard_normal((n, n)).astype(np.float32)
+    out = np.empty((n, n), np.float32)
+    with threadpool_limits(limits=threads or get_num_threads(), user_api="blas"):
+        timing = time_callable(lambda: np.matmul(a, b, out=out), repeats, warmup)
+    return n**3 / timing.median / 1e9
+
+
+class LayerTiming(NamedTuple):
+    name: str  # state-dict prefix
+    type: str  # the layer's class name
+    output_shape: tuple  # (N, C, H, W)
+    macs: int  # for the whole batch
+    nbytes: int  # input, output and parameters, each read or written once
+    timing: Timing  # of the layer's forward on its recorded input
+
+
+def layer_timings(model, x, types=(Conv2d, DepthwiseConv2d, PointwiseConv2d),
+                  repeats=5, warmup=1):
+    """Each layer of `types`, timed alone: one inference forward of `model` on x (eval mode,
+    no_grad) records every such layer's input; then each layer's forward is timed on its own
+    input. Returns LayerTimings in execution order, with the multiply-adds of the batch
+    (cost.layer_macs) and the bytes it must move at least once."""
+    from .cost import layer_macs
+    recorded = []
+    watched = [(name, m) for name, m in model.named_modules() if isinstance(m, types)]
+    for name, module in watched:
+        def record(inp, module=module, name=name, forward=module.forward):
+            out = forward(inp)
+            recorded.append((name, module, inp, out.shape))
+            return out
+        module.forward = record  # an instance attribute shadows the method while we watch
+    was_training = model.training
+    model.eval()
+    try:
+        with no_grad():
+            model.forward(x)
+            rows = []
+            for name, module, inp, out_shape in recorded:
+                del module.forward  # the real method again, for the timing
+                macs = layer_macs(module, inp.shape, out_shape) * inp.shape[0]
+                nbytes = (inp.nbytes + int(np.prod(out_shape)) * inp.itemsize
+                          + sum(p.nbytes for p in module.params.values()))
+                timing = time_callable(lambda: module.forward(inp), repeats, warmup)
+                rows.append(LayerTiming(name, type(module).__name__, tuple(out_shape), macs,
+                                        nbytes, timing))
+    finally:
+        for _, module in watched:
+            module.__dict__.pop("forward", None)
+        model.train(was_training)
     return rows
