@@ -184,7 +184,9 @@ if onnx is not None:
 # if it is on this machine, made by
 # `minimobile train --model v1 --width 0.5 --epochs 42 --out runs/v1-w0.5-e42` (about 70
 # minutes). Without it, the network is untrained: its accuracy is chance (about 10 %) before
-# and after, and only the sizes and the bound below mean anything.
+# and after, and only the sizes and the bound below mean anything. The same report comes from
+# the command line, `python -m minimobile.quantize runs/v1-w0.5-e42/best.npz --data PATH`; its
+# output, once made from a real run, belongs in `results/` with that command.
 
 # %%
 from minimobile.data import load_cifar10, write_fake_cifar10
