@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import minimobile as mm  # noqa: E402
 from minimobile import deploy, experiments  # noqa: E402
-from minimobile.train import build_model  # noqa: E402
+from minimobile.models import build_model  # noqa: E402
 
 try:
     import torch

@@ -1,8 +1,11 @@
 """Time a full training step (forward, loss, backward, optimiser step) of each network's CIFAR
 variant at batch 128, for minimobile and, alternating with it in the same run, for the same
-network in PyTorch (both layouts, same thread count) where torch is installed. Prints ms per
-step, images per second, the ratio to PyTorch's faster layout, peak memory, and where
-minimobile's time goes by layer type.
+network in PyTorch where torch is installed, in three configurations at the same thread count:
+float32 NCHW (pt), float32 channels-last (ptCL) and bfloat16 autocast channels-last (ptBF,
+`torch.autocast("cpu", dtype=torch.bfloat16)`, which oneDNN runs on AMX units where the CPU
+has them). Prints ms per step, images per second, the ratio to whichever PyTorch
+configuration is fastest for that network (mm/best), peak memory, and where minimobile's
+time goes by layer type. minimobile itself stays in float32.
 
     python benchmarks/bench_train_step.py [--models v1:0.5,v3-small:1.0] [--steps 10]
 
@@ -24,7 +27,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from minimobile import memory, ops  # noqa: E402
 from minimobile.optim import SGD  # noqa: E402
-from minimobile.train import build_model  # noqa: E402
+from minimobile.models import build_model  # noqa: E402
 
 try:
     import torch
@@ -53,7 +56,9 @@ class LayerTimer:
         for _, module in model.named_modules():
             if module._modules:  # containers: their children are timed
                 continue
-            for kind in ("forward", "backward"):
+            for kind in ("forward", "backward", "forward_with_activation"):
+                if not hasattr(module, kind):
+                    continue
                 original = getattr(module, kind)
                 self.originals.append((module, kind))
                 setattr(module, kind, self._wrap(original, f"{type(module).__name__}.{kind}"))
@@ -63,7 +68,8 @@ class LayerTimer:
             t0 = time.perf_counter()
             out = fn(*args, **kwargs)
             # Batch norm applies the activation itself when a block fuses them.
-            label = f"{key}+{kwargs['activation']}" if kwargs.get("activation") else key
+            label = (f"{key.replace('_with_activation', '')}+{args[1]}"
+                     if key.endswith("forward_with_activation") and args[1] else key)
             self.totals[label] += time.perf_counter() - t0
             return out
         return timed
@@ -73,8 +79,11 @@ class LayerTimer:
             delattr(module, kind)
 
 
-def torch_step_fn(name, width, channels_last, x, y):
-    """The same network in torch, built from torch_models (benchmarks' own definitions)."""
+def torch_step_fn(name, width, channels_last, x, y, bfloat16=False):
+    """The same network in torch, built from torch_models (benchmarks' own definitions). With
+    bfloat16, forward and loss run under CPU autocast to bfloat16 (weights, gradients and the
+    optimiser stay float32, as in PyTorch's mixed-precision recipe); backward runs outside the
+    autocast region, as the autocast documentation asks."""
     import torch_models
     model = torch_models.build(name, width, cifar=True)
     model.train()
@@ -88,10 +97,14 @@ def torch_step_fn(name, width, channels_last, x, y):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(xt), yt)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+            loss = torch.nn.functional.cross_entropy(model(xt), yt)
         loss.backward()
         opt.step()
     return step
+
+
+TORCH_CONFIGS = ("pt", "ptCL", "ptBF")  # float32 NCHW, float32 channels-last, bf16 autocast CL
 
 
 def main(argv=None):
@@ -120,8 +133,8 @@ def main(argv=None):
           f"median of {args.steps} steps; torch "
           f"{torch.__version__ if use_torch else 'not run'}; LD_PRELOAD="
           f"{os.environ.get('LD_PRELOAD', '(unset)')}; malloc {malloc}")
-    header = (f"{'network':<14}{'mm ms':>8}{'img/s':>8}{'pt ms':>8}{'ptCL ms':>9}{'mm/best':>9}"
-              f"{'mm peak MB':>11}")
+    header = (f"{'network':<14}{'mm ms':>8}{'img/s':>8}{'pt ms':>8}{'ptCL ms':>9}{'ptBF ms':>9}"
+              f"{'best':>6}{'mm/best':>9}{'mm peak MB':>11}")
     print(header)
     print("-" * len(header))
     breakdowns = {}
@@ -137,6 +150,7 @@ def main(argv=None):
         if use_torch:
             runners["pt"] = torch_step_fn(name, width, False, x, y)
             runners["ptCL"] = torch_step_fn(name, width, True, x, y)
+            runners["ptBF"] = torch_step_fn(name, width, True, x, y, bfloat16=True)
         rss_before = peak_rss_mb()
         for run in runners.values():  # warm-up: compile, allocate, fault pages in
             run()
@@ -149,12 +163,15 @@ def main(argv=None):
                 run()
                 samples[key].append(time.perf_counter() - t0)
         ms = {k: 1e3 * float(np.median(v)) for k, v in samples.items()}
-        best = min((ms[k] for k in ("pt", "ptCL") if k in ms), default=None)
+        # The ratio is against whichever PyTorch configuration is fastest for this network.
+        best_key = min((k for k in TORCH_CONFIGS if k in ms), key=ms.get, default=None)
+        best = ms[best_key] if best_key else None
         row = f"{name + ' ' + str(width):<14}"
         row += f"{ms['mm']:8.0f}{1e3 * args.batch_size / ms['mm']:8.0f}" if "mm" in ms else \
             f"{'-':>8}{'-':>8}"
         row += "".join(f"{ms[k]:{w}.0f}" if k in ms else f"{'-':>{w}}"
-                       for k, w in (("pt", 8), ("ptCL", 9)))
+                       for k, w in (("pt", 8), ("ptCL", 9), ("ptBF", 9)))
+        row += f"{best_key or '-':>6}"
         row += f"{ms['mm'] / best:9.2f}" if best and "mm" in ms else f"{'-':>9}"
         row += f"{rss_after - rss_before:11.0f}" if args.only else f"{'(--only)':>11}"
         print(row, flush=True)

@@ -9,6 +9,7 @@ runs every op on its readable rung; `minimobile.tuning` holds every tuned number
 from . import parallel
 
 parallel.configure_blas_threads()  # before any kernel runs: see minimobile/parallel.py
+parallel.configure_waiting()
 
 from . import blocks, checkpoint, cost, data, gradcheck, layers, models, ops, optim  # noqa: E402
 from . import kernels, schedules, train, tuning  # noqa: E402

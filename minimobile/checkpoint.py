@@ -6,6 +6,7 @@ whole. The metadata travels inside the archive as UTF-8 JSON bytes under the key
 checkpoint is one file that `np.load(path)` can open without pickle.
 """
 
+import errno
 import json
 import os
 import tempfile
@@ -20,6 +21,8 @@ from .errors import CorruptCheckpointError  # noqa: F401 (re-exported for caller
 META_KEY = "__meta__"
 # The trainer's checkpoints hold more than a model; their model arrays carry this key prefix.
 MODEL_PREFIX = "model/"
+# A run that keeps an EMA of its weights (train --ema) stores the averaged model under this one.
+EMA_PREFIX = "ema/"
 
 
 @contextmanager
@@ -27,7 +30,12 @@ def atomic_open(path, mode="wb"):
     """Open a temporary file beside `path` for writing; on success fsync it and rename it onto
     `path`, on any exception delete it and leave `path` as it was. Yields the open file."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder; give a file name", str(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:  # name the file we were asked to write, not our temporary one
+        raise type(e)(e.errno, e.strerror, str(path)) from None
     try:
         # mkstemp makes the file private (0600); give it the permissions open() would have.
         umask = os.umask(0)
@@ -42,6 +50,26 @@ def atomic_open(path, mode="wb"):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def temporary_files(folder, names):
+    """The temporary files that atomic_open left in `folder` for the given target names when
+    its process was killed mid-write (a kill -9 or a power cut skips its clean-up)."""
+    folder = Path(folder)
+    return sorted(p for name in names for p in folder.glob(f".{name}.*.tmp") if p.is_file())
+
+
+def remove_temporary_files(folder, names):
+    """Delete what `temporary_files` finds; returns the paths removed. Call it only when no
+    other process writes into `folder` (the trainer does, at the start of a run)."""
+    removed = []
+    for path in temporary_files(folder, names):
+        try:
+            path.unlink()
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def _fsync_folder(folder):
@@ -87,11 +115,29 @@ def save(path, arrays, meta=None):
     return Path(path)
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # how every .npz (a zip archive) begins
+
+
 def _open(path):
+    path = Path(path)
+    if path.is_dir():
+        raise CorruptCheckpointError(f"{path} is a folder, not a checkpoint: pass a file in it, "
+                                     f"such as {path / 'best.npz'}")
     try:
-        return np.load(path, allow_pickle=False)
+        with open(path, "rb") as f:
+            magic = f.read(len(ZIP_MAGIC))
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint {path} does not exist") from None
+    except OSError as e:
+        raise CorruptCheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from None
+    if magic != ZIP_MAGIC:
+        # Left to np.load, a text file or a .npy would be read as a pickle, and its error
+        # advises allow_pickle=True, which is exactly what must not be done with a stray file.
+        raise CorruptCheckpointError(f"{path} is not an .npz checkpoint (it does not start as "
+                                     "a zip archive does): pass a best.npz or last.npz "
+                                     "written by `minimobile train`")
+    try:
+        return np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         # np.load reads anything that is not a zip as a .npy or a pickle, so a stray file
         # surfaces as "pickled data", "truncated" or a bad magic string: say what it means.
@@ -143,19 +189,23 @@ def save_model(path, model, **meta):
     return save(path, model.state_dict(), meta)
 
 
-def model_arrays(arrays):
+def model_arrays(arrays, ema=True):
     """The model's state dict within a checkpoint's arrays: the whole of a `save_model` file, or
-    the `model/`-prefixed entries of a trainer checkpoint (with the prefix removed)."""
-    if any(key.startswith(MODEL_PREFIX) for key in arrays):
-        return {key[len(MODEL_PREFIX):]: value for key, value in arrays.items()
-                if key.startswith(MODEL_PREFIX)}
+    the `ema/`-prefixed entries of a trainer checkpoint that has them (its averaged model, the
+    one it evaluated) when `ema`, else its `model/`-prefixed ones (the live weights a resume
+    continues from), with the prefix removed."""
+    for prefix in (EMA_PREFIX, MODEL_PREFIX) if ema else (MODEL_PREFIX,):
+        if any(key.startswith(prefix) for key in arrays):
+            return {key[len(prefix):]: value for key, value in arrays.items()
+                    if key.startswith(prefix)}
     return arrays
 
 
 def load_model(path, model):
-    """Load the state dict saved in `path` (by `save_model` or the trainer) into `model`, in
-    place; returns the file's meta. Missing, unexpected or mis-shaped keys fail the whole load
-    with Module.load_state_dict's list of them, prefixed by the file name."""
+    """Load the state dict saved in `path` (by `save_model` or the trainer; its EMA model if it
+    kept one) into `model`, in place; returns the file's meta. Missing, unexpected or
+    mis-shaped keys fail the whole load with Module.load_state_dict's list of them, prefixed by
+    the file name."""
     arrays, meta = load(path)
     try:
         model.load_state_dict(model_arrays(arrays))

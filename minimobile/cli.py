@@ -1,27 +1,41 @@
-"""The command line: `minimobile train | eval | plot | summary | export` (also `python -m
-minimobile`).
+"""The command line: `minimobile train | eval | plot | summary | export | quantize` (also
+`python -m minimobile`).
 
-Exit codes: 0 done; 1 an error explained in one message (data not found, unreadable
-checkpoint, a run that diverged); 2 bad arguments, with the usage; 130 interrupted by Ctrl-C.
-Ctrl-C during `train` keeps the last completed epoch's checkpoint, and
-`minimobile train --out DIR --resume` continues from it exactly. Figures are drawn with
-matplotlib's Figure class, never pyplot, so no window opens and no backend is switched.
+Exit codes: 0 done; 1 an error explained in one line (data not found, unreadable checkpoint,
+an output that cannot be written, a run that diverged); 2 bad arguments, with the usage and
+one line saying what is wrong; 130 interrupted by Ctrl-C. No user mistake ends in a traceback
+(docs/TROUBLESHOOTING.md lists the messages and what to do). Ctrl-C during `train` keeps the
+last completed epoch's checkpoint, and `minimobile train --out DIR --resume` continues from it
+exactly; `train` refuses a folder that already holds a run unless told --resume or
+--overwrite. Figures are drawn with matplotlib's Figure class, never pyplot, so no window
+opens and no backend is switched.
 """
 
 import argparse
 import dataclasses
+import errno
 import os
+import signal
 import sys
+import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__, checkpoint
+from . import __version__, checkpoint, parallel
 from .data import load_cifar10
-from .errors import CorruptDataError, NonFiniteError
-from .train import (DTYPES, MODELS, OPTIMIZER_DEFAULTS, SCHEDULE_NAMES, TrainConfig,
-                    build_model, check_resumable, confusion_matrix, evaluate, fit,
-                    read_config, read_history)
+from .errors import (CheckpointMismatchError, ConfigError, CorruptCheckpointError,
+                     CorruptDataError, CorruptHistoryError, NonFiniteError)
+from .models import MAX_WIDTH, MODELS, build_model
+from .data import FLIP_MODES
+from .train import (DTYPES, HISTORY, LAST, OPTIMIZER_DEFAULTS, RECIPES, SCHEDULE_NAMES,
+                    TTA_MODES, TrainConfig,
+                    check_resumable, confusion_matrix, evaluate, existing_run_files, fit,
+                    model_from_checkpoint, prepare_out, read_config, read_history)
+
+# The largest --resolution accepted: a 1024x1024 image already takes V1 seconds per forward.
+MAX_RESOLUTION = 1024
 
 TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
@@ -34,11 +48,27 @@ weight decay 5e-4 on weights (never on batch-norm parameters or biases), label s
 random crop (4 px padding) and horizontal flip. --optimizer rmsprop defaults to lr 0.008 and
 weight decay 4e-5 (torchvision's MobileNetV3 recipe at batch 128), adamw to 2e-3 and 0.05.
 
+The fast-CIFAR techniques are off by default: --ema (weight averaging; the averaged model is
+the one tested and kept as best.npz), --tta (test-time augmentation), --flip alternate,
+--cutout, --schedule linear, and --decay-norm-and-bias (to measure what skipping it buys).
+--recipe NAME sets a named bundle of them; options given explicitly override the bundle
+(the values are literature defaults, to be tuned by benchmarks/ablation.py):
+{recipes}
+
 Ctrl-C keeps the checkpoint of the last completed epoch (exit code 130); run the same command
 with --resume to continue exactly where it stopped. With --resume, settings not given on the
 command line come from the checkpoint; only --epochs, --eval-every, --data and --limit-test may
 differ from it (a new --epochs stretches the schedule over the new length from then on).
+A folder that already holds a run is never overwritten silently: give --resume to continue it,
+--overwrite to replace it (its files are replaced epoch by epoch), or another --out.
 """
+
+
+TRAIN_DESCRIPTION = TRAIN_DESCRIPTION.format(recipes="\n".join(
+    textwrap.fill(f"--recipe {name} = " + " ".join(f"--{key.replace('_', '-')}={value}"
+                                                   for key, value in values.items()),
+                  width=94, initial_indent="  ", subsequent_indent="      ")
+    for name, values in RECIPES.items()))
 
 
 class CommandError(Exception):
@@ -52,6 +82,14 @@ def _positive_int(text):
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _resolution(text):
+    value = _positive_int(text)
+    if not 8 <= value <= MAX_RESOLUTION:
+        raise argparse.ArgumentTypeError(f"expected a resolution from 8 to {MAX_RESOLUTION}, "
+                                         f"got {text!r}")
     return value
 
 
@@ -84,6 +122,16 @@ def _float(low, high=None, low_open=False, high_open=True):
     return parse
 
 
+_WIDTH = _float(0, MAX_WIDTH, low_open=True, high_open=False)
+
+
+def _cutout(text):
+    value = _non_negative_int(text)
+    if value > 32:
+        raise argparse.ArgumentTypeError(f"expected a size from 0 to 32 (the image), got {text!r}")
+    return value
+
+
 def _default(name):
     value = TRAIN_DEFAULTS[name]
     return "the optimiser's" if value is None and name in ("lr", "weight_decay") else value
@@ -91,6 +139,7 @@ def _default(name):
 
 def _add_train(sub):
     p = sub.add_parser("train", help="train a MobileNet on CIFAR-10",
+                       usage="minimobile train [options]   (minimobile train --help lists them)",
                        description=TRAIN_DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     # Every option defaults to None, so that "given on the command line" can be told from "left
@@ -98,8 +147,8 @@ def _add_train(sub):
     # themselves live in one place, TrainConfig.
     p.add_argument("--model", choices=list(MODELS), help=f"architecture (default "
                    f"{_default('model')})")
-    p.add_argument("--width", type=_float(0, low_open=True), metavar="W",
-                   help=f"width multiplier (default {_default('width')})")
+    p.add_argument("--width", type=_WIDTH, metavar="W",
+                   help=f"width multiplier, at most {MAX_WIDTH:g} (default {_default('width')})")
     p.add_argument("--epochs", type=_positive_int, metavar="N",
                    help=f"epochs to train (default {_default('epochs')})")
     p.add_argument("--batch-size", type=_positive_int, metavar="N",
@@ -117,7 +166,7 @@ def _add_train(sub):
     p.add_argument("--schedule", choices=list(SCHEDULE_NAMES),
                    help=f"learning-rate schedule (default {_default('schedule')})")
     p.add_argument("--warmup-epochs", type=_float(0), metavar="E",
-                   help=f"linear warm-up for the cosine schedule (default "
+                   help=f"linear warm-up for the cosine and linear schedules (default "
                    f"{_default('warmup_epochs')})")
     p.add_argument("--label-smoothing", type=_float(0, 1), metavar="E",
                    help=f"(default {_default('label_smoothing')})")
@@ -142,9 +191,35 @@ def _add_train(sub):
     p.add_argument("--limit-test", type=_positive_int, metavar="N",
                    help="evaluate on the first N test images only")
     p.add_argument("--dtype", choices=list(DTYPES), help="(default float32)")
+    p.add_argument("--recipe", choices=list(RECIPES),
+                   help="a named bundle of settings (listed above); explicit options override it")
+    p.add_argument("--ema", type=_float(0, 1), metavar="DECAY",
+                   help="keep an exponential moving average of the weights and batch-norm "
+                   "statistics with this decay, e.g. 0.999, and test it instead of the "
+                   "live weights (default 0: off)")
+    p.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=None,
+                   help="warm the EMA's decay up as min(DECAY, (1 + t) / (10 + t)) at update "
+                   "t, TensorFlow's rule (default on)")
+    p.add_argument("--tta", choices=list(TTA_MODES),
+                   help="test-time augmentation: average the logits over each test image and "
+                   "its mirror (flip), and its 1 px diagonal shifts too (flip,translate); "
+                   "costs 2 or 6 forward passes (default none)")
+    p.add_argument("--flip", choices=list(FLIP_MODES),
+                   help="random: each image mirrored with probability 1/2 each epoch; "
+                   "alternate: a random half mirrored in odd epochs, the other half in even "
+                   "ones (airbench) (default random)")
+    p.add_argument("--cutout", type=_cutout, metavar="SIZE",
+                   help="zero one random SIZE x SIZE square of each training image "
+                   "(DeVries and Taylor, 2017) (default 0: off)")
+    p.add_argument("--decay-norm-and-bias", action=argparse.BooleanOptionalAction,
+                   default=None, help="weight decay on batch-norm parameters and biases too "
+                   "(default off: only conv and linear weights decay)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last.npz")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --out that already holds one, replacing it")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (one line per epoch is still printed)")
     p.set_defaults(run=_train, command_parser=p)
 
 
@@ -162,13 +237,16 @@ def _add_eval(sub):
                    help="(default 256)")
     p.add_argument("--limit-test", type=_positive_int, metavar="N",
                    help="evaluate on the first N test images only")
+    p.add_argument("--tta", choices=list(TTA_MODES),
+                   help="test-time augmentation, as train --tta (default: the run's own)")
     p.set_defaults(run=_eval, command_parser=p)
 
 
 def _add_plot(sub):
     p = sub.add_parser("plot", help="loss and accuracy curves of a run as PNG",
                        description="Draw loss.png and accuracy.png from RUN/history.csv.")
-    p.add_argument("run_dir", metavar="RUN", help="a run folder, as given to train --out")
+    p.add_argument("run_dir", metavar="RUN", help="a run folder, as given to train --out (or a "
+                   "file in it, such as its best.npz)")
     p.add_argument("--out", metavar="DIR", help="folder for the PNGs (default: RUN)")
     p.set_defaults(run=_plot, command_parser=p)
 
@@ -178,9 +256,9 @@ def _add_summary(sub):
                        description="Print the per-layer table of parameters and MACs of one "
                        "model on one image, with totals.")
     p.add_argument("model", choices=list(MODELS))
-    p.add_argument("--width", type=_float(0, low_open=True), default=1.0, metavar="W",
-                   help="width multiplier (default 1.0)")
-    p.add_argument("--resolution", type=_positive_int, metavar="R",
+    p.add_argument("--width", type=_WIDTH, default=1.0, metavar="W",
+                   help=f"width multiplier, at most {MAX_WIDTH:g} (default 1.0)")
+    p.add_argument("--resolution", type=_resolution, metavar="R",
                    help="input R x R (default 224, or 32 with --cifar)")
     p.add_argument("--cifar", action="store_true",
                    help="the 32x32 CIFAR-10 variant with 10 classes")
@@ -195,19 +273,37 @@ def _add_export(sub):
                        "\".[onnx]\".")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a best.npz or last.npz")
     p.add_argument("output", metavar="OUTPUT", help="the .onnx file to write")
-    p.add_argument("--resolution", type=_positive_int, metavar="R",
+    p.add_argument("--resolution", type=_resolution, metavar="R",
                    help="input R x R (default 32 for a CIFAR model, else 224)")
     p.add_argument("--no-fuse", action="store_true",
                    help="keep batch norms as BatchNormalization nodes instead of folding them")
     p.set_defaults(run=_export, command_parser=p)
 
 
+def _add_quantize(sub):
+    p = sub.add_parser("quantize", help="int8 post-training quantisation of a checkpoint",
+                       description="Quantise the network of a checkpoint written by `minimobile "
+                       "train` to int8 (batch norms folded, per-channel weights, activation "
+                       "scales calibrated on training images) and report accuracy and weight "
+                       "size before and after. Also `python -m minimobile.quantize`.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a best.npz or last.npz")
+    p.add_argument("--data", metavar="PATH", help="CIFAR-10 location (default: the one the "
+                   "run was trained on, else $MINIMOBILE_DATA or ~/.cache/minimobile)")
+    p.add_argument("--calibration", type=_positive_int, default=512, metavar="N",
+                   help="training images to calibrate on (default 512)")
+    p.add_argument("--limit-test", type=_positive_int, metavar="N",
+                   help="evaluate on the first N test images only")
+    p.add_argument("--batch-size", type=_positive_int, default=256, metavar="N",
+                   help="(default 256)")
+    p.set_defaults(run=_quantize, command_parser=p)
+
+
 def build_parser():
     """The argparse parser of all subcommands (also what `minimobile --help` prints)."""
     parser = argparse.ArgumentParser(
         prog="minimobile", description="MobileNet V1, V2 and V3 from scratch in NumPy and "
-        "Numba: train on CIFAR-10, evaluate, plot, count parameters and multiply-adds, and "
-        "export to ONNX.")
+        "Numba: train on CIFAR-10, evaluate, plot, count parameters and multiply-adds, "
+        "export to ONNX and quantise to int8.")
     parser.add_argument("--version", action="version", version=f"minimobile {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_train(sub)
@@ -215,18 +311,25 @@ def build_parser():
     _add_plot(sub)
     _add_summary(sub)
     _add_export(sub)
+    _add_quantize(sub)
     return parser
 
 
 def _train(args):
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if args.recipe is not None:
+        given = {**RECIPES[args.recipe], **given}
+    error = args.command_parser.error
+    if args.resume and args.overwrite:
+        error("--resume continues the run in --out and --overwrite replaces it: give one")
     try:
         config = TrainConfig(**given)
     except ValueError as e:
-        args.command_parser.error(str(e))
+        error(str(e))
+    out = Path(config.out)
     if args.resume:
-        last = Path(config.out) / "last.npz"
+        last = out / LAST
         if not last.is_file():
             raise CommandError(f"cannot resume: {last} does not exist (did an epoch of this run "
                                "finish? is --out right?); start without --resume")
@@ -235,8 +338,23 @@ def _train(args):
         try:
             check_resumable(saved, config)
         except ValueError as e:
-            args.command_parser.error(str(e))
-    history = fit(config, resume=args.resume, progress=not args.no_progress)
+            error(str(e))
+        done = checkpoint.load_meta(last).get("epoch")
+        if isinstance(done, int) and done >= config.epochs:
+            print(f"minimobile: {out} already finished epoch {done} of {done}: nothing to do. "
+                  f"Give --epochs N with N above {done} to train it longer.", file=sys.stderr)
+            return 0
+    else:
+        existing = existing_run_files(out)
+        if existing and not args.overwrite:
+            error(f"{out} already holds a run ({', '.join(existing)}): add --resume to continue "
+                  "it, --overwrite to replace it, or choose another --out")
+    prepare_out(out)  # a folder that cannot be written fails now, not after an epoch
+    print(parallel.describe(), flush=True)
+    try:
+        history = fit(config, resume=args.resume, progress=not args.no_progress, log=True)
+    except ConfigError as e:  # found once the data is loaded: a batch larger than the data
+        error(str(e))
     tested = [row for row in history if row["test_acc"] is not None]
     if tested:
         best = max(tested, key=lambda row: row["test_acc"])
@@ -247,25 +365,23 @@ def _train(args):
 
 def _eval(args):
     path = Path(args.checkpoint)
-    config = read_config(path)
-    model = build_model(config.model, config.width, config.cifar, dropout=config.dropout,
-                        seed=config.seed, dtype=config.dtype)
-    try:
-        checkpoint.load_model(path, model)
-    except ValueError as e:
-        raise CommandError(str(e)) from None
+    config, model = _model_from_checkpoint(path)
+    out = _output_folder(args.out if args.out is not None else path.parent)
     data = load_cifar10(args.data if args.data is not None else config.data)
     x, y = data.x_test[:args.limit_test], data.y_test[:args.limit_test]
-    result = evaluate(model, x, y, args.batch_size, config.label_smoothing, progress=True)
+    tta = config.tta if args.tta is None else args.tta
+    print(parallel.describe(), flush=True)
+    result = evaluate(model, x, y, args.batch_size, config.label_smoothing, progress=True,
+                      tta=tta)
     cm = confusion_matrix(y, result.predictions, len(data.classes))
-    print(f"{path}: {config.model} width {config.width:g}, {len(y)} test images")
+    print(f"{path}: {config.model} width {config.width:g}, {len(y)} test images"
+          + ("" if tta == "none" else f", test-time augmentation {tta}")
+          + (f", EMA weights (decay {config.ema:g})" if config.ema else ""))
     smoothing = (f", label smoothing {config.label_smoothing:g} as in training"
                  if config.label_smoothing else "")
     print(f"test accuracy {result.accuracy:.4f}, loss {result.loss:.4f} (cross-entropy"
           f"{smoothing})\n")
     print(format_confusion_matrix(cm, data.classes))
-    out = Path(args.out) if args.out is not None else path.parent
-    out.mkdir(parents=True, exist_ok=True)
     png = out / f"{path.stem}_confusion_matrix.png"
     plot_confusion_matrix(cm, data.classes, png,
                           title=f"{config.model} width {config.width:g}: "
@@ -274,8 +390,30 @@ def _eval(args):
     return 0
 
 
+def _output_folder(path):
+    """The folder for a command's PNGs, created if needed, checked before any work is done."""
+    try:
+        return prepare_out(path, what="the output folder")
+    except OSError as e:
+        raise CommandError(str(e)) from None
+
+
+def _model_from_checkpoint(path):
+    """(config, model) of a trainer checkpoint, its weights loaded; one-line errors."""
+    try:
+        return model_from_checkpoint(path)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+
+
 def _plot(args):
     run = Path(args.run_dir)
+    if run.is_file():
+        # `eval` takes a checkpoint file: accept one (or the history itself) for its folder.
+        if run.suffix != ".npz" and run.name != HISTORY:
+            raise CommandError(f"{run} is a file: `minimobile plot` takes a run folder, such "
+                               f"as {run.parent}")
+        run = run.parent
     try:
         history = read_history(run / "history.csv")
     except FileNotFoundError:
@@ -283,8 +421,7 @@ def _plot(args):
                            "written by `minimobile train --out`?") from None
     if not history:
         raise CommandError(f"{run / 'history.csv'} has no epochs yet")
-    out = Path(args.out) if args.out is not None else run
-    out.mkdir(parents=True, exist_ok=True)
+    out = _output_folder(args.out if args.out is not None else run)
     for png in plot_history(history, out, title=run.name):
         print(f"saved {png}")
     return 0
@@ -301,17 +438,36 @@ def _summary(args):
 
 
 def _export(args):
-    from . import deploy, onnx_export  # onnx itself is imported only when exporting
+    from . import onnx_export  # onnx itself is imported only when exporting
+    _, model = _model_from_checkpoint(Path(args.checkpoint))
     try:
-        model = deploy.model_from_checkpoint(args.checkpoint)
-        path = onnx_export.export(model, args.output, args.resolution, fuse=not args.no_fuse)
+        path = onnx_export.export(model.eval(), args.output, args.resolution,
+                                  fuse=not args.no_fuse)
     except ImportError as e:
         raise CommandError(str(e)) from None
-    except ValueError as e:  # weights that do not fit the saved config
-        raise CommandError(str(e)) from None
+    except ValueError as e:  # NaN weights, a resolution too small for the network
+        raise CommandError(f"{args.checkpoint}: {e}") from None
     resolution = args.resolution or (32 if model.cifar else 224)
     print(f"wrote {path}: {type(model).__name__}, input (N, 3, {resolution}, {resolution}), "
           f"{'batch norms kept' if args.no_fuse else 'batch norms folded'}")
+    return 0
+
+
+def _quantize(args):
+    from . import quantize  # the int8 kernels compile only for this command
+    path = Path(args.checkpoint)
+    config, model = _model_from_checkpoint(path)
+    model.eval()
+    data = load_cifar10(args.data if args.data is not None else config.data)
+    x_test, y_test = data.x_test[:args.limit_test], data.y_test[:args.limit_test]
+    try:
+        result = quantize.report(model, quantize.calibration_images(data.x_train,
+                                                                    args.calibration),
+                                 x_test, y_test, args.batch_size, progress=True)
+    except ValueError as e:  # NaN weights
+        raise CommandError(f"{path}: {e}") from None
+    print(f"{path}: {type(model).__name__} width {model.width_mult:g}")
+    print(result)
     return 0
 
 
@@ -389,10 +545,44 @@ def _exit_code(exc):
     return exc.code if isinstance(exc.code, int) else 1
 
 
+# What to do about the system's errors that a user's path can cause.
+_OS_HINTS = {
+    errno.ENOTDIR: "a folder on that path is a file: choose another path",
+    errno.EISDIR: "that is a folder: give a file name",
+    errno.EACCES: "permission denied: choose a path you can write to",
+    errno.EROFS: "the file system is read-only: choose another path",
+    errno.ENOSPC: "the disk is full: free some space",
+}
+
+
+def _os_error_message(e):
+    """One line for an OSError: ours carry a full message, the system's a reason and a path."""
+    if e.filename and e.errno in _OS_HINTS:
+        return f"{e.filename}: {_OS_HINTS[e.errno]}"
+    if e.strerror and e.filename:
+        return f"{e.filename}: {e.strerror}"
+    return str(e)
+
+
+def _ignore_ctrl_c_from_now_on():
+    # The command is over: a Ctrl-C while Python shuts down (threads joined, files closed)
+    # would print a traceback from the interpreter's own code, outside main's reach.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def main(argv=None):
     """Run the command line on argv (default sys.argv[1:]); returns the exit code."""
-    parser = build_parser()
     try:
+        return _main(argv)
+    finally:
+        if argv is None:  # the process's own command line, not a call from Python
+            _ignore_ctrl_c_from_now_on()
+
+
+def _main(argv):
+    try:
+        parser = build_parser()
         args = parser.parse_args(argv)
         return args.run(args)
     except SystemExit as e:  # argparse: --help and --version (0), bad arguments (2)
@@ -405,8 +595,16 @@ def main(argv=None):
         # fit has already said which checkpoint was kept and how to resume.
         print("minimobile: interrupted", file=sys.stderr)
         return 130
-    except (CommandError, FileNotFoundError, CorruptDataError,
-            checkpoint.CorruptCheckpointError, NonFiniteError) as e:
-        # FileNotFoundError covers DataNotFoundError, whose message says where we looked.
+    except (CommandError, CorruptDataError, CorruptCheckpointError, CorruptHistoryError,
+            CheckpointMismatchError, NonFiniteError) as e:
         print(f"minimobile: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        # FileNotFoundError covers DataNotFoundError, whose message says where we looked;
+        # OutputError says what could not be written and what is kept.
+        print(f"minimobile: error: {_os_error_message(e)}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("minimobile: error: out of memory: lower --batch-size or --width",
+              file=sys.stderr)
         return 1

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from numba import njit, prange
 from tqdm import tqdm  # the plain bar: tqdm.auto would want ipywidgets in notebooks
 
+from .augment import crop_flip_kernel
 from .errors import CorruptDataError, DataNotFoundError
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -40,6 +40,8 @@ NUM_CLASSES = 10
 # Per-channel statistics of the training images on the 0-1 scale, as used across the literature.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+DEFAULT_SOURCE = "the default cache (neither --data nor MINIMOBILE_DATA was given)"
 
 # The only door to the network. Tests replace it (monkeypatch) so they never go online.
 _urlopen = urllib.request.urlopen
@@ -70,7 +72,8 @@ def load_cifar10(root=None, download=True):
     `root` may be the cifar-10-batches-py folder itself, a folder containing it, or a folder
     containing cifar-10-python.tar.gz (extracted beside itself). If none is there and
     `download` is true, the official archive is downloaded into `root`, MD5-checked and
-    extracted. Raises DataNotFoundError (offline, or download=False) naming every place looked,
+    extracted; an archive already there is MD5-checked too. Only the default cache folder is
+    created: a `root` or $MINIMOBILE_DATA that does not exist raises DataNotFoundError. Raises DataNotFoundError (offline, or download=False) naming every place looked,
     and CorruptDataError for a bad checksum or a truncated or malformed file (named).
     """
     root, source = _resolve_root(root)
@@ -96,7 +99,7 @@ def _resolve_root(root):
         return Path(env).expanduser(), "the MINIMOBILE_DATA environment variable"
     # Looked up at call time, not import time, so a changed HOME (as in tests) is honoured.
     cache = Path.home() / ".cache" / "minimobile"
-    return cache, "the default cache (neither --data nor MINIMOBILE_DATA was given)"
+    return cache, DEFAULT_SOURCE
 
 
 def _find_or_fetch(root, source, download):
@@ -109,10 +112,19 @@ def _find_or_fetch(root, source, download):
     home = root.parent if root.name == FOLDER_NAME else root
     archive = home / ARCHIVE_NAME
     looked = [_describe(folder) for folder in folders] + [_describe(archive)]
-    if not archive.is_file():
+    if archive.is_file():
+        _check_md5(archive)
+    else:
         if not download:
             raise DataNotFoundError(_not_found_message(
                 root, source, looked, f"download=False, so {CIFAR10_URL} was not tried."))
+        if not home.is_dir() and source != DEFAULT_SOURCE:
+            # Only the default cache is ours to create: a mistyped --data must not become a
+            # new folder holding a 170 MB download.
+            what = "is a file" if home.exists() else "does not exist"
+            raise DataNotFoundError(_not_found_message(
+                root, source, looked, f"{home} {what}, so nothing was downloaded into it "
+                "(check the path for a typo, or create the folder first)."))
         try:
             home.mkdir(parents=True, exist_ok=True)
             download_url(CIFAR10_URL, archive, md5=CIFAR10_MD5)
@@ -192,6 +204,24 @@ def download_url(url, dest, md5=None, chunk_size=1 << 20):
     return dest
 
 
+def file_md5(path, chunk_size=1 << 20):
+    """The MD5 hex digest of the file at `path`, read in chunks."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_md5(archive):
+    """Refuse a local archive that is not the official one, as a download would be refused."""
+    md5 = file_md5(archive)
+    if md5 != CIFAR10_MD5:
+        raise CorruptDataError(f"{archive} has MD5 {md5}, not the official {CIFAR10_MD5}: it is "
+                               "truncated or not the CIFAR-10 python archive; delete it (it is "
+                               "then downloaded again) or pass the extracted folder with --data")
+
+
 def _extract(archive, dest):
     """Extract the regular files of `archive` under `dest`, refusing links and escaping paths.
 
@@ -224,19 +254,68 @@ def _extract(archive, dest):
                                "to download it again, or supply the data another way") from e
 
 
+def _reconstruct(cls, shape, dtype):
+    # How NumPy's pickles start an array: an empty one, filled by the BUILD that follows.
+    if cls is not np.ndarray:
+        raise pickle.UnpicklingError(f"an array of class {cls!r}")
+    return np.ndarray.__new__(np.ndarray, shape, dtype)
+
+
+def _uint8_dtype(name, align=False, copy=False):
+    if name != "u1":
+        raise pickle.UnpicklingError(f"an array of dtype {name!r} (the official files hold "
+                                     "only uint8 images)")
+    return np.dtype(name, align, copy)
+
+
+def _latin1_encode(text, encoding="latin1"):
+    # Python 3 pickles bytes at protocol 2 as _codecs.encode(str, "latin1").
+    if encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r}")
+    return text.encode("latin1")
+
+
+# Everything a CIFAR-10 python batch may ask the unpickler for: NumPy's three names for
+# rebuilding a uint8 array (under NumPy 1's module path and NumPy 2's), and the bytes helper of
+# protocol-2 pickles written by Python 3. Anything else (os.system, builtins.eval, ...) is
+# refused, so a tampered file cannot run code when it is loaded.
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _uint8_dtype,
+    ("_codecs", "encode"): _latin1_encode,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds only dicts, lists, ints, bytes and uint8 NumPy arrays."""
+
+    def find_class(self, module, name):
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which no CIFAR-10 "
+                                         "file contains") from None
+
+
 def _unpickle(path):
     """Read one pickle of the official release (byte-string keys), naming `path` on failure.
 
-    Unpickling can run code, so only point this at files you trust (the download is MD5-checked).
+    A restricted unpickler: only dicts, lists, numbers, bytes and uint8 arrays can come out of
+    it, so a file that asks for anything else (which is how a pickle runs code) is refused.
     """
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
+            return _CifarUnpickler(f, encoding="bytes").load()
     except OSError:
         raise
+    except pickle.UnpicklingError as e:
+        raise CorruptDataError(f"{path} is not a CIFAR-10 batch file and was not loaded ({e}); "
+                               "replace it with the official file") from None
     except Exception as e:  # a truncated pickle fails in many ways: EOF, UnpicklingError, ...
         raise CorruptDataError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}); "
-                               "replace it (or delete it to re-extract or re-download)") from e
+                               "replace it (or delete it to re-extract or re-download)") from None
 
 
 def _read_batch(path):
@@ -248,10 +327,16 @@ def _read_batch(path):
     if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != ROW_LENGTH:
         raise CorruptDataError(f"{path}: b'data' is {x.dtype} of shape {x.shape}, expected "
                                f"uint8 of shape (n, {ROW_LENGTH}) (one 3x32x32 image per row)")
-    try:
-        y = np.asarray(batch[b"labels"], dtype=np.int64)
-    except (TypeError, ValueError) as e:
-        raise CorruptDataError(f"{path}: b'labels' is not a list of integers ({e})") from e
+    labels = batch[b"labels"]
+    # Official labels are a list of Python ints. Anything else (floats, strings, bools) is
+    # refused rather than converted, since int64 conversion would truncate 3.7 to 3 silently.
+    if not (isinstance(labels, list) and all(type(v) is int for v in labels)):
+        kinds = sorted({type(v).__name__ for v in labels}) if isinstance(labels, list) else []
+        raise CorruptDataError(f"{path}: b'labels' must be a list of integers, got "
+                               f"{type(labels).__name__}"
+                               + (f" of {', '.join(kinds)}" if kinds else "")
+                               + "; replace the file with the official one")
+    y = np.array(labels, dtype=np.int64)
     if y.shape != (len(x),):
         raise CorruptDataError(f"{path}: {len(x)} images but {y.size} labels (shape {y.shape})")
     if y.size and (y.min() < 0 or y.max() >= NUM_CLASSES):
@@ -322,30 +407,6 @@ def normalize(x_uint8, mean=CIFAR10_MEAN, std=CIFAR10_STD, dtype=np.float32):
     return out
 
 
-@njit(cache=True, parallel=True)
-def crop_flip_kernel(out, x, dy, dx, flipped, padding):
-    """Kernel of crop_flip: reads x directly, treating out-of-range pixels as the zero padding.
-
-    Never materialises the padded array, which would be 1.6x the input. Debug with
-    NUMBA_DISABLE_JIT=1, or call crop_flip_kernel.py_func(...) for plain Python.
-    """
-    N, C, H, W = x.shape
-    for n in prange(N):  # thread n alone writes out[n]: disjoint, so deterministic
-        # Output column j reads source column base + step * j; hoisting the flip out of the
-        # pixel loop and zeroing padded rows whole halves the time of a per-pixel test.
-        step = -1 if flipped[n] else 1
-        base = W - 1 + dx[n] - padding if flipped[n] else dx[n] - padding
-        for c in range(C):
-            for i in range(H):
-                si = i + dy[n] - padding
-                if si < 0 or si >= H:
-                    out[n, c, i, :] = 0
-                    continue
-                for j in range(W):
-                    sj = base + step * j
-                    out[n, c, i, j] = x[n, c, si, sj] if 0 <= sj < W else 0
-
-
 def crop_flip(x, dy, dx, flipped, padding=4):
     """Crop each image from its zero-padded version at (dy[n], dx[n]), then mirror if flipped[n].
 
@@ -373,13 +434,36 @@ def random_crop_flip(x, rng, padding=4, flip=True):
 
     x: (N, C, H, W), uint8 (recommended: augment before normalize, so padding is black, as in
     torchvision's RandomCrop on images) or float; out: same shape and dtype. Offsets are uniform
-    in 0..2*padding, each image flipped with probability 0.5 (if `flip`). All randomness comes
-    from `rng` (np.random.Generator), so the result is fixed by its state.
+    in 0..2*padding. `flip`: True flips each image with probability 0.5, False never, or an (N,)
+    bool array says which to flip (the alternating flips of Batches). All randomness comes from
+    `rng` (np.random.Generator), so the result is fixed by its state.
     """
     N = len(x)
     dy, dx = rng.integers(0, 2 * padding + 1, size=(2, N))
-    flipped = rng.random(N) < 0.5 if flip else np.zeros(N, dtype=np.bool_)
+    if isinstance(flip, np.ndarray):
+        flipped = flip
+    else:
+        flipped = rng.random(N) < 0.5 if flip else np.zeros(N, dtype=np.bool_)
     return crop_flip(x, dy, dx, flipped, padding)
+
+
+def cutout(x, size, rng):
+    """DeVries and Taylor's cutout (2017): zero one size x size square per image, in place.
+
+    Each square's centre is uniform over the image and the square is clipped at the borders,
+    as in the paper, so a square near an edge covers less. Apply it to normalised images: 0 is
+    then the dataset's mean colour, as in the paper's code. x: (N, C, H, W) float; rng draws
+    the 2N centres (rows, then columns). Returns x.
+    """
+    N, _, H, W = x.shape
+    cy, cx = rng.integers(0, H, N), rng.integers(0, W, N)
+    rows, cols = np.arange(H), np.arange(W)
+    top, left = cy - size // 2, cx - size // 2
+    in_rows = (rows >= top[:, None]) & (rows < top[:, None] + size)  # (N, H)
+    in_cols = (cols >= left[:, None]) & (cols < left[:, None] + size)  # (N, W)
+    hole = in_rows[:, None, :, None] & in_cols[:, None, None, :]  # (N, 1, H, W)
+    np.copyto(x, 0, where=hole)
+    return x
 
 
 def iterate_minibatches(x, y, batch_size, rng=None, shuffle=True, drop_last=False):
@@ -395,36 +479,69 @@ def iterate_minibatches(x, y, batch_size, rng=None, shuffle=True, drop_last=Fals
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if shuffle and rng is None:
         raise ValueError("shuffle=True needs an explicit rng=np.random.default_rng(seed)")
-    order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
-    stop = len(x) - len(x) % batch_size if drop_last else len(x)
-    return ((x[order[i:i + batch_size]], y[order[i:i + batch_size]])
-            for i in range(0, stop, batch_size))
+    return ((x[idx], y[idx]) for idx in minibatch_indices(len(x), batch_size, rng, shuffle,
+                                                          drop_last))
+
+
+def minibatch_indices(N, batch_size, rng=None, shuffle=True, drop_last=False):
+    """The index arrays of one epoch's minibatches over N samples: slices of rng.permutation(N)
+    (drawn now) or of arange(N); the last one shorter unless drop_last."""
+    order = rng.permutation(N) if shuffle else np.arange(N)
+    stop = N - N % batch_size if drop_last else N
+    return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
+
+
+FLIP_MODES = ("random", "alternate")
 
 
 class Batches:
     """A tiny DataLoader: each iteration is one epoch of normalised float32 (xb, yb) batches.
 
-    Per epoch: shuffle (if `shuffle`), slice, random_crop_flip (if `augment`), normalize.
-    xb: (B, 3, 32, 32) float32, yb: (B,) int64. All randomness comes from `self.rng`, so
-    saving `rng.bit_generator.state` between epochs and restoring it replays the next epoch
-    exactly (the trainer's resume); the permutation is drawn when the epoch starts.
+    Per epoch: shuffle (if `shuffle`), slice, random_crop_flip (if `augment`), normalize, cutout
+    (if `cutout` > 0, a square of that side). xb: (B, 3, 32, 32) float32, yb: (B,) int64. All
+    randomness comes from `self.rng`, so saving `rng.bit_generator.state` between epochs and
+    restoring it replays the next epoch exactly (the trainer's resume); the permutation is
+    drawn when the epoch starts.
+
+    flip="alternate" is airbench's de-randomised flip (Jordan, 2024): a random half of the
+    images, drawn from `rng` when the Batches is made, is flipped in the first epoch and every
+    second one after it, the other half in the epochs between, so every image is seen both
+    ways in any two consecutive epochs. The parity comes from `self.epoch`, the number of
+    epochs already done, which each iteration increments; a resumed run sets it (and must
+    rebuild its Batches from the same seed).
     """
 
     def __init__(self, x, y, batch_size, *, augment=False, shuffle=True, drop_last=False,
-                 rng=None):
-        if (augment or shuffle) and rng is None:
-            raise ValueError("augment or shuffle needs an explicit rng=np.random.default_rng(seed)")
+                 rng=None, flip="random", cutout=0):
+        if (augment or shuffle or cutout) and rng is None:
+            raise ValueError("augment, shuffle or cutout needs an explicit "
+                             "rng=np.random.default_rng(seed)")
+        if flip not in FLIP_MODES:
+            raise ValueError(f"flip must be one of {FLIP_MODES}, got {flip!r}")
+        if not (isinstance(cutout, (int, np.integer)) and 0 <= cutout <= x.shape[-1]):
+            raise ValueError(f"cutout must be an integer from 0 to {x.shape[-1]}, got {cutout!r}")
         self.x, self.y, self.batch_size = x, y, batch_size
         self.augment, self.shuffle, self.drop_last, self.rng = augment, shuffle, drop_last, rng
+        self.flip, self.cutout, self.epoch = flip, int(cutout), 0
+        # Drawn only in this mode, so the default's random stream is what it always was.
+        self.flip_first = (rng.random(len(x)) < 0.5 if augment and flip == "alternate"
+                           else None)
 
     def __len__(self):
         full, rest = divmod(len(self.x), self.batch_size)
         return full if self.drop_last or rest == 0 else full + 1
 
     def __iter__(self):
-        batches = iterate_minibatches(self.x, self.y, self.batch_size, self.rng,
-                                      self.shuffle, self.drop_last)
-        for xb, yb in batches:
+        batches = minibatch_indices(len(self.x), self.batch_size, self.rng, self.shuffle,
+                                    self.drop_last)
+        odd = self.epoch % 2 == 1
+        self.epoch += 1
+        for idx in batches:
+            xb, yb = self.x[idx], self.y[idx]
             if self.augment:
-                xb = random_crop_flip(xb, self.rng)
-            yield normalize(xb), yb
+                flip = True if self.flip_first is None else self.flip_first[idx] ^ odd
+                xb = random_crop_flip(xb, self.rng, flip=flip)
+            xb = normalize(xb)
+            if self.cutout:
+                cutout(xb, self.cutout, self.rng)
+            yield xb, yb

@@ -1,5 +1,5 @@
-"""Batch-norm folding: an inference copy of a model with every BN merged into the conv before it
-(and `model_from_checkpoint`, the trained network that deployment starts from).
+"""Batch-norm folding: an inference copy of a model with every BN merged into the conv before it.
+(The trained network that deployment starts from comes from `train.model_from_checkpoint`.)
 
 In eval mode a batch norm is a fixed per-channel affine map, y = gamma * (z - mean) /
 sqrt(var + eps) + beta, and the conv before it is linear in its weights: z = w * x + b. So the
@@ -100,18 +100,6 @@ def fuse(model):
         raise ValueError(f"fuse: expected every BatchNorm2d to follow a conv in a Sequential, "
                          f"got {len(left)} that do not: {', '.join(left)}")
     return fused
-
-
-def model_from_checkpoint(checkpoint_path):
-    """The model a trainer checkpoint holds, rebuilt from its saved config with its weights
-    loaded, in eval mode: what `minimobile eval` does inline (it could move to train.py)."""
-    from . import checkpoint
-    from .train import build_model, read_config
-    config = read_config(checkpoint_path)
-    model = build_model(config.model, config.width, config.cifar, dropout=config.dropout,
-                        seed=config.seed, dtype=config.dtype)
-    checkpoint.load_model(checkpoint_path, model)
-    return model.eval()
 
 
 def count_layers(model, kinds):

@@ -133,8 +133,10 @@ class Module:
         return state
 
     def load_state_dict(self, state):
-        """Copy arrays in place (optimisers keep their references). Any missing, unexpected or
-        mis-shaped key fails the whole load, listing all of them, before anything is changed."""
+        """Copy arrays in place (optimisers keep their references). Any missing, unexpected,
+        mis-shaped or non-numeric entry fails the whole load with one line listing them (the
+        first few of each kind, then how many more): every entry is checked and converted
+        first, and only then is anything assigned, so a failed load changes nothing."""
         targets = OrderedDict()
         for path, module in self.named_modules():
             for store in (module.params, module.buffers):
@@ -142,18 +144,33 @@ class Module:
                     targets[f"{path}.{name}" if path else name] = (store, name)
         missing = [k for k in targets if k not in state]
         unexpected = [k for k in state if k not in targets]
-        mis_shaped = [f"{k}: expected {targets[k][0][targets[k][1]].shape}, got "
-                      f"{np.shape(state[k])}" for k in targets
-                      if k in state and np.shape(state[k]) != targets[k][0][targets[k][1]].shape]
-        if missing or unexpected or mis_shaped:
-            lines = [f"load_state_dict into {type(self).__name__} failed:"]
-            for title, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                ("shape mismatches", mis_shaped)):
-                if keys:
-                    lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys))
-            raise ValueError("\n".join(lines))
+        mis_shaped, not_numbers, converted = [], [], {}
         for key, (store, name) in targets.items():
-            store[name][...] = np.asarray(state[key]).astype(store[name].dtype)
+            if key not in state:
+                continue
+            current = store[name]
+            value = state[key]
+            if np.shape(value) != current.shape:
+                mis_shaped.append(f"{key}: expected {current.shape}, got {np.shape(value)}")
+                continue
+            value = np.asarray(value)
+            # Only real numbers (and booleans) convert to a weight without losing meaning:
+            # strings, objects and complex numbers are refused here rather than half-way.
+            if value.dtype.kind not in "biuf":
+                not_numbers.append(f"{key}: dtype {value.dtype}")
+                continue
+            converted[key] = value.astype(current.dtype)
+        if missing or unexpected or mis_shaped or not_numbers:
+            parts = [f"{title} ({len(keys)}): " + ", ".join(keys[:5])
+                     + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+                     for title, keys in (("missing keys", missing),
+                                         ("unexpected keys", unexpected),
+                                         ("shape mismatches", mis_shaped),
+                                         ("not numbers", not_numbers)) if keys]
+            raise ValueError(f"load_state_dict into {type(self).__name__} failed: "
+                             + "; ".join(parts))
+        for key, (store, name) in targets.items():
+            store[name][...] = converted[key]
 
     def __repr__(self):
         children = "".join(f"\n  ({name}): " + repr(child).replace("\n", "\n  ")

@@ -184,16 +184,30 @@ def to_onnx(model, resolution=None, fuse=True, opset=OPSET):
     return proto
 
 
+def _check_finite(model):
+    bad = [f"{path}.{name}" if path else name for path, module in model.named_modules()
+           for name, value in list(module.params.items()) + list(module.buffers.items())
+           if value.dtype.kind == "f" and not np.isfinite(value).all()]
+    if bad:
+        raise ValueError(f"onnx_export: the model holds NaN or infinite weights "
+                         f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); export a "
+                         "checkpoint from before the run diverged")
+
+
 def export(model, path, resolution=None, fuse=True, opset=OPSET):
-    """Write `model` as an ONNX file at `path` (see to_onnx); returns the path."""
-    onnx = _import_onnx()
+    """Write `model` as an ONNX file at `path` (see to_onnx), atomically; returns the path.
+    A model with NaN or infinite weights is refused (ValueError): its graph would load and
+    run, and answer NaN."""
+    from .checkpoint import atomic_open
+    _check_finite(model)
     proto = to_onnx(model, resolution, fuse, opset)
     path = Path(path)
-    onnx.save(proto, str(path))
+    with atomic_open(path) as f:  # a full disk or Ctrl-C never leaves half a graph behind
+        f.write(proto.SerializeToString())
     return path
 
 
 def export_checkpoint(checkpoint_path, path, resolution=None, fuse=True, opset=OPSET):
     """Export the network saved in a trainer checkpoint (best.npz, last.npz) to `path`."""
-    from .deploy import model_from_checkpoint
-    return export(model_from_checkpoint(checkpoint_path), path, resolution, fuse, opset)
+    from .train import model_from_checkpoint
+    return export(model_from_checkpoint(checkpoint_path)[1], path, resolution, fuse, opset)

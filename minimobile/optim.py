@@ -1,4 +1,5 @@
-"""Optimisers: SGD, RMSprop and AdamW, with PyTorch's update rules, updating parameters in place.
+"""Optimisers: SGD, RMSprop and AdamW, with PyTorch's update rules, updating parameters in place;
+and EMA, the exponential moving average of a model's weights that a trainer keeps beside them.
 
 Each optimiser takes a model's ``named_parameters()``, an iterable of ``(name, param, grad)``
 triples, and keeps references to the arrays: layers own them, so every update writes into
@@ -6,6 +7,8 @@ triples, and keeps references to the arrays: layers own them, so every update wr
 ``step()``. ``state_dict()`` is a flat dict of arrays and Python scalars, so a checkpoint can
 store it in an ``.npz`` and a resumed run continues bit for bit.
 """
+
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -293,3 +296,77 @@ class AdamW(Optimizer):
         np.divide(m, a, out=a)
         a *= step_size
         p -= a
+
+
+class EMA:
+    """An exponential moving average of a model's parameters and buffers, updated after each
+    optimiser step: ``shadow = d * shadow + (1 - d) * live``, starting from the live values.
+
+    With ``warmup`` the decay used at update t (0, 1, ...) is ``min(decay, (1 + t) / (10 + t))``,
+    TensorFlow's ``ExponentialMovingAverage(num_updates=t)`` rule, so the early average is not
+    dominated by the random initialisation; timm and airbench warm their decay up likewise.
+    Batch-norm running statistics are buffers and are averaged like the weights (torchvision's
+    ``ExponentialMovingAverage(use_buffers=True)``, timm's ``ModelEmaV2``), so the averaged
+    network normalises with averaged statistics; integer buffers (``num_batches_tracked``) are
+    copied. ``shadow`` is a dict keyed like ``model.state_dict()``; ``swapped_into(model)``
+    evaluates with it. ``state_dict()`` / ``load_state_dict()`` make a resume exact.
+    """
+
+    def __init__(self, model, decay, warmup=True):
+        require(0.0 < decay < 1.0, "decay", "a value in (0, 1)", decay)
+        self.decay, self.warmup, self.num_updates = float(decay), bool(warmup), 0
+        # References to the live arrays: layers and optimisers update them in place.
+        self.live = {}
+        for path, module in model.named_modules():
+            for store in (module.params, module.buffers):
+                for name, value in store.items():
+                    self.live[f"{path}.{name}" if path else name] = value
+        self.shadow = {key: np.array(value, copy=True) for key, value in self.live.items()}
+
+    def current_decay(self):
+        """The decay the next update will use."""
+        t = self.num_updates
+        return min(self.decay, (1 + t) / (10 + t)) if self.warmup else self.decay
+
+    def update(self):
+        """One step of the average, in place: ``shadow += (1 - d) * (live - shadow)``."""
+        weight = 1.0 - self.current_decay()  # a Python float: float32 shadows stay float32
+        for key, live in self.live.items():
+            shadow = self.shadow[key]
+            if shadow.dtype.kind == "f":
+                shadow += weight * (live - shadow)
+            else:
+                np.copyto(shadow, live)
+        self.num_updates += 1
+
+    @contextmanager
+    def swapped_into(self, model):
+        """Inside this context `model` holds the averaged weights and buffers; on leaving, its
+        own come back (copied in place, so optimisers keep their references)."""
+        own = model.state_dict()
+        model.load_state_dict(self.shadow)
+        try:
+            yield model
+        finally:
+            model.load_state_dict(own)
+
+    def state_dict(self):
+        """``num_updates`` and a copy of every shadow array, keyed like the model's state dict."""
+        return {"num_updates": self.num_updates,
+                **{key: value.copy() for key, value in self.shadow.items()}}
+
+    def load_state_dict(self, state):
+        """Restore what ``state_dict()`` returned; ValueError names missing, unexpected or
+        mis-shaped keys before anything changes."""
+        expected = {"num_updates", *self.shadow}
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        problems = ([f"missing keys {missing}"] if missing else []) + (
+            [f"unexpected keys {unexpected}"] if unexpected else [])
+        problems += [f"{key}: expected shape {value.shape}, got {np.shape(state[key])}"
+                     for key, value in self.shadow.items()
+                     if key in state and np.shape(state[key]) != value.shape]
+        if problems:
+            raise ValueError("EMA.load_state_dict: " + "; ".join(problems))
+        self.num_updates = int(_as_scalar(state["num_updates"]))
+        for key, value in self.shadow.items():
+            np.copyto(value, state[key], casting="unsafe")

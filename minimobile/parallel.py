@@ -1,4 +1,5 @@
-"""Thread settings: Numba's thread pool does the parallel work, BLAS runs on one thread.
+"""Thread settings: Numba's thread pool does the parallel work, BLAS runs on one thread, and
+waiting threads sleep instead of spinning.
 
 A training step alternates Numba kernels and BLAS matrix products many times. Both keep their
 threads spinning for a while after each call, so with two pools on a two-core machine each
@@ -17,6 +18,26 @@ import os
 
 import numba
 from threadpoolctl import threadpool_limits
+
+from . import tuning
+
+
+def configure_waiting():
+    """Let Numba's worker threads sleep soon after their share of a loop is done.
+
+    Numba's default threading layer here is OpenMP (GNU libgomp), whose threads spin for
+    about a millisecond (GOMP_SPINCOUNT=300000) at the end of every parallel loop, waiting for
+    the next. On a quiet machine that saves a wake-up; on a busy one the spinning thread holds
+    a core that another process needs, and both crawl: a V1 0.5 training step fell from 412-559
+    to 57-62 images/s beside a second process. libgomp reads its environment once, when it is
+    loaded, which is at the first parallel kernel, so this runs on import. Returns the spin
+    count set, or None when the environment already says (OMP_WAIT_POLICY or GOMP_SPINCOUNT
+    set by the user wins).
+    """
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return None
+    os.environ["GOMP_SPINCOUNT"] = str(tuning.GOMP_SPINCOUNT)
+    return tuning.GOMP_SPINCOUNT
 
 
 def configure_blas_threads():
@@ -41,3 +62,16 @@ def set_num_threads(n):
 
 def get_num_threads():
     return numba.get_num_threads()
+
+
+def describe():
+    """One line on the thread settings in force, for the command line to print: when training
+    runs far slower than it should, this is the first thing to look at (see
+    docs/TROUBLESHOOTING.md, "Slow on a busy machine")."""
+    if "OMP_WAIT_POLICY" in os.environ:
+        waiting = f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}"
+    else:
+        waiting = f"idle threads sleep after {os.environ.get('GOMP_SPINCOUNT', '300000')} spins"
+    blas = os.environ.get("MINIMOBILE_BLAS_THREADS", "1")
+    return (f"threads: {numba.get_num_threads()} Numba ({waiting}), BLAS {blas} per thread; "
+            f"set NUMBA_NUM_THREADS=1 if other programs keep the cores busy")

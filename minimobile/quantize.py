@@ -15,11 +15,10 @@ report gives the share that runs in int8); activations, pooling and skip additio
 float between the integer convs. Batch norms are
 folded first (`minimobile.deploy.fuse`). The kernels are in `minimobile.kernels.int8`.
 
-`python -m minimobile.quantize CHECKPOINT --data PATH` reports accuracy and weight size before
-and after; `notebooks/07_deploy.ipynb` walks through it.
+`minimobile quantize CHECKPOINT --data PATH` (or `python -m minimobile.quantize ...`) reports
+accuracy and weight size before and after; `notebooks/07_deploy.ipynb` walks through it.
 """
 
-import argparse
 import sys
 from dataclasses import dataclass
 
@@ -158,7 +157,17 @@ def calibrate(model, x, batch_size=128):
 def quantize(model, x_calibration, batch_size=128):
     """An int8 copy of `model`: BN folded (deploy.fuse), then every pointwise and depthwise conv
     replaced by its quantised version, with input scales calibrated on x_calibration (float
-    images as the model takes them, e.g. data.normalize of a few hundred training images)."""
+    images as the model takes them, e.g. data.normalize of a few hundred training images).
+    ValueError if the model holds NaN or infinite weights, or x_calibration is empty."""
+    bad = [f"{path}.{name}" if path else name for path, module in model.named_modules()
+           for name, value in list(module.params.items()) + list(module.buffers.items())
+           if value.dtype.kind == "f" and not np.isfinite(value).all()]
+    if bad:
+        raise ValueError(f"quantize: the model holds NaN or infinite weights ({', '.join(bad[:3])}"
+                         f"{' ...' if len(bad) > 3 else ''}); quantise a checkpoint from before "
+                         "the run diverged")
+    if len(x_calibration) == 0:
+        raise ValueError("quantize: expected at least one calibration image, got none")
     fused = deploy.fuse(model)
     max_abs = calibrate(fused, x_calibration, batch_size)
     for parent, name, path, conv in _targets(fused):
@@ -230,31 +239,9 @@ def report(model, x_calibration, x_test, y_test, batch_size=256, progress=False)
 
 
 def main(argv=None):
-    """`python -m minimobile.quantize CHECKPOINT`: quantise a trained network and report."""
-    from .data import load_cifar10
-    from .errors import CorruptCheckpointError, CorruptDataError
-    from .train import read_config
-    parser = argparse.ArgumentParser(prog="python -m minimobile.quantize",
-                                     description=main.__doc__)
-    parser.add_argument("checkpoint", metavar="CHECKPOINT")
-    parser.add_argument("--data", metavar="PATH", help="CIFAR-10 (default: the run's)")
-    parser.add_argument("--calibration", type=int, default=512, metavar="N",
-                        help="training images to calibrate on (default 512)")
-    parser.add_argument("--limit-test", type=int, metavar="N", help="first N test images only")
-    args = parser.parse_args(argv)
-    try:
-        model = deploy.model_from_checkpoint(args.checkpoint)
-        data = load_cifar10(args.data if args.data is not None
-                            else read_config(args.checkpoint).data)
-    except (OSError, ValueError, CorruptCheckpointError, CorruptDataError) as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 1
-    x_test, y_test = data.x_test[:args.limit_test], data.y_test[:args.limit_test]
-    result = report(model, calibration_images(data.x_train, args.calibration), x_test, y_test,
-                    progress=True)
-    print(f"{args.checkpoint}: {type(model).__name__} width {model.width_mult:g}")
-    print(result)
-    return 0
+    """`python -m minimobile.quantize CHECKPOINT ...`: the same as `minimobile quantize`."""
+    from .cli import main as cli_main
+    return cli_main(["quantize", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ Process-wide settings, made once and listed here so there is one place to look:
   pools on two cores, a V1 0.5 step took 928 ms against 318 ms. Turn off with
   `MINIMOBILE_BLAS_THREADS=N` (N BLAS threads per caller).
 - Numba's thread count: every core (`NUMBA_NUM_THREADS`, or `minimobile.set_num_threads(n)`).
+- Numba's OpenMP threads spin for at most GOMP_SPINCOUNT iterations after each parallel loop
+  before they sleep (`minimobile.parallel.configure_waiting`, on import), so a busy machine
+  does not make them crawl. An explicit `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT` in the
+  environment wins; `GOMP_SPINCOUNT=300000` is libgomp's own default.
 - glibc malloc keeps freed memory during training (`minimobile.memory.keep_freed_memory`,
   called by `train.fit`), so a step does not page-fault its fresh arrays in again; turn off
   with `MINIMOBILE_MALLOC=default`.
@@ -58,3 +62,12 @@ BN_BY_IMAGE_MAX_PIXELS = 256
 # place; smaller ones (4x4 and 2x2 at the end of a CIFAR network) are copied channel-major,
 # (C, N*H*W), so the whole batch is one product long enough for BLAS.
 PER_IMAGE_MIN_PIXELS = 64
+
+# Iterations a Numba (libgomp) worker thread spins after a parallel loop before it sleeps;
+# libgomp's default is 300000 (about a millisecond). TBD-SPIN
+GOMP_SPINCOUNT = 10000
+
+# Arrays of at most this many elements run their parallel kernels on the calling thread alone
+# (kernels.threads_for): below it, waking a sleeping worker costs more than sharing the work
+# saves. TBD-SMALL
+SERIAL_MAX_ELEMENTS = 16384

@@ -110,3 +110,57 @@ def test_load_model_takes_the_model_part_of_a_trainer_checkpoint(tmp_path):
     other = small_model(1)
     assert checkpoint.load_model(tmp_path / "last.npz", other) == {"epoch": 2}
     assert np.array_equal(other[5].params["weight"], model[5].params["weight"])
+
+
+def test_a_bad_entry_late_in_the_state_dict_fails_the_load_and_changes_nothing():
+    model, other = small_model(0), small_model(1)
+    before = model.state_dict()
+    state = other.state_dict()
+    last = list(state)[-1]
+    state[last] = np.full(state[last].shape, "x")  # the right shape, but not numbers
+    with pytest.raises(ValueError, match=f"not numbers \\(1\\): {last}"):
+        model.load_state_dict(state)
+    for key, value in model.state_dict().items():
+        assert np.array_equal(value, before[key]), key
+
+
+def test_loading_another_network_summarises_the_keys_in_one_short_line(tmp_path):
+    checkpoint.save_model(tmp_path / "v2.npz", mm.mobilenet_v2(width_mult=0.25, cifar=True,
+                                                               seed=0))
+    with pytest.raises(ValueError) as info:
+        checkpoint.load_model(tmp_path / "v2.npz", mm.mobilenet_v3_small(width_mult=0.25,
+                                                                         cifar=True, seed=0))
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 1500, len(message)
+    assert "v2.npz" in message and " more" in message and "missing keys (" in message
+
+
+@pytest.mark.parametrize("content", [b"epoch,step,train_loss\n1,2,0.5\n", b"\x93NUMPY fake"])
+def test_a_file_that_is_not_an_npz_is_refused_without_advising_allow_pickle(tmp_path, content):
+    path = tmp_path / "history.csv"
+    path.write_bytes(content)
+    with pytest.raises(CorruptCheckpointError) as info:
+        checkpoint.load(path)
+    assert "history.csv is not an .npz checkpoint" in str(info.value)
+    assert "allow_pickle" not in str(info.value) and "pickle" not in str(info.value)
+
+
+def test_temporary_files_left_by_a_killed_write_are_found_and_removed(tmp_path):
+    checkpoint.save(tmp_path / "last.npz", {"w": np.zeros(3)})
+    left = [tmp_path / ".last.npz.abc123.tmp", tmp_path / ".history.csv.x_y.tmp"]
+    for path in left:
+        path.write_bytes(b"PK\x03\x04 half a zip")
+    (tmp_path / ".notes.txt.tmp").write_bytes(b"someone else's")
+    assert checkpoint.temporary_files(tmp_path, ["last.npz", "history.csv"]) == sorted(left)
+    assert checkpoint.remove_temporary_files(tmp_path, ["last.npz", "history.csv"]) == sorted(left)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.txt.tmp", "last.npz"]
+
+
+def test_model_arrays_prefer_the_ema_of_a_trainer_checkpoint_unless_told_otherwise():
+    from minimobile.checkpoint import model_arrays
+    arrays = {"model/w": np.zeros(2), "ema/w": np.ones(2), "optimizer/step": np.array(3)}
+    np.testing.assert_array_equal(model_arrays(arrays)["w"], 1)
+    np.testing.assert_array_equal(model_arrays(arrays, ema=False)["w"], 0)
+    assert set(model_arrays({"model/w": np.zeros(2)})) == {"w"}
+    plain = {"w": np.zeros(2)}
+    assert model_arrays(plain) is plain

@@ -1,11 +1,14 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from minimobile import checkpoint, cli, data, train
 from minimobile.cli import main
 from minimobile.errors import NonFiniteError
+
+REPO = Path(__file__).resolve().parents[1]  # subprocesses run this checkout's minimobile
 
 # The smallest real run: V1 at width 0.25 on 64 fake images, one epoch of two batches.
 TINY_RUN = ["--model", "v1", "--width", "0.25", "--epochs", "1", "--batch-size", "32",
@@ -124,7 +127,7 @@ def test_ctrl_c_exits_130_and_divergence_exits_1(error, code, tmp_path, monkeypa
 
 def test_python_dash_m_minimobile_runs_the_command_line():
     done = subprocess.run([sys.executable, "-m", "minimobile", "--version"],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
     assert done.returncode == 0 and "minimobile" in done.stdout
 
 
@@ -170,3 +173,217 @@ def test_export_of_a_missing_or_corrupt_checkpoint_exits_1(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "absent.npz" in err and "broken.npz" in err and "Traceback" not in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def one_line_error(capsys):
+    """The stderr of a command that failed: one line, no traceback."""
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and "\n" not in err, err
+    return err
+
+
+def copy_run(run, dest):
+    dest.mkdir(parents=True)
+    for name in ("last.npz", "best.npz", "history.csv"):
+        (dest / name).write_bytes((run / name).read_bytes())
+    return dest
+
+
+def nan_checkpoint(run, path):
+    arrays, meta = checkpoint.load(run / "best.npz")
+    arrays["model/features.0.0.weight"][0, 0, 0, 0] = float("nan")
+    checkpoint.save(path, arrays, meta)
+    return path
+
+
+def test_train_refuses_a_folder_holding_a_run_without_resume_or_overwrite(trained_run, fake_data,
+                                                                          tmp_path, capsys):
+    out = copy_run(trained_run, tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    argv = ["train", *TINY_RUN, "--model", "v2", "--data", str(fake_data), "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert main(argv + ["--resume", "--overwrite"]) == 2
+    assert main(argv + ["--overwrite"]) == 0
+    assert train.read_config(out / "last.npz").model == "v2"
+
+
+def test_an_output_folder_under_a_file_fails_at_once_in_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    # The data does not exist either: the folder is checked first, before any loading.
+    assert main(["train", *TINY_RUN, "--data", str(tmp_path / "absent"),
+                 "--out", str(tmp_path / "file" / "run")]) == 1
+    err = one_line_error(capsys)
+    assert "is under a file" in err and "choose another --out" in err
+
+
+def test_a_batch_larger_than_the_training_set_is_a_usage_error(fake_data, tmp_path, capsys):
+    assert main(["train", *TINY_RUN, "--batch-size", "100", "--data", str(fake_data),
+                 "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "--batch-size 100 is larger than the 64 training images" in err
+    assert "Traceback" not in err
+
+
+def test_resume_of_a_checkpoint_that_does_not_fit_exits_1_in_one_line(trained_run, tmp_path,
+                                                                     capsys):
+    out = copy_run(trained_run, tmp_path / "run")
+    arrays, meta = checkpoint.load(out / "last.npz")
+    del arrays["model/classifier.1.weight"]
+    checkpoint.save(out / "last.npz", arrays, meta)
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2"]) == 1
+    err = one_line_error(capsys)
+    assert "last.npz" in err and "classifier.1.weight" in err
+
+
+def test_eval_of_a_checkpoint_with_an_invalid_config_exits_1_in_one_line(trained_run, tmp_path,
+                                                                        capsys):
+    arrays, meta = checkpoint.load(trained_run / "best.npz")
+    meta["config"]["width"] = "wide"
+    checkpoint.save(tmp_path / "edited.npz", arrays, meta)
+    assert main(["eval", str(tmp_path / "edited.npz")]) == 1
+    assert "edited.npz holds an invalid training config" in one_line_error(capsys)
+
+
+def test_eval_of_a_csv_exits_1_without_numpys_pickle_advice(trained_run, capsys):
+    assert main(["eval", str(trained_run / "history.csv")]) == 1
+    err = one_line_error(capsys)
+    assert "is not an .npz checkpoint" in err and "pickle" not in err
+
+
+def test_plot_takes_a_checkpoint_for_its_run_folder(trained_run, tmp_path, capsys):
+    assert main(["plot", str(trained_run / "best.npz"), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "loss.png").exists()
+
+
+def test_plot_of_a_malformed_history_exits_1_naming_the_line(tmp_path, capsys):
+    (tmp_path / "history.csv").write_text("epoch,step,train_loss,train_acc,test_loss,test_acc\n"
+                                          "1,2,zero,0.1,,\n")
+    assert main(["plot", str(tmp_path)]) == 1
+    assert "history.csv, line 2" in one_line_error(capsys)
+
+
+def test_export_refuses_nan_weights_and_writes_nothing(trained_run, tmp_path, capsys):
+    pytest.importorskip("onnx")
+    bad = nan_checkpoint(trained_run, tmp_path / "nan.npz")
+    assert main(["export", str(bad), str(tmp_path / "m.onnx")]) == 1
+    assert "NaN" in one_line_error(capsys)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_quantize_is_a_subcommand_that_reports_and_refuses_nan_weights(trained_run, fake_data,
+                                                                      tmp_path, capsys):
+    assert main(["quantize", str(trained_run / "best.npz"), "--data", str(fake_data),
+                 "--calibration", "8", "--limit-test", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy   float32" in out and "int8" in out
+    bad = nan_checkpoint(trained_run, tmp_path / "nan.npz")
+    assert main(["quantize", str(bad), "--data", str(fake_data), "--calibration", "8"]) == 1
+    assert "NaN" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("option", ["--calibration", "--limit-test", "--batch-size"])
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
+def test_quantize_with_bad_arguments_prints_the_usage_and_exits_2(option, value, capsys):
+    assert main(["quantize", "best.npz", option, value]) == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and option in err and "Traceback" not in err
+
+
+def test_python_dash_m_minimobile_quantize_is_the_same_command():
+    done = subprocess.run([sys.executable, "-m", "minimobile.quantize", "x.npz",
+                           "--calibration", "0"], capture_output=True, text=True, timeout=120,
+                          cwd=REPO)
+    assert done.returncode == 2 and "minimobile quantize" in done.stderr
+
+
+@pytest.mark.parametrize("argv", [["summary", "v1", "--width", "100"],
+                                  ["summary", "v1", "--resolution", "100000"],
+                                  ["train", "--width", "5"]])
+def test_widths_and_resolutions_beyond_a_sane_range_are_usage_errors(argv, capsys):
+    assert main(argv) == 2
+    assert "expected" in capsys.readouterr().err
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_do(trained_run, tmp_path, capsys):
+    out = copy_run(trained_run, tmp_path / "run")
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert "already finished epoch 1 of 1: nothing to do" in capsys.readouterr().err
+
+
+def test_no_progress_still_prints_one_line_per_epoch(fake_data, tmp_path, capsys):
+    assert main(["train", *TINY_RUN, "--epochs", "2", "--data", str(fake_data),
+                 "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 1/2  train loss" in out and "epoch 2/2  train loss" in out
+
+
+def test_ctrl_c_while_the_process_shuts_down_prints_no_traceback():
+    # An atexit hook stands in for a Ctrl-C in the last fraction of a second of a command.
+    script = ("import atexit, os, signal, time\n"
+              "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.5)))\n"
+              "import sys; from minimobile.cli import main\n"
+              "sys.argv = ['minimobile', '--version']\n"
+              "sys.exit(main())\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+
+
+def test_outputs_that_cannot_be_written_fail_in_one_line_before_any_work(trained_run, tmp_path,
+                                                                        monkeypatch, capsys):
+    def never(*args, **kwargs):
+        raise AssertionError("the data was loaded before the output was checked")
+    monkeypatch.setattr(cli, "load_cifar10", never)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["eval", str(trained_run / "best.npz"), "--out", str(blocker)]) == 1
+    assert "is a file, not a folder" in one_line_error(capsys)
+    assert main(["plot", str(trained_run), "--out", str(blocker / "plots")]) == 1
+    assert "is under a file" in one_line_error(capsys)
+    pytest.importorskip("onnx")
+    assert main(["export", str(trained_run / "best.npz"), str(tmp_path)]) == 1
+    assert "is a folder: give a file name" in one_line_error(capsys)
+    assert main(["export", str(trained_run / "best.npz"), str(blocker / "m.onnx")]) == 1
+    assert "a folder on that path is a file" in one_line_error(capsys)
+
+
+def test_train_help_lists_the_recipes_and_the_techniques(capsys):
+    assert main(["train", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--recipe fast = --model=v1" in text
+    assert all(option in text for option in ("--ema DECAY", "--tta", "--flip", "--cutout SIZE",
+                                             "--decay-norm-and-bias"))
+
+
+@pytest.mark.parametrize("argv", [["--cutout", "33"], ["--cutout", "-1"], ["--ema", "1"],
+                                  ["--tta", "rotate"], ["--flip", "sometimes"],
+                                  ["--recipe", "slowest"], ["--schedule", "triangle"]])
+def test_bad_technique_options_are_usage_errors_in_one_line(argv, capsys):
+    assert main(["train", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and "Traceback" not in err and len(err.splitlines()) == 2
+
+
+def test_a_recipe_sets_its_bundle_and_explicit_options_override_it(fake_data, tmp_path, capsys):
+    out = tmp_path / "fast"
+    assert main(["train", "--recipe", "fast", *TINY_RUN, "--cutout", "4", "--data",
+                 str(fake_data), "--out", str(out)]) == 0
+    config = train.read_config(out / "last.npz")
+    assert (config.model, config.width, config.epochs, config.cutout) == ("v1", 0.25, 1, 4)
+    assert (config.ema, config.tta, config.flip, config.schedule, config.label_smoothing) == (
+        0.999, "flip,translate", "alternate", "linear", 0.2)
+    assert any(key.startswith("ema/") for key in checkpoint.load(out / "last.npz")[0])
+    capsys.readouterr()
+    assert main(["eval", str(out / "best.npz"), "--data", str(fake_data), "--tta", "flip",
+                 "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "test-time augmentation flip" in printed and "EMA weights (decay 0.999)" in printed
+    # Without --tta, eval uses the run's own, so it reproduces the accuracy training logged.
+    assert main(["eval", str(out / "best.npz"), "--data", str(fake_data), "--limit-test", "32",
+                 "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    (row,) = train.read_history(out / "history.csv")
+    assert "flip,translate" in printed and f"test accuracy {row['test_acc']:.4f}" in printed

@@ -80,6 +80,11 @@ def rewrite_batch(path, **changes):
     path.write_bytes(pickle.dumps(batch, protocol=4))
 
 
+def trust_archive(monkeypatch, path):
+    """Make the fake archive at `path` pass as the official one (its MD5 becomes the expected)."""
+    monkeypatch.setattr(data, "CIFAR10_MD5", hashlib.md5(Path(path).read_bytes()).hexdigest())
+
+
 def check_fake_dataset(ds, n_train_per_batch=20, n_test=20):
     assert ds.x_train.shape == (5 * n_train_per_batch, 3, 32, 32)
     assert ds.x_test.shape == (n_test, 3, 32, 32)
@@ -123,8 +128,9 @@ def test_load_cifar10_accepts_the_batches_folder_itself(tmp_path):
     check_fake_dataset(load_cifar10(folder, download=False), n_train_per_batch=3, n_test=4)
 
 
-def test_load_cifar10_reads_archive_layout_and_extracts_it_beside_the_archive(tmp_path):
-    write_fake_cifar10(tmp_path, as_archive=True)
+def test_load_cifar10_reads_archive_layout_and_extracts_it_beside_the_archive(tmp_path,
+                                                                              monkeypatch):
+    trust_archive(monkeypatch, write_fake_cifar10(tmp_path, as_archive=True))
     check_fake_dataset(load_cifar10(str(tmp_path), download=False))
     assert sorted(p.name for p in (tmp_path / FOLDER_NAME).iterdir()) == sorted(REQUIRED_FILES)
 
@@ -153,6 +159,7 @@ def test_load_cifar10_falls_back_to_the_home_cache(tmp_path, monkeypatch):
 def test_missing_data_message_lists_every_location_and_how_to_supply_data(tmp_path, root_name):
     root = tmp_path / root_name
     home = tmp_path if root_name == FOLDER_NAME else root  # where the archive would be
+    home.mkdir(exist_ok=True)  # a --data folder that does not exist is never downloaded into
     with pytest.raises(DataNotFoundError) as info:
         load_cifar10(root)
     message = str(info.value)
@@ -192,8 +199,10 @@ def test_load_cifar10_downloads_verifies_and_extracts_the_archive(tmp_path, monk
     monkeypatch.setattr(data, "CIFAR10_MD5", hashlib.md5(payload).hexdigest())
     requested = []
     serve(monkeypatch, payload, requested)
-    root = tmp_path / "cache" / "minimobile"  # does not exist yet: created on download
-    check_fake_dataset(load_cifar10(root))
+    monkeypatch.delenv("MINIMOBILE_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    root = tmp_path / ".cache" / "minimobile"  # the default cache: created on download
+    check_fake_dataset(load_cifar10())
     assert requested == [CIFAR10_URL]
     assert (root / ARCHIVE_NAME).read_bytes() == payload
     assert sorted(p.name for p in root.iterdir()) == sorted([ARCHIVE_NAME, FOLDER_NAME])
@@ -202,6 +211,7 @@ def test_load_cifar10_downloads_verifies_and_extracts_the_archive(tmp_path, monk
 def test_bad_checksum_raises_with_every_location_and_keeps_no_archive(tmp_path, monkeypatch):
     serve(monkeypatch, fake_archive_bytes(tmp_path), [])
     root = tmp_path / "data"
+    root.mkdir()
     with pytest.raises(CorruptDataError) as info:
         load_cifar10(root)
     message = str(info.value)
@@ -245,17 +255,102 @@ def test_corrupt_archive_error_names_the_archive(tmp_path):
 
 
 @pytest.mark.parametrize("member", ["../escaped.txt", "/tmp/minimobile_escaped.txt"])
-def test_archive_extraction_refuses_paths_outside_the_root(tmp_path, member):
+def test_archive_extraction_refuses_paths_outside_the_root(tmp_path, member, monkeypatch):
     root = tmp_path / "root"
     root.mkdir()
     with tarfile.open(root / ARCHIVE_NAME, "w:gz") as tar:
         info = tarfile.TarInfo(member)
         info.size = 4
         tar.addfile(info, io.BytesIO(b"evil"))
+    trust_archive(monkeypatch, root / ARCHIVE_NAME)
     with pytest.raises(CorruptDataError, match="refusing"):
         load_cifar10(root, download=False)
     assert not (tmp_path / "escaped.txt").exists()
     assert not Path("/tmp/minimobile_escaped.txt").exists()
+
+
+def test_a_local_archive_that_is_not_the_official_one_is_refused_before_extraction(tmp_path):
+    archive = write_fake_cifar10(tmp_path, as_archive=True)
+    with pytest.raises(CorruptDataError) as info:
+        load_cifar10(tmp_path, download=False)
+    message = str(info.value)
+    assert str(archive) in message and data.CIFAR10_MD5 in message
+    assert hashlib.md5(archive.read_bytes()).hexdigest() in message and "delete it" in message
+    assert not (tmp_path / FOLDER_NAME).exists()
+
+
+def test_a_data_folder_that_does_not_exist_is_not_created_or_downloaded_into(tmp_path,
+                                                                              monkeypatch):
+    requested = []
+    serve(monkeypatch, fake_archive_bytes(tmp_path), requested)
+    root = tmp_path / "typo"
+    with pytest.raises(DataNotFoundError, match="does not exist, so nothing was downloaded"):
+        load_cifar10(root)
+    assert requested == [] and not root.exists()
+    monkeypatch.setenv("MINIMOBILE_DATA", str(root))
+    with pytest.raises(DataNotFoundError, match="MINIMOBILE_DATA"):
+        load_cifar10()
+    assert requested == [] and not root.exists()
+
+
+class RunsCode:
+    """What a tampered pickle holds: unpickling it calls os.mkdir(marker)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+@pytest.mark.parametrize("key", ["data", "labels", "batch_label"])
+def test_a_batch_that_asks_to_run_code_is_refused_and_the_code_never_runs(tmp_path, key):
+    path = write_fake_cifar10(tmp_path / "d") / "data_batch_1"
+    marker = tmp_path / "pwned"
+    rewrite_batch(path, **{key: RunsCode(marker)})
+    with pytest.raises(CorruptDataError, match="posix.mkdir|os.mkdir") as info:
+        load_cifar10(tmp_path / "d", download=False)
+    assert str(path) in str(info.value) and "not loaded" in str(info.value)
+    assert not marker.exists()
+
+
+def test_only_uint8_arrays_may_be_unpickled(tmp_path):
+    path = write_fake_cifar10(tmp_path) / "data_batch_4"
+    rewrite_batch(path, data=np.zeros((20, 3072), dtype=np.float64))
+    with pytest.raises(CorruptDataError, match="dtype") as info:
+        load_cifar10(tmp_path, download=False)
+    assert str(path) in str(info.value)
+
+
+def test_a_protocol_2_batch_written_by_numpy_1_loads(tmp_path):
+    # The official files are Python 2 pickles (protocol 2) naming numpy.core.multiarray, NumPy
+    # 1's module path; NumPy 2 writes numpy._core. Both must load.
+    path = write_fake_cifar10(tmp_path, n_train_per_batch=4) / "data_batch_1"
+    payload = pickle.dumps(unpickle(path), protocol=2)
+    path.write_bytes(payload.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    assert b"numpy.core.multiarray" in path.read_bytes()
+    check_fake_dataset(load_cifar10(tmp_path, download=False), n_train_per_batch=4)
+
+
+@pytest.mark.parametrize("labels, why", [([0.0, 1.7] * 10, "list of integers, got list of float"),
+                                         (np.arange(20) % 10, "dtype 'i8'"),
+                                         ([True, False] * 10, "list of integers.*bool")])
+def test_labels_that_are_not_a_list_of_ints_are_refused_not_truncated(tmp_path, labels, why):
+    path = write_fake_cifar10(tmp_path) / "data_batch_5"
+    rewrite_batch(path, labels=labels)
+    with pytest.raises(CorruptDataError, match=why) as info:
+        load_cifar10(tmp_path, download=False)
+    assert str(path) in str(info.value)
+
+
+def test_data_loading_does_not_import_the_network_kernels():
+    import ast
+    for name in ("data.py", "augment.py"):
+        tree = ast.parse((REPO_ROOT / "minimobile" / name).read_text())
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                    for alias in node.names} | {node.module or "" for node in ast.walk(tree)
+                                                if isinstance(node, ast.ImportFrom)}
+        assert not imported & {"kernels", "ops", "layers"}, (name, imported)
 
 
 def crop_flip_reference(x, dy, dx, flipped, padding):
@@ -439,3 +534,76 @@ def test_real_cifar10_has_the_official_shapes_and_balanced_classes():
     z = normalize(ds.x_train[:5000], dtype=np.float64)
     np.testing.assert_allclose(z.mean(axis=(0, 2, 3)), 0.0, atol=0.03)
     np.testing.assert_allclose(z.std(axis=(0, 2, 3)), 1.0, atol=0.03)
+
+
+def ramp_images(n):
+    """Images whose value rises left to right (labels are their ids), so a flip, even after a
+    crop of up to 4 px, shows as a falling centre row."""
+    x = np.broadcast_to((10 + 7 * np.arange(32)).astype(np.uint8), (n, 3, 32, 32)).copy()
+    return x, np.arange(n)
+
+
+def flipped_ids(batches):
+    """{image id: flipped?} over one epoch of `batches` of ramp_images."""
+    return {int(i): bool(xb[k, 0, 16, 20] < xb[k, 0, 16, 12])
+            for xb, yb in batches for k, i in enumerate(yb)}
+
+
+def test_batches_default_flips_keep_the_random_stream_of_crop_then_flip_per_batch():
+    x, y = ramp_images(40)
+    got = list(Batches(x, y, 16, augment=True, rng=np.random.default_rng(5)))
+    rng = np.random.default_rng(5)
+    order = rng.permutation(40)
+    for (xb, yb), i in zip(got, range(0, 40, 16), strict=True):
+        idx = order[i:i + 16]
+        np.testing.assert_array_equal(xb, normalize(random_crop_flip(x[idx], rng)))
+        np.testing.assert_array_equal(yb, y[idx])
+
+
+def test_alternating_flips_flip_each_image_in_every_other_epoch_from_a_random_start():
+    x, y = ramp_images(64)
+    batches = Batches(x, y, 16, augment=True, rng=np.random.default_rng(0), flip="alternate")
+    epochs = [flipped_ids(batches) for _ in range(3)]
+    assert all(epochs[1][i] != epochs[0][i] for i in range(64))
+    assert epochs[2] == epochs[0]
+    assert 16 <= sum(epochs[0].values()) <= 48  # a random half, not all or none
+    other = flipped_ids(Batches(x, y, 16, augment=True, rng=np.random.default_rng(1),
+                                flip="alternate"))
+    assert other != epochs[0]
+
+
+def test_alternating_flips_resume_from_the_epoch_count_and_the_rng_state():
+    x, y = ramp_images(32)
+    batches = Batches(x, y, 8, augment=True, rng=np.random.default_rng(2), flip="alternate")
+    list(batches)
+    state = batches.rng.bit_generator.state
+    epoch2 = list(batches)
+    resumed = Batches(x, y, 8, augment=True, rng=np.random.default_rng(2), flip="alternate")
+    resumed.rng.bit_generator.state, resumed.epoch = state, 1
+    for (xb, yb), (xr, yr) in zip(epoch2, resumed, strict=True):
+        np.testing.assert_array_equal(xb, xr)
+        np.testing.assert_array_equal(yb, yr)
+
+
+def test_cutout_zeroes_one_clipped_square_per_image_deterministically():
+    from minimobile.data import cutout
+    x = np.ones((200, 3, 32, 32), np.float32)
+    out = cutout(x.copy(), 8, np.random.default_rng(0))
+    holes = out[:, 0] == 0  # (N, H, W)
+    assert (out == 0).sum(axis=1).max() <= 3 and np.array_equal(holes, out[:, 2] == 0)
+    areas = holes.sum(axis=(1, 2))
+    assert areas.max() == 64 and areas.min() >= 16  # a corner centre keeps a quarter
+    rows, cols = holes.any(axis=2), holes.any(axis=1)
+    assert np.array_equal(areas, rows.sum(1) * cols.sum(1))  # one rectangle, not scattered
+    np.testing.assert_array_equal(cutout(x.copy(), 8, np.random.default_rng(0)), out)
+
+
+def test_batches_apply_cutout_after_normalising_and_refuse_bad_options():
+    x, y = ramp_images(16)
+    xb, _ = next(iter(Batches(x, y, 16, shuffle=False, cutout=6, rng=np.random.default_rng(0))))
+    assert (xb == 0).all(axis=1).sum(axis=(1, 2)).min() >= 9
+    assert (normalize(x) != 0).all()  # so every zero is cutout's
+    with pytest.raises(ValueError, match="flip must be one of"):
+        Batches(x, y, 4, rng=np.random.default_rng(0), flip="sometimes")
+    with pytest.raises(ValueError, match="cutout must be an integer"):
+        Batches(x, y, 4, rng=np.random.default_rng(0), cutout=33)

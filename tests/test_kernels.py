@@ -430,3 +430,39 @@ def test_the_environment_variable_selects_the_rung(value, ok):
         assert result.returncode != 0
         assert "MINIMOBILE_KERNELS: expected one of loops, simple, fast, got 'quick'" in \
             result.stderr
+
+
+def test_small_arrays_run_on_one_thread_and_the_count_comes_back(monkeypatch):
+    seen = []
+    monkeypatch.setattr(tuning, "SERIAL_MAX_ELEMENTS", 100)
+    threads = numba.get_num_threads()
+    for size in (100, 101):
+        with kernels.threads_for(size):
+            seen.append(numba.get_num_threads())
+        assert numba.get_num_threads() == threads
+    assert seen == [1, threads]
+    with pytest.raises(RuntimeError), kernels.threads_for(10):
+        raise RuntimeError("a kernel failed")
+    assert numba.get_num_threads() == threads
+
+
+@pytest.mark.parametrize("env, expected", [({}, str(tuning.GOMP_SPINCOUNT)),
+                                           ({"GOMP_SPINCOUNT": "300000"}, "300000"),
+                                           ({"OMP_WAIT_POLICY": "ACTIVE"}, "None")])
+def test_waiting_threads_sleep_unless_the_environment_says_otherwise(env, expected):
+    base = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    result = subprocess.run([sys.executable, "-c", "import os, minimobile; "
+                             "print(os.environ.get('GOMP_SPINCOUNT'))"],
+                            env={**base, **env}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected
+
+
+def test_the_thread_settings_are_described_in_one_line(monkeypatch):
+    from minimobile import parallel
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setenv("GOMP_SPINCOUNT", "123")
+    line = parallel.describe()
+    assert f"threads: {numba.get_num_threads()} Numba" in line and "after 123 spins" in line
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert "OMP_WAIT_POLICY=PASSIVE" in parallel.describe()

@@ -356,3 +356,13 @@ def test_mobilenet_v2_builds_its_blocks_with_the_given_block_class_and_the_same_
     mine_state, library_state = mine.state_dict(), library.state_dict()
     assert list(mine_state) == list(library_state)
     assert all(np.array_equal(mine_state[k], library_state[k]) for k in library_state)
+
+
+def test_build_model_lives_in_models_and_refuses_a_width_beyond_the_bound():
+    from minimobile import models, train
+    assert train.build_model is models.build_model and train.MODELS is models.MODELS
+    assert type(models.build_model("v3-small", width=0.25)).__name__ == "MobileNetV3"
+    for width in (0, -1, models.MAX_WIDTH * 1.01, 100):
+        with pytest.raises(ValueError, match="width"):
+            models.build_model("v1", width=width)
+

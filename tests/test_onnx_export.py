@@ -82,3 +82,11 @@ def test_an_unknown_layer_is_named():
     with pytest.raises(ValueError, match="expected a minimobile layer or block, got Mystery "
                        "at 1"):
         onnx_export.to_onnx(mm.Sequential(mm.ReLU(), Mystery()), resolution=8, fuse=False)
+
+
+def test_export_refuses_nan_weights_and_writes_nothing(tmp_path):
+    model = mm.mobilenet_v1(cifar=True, width_mult=0.25, seed=0)
+    model.features[0][1].buffers["running_var"][2] = np.inf
+    with pytest.raises(ValueError, match=r"NaN or infinite weights \(features.0.1.running_var\)"):
+        onnx_export.export(model, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []

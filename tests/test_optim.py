@@ -402,3 +402,78 @@ def test_make_schedule_checks_its_arguments_before_training_starts():
 def test_schedules_reject_bad_arguments_naming_expected_and_got(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_linear_with_warmup_ramps_like_the_cosine_then_falls_in_a_straight_line_to_min_lr():
+    from minimobile.schedules import linear_with_warmup
+    lrs = [linear_with_warmup(s, total_steps=10, base_lr=1.0, warmup_steps=4, min_lr=0.1)
+           for s in range(11)]
+    ramp = [cosine_with_warmup(s, total_steps=10, base_lr=1.0, warmup_steps=4) for s in range(4)]
+    assert lrs[:4] == ramp and lrs[4] == 1.0
+    assert lrs[7] == pytest.approx(1.0 - 0.9 * 0.5, rel=1e-15) and lrs[10] == pytest.approx(0.1)
+    steps = np.diff(lrs[4:])
+    np.testing.assert_allclose(steps, steps[0], rtol=1e-12)  # a straight line
+    assert make_schedule("linear_with_warmup", total_steps=10, base_lr=1.0)(10) == 0.0
+
+
+def _bn():
+    from minimobile.layers import BatchNorm2d
+    return BatchNorm2d(3)  # params weight, bias; buffers running_mean, running_var, an int
+
+
+def test_ema_averages_weights_and_running_statistics_and_copies_integer_buffers():
+    from minimobile.optim import EMA
+    model = _bn()
+    ema = EMA(model, decay=0.5, warmup=False)
+    expected_w, expected_m = np.ones(3), np.zeros(3)  # BatchNorm2d starts with weight 1
+    for t in range(1, 5):
+        model.params["weight"][...] = t
+        model.buffers["running_mean"][...] = 10 * t
+        model.buffers["num_batches_tracked"][...] = t
+        ema.update()
+        expected_w = 0.5 * expected_w + 0.5 * t
+        expected_m = 0.5 * expected_m + 0.5 * 10 * t
+    np.testing.assert_allclose(ema.shadow["weight"], expected_w, rtol=1e-6)
+    np.testing.assert_allclose(ema.shadow["running_mean"], expected_m, rtol=1e-6)
+    assert ema.shadow["num_batches_tracked"] == 4 and ema.shadow["weight"].dtype == np.float32
+
+
+def test_ema_warmup_follows_tensorflows_num_updates_rule_and_caps_at_decay():
+    from minimobile.optim import EMA
+    ema = EMA(_bn(), decay=0.9)
+    decays = []
+    for _ in range(100):
+        decays.append(ema.current_decay())
+        ema.update()
+    assert decays[0] == pytest.approx(0.1) and decays[1] == pytest.approx(2 / 11)
+    assert decays[-1] == 0.9 and max(decays) == 0.9
+    assert EMA(_bn(), decay=0.9, warmup=False).current_decay() == 0.9
+
+
+def test_ema_swaps_its_weights_in_for_evaluation_and_restores_the_live_ones():
+    from minimobile.optim import EMA
+    model = _bn()
+    ema = EMA(model, decay=0.5, warmup=False)
+    model.params["weight"][...] = 4.0
+    ema.update()
+    live = model.params["weight"]
+    with ema.swapped_into(model):
+        np.testing.assert_array_equal(model.params["weight"], 2.5)  # (1 + 4) / 2
+    assert model.params["weight"] is live
+    np.testing.assert_array_equal(live, 4.0)
+
+
+def test_ema_state_dict_round_trips_and_refuses_a_mismatch():
+    from minimobile.optim import EMA
+    model = _bn()
+    ema = EMA(model, decay=0.99)
+    model.params["weight"][...] = 1.0
+    ema.update()
+    other = EMA(_bn(), decay=0.99)
+    other.load_state_dict(ema.state_dict())
+    assert other.num_updates == 1 and other.current_decay() == ema.current_decay()
+    np.testing.assert_array_equal(other.shadow["weight"], ema.shadow["weight"])
+    with pytest.raises(ValueError, match="missing keys.*weight"):
+        other.load_state_dict({"num_updates": 0})
+    with pytest.raises(ValueError, match="decay"):
+        EMA(_bn(), decay=1.0)

@@ -144,3 +144,16 @@ def test_the_report_measures_accuracy_and_weight_bytes(tmp_path, rng):
     stem, classifier = 27 * 8 * 32 * 32, 256 * 10
     total = mm.cost.profile(model, (3, 32, 32)).macs
     assert result.int8_mac_fraction == pytest.approx(1 - (stem + classifier) / total)
+
+
+def test_quantize_refuses_nan_weights_naming_them(rng):
+    model = mm.mobilenet_v1(cifar=True, width_mult=0.25, seed=0)
+    model.features[3].pw[0].params["weight"][0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or infinite weights \(features.3.pw.0.weight\)"):
+        quantize.quantize(model, rng.standard_normal((4, 3, 32, 32)).astype(np.float32))
+
+
+def test_quantize_refuses_an_empty_calibration_set():
+    model = mm.mobilenet_v1(cifar=True, width_mult=0.25, seed=0)
+    with pytest.raises(ValueError, match="at least one calibration image"):
+        quantize.quantize(model, np.zeros((0, 3, 32, 32), np.float32))

@@ -62,7 +62,7 @@ def test_config_fills_the_optimizers_defaults_and_rejects_bad_values():
     assert config.out == "runs/v2-w0.5"
     adamw = TrainConfig(optimizer="adamw", lr=1e-3)
     assert adamw.lr == 1e-3 and adamw.weight_decay == 0.05
-    for bad in ({"model": "v4"}, {"optimizer": "adam"}, {"schedule": "linear"},
+    for bad in ({"model": "v4"}, {"optimizer": "adam"}, {"schedule": "triangle"},
                 {"epochs": 0}, {"label_smoothing": 1.0}, {"limit_train": 0}, {"width": 0},
                 {"dtype": "float16"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
@@ -116,9 +116,17 @@ def test_fit_lowers_the_loss_and_writes_checkpoints_and_history(tmp_path):
     assert checkpoint.load_meta(tmp_path / "last.npz")["epoch"] == 5
 
 
-def test_resume_after_ctrl_c_ends_bit_for_bit_where_an_uninterrupted_run_ends(tmp_path, capsys):
+# Every technique that carries state across epochs: the EMA's average and update count, the
+# alternating flips' parity, cutout's draws, and an evaluation with TTA.
+FAST_TECHNIQUES = {"ema": 0.9, "flip": "alternate", "cutout": 8, "tta": "flip,translate",
+                   "schedule": "linear", "label_smoothing": 0.2}
+
+
+@pytest.mark.parametrize("techniques", [{}, FAST_TECHNIQUES], ids=["defaults", "techniques"])
+def test_resume_after_ctrl_c_ends_bit_for_bit_where_an_uninterrupted_run_ends(tmp_path, capsys,
+                                                                              techniques):
     data = colour_data()
-    straight = tiny_config(tmp_path / "straight", seed=3)
+    straight = tiny_config(tmp_path / "straight", seed=3, **techniques)
     fit(straight, model=tiny_model(0), data=data, progress=False)
 
     resumed = replace(straight, out=str(tmp_path / "resumed"))
@@ -132,10 +140,11 @@ def test_resume_after_ctrl_c_ends_bit_for_bit_where_an_uninterrupted_run_ends(tm
     a, meta_a = checkpoint.load(tmp_path / "straight" / "last.npz")
     b, meta_b = checkpoint.load(tmp_path / "resumed" / "last.npz")
     assert set(a) == set(b) and any(k.startswith("optimizer/momentum_buffer") for k in a)
+    assert any(k.startswith("ema/") for k in a) == bool(techniques)
     for key in a:
         assert np.array_equal(a[key], b[key]), key
-    for key in ("epoch", "step", "data_rng", "model_rngs"):
-        assert meta_a[key] == meta_b[key], key
+    for key in ("epoch", "step", "data_rng", "model_rngs", "ema_updates"):
+        assert meta_a.get(key) == meta_b.get(key), key
     strip = [[{k: v for k, v in row.items() if k not in TIMING} for row in meta["history"]]
              for meta in (meta_a, meta_b)]
     assert strip[0] == strip[1]
@@ -178,3 +187,304 @@ def test_resume_without_a_checkpoint_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="last.npz does not exist"):
         fit(tiny_config(tmp_path), model=tiny_model(0), data=colour_data(64, 32), resume=True,
             progress=False)
+
+
+def test_fit_refuses_a_batch_larger_than_the_training_set_before_training(tmp_path):
+    with pytest.raises(mm.errors.ConfigError, match="--batch-size 128 is larger than the 64 "
+                       "training images.*--batch-size 64 or less"):
+        fit(tiny_config(tmp_path, batch_size=128), model=tiny_model(0),
+            data=colour_data(64, 32), progress=False)
+    assert not list(tmp_path.glob("*.npz"))
+
+
+def test_a_run_folder_under_a_file_fails_before_the_data_is_loaded(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    data = SimpleNamespace()  # any attribute access would fail: the data must not be touched
+    for out in (tmp_path / "file", tmp_path / "file" / "run"):
+        with pytest.raises(mm.errors.OutputError, match=f"{out}.*choose another --out"):
+            fit(tiny_config(out), model=tiny_model(0), data=data, progress=False)
+
+
+def test_a_full_disk_mid_run_is_one_error_that_keeps_the_last_checkpoint(tmp_path,
+                                                                         monkeypatch):
+    import errno
+    savez, calls = np.savez, [0]
+
+    def savez_on_a_full_disk(file, **arrays):
+        if checkpoint.load_meta(tmp_path / "last.npz")["epoch"] == 1 if (
+                tmp_path / "last.npz").exists() else False:
+            file.write(b"PK\x03\x04 the start of a zip")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return savez(file, **arrays)
+    monkeypatch.setattr(np, "savez", savez_on_a_full_disk)
+    with pytest.raises(mm.errors.OutputError) as info:
+        fit(tiny_config(tmp_path), model=tiny_model(0), data=colour_data(64, 32),
+            progress=False)
+    message = str(info.value)
+    assert "No space left on device" in message and "epoch 1, untouched" in message
+    assert "--resume" in message and "\n" not in message
+    monkeypatch.undo()
+    assert checkpoint.load_meta(tmp_path / "last.npz")["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.npz", "history.csv", "last.npz"]
+
+
+def test_resuming_with_another_network_is_a_mismatch_error_naming_the_file(tmp_path):
+    data = colour_data(n_train=64, n_test=32)
+    config = tiny_config(tmp_path, epochs=1)
+    fit(config, model=tiny_model(0), data=data, progress=False)
+    other = mm.Sequential(mm.Conv2d(3, 4, 3, rng=np.random.default_rng(0)), mm.GlobalAvgPool2d(),
+                          mm.Flatten(), mm.Linear(4, 10, rng=np.random.default_rng(0)))
+    with pytest.raises(mm.errors.CheckpointMismatchError, match="last.npz.*do not fit"):
+        fit(replace(config, epochs=2), model=other, data=data, resume=True, progress=False)
+
+
+def test_resuming_from_nan_weights_says_so_instead_of_advising_a_lower_lr(tmp_path):
+    data = colour_data(n_train=64, n_test=32)
+    config = tiny_config(tmp_path, epochs=1)
+    fit(config, model=tiny_model(0), data=data, progress=False)
+    arrays, meta = checkpoint.load(tmp_path / "last.npz")
+    arrays["model/0.weight"][0, 0, 0, 0] = np.nan
+    checkpoint.save(tmp_path / "last.npz", arrays, meta)
+    with pytest.raises(mm.errors.CheckpointMismatchError) as info:
+        fit(replace(config, epochs=2), model=tiny_model(0), data=data, resume=True,
+            progress=False)
+    assert "already holds NaN" in str(info.value) and "0.weight" in str(info.value)
+    assert "--lr" not in str(info.value)
+
+
+def test_ctrl_c_before_the_first_epoch_ends_does_not_offer_a_resume(tmp_path, capsys):
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_config(tmp_path), model=interrupt_at(tiny_model(0), n=1), data=colour_data(),
+            progress=False)
+    err = capsys.readouterr().err
+    assert "No epoch finished" in err and "--resume" not in err and "start over" in err
+
+
+@pytest.mark.parametrize("text, match", [
+    ("name,value\nx,1\n", "lacks the columns epoch"),
+    ("epoch,step,train_loss,train_acc,test_loss,test_acc\n1,8,0.5,0.3,,\n2,16,oops,0.4,,\n",
+     "line 3"),
+    ("epoch,step,train_loss,train_acc,test_loss,test_acc\n1,8,0.5", "line 2"),
+])
+def test_a_malformed_history_names_the_file_and_the_line(tmp_path, text, match):
+    (tmp_path / "history.csv").write_text(text)
+    with pytest.raises(mm.errors.CorruptHistoryError, match=match) as info:
+        train.read_history(tmp_path / "history.csv")
+    assert "history.csv" in str(info.value)
+
+
+@pytest.mark.parametrize("bad", [{"model": "v9"}, {"width": -1}, {"epochs": "ten"},
+                                 {"width": 100.0}])
+def test_a_checkpoint_with_an_invalid_saved_config_is_a_corrupt_checkpoint(tmp_path, bad):
+    from dataclasses import asdict
+    config = {**asdict(tiny_config(tmp_path)), **bad}
+    checkpoint.save(tmp_path / "c.npz", {"w": np.zeros(1)},
+                    {"kind": train.CHECKPOINT_KIND, "config": config})
+    with pytest.raises(checkpoint.CorruptCheckpointError, match="c.npz holds an invalid"):
+        train.read_config(tmp_path / "c.npz")
+
+
+def test_warm_up_compiles_on_a_copy_says_so_when_slow_and_leaves_the_model_alone(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train, "COMPILE_NOTE_AFTER", 0.0)
+    model, data = tiny_model(0), colour_data(n_train=32, n_test=8)
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    rngs = train.generator_states(model)
+    train.warm_up(model, tiny_config(tmp_path), data.x_train, data.y_train)
+    assert "compiling kernels, once" in capsys.readouterr().err
+    assert all(np.array_equal(before[k], v) for k, v in model.state_dict().items())
+    assert train.generator_states(model) == rngs and model[0]._cache is None
+
+
+def test_without_progress_bars_one_line_per_epoch_is_still_printed(tmp_path, capsys):
+    fit(tiny_config(tmp_path, epochs=2), model=tiny_model(0), data=colour_data(64, 32),
+        progress=False, log=True)
+    out = capsys.readouterr().out
+    assert "epoch 1/2  train loss" in out and "epoch 2/2  train loss" in out
+
+
+def test_a_run_killed_during_a_checkpoint_write_resumes_and_leaves_no_temporary_file(
+        tmp_path):
+    """Fault injection: a child process trains and is killed (SIGKILL, no clean-up of any
+    kind) in the middle of its epoch-2 checkpoint write. The previous checkpoint must load,
+    the half-written temporary file is removed by the next start, and the resumed run ends
+    bit for bit where an uninterrupted one does."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+    tests, repo = Path(__file__).parent, Path(__file__).parents[1]
+    killed = tmp_path / "killed"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(tests)!r})
+        import numpy as np
+        import test_train as t
+        savez, calls = np.savez, [0]
+        def savez_killed_midway(file, **arrays):
+            calls[0] += 1
+            if calls[0] == 3:  # epoch 1 wrote best.npz and last.npz; this is epoch 2
+                file.write(b"PK\\x03\\x04" + bytes(1000))
+                file.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return savez(file, **arrays)
+        np.savez = savez_killed_midway
+        t.fit(t.tiny_config({str(killed)!r}, seed=3), model=t.tiny_model(0),
+              data=t.colour_data(), progress=False)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True,
+                          text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(repo)})
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    left = checkpoint.temporary_files(killed, train.RUN_FILES)
+    assert len(left) == 1 and left[0].stat().st_size > 1000
+    assert checkpoint.load_meta(killed / "last.npz")["epoch"] == 1
+
+    config = tiny_config(killed, seed=3)
+    fit(config, model=tiny_model(99), data=colour_data(), resume=True, progress=False)
+    assert checkpoint.temporary_files(killed, train.RUN_FILES) == []
+    straight = replace(config, out=str(tmp_path / "straight"))
+    fit(straight, model=tiny_model(0), data=colour_data(), progress=False)
+    a, _ = checkpoint.load(tmp_path / "straight" / "last.npz")
+    b, _ = checkpoint.load(killed / "last.npz")
+    assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("meta_change", [{"history": "lost"}, {"epoch": None}])
+def test_resuming_from_a_checkpoint_with_a_broken_training_state_is_a_corrupt_checkpoint(
+        tmp_path, meta_change):
+    data = colour_data(n_train=64, n_test=32)
+    config = tiny_config(tmp_path, epochs=1)
+    fit(config, model=tiny_model(0), data=data, progress=False)
+    arrays, meta = checkpoint.load(tmp_path / "last.npz")
+    checkpoint.save(tmp_path / "last.npz", arrays, {**meta, **meta_change})
+    with pytest.raises(checkpoint.CorruptCheckpointError, match="valid training state"):
+        fit(replace(config, epochs=2), model=tiny_model(0), data=data, resume=True,
+            progress=False)
+
+
+def test_the_same_seed_gives_the_same_run_with_every_technique_on(tmp_path):
+    data = colour_data(n_train=128, n_test=32)
+    runs = [fit(tiny_config(tmp_path / name, epochs=2, **FAST_TECHNIQUES), model=tiny_model(0),
+                data=data, progress=False) for name in ("a", "b")]
+    strip = [[{k: v for k, v in row.items() if k not in TIMING} for row in run] for run in runs]
+    assert strip[0] == strip[1]
+    a, _ = checkpoint.load(tmp_path / "a" / "last.npz")
+    b, _ = checkpoint.load(tmp_path / "b" / "last.npz")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    other = fit(tiny_config(tmp_path / "c", epochs=2, seed=1, **FAST_TECHNIQUES),
+                model=tiny_model(0), data=data, progress=False)
+    assert other[-1]["train_loss"] != runs[0][-1]["train_loss"]  # the seed moves the data
+
+
+def test_decay_norm_and_bias_decays_every_parameter_and_the_default_only_weights():
+    model = tiny_model(0)
+    default = train.make_optimizer(tiny_config("unused"), model)
+    names = dict(zip(default.names, default.decay))
+    assert names["0.weight"] and names["6.weight"]  # conv and linear weights
+    assert not any(names[k] for k in ("1.weight", "1.bias", "6.bias"))  # batch norm, bias
+    everything = train.make_optimizer(tiny_config("unused", decay_norm_and_bias=True), model)
+    assert all(everything.decay)
+
+
+def test_evaluate_without_tta_is_the_plain_forward_pass_of_the_normalised_images():
+    model, data = tiny_model(0), colour_data(n_train=32, n_test=40)
+    result = train.evaluate(model, data.x_test, data.y_test, batch_size=16)
+    with mm.no_grad():
+        logits = model.eval().forward(mm.data.normalize(data.x_test))
+    np.testing.assert_array_equal(result.predictions, logits.argmax(axis=1))
+
+
+def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror():
+    model, data = tiny_model(0), colour_data(n_train=32, n_test=40)
+    x, y = data.x_test.copy(), data.y_test
+    x[:, :, :, :16] //= 2  # left and right halves differ, so a mirror changes the logits
+    plain = train.evaluate(model, x, y, 16)
+    flip = train.evaluate(model, x, y, 16, tta="flip")
+    mirrored = train.evaluate(model, x[..., ::-1], y, 16, tta="flip")
+    assert flip.loss != plain.loss
+    assert flip.loss == pytest.approx(mirrored.loss, rel=1e-6)  # the average is mirror-blind
+    model.eval()
+    with mm.no_grad():
+        expected = (model.forward(mm.data.normalize(x)) +
+                    model.forward(mm.data.normalize(x[..., ::-1].copy()))) / 2
+    np.testing.assert_allclose(train.tta_logits(model, x, "flip"), expected, rtol=1e-5)
+
+
+def test_translate_tta_weighs_the_unshifted_and_the_two_reflect_shifted_pairs_as_airbench():
+    model, data = tiny_model(0).eval(), colour_data(n_train=32, n_test=8)
+    x = data.x_test
+
+    def pair(images):
+        with mm.no_grad():
+            return sum(model.forward(mm.data.normalize(v.copy())) for v in
+                       (images, images[..., ::-1])) / 2
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect")
+    expected = (0.5 * pair(x) + 0.25 * pair(padded[..., :32, :32])
+                + 0.25 * pair(padded[..., 2:, 2:]))
+    with mm.no_grad():
+        got = train.tta_logits(model, x, "flip,translate")
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="tta"):
+        train.evaluate(model, x, data.y_test, tta="rotate")
+
+
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_with_ema_the_averaged_model_is_tested_checkpointed_and_chosen_as_best(tmp_path, tta):
+    data = colour_data()
+    history = fit(tiny_config(tmp_path, epochs=3, ema=0.9, tta=tta), model=tiny_model(0),
+                  data=data, progress=False)
+    arrays, meta = checkpoint.load(tmp_path / "last.npz")
+    assert meta["ema_updates"] == 24 and any(k.startswith("ema/") for k in arrays)
+    live = tiny_model(0)
+    live.load_state_dict(checkpoint.model_arrays(arrays, ema=False))
+    # The loader above builds the config's network, not our tiny one: load the EMA by hand.
+    ema_model = tiny_model(0)
+    checkpoint.load_model(tmp_path / "last.npz", ema_model)
+    assert not np.array_equal(ema_model[0].params["weight"], live[0].params["weight"])
+    tested = train.evaluate(ema_model, data.x_test, data.y_test, 32, 0.1, tta=tta)
+    assert tested.loss == pytest.approx(history[-1]["test_loss"], rel=1e-6)
+    assert tested.loss != train.evaluate(live, data.x_test, data.y_test, 32, 0.1, tta=tta).loss
+    best = max(history, key=lambda row: row["test_acc"])
+    assert checkpoint.load_meta(tmp_path / "best.npz")["epoch"] == best["epoch"]
+
+
+def test_the_fast_recipe_is_a_valid_config_whose_values_explicit_settings_override():
+    config = train.recipe_config("fast", out="x")
+    for key, value in train.RECIPES["fast"].items():
+        assert getattr(config, key) == value, key
+    assert config.ema > 0 and config.tta != "none" and config.cutout > 0
+    assert train.recipe_config("fast", ema=0.0, out="x").ema == 0.0
+    with pytest.raises(ValueError, match="recipe"):
+        train.recipe_config("slowest")
+
+
+def test_fit_hands_the_flip_mode_and_cutout_to_its_batches(tmp_path, monkeypatch):
+    made = []
+
+    class SpyBatches(train.Batches):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs)
+            super().__init__(*args, **kwargs)
+    monkeypatch.setattr(train, "Batches", SpyBatches)
+    fit(tiny_config(tmp_path, epochs=1, flip="alternate", cutout=5), model=tiny_model(0),
+        data=colour_data(64, 16), progress=False)
+    (kwargs,) = made
+    assert kwargs["flip"] == "alternate" and kwargs["cutout"] == 5 and kwargs["augment"]
+
+
+def test_fit_trains_with_the_configs_label_smoothing_and_nesterov_setting(tmp_path, monkeypatch):
+    seen = []
+    loss_fn = train.softmax_cross_entropy
+
+    def spy(logits, y, smoothing=0.0):
+        seen.append(smoothing)
+        return loss_fn(logits, y, smoothing)
+    monkeypatch.setattr(train, "softmax_cross_entropy", spy)
+    fit(tiny_config(tmp_path, epochs=1, label_smoothing=0.2), model=tiny_model(0),
+        data=colour_data(64, 16), progress=False)
+    assert seen and set(seen) == {0.2}  # training steps and the test loss alike
+    assert train.make_optimizer(tiny_config("unused"), tiny_model(0)).nesterov
+    assert not train.make_optimizer(tiny_config("unused", nesterov=False), tiny_model(0)).nesterov

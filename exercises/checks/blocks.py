@@ -7,11 +7,11 @@ import numpy as np
 from minimobile.gradcheck import numerical_gradient, randomize_batchnorm, sample_indices
 from minimobile.layers import no_grad
 
-from .common import FORWARD_TOL, assert_close, call, fail
+from .common import FORWARD_TOL, Hint, assert_close, call, fail
 
-SKIP_HINT = ("the skip x + f(x) needs f(x) to have x's shape, so a block has it exactly when "
-             "stride == 1 and in_channels == out_channels; set use_res_connect from that and add "
-             "x only when it is True")
+SKIP_HINT = Hint("the skip x + f(x) needs f(x) to have x's shape (channels and size)",
+                 "use_res_connect = stride == 1 and in_channels == out_channels; add x only when "
+                 "it is True")
 BLOCK_GRAD_TOL = 1e-6  # sampled entries through several batch norms, as tests/test_blocks.py
 
 
@@ -26,17 +26,29 @@ def _state_dict_differences(mine, library):
     for title, keys in (("missing", missing), ("unexpected", unexpected),
                         ("shapes differ", shapes)):
         if keys:
-            lines.append(f"  {title}: " + ", ".join(keys))
+            more = f", and {len(keys) - 4} more" if len(keys) > 4 else ""
+            lines.append(f"  {title}: " + ", ".join(keys[:4]) + more)
     return lines
 
 
+def _forbid(module, child, what):
+    def forbidden(*args, **kwargs):
+        fail(f"{what}.backward called self.{child}.backward, the library's Sequential",
+             Hint("write the backward out: walk the children of self." + child + " in reverse "
+                  "yourself", "g = dout; for layer in reversed(list(self." + child +
+                  ")): g = layer.backward(g); then add the skip's path"))
+    getattr(module, child).backward = forbidden
+
+
 def check_block(what, make_mine, make_library, x_shape, expect_skip, structure_hint,
-                forward_hint, backward_hint, seed=0, numeric_samples=6):
+                forward_hint, backward_hint, seed=0, numeric_samples=6, written_out=None):
     """Build both blocks (float64) with make_*(rng), compare them, and check mine's gradients:
     against the library's, and at `numeric_samples` entries of dx against central differences
-    (0 for whole networks, whose blocks were checked that way already).
+    (0 for whole networks, whose blocks were checked that way already). After the training-mode
+    forward, the running statistics it leaves behind must be the library's too.
 
-    what: e.g. 'ex03 InvertedResidual(6, 6, stride=2, expand_ratio=6)'.
+    what: e.g. 'ex03 InvertedResidual(6, 6, stride=2, expand_ratio=6)'. written_out: the name
+    of a Sequential child whose backward the learner must write out rather than call.
     """
     rng = np.random.default_rng(seed)
     mine = call(f"{what}.__init__", make_mine, np.random.default_rng(seed))
@@ -57,6 +69,16 @@ def check_block(what, make_mine, make_library, x_shape, expect_skip, structure_h
                else forward_hint)
     expected = library.forward(x)
     assert_close(out, expected, f"{what}.forward: out", where, FORWARD_TOL, forward_hint)
+    library_state = library.state_dict()
+    parameters = {name for name, _, _ in library.named_parameters()}
+    for name, value in mine.state_dict().items():
+        if name not in parameters and name in library_state:
+            assert_close(np.asarray(value, np.float64), np.asarray(library_state[name],
+                         np.float64), f"{what}: {name} after one training-mode forward", where,
+                         FORWARD_TOL, "pass bn_eps and bn_momentum on to every batch norm "
+                         "(each layer updates its own running statistics in forward)")
+    if written_out is not None:
+        _forbid(mine, written_out, what)
     dout = rng.standard_normal(expected.shape)
     dx = call(f"{what}.backward", mine.backward, dout, hint=backward_hint)
     expected_dx = library.backward(dout)

@@ -2,12 +2,17 @@
 act on (which function, which output or gradient, on which shape, by how much, where, a hint).
 
 The verdicts themselves are the library's: `minimobile.gradcheck.relative_error` (largest
-difference over largest magnitude) against `minimobile.reference` forwards and against
-`minimobile.gradcheck.numerical_gradient` (float64 central differences).
+difference over largest magnitude) against the public ops of `minimobile.ops` run in float64,
+and against `minimobile.gradcheck.numerical_gradient` (float64 central differences).
+
+Hints come in two tiers: a failure prints the first, which points the way; the full recipe is
+printed only on request, with MINIMOBILE_HINTS=full (or `python -m exercises hint exNN`).
 """
 
 import importlib
 import os
+import traceback
+from pathlib import Path
 
 import numpy as np
 
@@ -29,8 +34,49 @@ def load_exercise(name):
     return importlib.import_module(f"{package}.{name}")
 
 
+HINTS_VARIABLE = "MINIMOBILE_HINTS"
+EXERCISES_DIR = Path(__file__).resolve().parents[1]
+
+
+class ExerciseFailure(AssertionError):
+    """A check's verdict: exercises/conftest.py prints its message alone, without a traceback
+    through the checks (which says nothing the message does not)."""
+
+
+class Hint(tuple):
+    """A hint in two tiers: `first` points the way, `full` is the recipe, shown only with
+    MINIMOBILE_HINTS=full."""
+
+    def __new__(cls, first, full):
+        return super().__new__(cls, (first, full))
+
+
+def format_hint(hint):
+    if not hint:
+        return ""
+    if isinstance(hint, Hint):
+        first, full = hint
+        if os.environ.get(HINTS_VARIABLE, "").lower() == "full":
+            return f"\n  hint: {first}\n  recipe: {full}"
+        return (f"\n  hint: {first}\n  (the full recipe: {HINTS_VARIABLE}=full python -m pytest "
+                "..., or python -m exercises hint exNN)")
+    return f"\n  hint: {hint}"
+
+
 def fail(message, hint=None):
-    raise AssertionError(message + (f"\n  hint: {hint}" if hint else ""))
+    raise ExerciseFailure(message + format_hint(hint))
+
+
+def _where_in_learner_code(error):
+    """'exercises/ex03_mobilenet_v2.py:41 in forward: out = ...' for the deepest frame of an
+    exception's traceback in an exercise file (not the checks), or ''."""
+    found = ""
+    for frame in traceback.extract_tb(error.__traceback__):
+        path = Path(frame.filename).resolve()
+        if path.is_relative_to(EXERCISES_DIR) and "checks" not in path.parts[-2:]:
+            found = (f"{path.relative_to(EXERCISES_DIR.parent)}:{frame.lineno} in {frame.name}: "
+                     f"{(frame.line or '').strip()}")
+    return found
 
 
 def call(what, f, *args, hint=None, returns=None, **kwargs):
@@ -41,8 +87,12 @@ def call(what, f, *args, hint=None, returns=None, **kwargs):
         result = f(*args, **kwargs)
     except NotImplementedError:
         raise
+    except ExerciseFailure:
+        raise
     except Exception as e:  # noqa: BLE001: whatever the learner's code raised, say where
-        fail(f"{what} raised {type(e).__name__}: {e}", hint)
+        where = _where_in_learner_code(e)
+        fail(f"{what} raised {type(e).__name__}: {e}" + (f"\n  at {where}" if where else ""),
+             hint)
     if returns is not None and not (isinstance(result, tuple) and len(result) == len(returns)):
         got = (f"a tuple of {len(result)}" if isinstance(result, tuple)
                else type(result).__name__)
@@ -59,16 +109,31 @@ def describe(**arrays_and_values):
     return ", ".join(parts)
 
 
-def _fmt(v):
-    return f"{float(v):.6g}"
+def _fmt(v, digits=6):
+    return f"{float(v):.{digits}g}"
 
 
-def assert_close(got, expected, what, where, tol, hint=None, context=None, pieces=None):
+def fmt_pair(a, b):
+    """Two floats with just enough significant digits (6 to 17) to tell them apart."""
+    for digits in range(6, 18):
+        if _fmt(a, digits) != _fmt(b, digits) or float(a) == float(b):
+            break
+    return _fmt(a, digits), _fmt(b, digits)
+
+
+EPS_HINT = ("the error is tiny but real: everything is right except a constant of eps's size; "
+            "look at eps (is it the one passed in, added to the variance, under the square root: "
+            "1 / sqrt(var + eps)?)")
+
+
+def assert_close(got, expected, what, where, tol, hint=None, context=None, pieces=None,
+                 eps_band=None):
     """Fail unless relative_error(got, expected) <= tol, saying by how much and where.
 
     what: 'ex03 relu6_forward: out'; where: 'for x of shape (2, 3, 4, 5)'. context: arrays of
     got's shape whose value at the worst index helps (e.g. {'x': x}). pieces: (label, mask)
-    pairs of got's shape; the message then says on which pieces the errors are.
+    pairs of got's shape; the message then says on which pieces the errors are. eps_band: an
+    upper bound; an error above tol and below it is blamed on eps (EPS_HINT).
     """
     if got is None:
         fail(f"{what} is None {where}", hint)
@@ -86,9 +151,10 @@ def assert_close(got, expected, what, where, tol, hint=None, context=None, piece
     diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
     index = np.unravel_index(int(np.argmax(diff)), diff.shape)
     index_text = tuple(int(i) for i in index)
+    yours, wanted = fmt_pair(got[index], expected[index])
     lines = [f"{what} is wrong {where}: relative error {err:.2e} (tolerance {tol:.0e})",
              f"  largest difference {diff[index]:.3g} at index {index_text}: yours "
-             f"{_fmt(got[index])}, expected {_fmt(expected[index])}"]
+             f"{yours}, expected {wanted}"]
     if context:
         lines[-1] += "".join(f", where {name} = {_fmt(a[index])}" for name, a in context.items()
                              if np.shape(a) == got.shape)
@@ -98,11 +164,13 @@ def assert_close(got, expected, what, where, tol, hint=None, context=None, piece
         counts = [f"{label}: {int((wrong & mask).sum())} of {int(mask.sum())} wrong"
                   for label, mask in pieces if mask.any()]
         lines.append("  by piece: " + "; ".join(counts))
+    if eps_band is not None and err < eps_band:
+        hint = EPS_HINT
     fail("\n".join(lines), hint)
 
 
 def assert_gradient(f, x, analytic, dout, what, where, tol=GRAD_TOL, hint=None, indices=None,
-                    context=None, pieces=None):
+                    context=None, pieces=None, eps_band=None):
     """An analytic gradient against the float64 central difference of sum(f() * dout) with
     respect to x (all entries, or the sampled `indices`), with assert_close's message."""
     if analytic is None:
@@ -118,7 +186,7 @@ def assert_gradient(f, x, analytic, dout, what, where, tol=GRAD_TOL, hint=None, 
                      hint)
         return
     assert_close(analytic, numeric, what + " (against the numerical gradient)", where, tol,
-                 hint, context, pieces)
+                 hint, context, pieces, eps_band)
 
 
 def assert_same_dtype(got, x, what, where):

@@ -1,6 +1,6 @@
-"""Checks of exercise 04: hard-swish and hard-sigmoid against the reference and central
+"""Checks of exercise 04: hard-swish and hard-sigmoid against the library's ops and central
 differences; the learner's SqueezeExcitation and Bneck against the library's with the same
-weights."""
+weights, for every argument away from its default too."""
 
 import numpy as np
 
@@ -8,6 +8,7 @@ from minimobile.blocks import Bneck
 from minimobile.layers import SqueezeExcitation
 
 from . import activations, blocks
+from .common import Hint
 
 HARDSWISH = activations.Activation(
     "ex04", "hardswish", kinks=[-3.0, 3.0], low=-5.0, high=5.0,
@@ -58,19 +59,28 @@ def check_squeeze_excitation(ex):
             "keep the given __init__: the children's names are torchvision's",
             "s = scale_activation(fc2(activation(fc1(avgpool(x))))) has shape (N, C, 1, 1); "
             "out = x * s",
-            "x reaches out along two paths: directly (dx = dout * s) and through the gate: "
-            "ds = sum over H, W of dout * x, back through scale_activation, fc2, activation, "
-            "fc1 and avgpool; dx is the sum of both")
+            Hint("x reaches out along two paths: directly, and through the gate s that is "
+                 "computed from it; add both",
+                 "dx = dout * s, plus the gate's path: ds = sum over H, W of dout * x, back "
+                 "through scale_activation, fc2, activation, fc1 and avgpool"))
 
 
-# (in_channels, kernel_size, expanded_channels, out_channels, use_se, activation, stride)
+# (in_channels, kernel_size, expanded_channels, out_channels, use_se, activation, stride,
+# keyword arguments): both activations, K = 3 and 5, stride 2 with equal channels (no skip),
+# a squeeze width that make_divisible rounds up (72 // 4 = 18 -> 24), and batch norm's eps and
+# momentum away from V3's defaults (1e-3, 0.01).
 BNECK_CONFIGS = [
-    (8, 5, 16, 8, True, "HS", 1),
-    (8, 3, 8, 4, True, "RE", 2),
-    (4, 3, 12, 6, False, "RE", 2),
-    (6, 3, 6, 6, False, "HS", 1),
+    (8, 5, 16, 8, True, "HS", 1, {}),
+    (8, 3, 8, 4, True, "RE", 2, {}),
+    (4, 3, 12, 6, False, "RE", 2, {}),
+    (6, 3, 6, 6, False, "HS", 1, {}),
+    (6, 3, 12, 6, False, "HS", 2, {}),
+    (24, 3, 72, 24, True, "RE", 1, {}),
+    (4, 3, 8, 4, True, "HS", 1, dict(bn_eps=1e-1, bn_momentum=0.3)),
 ]
-BNECK_STRUCTURE_HINT = (
+BNECK_STRUCTURE_HINT = Hint(
+    "expansion (unless expanded == in), depthwise, squeeze-excite (if use_se), projection; "
+    "the squeeze width is make_divisible(expanded // 4, 8)",
     "self.block = Sequential(ConvBNActivation(in, expanded, 1, activation=act) unless "
     "expanded == in, ConvBNActivation(expanded, expanded, K, stride, groups=expanded, "
     "activation=act), SqueezeExcitation(expanded, make_divisible(expanded // 4, 8)) if use_se, "
@@ -79,14 +89,18 @@ BNECK_STRUCTURE_HINT = (
 
 
 def check_bneck(ex):
-    for row in BNECK_CONFIGS:
+    for *row, kw in BNECK_CONFIGS:
         in_c, _, _, out_c, _, _, stride = row
+        extra = "".join(f", {k}={v}" for k, v in kw.items())
         blocks.check_block(
-            f"ex04 Bneck{row}",
-            lambda rng: ex.Bneck(*row, rng=rng, dtype=np.float64),
-            lambda rng: Bneck(*row, rng=rng, dtype=np.float64),
+            f"ex04 Bneck({', '.join(map(repr, row))}{extra})",
+            lambda rng: ex.Bneck(*row, rng=rng, dtype=np.float64, **kw),
+            lambda rng: Bneck(*row, rng=rng, dtype=np.float64, **kw),
             (2, in_c, 7, 7), stride == 1 and in_c == out_c, BNECK_STRUCTURE_HINT,
             "expand (unless expanded == in), depthwise, squeeze-excite (if use_se), linear "
-            "projection; x + block(x) when use_res_connect (if only this fails, check "
-            "SqueezeExcitation first)",
-            "self.block.backward(dout), plus dout when use_res_connect")
+            "projection; pass the activation, bn_eps and bn_momentum on (if only this fails, "
+            "check SqueezeExcitation first)",
+            Hint("the layers' backwards run in reverse order; where the skip is, dout reaches "
+                 "x along two paths",
+                 "g = dout; for layer in reversed(list(self.block)): g = layer.backward(g); "
+                 "dx = g + dout when use_res_connect"), written_out="block")

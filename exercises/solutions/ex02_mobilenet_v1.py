@@ -7,8 +7,9 @@ mode, the layer after every conv of MobileNet V1, its running statistics, and V1
 4. DepthwiseSeparable: V1's block, built from the library's layers, forward and backward.
 5. MobileNetV1: the whole network from its table, made of your blocks.
 
-Check: `pytest exercises -m ex02`. Signatures are the library's (`minimobile.ops`,
-`minimobile.blocks.DepthwiseSeparable`, `minimobile.models.MobileNetV1`).
+Check: `python -m pytest exercises -m ex02` (this exercise needs no other). Signatures are the
+library's (`minimobile.ops`, `minimobile.blocks.DepthwiseSeparable`,
+`minimobile.models.MobileNetV1`).
 """
 
 from typing import NamedTuple

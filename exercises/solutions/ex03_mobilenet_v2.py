@@ -3,10 +3,13 @@ residual block.
 
 1. relu6_forward / relu6_backward: the op, as `minimobile.ops` writes its activations.
 2. InvertedResidual: V2's block (Sandler et al. 2018), built from the library's layers, with
-   its forward and backward; exercise 06 trains a whole MobileNetV2 made of your blocks.
+   its forward and its backward written out: walk the layers yourself, in reverse, and add
+   the skip's gradient (the check refuses a backward that calls self.conv.backward).
+   Exercise 06 trains a whole MobileNetV2 made of your blocks, so it needs this one.
 
-Check: `pytest exercises -m ex03`. Signatures are the library's (`minimobile.ops.relu6_*`,
-`minimobile.blocks.InvertedResidual`): keep them, so your block drops into the library's model.
+Check: `python -m pytest exercises -m ex03` (this exercise needs no other). Signatures are the
+library's (`minimobile.ops.relu6_*`, `minimobile.blocks.InvertedResidual`): keep them, so your
+block drops into the library's model.
 """
 
 import numpy as np
@@ -36,7 +39,8 @@ class InvertedResidual(Module):
     Hold the layers in `self.conv = Sequential(...)`, in that order, so the state dict's names
     are torchvision's (conv.0.0.weight, ...): ConvBNActivation(in, out, kernel_size, stride,
     groups=..., activation=..., bn_eps=..., bn_momentum=..., rng=rng, dtype=dtype) makes a
-    conv + BN + activation, then PointwiseConv2d and BatchNorm2d for the projection.
+    conv + BN + activation, then PointwiseConv2d and BatchNorm2d for the projection. Pass every
+    argument on (activation, bn_eps, bn_momentum, rng, dtype): the check changes each of them.
     Set `self.use_res_connect`: out = x + conv(x) only when the shapes allow it.
     """
 
@@ -60,12 +64,17 @@ class InvertedResidual(Module):
         self.conv = Sequential(*layers)
 
     def forward(self, x):
-        out = self.conv.forward(x)
+        out = x
+        for layer in self.conv:  # expand, depthwise, project, batch norm
+            out = layer.forward(out)
         return x + out if self.use_res_connect else out
 
     def backward(self, dout):
-        """Returns dx, and leaves every layer's parameter gradients in its .grads."""
-        dx = self.conv.backward(dout)
+        """Returns dx, and leaves every layer's parameter gradients in its .grads. Written out:
+        each child of self.conv's backward in turn (not self.conv.backward)."""
+        dx = dout
+        for layer in reversed(list(self.conv)):  # each layer's backward fills its .grads
+            dx = layer.backward(dx)
         if self.use_res_connect:
             dx = dx + dout  # the skip hands dout to x unchanged; the two paths add
         return dx

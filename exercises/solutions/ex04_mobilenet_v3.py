@@ -4,10 +4,13 @@ squeeze-excite and the bneck block (Howard et al. 2019).
 1. hardswish_forward / _backward and hardsigmoid_forward / _backward.
 2. SqueezeExcitation.forward / .backward: a per-channel gate computed from the input itself, so
    the input gets a gradient along two paths.
-3. Bneck: V3's block from one row of the paper's table, using your SqueezeExcitation.
+3. Bneck: V3's block from one row of the paper's table, using your SqueezeExcitation (from this
+   file: do 2 first), with its backward written out (walk the layers yourself, in reverse, and
+   add the skip's gradient; the check refuses a backward that calls self.block.backward).
 
-Check: `pytest exercises -m ex04`. Signatures are the library's (`minimobile.ops`,
-`minimobile.layers.SqueezeExcitation`, `minimobile.blocks.Bneck`): keep them.
+Check: `python -m pytest exercises -m ex04` (this exercise needs no other). Signatures are the
+library's (`minimobile.ops`, `minimobile.layers.SqueezeExcitation`, `minimobile.blocks.Bneck`):
+keep them.
 """
 
 import numpy as np
@@ -86,7 +89,8 @@ class Bneck(Module):
     1x1 projection + BN. activation is "RE" (ReLU) or "HS" (hard-swish): ACTIVATIONS maps the
     names to layer classes. Hold the layers in `self.block = Sequential(...)` (torchvision's
     names), built with ConvBNActivation(..., activation=None for the projection, bn_eps=...,
-    bn_momentum=..., rng=rng, dtype=dtype). Set self.use_res_connect as in V2's block.
+    bn_momentum=..., rng=rng, dtype=dtype). Set self.use_res_connect as in V2's block. Write
+    backward out: each child of self.block's backward in turn, not self.block.backward.
     """
 
     def __init__(self, in_channels, kernel_size, expanded_channels, out_channels, use_se,
@@ -112,11 +116,15 @@ class Bneck(Module):
         self.block = Sequential(*layers)
 
     def forward(self, x):
-        out = self.block.forward(x)
+        out = x
+        for layer in self.block:  # expand, depthwise, squeeze-excite, project
+            out = layer.forward(out)
         return x + out if self.use_res_connect else out
 
     def backward(self, dout):
-        dx = self.block.backward(dout)
-        if self.use_res_connect:
+        dx = dout
+        for layer in reversed(list(self.block)):
+            dx = layer.backward(dx)
+        if self.use_res_connect:  # the skip hands dout to x unchanged; the two paths add
             dx = dx + dout
         return dx

@@ -5,8 +5,8 @@ In eval mode batch norm is a fixed affine map per channel, bn(z) = gamma * (z - 
 sqrt(var + eps) + beta, and z = conv(x, w) + b is linear in w and b: so bn(conv(x, w) + b) is
 one conv with new weights and bias. Find them.
 
-Check: `pytest exercises -m ex07`. The signature is the library's
-(`minimobile.deploy.fold_batchnorm`): keep it.
+Check: `python -m pytest exercises -m ex07` (this exercise needs no other). The signature is the
+library's (`minimobile.deploy.fold_batchnorm`): keep it.
 """
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Exercise 02: `pytest exercises -m ex02`. Checks live in exercises/checks/."""
+"""Exercise 02: `python -m pytest exercises -m ex02`. Checks live in exercises/checks/."""
 
 import pytest
 

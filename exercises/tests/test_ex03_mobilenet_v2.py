@@ -1,4 +1,4 @@
-"""Exercise 03: `pytest exercises -m ex03`. Checks live in exercises/checks/."""
+"""Exercise 03: `python -m pytest exercises -m ex03`. Checks live in exercises/checks/."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""Exercise 04: `pytest exercises -m ex04`. Checks live in exercises/checks/."""
+"""Exercise 04: `python -m pytest exercises -m ex04`. Checks live in exercises/checks/."""
 
 import pytest
 

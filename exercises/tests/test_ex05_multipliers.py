@@ -1,4 +1,4 @@
-"""Exercise 05: `pytest exercises -m ex05`. Checks live in exercises/checks/."""
+"""Exercise 05: `python -m pytest exercises -m ex05`. Checks live in exercises/checks/."""
 
 import pytest
 
@@ -12,5 +12,5 @@ def test_v1_multiply_adds_predicted_from_the_table_match_the_counter():
     checks.check_v1_prediction(ex)
 
 
-def test_measurements_have_one_row_per_width_with_the_library_cost_and_a_positive_time():
+def test_latency_is_measured_in_eval_mode_after_a_warm_up_on_one_image_in_seconds():
     checks.check_measurements(ex)

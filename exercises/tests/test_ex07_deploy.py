@@ -1,4 +1,4 @@
-"""Exercise 07: `pytest exercises -m ex07`. Checks live in exercises/checks/."""
+"""Exercise 07: `python -m pytest exercises -m ex07`. Checks live in exercises/checks/."""
 
 import pytest
 

@@ -46,6 +46,10 @@ Numba compiles each kernel on first use and caches the machine code in `__pycach
 import contextlib
 import os
 
+import numba
+
+from .. import tuning
+
 RUNGS = ("loops", "simple", "fast")
 
 
@@ -84,6 +88,22 @@ def use(rung):
         set_rung(previous)
 
 
+@contextlib.contextmanager
+def threads_for(elements):
+    """Run the parallel kernels inside on one thread when the array has at most
+    tuning.SERIAL_MAX_ELEMENTS elements: waking a sleeping worker thread costs more than the
+    work (the fast rung's dispatchers use it; the bits do not change, see the conventions)."""
+    if elements > tuning.SERIAL_MAX_ELEMENTS:
+        yield
+        return
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(threads)
+
+
 def pick(module, op):
     """The function `<op>_<rung>` of a kernel module, for the current rung."""
     return getattr(module, f"{op}_{_rung}")
@@ -91,5 +111,5 @@ def pick(module, op):
 
 from . import batchnorm, depthwise, elementwise, int8, matmul  # noqa: E402
 
-__all__ = ["RUNGS", "current", "set_rung", "use", "pick",
+__all__ = ["RUNGS", "current", "set_rung", "use", "pick", "threads_for",
            "batchnorm", "depthwise", "elementwise", "int8", "matmul"]

@@ -26,6 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from .. import tuning
+from . import threads_for
 
 # The activations batch norm can apply in its own pass, by the code the kernels take.
 ACTIVATION_CODES = {None: 0, "relu": 1, "relu6": 2, "hardswish": 3}
@@ -174,7 +175,7 @@ def batchnorm2d_backward_simple(dx, dgamma, dbeta, dout, x, mean, invstd, gamma,
 @njit(cache=True, parallel=True)
 def channel_affine_simple(out, x, scale, shift):
     """Parallel over (image, channel) planes; the fast rung is this one (one pass, nothing
-    left to save)."""
+    left to save), on one thread for small arrays."""
     N, C, P = x.shape
     for nc in prange(N * C):
         n = nc // C
@@ -187,7 +188,9 @@ def channel_affine_simple(out, x, scale, shift):
             dst[p] = src[p] * s + t
 
 
-channel_affine_fast = channel_affine_simple
+def channel_affine_fast(out, x, scale, shift):
+    with threads_for(x.size):
+        channel_affine_simple(out, x, scale, shift)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,6 +442,18 @@ def batchnorm2d_backward_by_image(dx, dgamma, dbeta, dout, x, mean, invstd, gamm
 
 
 def batchnorm2d_forward_fast(out, mean, var, scale, shift, x, gamma, beta, eps, kind):
+    with threads_for(x.size):
+        _batchnorm2d_forward_fast(out, mean, var, scale, shift, x, gamma, beta, eps, kind)
+
+
+def batchnorm2d_backward_fast(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale, shift,
+                              kind):
+    with threads_for(x.size):
+        _batchnorm2d_backward_fast(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale,
+                                   shift, kind)
+
+
+def _batchnorm2d_forward_fast(out, mean, var, scale, shift, x, gamma, beta, eps, kind):
     if x.shape[2] <= tuning.BN_BY_IMAGE_MAX_PIXELS:
         batchnorm2d_forward_by_image(out, mean, var, scale, shift, x, gamma, beta, eps, kind,
                                      tuning.SUM_TASKS)
@@ -446,8 +461,8 @@ def batchnorm2d_forward_fast(out, mean, var, scale, shift, x, gamma, beta, eps, 
         batchnorm2d_forward_by_channel(out, mean, var, scale, shift, x, gamma, beta, eps, kind)
 
 
-def batchnorm2d_backward_fast(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale, shift,
-                              kind):
+def _batchnorm2d_backward_fast(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale, shift,
+                               kind):
     if x.shape[2] <= tuning.BN_BY_IMAGE_MAX_PIXELS:
         batchnorm2d_backward_by_image(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale,
                                       shift, kind, tuning.SUM_TASKS)

@@ -16,6 +16,7 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from .. import tuning
+from . import threads_for
 
 # ---------------------------------------------------------------------------------------------
 # Rung 1, loops: the definition, one output element at a time.
@@ -465,6 +466,16 @@ def depthwise_conv2d_backward_channels_last(dx, dw, dout, x, w, stride, pad,
 
 
 def depthwise_conv2d_forward_fast(out, x, w, stride, pad):
+    with threads_for(x.size):
+        _depthwise_conv2d_forward_fast(out, x, w, stride, pad)
+
+
+def depthwise_conv2d_backward_fast(dx, dw, dout, x, w, stride, pad):
+    with threads_for(x.size):
+        _depthwise_conv2d_backward_fast(dx, dw, dout, x, w, stride, pad)
+
+
+def _depthwise_conv2d_forward_fast(out, x, w, stride, pad):
     N, C = x.shape[:2]
     if out.shape[2] * out.shape[3] <= tuning.DEPTHWISE_CHANNELS_LAST_MAX_PIXELS:
         depthwise_conv2d_forward_channels_last(out, x, w, stride, pad,
@@ -474,7 +485,7 @@ def depthwise_conv2d_forward_fast(out, x, w, stride, pad):
         depthwise_conv2d_forward_phase_planes(out, x, w, stride, pad, ntasks)
 
 
-def depthwise_conv2d_backward_fast(dx, dw, dout, x, w, stride, pad):
+def _depthwise_conv2d_backward_fast(dx, dw, dout, x, w, stride, pad):
     C = x.shape[1]
     if dout.shape[2] * dout.shape[3] <= tuning.DEPTHWISE_CHANNELS_LAST_MAX_PIXELS:
         depthwise_conv2d_backward_channels_last(dx, dw, dout, x, w, stride, pad,

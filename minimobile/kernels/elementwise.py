@@ -18,13 +18,16 @@ the others (N, C, P) with P = H*W.
 
 The staircase is short here: `_loops`, then `_simple`, parallel over elements or (image,
 channel) rows. Each op is a single pass that is bound by memory bandwidth once compiled, so
-there is no faster loop order to find: `_fast` is `_simple`. What makes activations cheap in
+there is no faster loop order to find: `_fast` is `_simple`, kept off the thread pool for small
+arrays. What makes activations cheap in
 the engine is not running them at all: batch norm applies them in its own pass
 (kernels/batchnorm.py).
 """
 
 import numpy as np
 from numba import njit, prange
+
+from . import threads_for
 
 # ---------------------------------------------------------------------------------------------
 # Rung 1, loops.
@@ -337,23 +340,35 @@ def softmax_cross_entropy_simple(dlogits, logits, labels, label_smoothing):
 
 
 # ---------------------------------------------------------------------------------------------
-# Rung 3, fast: the simple kernels (see the top of the file for why).
+# Rung 3, fast: the simple kernels, run on the calling thread alone when the array is small
+# (kernels.threads_for). What that changes: a parallel loop over a few thousand elements
+# spends longer waking the sleeping worker thread than working. TBD-SMALL
 # ---------------------------------------------------------------------------------------------
 
-relu_forward_fast = relu_forward_simple
-relu_backward_fast = relu_backward_simple
-relu6_forward_fast = relu6_forward_simple
-relu6_backward_fast = relu6_backward_simple
-hardswish_forward_fast = hardswish_forward_simple
-hardswish_backward_fast = hardswish_backward_simple
-hardsigmoid_forward_fast = hardsigmoid_forward_simple
-hardsigmoid_backward_fast = hardsigmoid_backward_simple
-global_avg_pool_forward_fast = global_avg_pool_forward_simple
-global_avg_pool_backward_fast = global_avg_pool_backward_simple
-scale_channels_forward_fast = scale_channels_forward_simple
-scale_channels_backward_fast = scale_channels_backward_simple
-add_channel_bias_fast = add_channel_bias_simple
-channel_sum_fast = channel_sum_simple
-dropout_forward_fast = dropout_forward_simple
-dropout_backward_fast = dropout_backward_simple
-softmax_cross_entropy_fast = softmax_cross_entropy_simple
+
+def _small_on_one_thread(kernel):
+    def fast(*args):
+        with threads_for(max(np.size(a) for a in args)):
+            return kernel(*args)
+    fast.__name__ = kernel.__name__.replace("_simple", "_fast")
+    fast.__doc__ = f"{kernel.__name__}, on one thread for small arrays."
+    return fast
+
+
+relu_forward_fast = _small_on_one_thread(relu_forward_simple)
+relu_backward_fast = _small_on_one_thread(relu_backward_simple)
+relu6_forward_fast = _small_on_one_thread(relu6_forward_simple)
+relu6_backward_fast = _small_on_one_thread(relu6_backward_simple)
+hardswish_forward_fast = _small_on_one_thread(hardswish_forward_simple)
+hardswish_backward_fast = _small_on_one_thread(hardswish_backward_simple)
+hardsigmoid_forward_fast = _small_on_one_thread(hardsigmoid_forward_simple)
+hardsigmoid_backward_fast = _small_on_one_thread(hardsigmoid_backward_simple)
+global_avg_pool_forward_fast = _small_on_one_thread(global_avg_pool_forward_simple)
+global_avg_pool_backward_fast = _small_on_one_thread(global_avg_pool_backward_simple)
+scale_channels_forward_fast = _small_on_one_thread(scale_channels_forward_simple)
+scale_channels_backward_fast = _small_on_one_thread(scale_channels_backward_simple)
+add_channel_bias_fast = _small_on_one_thread(add_channel_bias_simple)
+channel_sum_fast = _small_on_one_thread(channel_sum_simple)
+dropout_forward_fast = _small_on_one_thread(dropout_forward_simple)
+dropout_backward_fast = _small_on_one_thread(dropout_backward_simple)
+softmax_cross_entropy_fast = softmax_cross_entropy_simple  # serial already

@@ -17,6 +17,7 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from .. import tuning
+from . import threads_for
 
 # ---------------------------------------------------------------------------------------------
 # Rung 1, loops.
@@ -454,6 +455,16 @@ def _per_image(x):
 
 
 def pointwise_conv2d_forward_fast(out, x, w):
+    with threads_for(max(x.size, out.size)):
+        _pointwise_conv2d_forward_fast(out, x, w)
+
+
+def pointwise_conv2d_backward_fast(dx, dw, dout, x, w):
+    with threads_for(max(x.size, dout.size)):
+        _pointwise_conv2d_backward_fast(dx, dw, dout, x, w)
+
+
+def _pointwise_conv2d_forward_fast(out, x, w):
     if _per_image(x):
         matmul_per_image(out, w, x)
     else:
@@ -462,7 +473,7 @@ def pointwise_conv2d_forward_fast(out, x, w):
         _from_channel_major(out, product)
 
 
-def pointwise_conv2d_backward_fast(dx, dw, dout, x, w):
+def _pointwise_conv2d_backward_fast(dx, dw, dout, x, w):
     wt = np.ascontiguousarray(w.T)
     if _per_image(x):
         matmul_per_image_backward(dx, dw, dout, x, wt, tuning.SUM_TASKS)
@@ -475,6 +486,16 @@ def pointwise_conv2d_backward_fast(dx, dw, dout, x, w):
 
 
 def conv2d_forward_fast(out, x, w, stride, pad):
+    with threads_for(out.size):
+        _conv2d_forward_fast(out, x, w, stride, pad)
+
+
+def conv2d_backward_fast(dx, dw, dout, x, w, stride, pad):
+    with threads_for(dout.size):
+        _conv2d_backward_fast(dx, dw, dout, x, w, stride, pad)
+
+
+def _conv2d_forward_fast(out, x, w, stride, pad):
     N = x.shape[0]
     C_out, _, K, _ = w.shape
     Ho, Wo = out.shape[2], out.shape[3]
@@ -483,7 +504,7 @@ def conv2d_forward_fast(out, x, w, stride, pad):
                           max(1, min(N, get_num_threads())))
 
 
-def conv2d_backward_fast(dx, dw, dout, x, w, stride, pad):
+def _conv2d_backward_fast(dx, dw, dout, x, w, stride, pad):
     N = x.shape[0]
     C_out, _, K, _ = w.shape
     Ho, Wo = dout.shape[2], dout.shape[3]
