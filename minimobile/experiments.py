@@ -7,8 +7,10 @@ inference latency over widths and resolutions. The figures the papers print are 
 data, each with its table, so a notebook can show them beside what minimobile counts.
 """
 
+import inspect
 import time
 from fractions import Fraction
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -36,7 +38,11 @@ V1_TABLE_7 = {224: (70.6, 569, 4.2), 192: (69.1, 418, 4.2), 160: (67.2, 290, 4.2
 # large core of a Google Pixel 1 with TF-Lite: (network, width, million MAdds, million params,
 # ms). The V1 paper prints no latency; this table is where V1's is found.
 V2_TABLE_4 = [("v1", 1.0, 575, 4.2, 113), ("v2", 1.0, 300, 3.4, 75), ("v2", 1.4, 585, 6.9, 143)]
-# Howard et al. 2019 (Searching for MobileNetV3, arXiv:1905.02244), Table 9 (Appendix A):
+# Howard et al. 2019 (Searching for MobileNetV3, arXiv:1905.02244), Table 3 (ImageNet results,
+# at 224): {network: (million MAdds, million params)} at width 1.0. The same paper's Table 9
+# prints other figures for the same networks (57 M and 217 M MAdds).
+V3_TABLE_3 = {"v3-large": (219, 5.4), "v3-small": (56, 2.5)}
+# Howard et al. 2019, Table 9 (Appendix A):
 # (network, width, resolution, million MAdds, million params, Pixel 1 ms).
 V3_TABLE_9 = [
     ("v3-large", 1.25, 224, 356, 7.5, 77.0), ("v3-large", 1.0, 224, 217, 5.4, 51.2),
@@ -197,6 +203,7 @@ class LatencyRow(NamedTuple):
     macs: int
     params: int
     ms: float  # median batch-1 inference time
+    samples_ms: tuple = ()  # every timed run, ms: the spread behind the median
 
 
 def measure_latency(model, resolution, repeats=5, warmup=1, seed=0):
@@ -223,7 +230,8 @@ def latency_sweep(build, network, widths=(), resolutions=(), repeats=5, warmup=1
         model = build(width_mult=width, seed=0)
         cost = profile(model, (3, resolution, resolution))
         timing = measure_latency(model, resolution, repeats, warmup)
-        rows.append(LatencyRow(network, width, resolution, cost.macs, cost.params, timing.ms))
+        rows.append(LatencyRow(network, width, resolution, cost.macs, cost.params, timing.ms,
+                               tuple(1e3 * t for t in timing.samples)))
     return rows
 
 
@@ -295,3 +303,253 @@ def gradient_check_module(module, x, rng, count=20, h=1e-6):
         errors[name] = check_gradient(f, param, analytic[name], dout, h,
                                       sample_indices(param.shape, count, rng))
     return errors
+
+
+def gradient_errors(f, pairs, dout, h=1e-6):
+    """Relative errors of analytic gradients against central differences of sum(f() * dout):
+    `pairs` maps a name to (array, analytic gradient), each array float64 and read by f.
+    Every entry is probed, so keep the arrays small. Returns {name: relative error}."""
+    return {name: check_gradient(f, array, grad, dout, h) for name, (array, grad) in pairs.items()}
+
+
+# -- showing the library's code in a notebook --------------------------------------------------
+
+def show_source(obj):
+    """Print the source of a library function, method or class, headed by where it lives, so a
+    notebook shows the code it explains instead of copying it. A Numba kernel shows the Python
+    source it was compiled from (its py_func)."""
+    obj = getattr(obj, "py_func", obj)
+    lines, start = inspect.getsourcelines(obj)
+    path = Path(inspect.getsourcefile(obj)).resolve()
+    package_root = Path(__file__).resolve().parent.parent
+    where = path.relative_to(package_root) if path.is_relative_to(package_root) else path.name
+    print(f"# {where.as_posix() if isinstance(where, Path) else where}, line {start}")
+    print("".join(lines).rstrip())
+
+
+# -- memory bandwidth --------------------------------------------------------------------------
+
+def last_level_cache_bytes():
+    """The largest CPU cache Linux reports for cpu0 (sysfs), in bytes; None where it cannot be
+    read. On a virtual machine this is what the host reports, shared with other tenants."""
+    sizes = []
+    for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = path.read_text().strip()
+        factor = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        sizes.append(int(text.rstrip("KMG")) * factor)
+    return max(sizes) if sizes else None
+
+
+class Bandwidth(NamedTuple):
+    nbytes: int  # size of the array copied
+    gbps: float  # median GB/s, counting a read and a write of every byte
+    samples: tuple  # GB/s of every repetition
+
+
+def copy_bandwidth(nbytes, repeats=5, warmup=1):
+    """What memory delivers to the simplest streaming kernel, np.copyto of a float32 array of
+    about `nbytes` into another: the ceiling for a layer that only streams its data through.
+    Arrays that fit in a cache measure that cache; arrays several times the last-level cache
+    measure DRAM."""
+    src = np.ones(max(nbytes // 4, 1), dtype=np.float32)
+    dst = np.empty_like(src)
+    timing = time_callable(lambda: np.copyto(dst, src), repeats, warmup)
+    moved = 2 * src.nbytes / 1e9
+    return Bandwidth(src.nbytes, moved / timing.median, tuple(moved / t for t in timing.samples))
+
+
+def fit_overhead_and_work(macs, ms):
+    """Least-squares line ms = a + b * MACs through one network's latencies: a is the time an
+    inference costs whatever its size (per-layer dispatch, thread wake-ups), b the time per
+    multiply-add. Returns (a in ms, b in ms per million MACs, largest |residual| in ms)."""
+    macs_m = np.asarray(macs, dtype=np.float64) / 1e6
+    ms = np.asarray(ms, dtype=np.float64)
+    b, a = np.polyfit(macs_m, ms, 1)
+    return float(a), float(b), float(np.abs(ms - (a + b * macs_m)).max())
+
+
+def relu_recover(points, T):
+    """The exact inverse where there is one: each point x solved from the rows of T it
+    activates (T_i x > 0), which are linear in x. NaN rows where those rows do not span the
+    input space (relu_recoverable is False). Unlike relu_roundtrip's pseudo-inverse, which
+    treats ReLU's zeros as if they were data, this recovers every recoverable point exactly."""
+    y = np.maximum(points @ T.T, 0.0)  # (P, n)
+    out = np.full(points.shape, np.nan)
+    for i, (row, active) in enumerate(zip(y, y > 0)):
+        if active.sum() >= T.shape[1] and np.linalg.matrix_rank(T[active]) == T.shape[1]:
+            out[i] = np.linalg.lstsq(T[active], row[active], rcond=None)[0]
+    return out
+
+
+# -- pictures ----------------------------------------------------------------------------------
+
+def _box3d(ax, x, y, w, h, d, color, alpha=0.85):
+    """A box seen from the front and a little above: front face w x h at (x, y), depth d drawn
+    as an oblique offset (half of d to the right and up)."""
+    from matplotlib.patches import Polygon
+    dx, dy = 0.5 * d, 0.5 * d
+    faces = [[(x, y), (x + w, y), (x + w, y + h), (x, y + h)],
+             [(x, y + h), (x + w, y + h), (x + w + dx, y + h + dy), (x + dx, y + h + dy)],
+             [(x + w, y), (x + w + dx, y + dy), (x + w + dx, y + h + dy), (x + w, y + h)]]
+    for face, shade in zip(faces, (1.0, 0.8, 0.65)):
+        rgb = np.array(color[:3]) * shade
+        ax.add_patch(Polygon(face, closed=True, facecolor=(*rgb, alpha), edgecolor="black", lw=0.6))
+
+
+def plot_conv_filters(C_in=6, C_out=4, K=3):
+    """The V1 paper's Figure 2 idea: a standard conv's C_out filters of K x K x C_in, a
+    depthwise conv's C_in filters of K x K x 1, a pointwise conv's C_out filters of 1 x 1 x C_in,
+    drawn as boxes, each panel titled with its multiply-adds per output pixel. Returns the figure."""
+    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    colors = colormaps["tab10"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 2.8))
+    panels = [("standard conv", C_out, K, C_in, f"{C_out} filters of {K}x{K}x{C_in}",
+               K * K * C_in * C_out),
+              ("depthwise conv", C_in, K, 1, f"{C_in} filters of {K}x{K}x1, one per input channel",
+               K * K * C_in),
+              ("pointwise (1x1) conv", C_out, 1, C_in, f"{C_out} filters of 1x1x{C_in}",
+               C_in * C_out)]
+    for ax, (title, count, size, depth, caption, macs) in zip(axes, panels):
+        x = 0.0
+        for i in range(count):
+            color = colors(i % 10) if title.startswith("depthwise") else colors(0)
+            _box3d(ax, x, 0, size, size, depth, color)
+            x += size + 0.5 * depth + 1.0
+        ax.set_xlim(-0.5, max(x, 12))
+        ax.set_ylim(-0.5, K + 0.5 * C_in + 0.5)
+        ax.set_aspect("equal")
+        ax.axis("off")
+        ax.set_title(f"{title}\n{caption}\n{macs} multiply-adds per output pixel", fontsize=9)
+    fig.suptitle(f"Filters for C_in = {C_in} input and C_out = {C_out} output channels "
+                 "(box depth: input channels a filter reads)", fontsize=10)
+    return fig
+
+
+def plot_block_diagram(ax, layers, skip=False, title=""):
+    """A block as a column of boxes, input at the bottom: `layers` is a list of (label,
+    channels), each box as wide as its channel count (square-root scaled so thin and wide both
+    show). skip=True draws the residual connection around the block. Returns ax."""
+    from matplotlib.patches import FancyArrowPatch, Rectangle
+    widest = max(np.sqrt(c) for _, c in layers)
+    for i, (label, channels) in enumerate(layers):
+        w = 3.0 * np.sqrt(channels) / widest
+        ax.add_patch(Rectangle((-w / 2, 1.6 * i), w, 0.9, facecolor="C0" if i in (0, len(layers) - 1)
+                               else "C1", alpha=0.35, edgecolor="black"))
+        ax.text(0, 1.6 * i + 0.45, f"{label}\n{channels} ch", ha="center", va="center", fontsize=7)
+        if i:
+            ax.add_patch(FancyArrowPatch((0, 1.6 * i - 0.7), (0, 1.6 * i), arrowstyle="->",
+                                         mutation_scale=10))
+    top = 1.6 * (len(layers) - 1) + 0.9  # the last box's upper edge
+    if skip:
+        add_y = top + 0.7
+        ax.add_patch(FancyArrowPatch((0, top), (0, add_y - 0.22), arrowstyle="->", mutation_scale=10))
+        ax.text(0, add_y, "+", ha="center", va="center", fontsize=12, color="C3",
+                bbox=dict(boxstyle="circle", facecolor="white", edgecolor="C3"))
+        w0 = 3.0 * np.sqrt(layers[0][1]) / widest
+        ax.plot([w0 / 2, 1.9, 1.9], [0.45, 0.45, add_y], color="C3", lw=1)
+        ax.add_patch(FancyArrowPatch((1.9, add_y), (0.25, add_y), arrowstyle="->",
+                                     mutation_scale=10, color="C3"))
+        ax.text(2.0, top / 2, "skip", color="C3", fontsize=8, rotation=90, va="center")
+    ax.set_xlim(-2.2, 2.6)
+    ax.set_ylim(-0.4, top + 1.3)
+    ax.axis("off")
+    ax.set_title(title, fontsize=9)
+    return ax
+
+
+class ReceptiveField(NamedTuple):
+    name: str  # state-dict prefix of the conv
+    kernel_size: int
+    stride: int
+    size: int  # output map side
+    field: int  # side of the input patch one output value sees
+    jump: int  # input pixels between neighbouring outputs
+
+
+def receptive_fields(model, input_size):
+    """Every spatial conv of `model` in forward order, with the receptive field after it:
+    field += (K - 1) * jump, then jump *= stride (1x1 convs change neither). Assumes the
+    convs run in the order named_modules lists them, as in minimobile's sequential models."""
+    rows, field, jump, size = [], 1, 1, input_size
+    for name, module in model.named_modules():
+        if isinstance(module, (Conv2d, DepthwiseConv2d)):
+            K = module.params["weight"].shape[-1]
+            size = (size + 2 * module.padding - K) // module.stride + 1
+            field += (K - 1) * jump
+            jump *= module.stride
+            rows.append(ReceptiveField(name, K, module.stride, size, field, jump))
+    return rows
+
+
+# -- inside a kernel: rungs, layers and the roofline -------------------------------------------
+
+def time_on_rungs(fn, rungs=("simple", "fast"), repeats=5, warmup=1):
+    """{rung: Timing} of fn() with every op on each rung of minimobile.kernels in turn (the
+    warm-up calls pay each rung's Numba compilation)."""
+    from . import kernels
+    timings = {}
+    for rung in rungs:
+        with kernels.use(rung):
+            timings[rung] = time_callable(fn, repeats, warmup)
+    return timings
+
+
+def peak_matmul_gmacs(n=1024, threads=None, repeats=5, warmup=1):
+    """Multiply-adds per second (GMAC/s) of one float32 n x n x n matrix product through NumPy's
+    BLAS on `threads` threads (default: Numba's thread count; minimobile itself runs BLAS on one
+    thread per Numba thread): the arithmetic ceiling of a roofline here."""
+    from threadpoolctl import threadpool_limits
+    from numba import get_num_threads
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    b = rng.standard_normal((n, n)).astype(np.float32)
+    out = np.empty((n, n), np.float32)
+    with threadpool_limits(limits=threads or get_num_threads(), user_api="blas"):
+        timing = time_callable(lambda: np.matmul(a, b, out=out), repeats, warmup)
+    return n**3 / timing.median / 1e9
+
+
+class LayerTiming(NamedTuple):
+    name: str  # state-dict prefix
+    type: str  # the layer's class name
+    output_shape: tuple  # (N, C, H, W)
+    macs: int  # for the whole batch
+    nbytes: int  # input, output and parameters, each read or written once
+    timing: Timing  # of the layer's forward on its recorded input
+
+
+def layer_timings(model, x, types=(Conv2d, DepthwiseConv2d, PointwiseConv2d),
+                  repeats=5, warmup=1):
+    """Each layer of `types`, timed alone: one inference forward of `model` on x (eval mode,
+    no_grad) records every such layer's input; then each layer's forward is timed on its own
+    input. Returns LayerTimings in execution order, with the multiply-adds of the batch
+    (cost.layer_macs) and the bytes it must move at least once."""
+    from .cost import layer_macs
+    recorded = []
+    watched = [(name, m) for name, m in model.named_modules() if isinstance(m, types)]
+    for name, module in watched:
+        def record(inp, module=module, name=name, forward=module.forward):
+            out = forward(inp)
+            recorded.append((name, module, inp, out.shape))
+            return out
+        module.forward = record  # an instance attribute shadows the method while we watch
+    was_training = model.training
+    model.eval()
+    try:
+        with no_grad():
+            model.forward(x)
+            rows = []
+            for name, module, inp, out_shape in recorded:
+                del module.forward  # the real method again, for the timing
+                macs = layer_macs(module, inp.shape, out_shape) * inp.shape[0]
+                nbytes = (inp.nbytes + int(np.prod(out_shape)) * inp.itemsize
+                          + sum(p.nbytes for p in module.params.values()))
+                timing = time_callable(lambda: module.forward(inp), repeats, warmup)
+                rows.append(LayerTiming(name, type(module).__name__, tuple(out_shape), macs,
+                                        nbytes, timing))
+    finally:
+        for _, module in watched:
+            module.__dict__.pop("forward", None)
+        model.train(was_training)
+    return rows

@@ -1,12 +1,19 @@
-"""Execute notebooks in place, saving their outputs: what the committed notebooks show.
+"""Execute notebooks from their Jupytext sources and save the outputs in the paired .ipynb.
 
-    python notebooks/run_notebooks.py                 # every notebooks/*.ipynb, full mode
+    python notebooks/run_notebooks.py                 # every notebooks/NN_*.py, full mode
     python notebooks/run_notebooks.py 01 05           # only those whose names start so
     python notebooks/run_notebooks.py --quick         # quick mode (MINIMOBILE_QUICK=1)
 
+Each notebook's source is `notebooks/NN_name.py` (Jupytext percent format); the `.ipynb` beside
+it is the same cells with the outputs the last run saved. To change only text or code without
+re-running, update the .ipynb's cells and keep its outputs with
+`jupytext --update --to ipynb notebooks/NN_name.py`; tests/test_notebooks.py fails while a pair
+differs.
+
 Full mode unsets MINIMOBILE_QUICK, so the numbers are the real ones: run it on a quiet machine.
-Each notebook runs in a fresh kernel with notebooks/ as its working directory. The executed
-notebook is written to a temporary file beside it and renamed over the original only when every
+Each notebook runs in a fresh kernel with notebooks/ as its working directory and this checkout
+first on PYTHONPATH, so it imports the library beside it, not another installed copy. The
+executed notebook is written to a temporary file and renamed over the .ipynb only when every
 cell succeeded, so an interrupted or failing run leaves the committed notebook untouched. The
 wall time of each notebook is printed (the README quotes these).
 """
@@ -18,28 +25,58 @@ import tempfile
 import time
 from pathlib import Path
 
+import jupytext
 import nbformat
+from jupytext.combine import combine_inputs_with_outputs
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 
 
-def execute_in_place(path, quick, cell_timeout):
-    nb = nbformat.read(path, as_version=4)
+def sources(folder=HERE):
+    """The notebook sources: `NN_name.py` files (this runner and other scripts are not)."""
+    return sorted(p for p in folder.glob("[0-9][0-9]_*.py"))
+
+
+def kernel_environment(quick):
     env = {k: v for k, v in os.environ.items() if k != "MINIMOBILE_QUICK"}
     if quick:
         env["MINIMOBILE_QUICK"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def execute(nb, quick, cell_timeout, workdir=HERE):
+    """Run `nb` in a fresh kernel, filling in its outputs; returns the wall time in seconds."""
     client = NotebookClient(nb, timeout=cell_timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(HERE)}})
+                            resources={"metadata": {"path": str(workdir)}})
     start = time.perf_counter()
-    client.execute(env=env)  # the kernel's environment, passed on to its start
-    seconds = time.perf_counter() - start
-    fd, tmp = tempfile.mkstemp(suffix=".ipynb", dir=path.parent)
+    client.execute(env=kernel_environment(quick))  # the kernel's environment, not ours
+    return time.perf_counter() - start
+
+
+def read_source(source):
+    """The notebook in `source` (NN_name.py), keeping the cell ids of the .ipynb beside it so
+    that a re-run changes only outputs in the .ipynb's diff."""
+    nb = jupytext.read(source)
+    paired = Path(source).with_suffix(".ipynb")
+    if paired.exists():
+        nb = combine_inputs_with_outputs(nb, nbformat.read(paired, as_version=4))
+    return nb
+
+
+def execute_in_place(source, quick, cell_timeout):
+    """Execute `source` (NN_name.py) and write the result to NN_name.ipynb beside it."""
+    source = Path(source)
+    nb = read_source(source)
+    seconds = execute(nb, quick, cell_timeout, workdir=source.parent)
+    fd, tmp = tempfile.mkstemp(suffix=".ipynb", dir=source.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            nbformat.write(nb, f)
-        os.replace(tmp, path)
+        jupytext.write(nb, tmp, fmt="ipynb")
+        os.replace(tmp, source.with_suffix(".ipynb"))
     except BaseException:
         os.unlink(tmp)
         raise
@@ -53,13 +90,13 @@ def main(argv=None):
     parser.add_argument("--cell-timeout", type=int, default=None,
                         help="seconds per cell (default: none; 06 trains for a long time)")
     args = parser.parse_args(argv)
-    paths = sorted(p for p in HERE.glob("*.ipynb")
-                   if not args.prefixes or any(p.name.startswith(x) for x in args.prefixes))
+    paths = [p for p in sources()
+             if not args.prefixes or any(p.name.startswith(x) for x in args.prefixes)]
     if not paths:
         parser.error(f"no notebook in {HERE} matches {args.prefixes}")
     failed = []
     for path in paths:
-        print(f"{path.name} ({'quick' if args.quick else 'full'} mode) ...", flush=True)
+        print(f"{path.stem} ({'quick' if args.quick else 'full'} mode) ...", flush=True)
         try:
             seconds = execute_in_place(path, args.quick, args.cell_timeout)
         except CellExecutionError as e:

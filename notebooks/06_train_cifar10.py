@@ -1,0 +1,267 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 06 · Training the four networks on CIFAR-10
+#
+# Each network is trained from scratch with `mm.train.fit` and the standard CIFAR-10 recipe
+# (`TrainConfig`'s defaults: SGD with Nesterov momentum, cosine learning rate after a warm-up,
+# weight decay, label smoothing, random crop and flip). Then: learning curves, a confusion
+# matrix, predictions on test images, and a closing table of accuracy, cost and time.
+#
+# **How long**: `EPOCHS` below (2 by default) epochs per network on the full 50,000 images. That
+# is enough to see the curves start, not to reach good accuracy: the README's run of V1 at width
+# 0.5 took 42 epochs (70 minutes) to reach 85.8 %. Raise `EPOCHS` to train longer, or use the command line
+# (`minimobile train`), which writes checkpoints and can resume. The data come from
+# `load_cifar10()`: `$MINIMOBILE_DATA`, else `~/.cache/minimobile` (downloaded if missing). In
+# quick mode the notebook uses a tiny random stand-in written by `write_fake_cifar10`, so the
+# numbers it prints then mean nothing.
+#
+# **Exercise**: [`exercises/ex06_train_cifar10.py`](../exercises/ex06_train_cifar10.py) (train the library's V2 with your own `InvertedResidual` from exercise 03 in every block, so do exercise 03 first; then evaluation and the confusion matrix). Check your answers with `pytest exercises -m ex06`.
+
+# %%
+# %load_ext autoreload
+# %autoreload 2
+import os
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+import minimobile as mm
+from minimobile import experiments as ex
+
+# Quick mode (MINIMOBILE_QUICK=1, set by tests/test_notebooks.py): small sizes, few repetitions,
+# so that the test suite runs every notebook in seconds. Leave it unset to run the real thing.
+QUICK = os.environ.get("MINIMOBILE_QUICK") == "1"
+print("quick mode" if QUICK else "full mode", "| Numba threads:", mm.get_num_threads())
+
+# %% [markdown]
+# ## The loss: softmax cross-entropy with label smoothing, derived
+#
+# Every training step ends in `mm.ops.softmax_cross_entropy(logits, labels, label_smoothing)`,
+# which returns the loss and its gradient together. For one image with logits $z_1 \dots z_K$
+# ($K = 10$ classes) and label $y$, the softmax is $p_k = e^{z_k} / \sum_j e^{z_j}$. Label
+# smoothing (Szegedy et al. 2016) trains against a softened target instead of the one-hot
+# vector,
+#
+# $$t_k = (1 - \varepsilon)\,[k = y] + \frac{\varepsilon}{K}, \qquad
+# L = -\frac1N \sum_n \sum_k t_{nk} \log p_{nk},$$
+#
+# with $\varepsilon$ = `TrainConfig.label_smoothing` = 0.1 here. Since
+# $\log p_k = z_k - \log\sum_j e^{z_j}$, $\;\partial \log p_k / \partial z_j = [k = j] - p_j$, and
+# because $\sum_k t_k = 1$,
+#
+# $$\frac{\partial L}{\partial z_{nj}} = \frac{1}{N}\,\big(p_{nj} - t_{nj}\big).$$
+#
+# Two consequences worth checking: each row of the gradient sums to zero (adding a constant to
+# all logits changes nothing), and with $\varepsilon > 0$ the gradient vanishes at *finite*
+# logits, where $p = t$: a margin $z_y - z_k = \log\frac{1 - \varepsilon + \varepsilon/K}{\varepsilon/K}$
+# over every other class, instead of pushing the margin to infinity. The readable version, the
+# loops rung of `minimobile/kernels/elementwise.py` (it subtracts the row's maximum first, which
+# changes no $p$ but keeps `exp` from overflowing):
+
+# %%
+ex.show_source(mm.kernels.elementwise.softmax_cross_entropy_loops)
+rng = np.random.default_rng(0)
+logits = rng.standard_normal((4, 10))
+labels = rng.integers(0, 10, 4)
+eps_ls = 0.1
+with mm.kernels.use("loops"):
+    loss, dlogits = mm.ops.softmax_cross_entropy(logits, labels, eps_ls)
+    errors = ex.gradient_errors(lambda: mm.ops.softmax_cross_entropy(logits, labels, eps_ls)[0],
+                                {"logits": (logits, dlogits)}, dout=1.0)
+fast_loss, fast_dlogits = mm.ops.softmax_cross_entropy(logits, labels, eps_ls)
+print(f"loss {loss:.6f} (fast rung: {fast_loss:.6f}); gradient check: relative error {errors['logits']:.1e}")
+print("rows of the gradient sum to", dlogits.sum(axis=1))
+margin = np.log((1 - eps_ls + eps_ls / 10) / (eps_ls / 10))
+at_optimum = np.full((1, 10), 0.0)
+at_optimum[0, 3] = margin
+print(f"with a margin of {margin:.3f} on the right class, the gradient is "
+      f"{np.abs(mm.ops.softmax_cross_entropy(at_optimum, np.array([3]), eps_ls)[1]).max():.1e}")
+assert errors["logits"] < 1e-7 and np.isclose(loss, fast_loss)
+
+# %% [markdown]
+# The library's op is the same formula vectorised over the batch; exercise 06 uses it in its
+# training step.
+
+# %%
+import tempfile
+from pathlib import Path
+
+EPOCHS = 2  # per network; each epoch is one pass over the 50,000 training images
+NETWORKS = [("v1", 0.5), ("v2", 0.5), ("v3-small", 1.0), ("v3-large", 0.5)]  # (model, width)
+if QUICK:
+    EPOCHS, BATCH = 1, 32
+    root = tempfile.mkdtemp()
+    mm.data.write_fake_cifar10(root, n_train_per_batch=20, n_test=40)
+    data = mm.data.load_cifar10(root, download=False)
+    out_root = Path(root) / "runs"
+else:
+    BATCH = 128
+    data = mm.data.load_cifar10()
+    out_root = Path("..") / "runs" / "notebook06"
+print(data)
+
+# %%
+results = {}
+for name, width in NETWORKS:
+    config = mm.train.TrainConfig(model=name, width=width, epochs=EPOCHS, batch_size=BATCH,
+                                  out=str(out_root / f"{name}-w{width:g}"), seed=0)
+    model = mm.train.build_model(name, width, cifar=True, seed=0)
+    history = mm.train.fit(config, model=model, data=data, progress=False)
+    results[name] = dict(width=width, model=model, history=history)
+    last = history[-1]
+    print(f"{name} width {width}: test accuracy {last['test_acc']:.4f} after {EPOCHS} epochs, "
+          f"{np.mean([h['epoch_seconds'] for h in history]):.0f} s per epoch")
+
+# %% [markdown]
+# ## Learning curves of full runs
+#
+# Two epochs give two points per curve: not a learning curve. Real curves come from full runs
+# of `minimobile train`, which writes a `history.csv` (one row per epoch) into its output
+# folder. Small results like these are committed under `results/` at the top of the
+# repository, each listed in `results/README.md` with the exact command that made it; this
+# cell plots every `results/*history*.csv` it finds, and says so when there is none.
+
+# %%
+from pathlib import Path
+
+histories = sorted(Path("..", "results").glob("*history*.csv"))
+if not histories:
+    print("No full-run history is committed under results/ yet. To make one (70 minutes for the "
+          "README's V1 run):\n  minimobile train --model v1 --width 0.5 --epochs 42 --out runs/v1\n"
+          "then copy runs/v1/history.csv to results/v1-w0.5-history.csv and add the command to "
+          "results/README.md.")
+else:
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for path in histories:
+        h = mm.train.read_history(path)
+        epochs = [row["epoch"] for row in h]
+        line, = axes[0].plot(epochs, [row["train_loss"] for row in h], label=f"{path.stem} train")
+        axes[0].plot(epochs, [row["test_loss"] for row in h], "--", color=line.get_color(),
+                     label=f"{path.stem} test")
+        axes[1].plot(epochs, [100 * row["test_acc"] for row in h], color=line.get_color(),
+                     label=path.stem)
+        best_row = max(h, key=lambda row: row["test_acc"])
+        print(f"{path.name}: {len(h)} epochs, best test accuracy {100 * best_row['test_acc']:.2f} % "
+              f"at epoch {best_row['epoch']}")
+    axes[0].set(xlabel="epoch", ylabel="loss (label-smoothed cross-entropy)", title="loss")
+    axes[1].set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    plt.show()
+
+# %% [markdown]
+# ## This notebook's short run
+#
+# The same plot for the run above: `EPOCHS` points per network, enough to check that every
+# loss falls, not to compare the networks.
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+for name, r in results.items():
+    epochs = [h["epoch"] for h in r["history"]]
+    line, = axes[0].plot(epochs, [h["train_loss"] for h in r["history"]], "o-", label=f"{name} train")
+    axes[0].plot(epochs, [h["test_loss"] for h in r["history"]], "s--", color=line.get_color(), label=f"{name} test")
+    axes[1].plot(epochs, [100 * h["test_acc"] for h in r["history"]], "s-", color=line.get_color(), label=name)
+axes[0].set(xlabel="epoch", ylabel="loss (label-smoothed cross-entropy)", title="loss")
+axes[1].set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
+for ax in axes:
+    ax.legend(fontsize=8)
+plt.show()
+
+# %% [markdown]
+# **Why the test loss can be below the training loss.** The two are not measured alike. The
+# training loss of an epoch is the mean over its steps, so it includes the weights of the
+# epoch's start, when they were worse; and it is computed in training mode, on randomly
+# cropped and flipped images, with dropout (0.2 in V2 and V3) and with batch statistics. The
+# test loss is computed once, at the end of the epoch, in evaluation mode (running statistics,
+# no dropout) on plain images. Measuring the training images the way the test images are
+# measured separates the effects:
+
+# %%
+name = NETWORKS[1][0]  # V2: it has dropout
+r = results[name]
+subset = slice(0, 500 if QUICK else 5000)
+as_test = mm.train.evaluate(r["model"], data.x_train[subset], data.y_train[subset],
+                            label_smoothing=0.1)
+last = r["history"][-1]
+print(f"{name}, after epoch {last['epoch']}:")
+print(f"  training loss as logged (mean over the epoch, training mode, augmented): {last['train_loss']:.4f}")
+print(f"  the same model on {subset.stop} training images, evaluation mode, plain:       {as_test.loss:.4f}")
+print(f"  test loss (evaluation mode, plain):                                       {last['test_loss']:.4f}")
+
+# %% [markdown]
+# If the middle number is close to the test loss, the gap between the logged losses is the way
+# they are measured, not a network that does better on images it has never seen.
+#
+# ## Confusion matrix of the most accurate network
+#
+# `evaluate` returns every test image's predicted class; `confusion_matrix` counts how often
+# class *i* (row) was predicted as class *j* (column).
+
+# %%
+best = max(results, key=lambda n: results[n]["history"][-1]["test_acc"])
+evaluation = mm.train.evaluate(results[best]["model"], data.x_test, data.y_test)
+counts = mm.train.confusion_matrix(data.y_test, evaluation.predictions)
+fig, ax = plt.subplots(figsize=(7, 6))
+im = ax.imshow(counts, cmap="Blues")
+ax.set_xticks(range(10)); ax.set_xticklabels(data.classes, rotation=45, ha="right")
+ax.set_yticks(range(10)); ax.set_yticklabels(data.classes)
+for i in range(10):
+    for j in range(10):
+        ax.text(j, i, counts[i, j], ha="center", va="center", fontsize=7,
+                color="white" if counts[i, j] > counts.max() / 2 else "black")
+ax.set(xlabel="predicted", ylabel="true", title=f"{best}: accuracy {100 * evaluation.accuracy:.2f} %")
+plt.colorbar(im)
+plt.show()
+per_class = counts.diagonal() / np.maximum(counts.sum(axis=1), 1)
+for c, acc in zip(data.classes, per_class):
+    print(f"{c:<11} {100 * acc:5.1f} %")
+
+# %% [markdown]
+# ## Predictions on test images
+
+# %%
+rng = np.random.default_rng(0)
+shown = rng.choice(len(data.x_test), size=16, replace=False)
+fig, axes = plt.subplots(2, 8, figsize=(16, 4.6))
+for ax, i in zip(axes.flat, shown):
+    ax.imshow(data.x_test[i].transpose(1, 2, 0))  # (3, 32, 32) -> (32, 32, 3)
+    pred, true = evaluation.predictions[i], data.y_test[i]
+    ax.set_title(f"{data.classes[pred]}\n(true: {data.classes[true]})", fontsize=8,
+                 color="green" if pred == true else "red")
+    ax.axis("off")
+plt.suptitle(f"{best}: predicted (true); green right, red wrong")
+plt.show()
+
+# %% [markdown]
+# ## Accuracy, cost and time
+#
+# Multiply-adds and parameters are those of the CIFAR variants at 32×32 (`mm.cost.profile`);
+# time per epoch is the mean wall time of an epoch (training and the test pass) in this run.
+# The accuracies are after `EPOCHS` epochs of a schedule (cosine, with warm-up) set for that
+# many: they say which network learns fastest at the start, not which is most accurate when
+# trained to the end, so the table is in the order of the networks, not ranked.
+
+# %%
+print(f"{'network':<9} {'width':>5} {'test acc %':>10} {'M MACs':>8} {'params':>10} {'s/epoch':>8} {'img/s':>7}")
+for name, r in results.items():
+    prof = mm.cost.profile(r["model"], (3, 32, 32))
+    h = r["history"]
+    print(f"{name:<9} {r['width']:>5} {100 * h[-1]['test_acc']:>10.2f} {prof.macs / 1e6:>8.2f} "
+          f"{prof.params:>10,} {np.mean([e['epoch_seconds'] for e in h]):>8.1f} "
+          f"{np.mean([e['images_per_second'] for e in h]):>7.0f}")
+print(f"(test accuracy after {EPOCHS} epoch{'s' if EPOCHS > 1 else ''}; see results/ for full runs)")
