@@ -119,7 +119,7 @@ results = {}
 for name, width in NETWORKS:
     config = mm.train.TrainConfig(model=name, width=width, epochs=EPOCHS, batch_size=BATCH,
                                   out=str(out_root / f"{name}-w{width:g}"), seed=0)
-    model = mm.train.build_model(name, width, cifar=True, seed=0)
+    model = mm.models.build_model(name, width, cifar=True, seed=0)
     history = mm.train.fit(config, model=model, data=data, progress=False)
     results[name] = dict(width=width, model=model, history=history)
     last = history[-1]

@@ -185,7 +185,7 @@ if onnx is not None:
 # `minimobile train --model v1 --width 0.5 --epochs 42 --out runs/v1-w0.5-e42` (about 70
 # minutes). Without it, the network is untrained: its accuracy is chance (about 10 %) before
 # and after, and only the sizes and the bound below mean anything. The same report comes from
-# the command line, `python -m minimobile.quantize runs/v1-w0.5-e42/best.npz --data PATH`; its
+# the command line, `minimobile quantize runs/v1-w0.5-e42/best.npz --data PATH`; its
 # output, once made from a real run, belongs in `results/` with that command.
 
 # %%
@@ -193,7 +193,7 @@ from minimobile.data import load_cifar10, write_fake_cifar10
 
 checkpoint = Path("../runs/v1-w0.5-e42/best.npz")
 if checkpoint.exists():
-    trained = deploy.model_from_checkpoint(checkpoint)
+    _, trained = mm.train.model_from_checkpoint(checkpoint)
     print(f"{checkpoint}: the trained V1, width 0.5")
 else:
     trained = mm.mobilenet_v1(cifar=True, width_mult=0.5, seed=0).eval()
