@@ -3,6 +3,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+import minimobile as mm
 from minimobile import experiments as ex
 from minimobile.blocks import DepthwiseSeparable, InvertedResidual
 from minimobile.gradcheck import randomize_batchnorm
@@ -129,3 +130,59 @@ def test_gradient_check_module_catches_a_wrong_backward():
     block.backward = lambda dout: backward(dout) - dout  # forgets the skip's gradient
     errors = ex.gradient_check_module(block, rng.standard_normal((2, 4, 5, 5)), rng, count=8)
     assert errors["input"] > 1e-2
+
+
+def test_fit_overhead_and_work_recovers_a_known_line():
+    macs = np.array([50e6, 150e6, 300e6, 600e6])
+    a, b, worst = ex.fit_overhead_and_work(macs, 2.0 + 0.01 * macs / 1e6)
+    assert abs(a - 2.0) < 1e-9 and abs(b - 0.01) < 1e-12 and worst < 1e-9
+
+
+def test_relu_recover_inverts_exactly_where_relu_keeps_enough_rows():
+    rng = np.random.default_rng(0)
+    points = ex.spiral(200)
+    T = ex.random_embedding(15, rng)
+    back = ex.relu_recover(points, T)
+    ok = ex.relu_recoverable(points, T)
+    assert ok.any() and not np.isnan(back[ok]).any()
+    np.testing.assert_allclose(back[ok], points[ok], atol=1e-9)
+    assert np.isnan(back[~ok]).all()
+
+
+def test_receptive_fields_follow_v1s_strides():
+    rows = ex.receptive_fields(mm.mobilenet_v1(num_classes=10, width_mult=0.25), 224)
+    assert rows[0].field == 3 and rows[0].jump == 2 and rows[0].size == 112  # the stem
+    assert rows[-1].size == 7 and rows[-1].jump == 32  # five stride-2 layers
+    fields = [r.field for r in rows]
+    assert fields == sorted(fields)
+
+
+def test_layer_timings_times_every_conv_once_and_leaves_the_model_as_it_was():
+    model = mm.mobilenet_v1(num_classes=10, width_mult=0.25, cifar=True, seed=0)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    with mm.no_grad():
+        before = model.eval().forward(x)
+    model.train()
+    rows = ex.layer_timings(model, x, repeats=1, warmup=0)
+    convs = [n for n, m in model.named_modules()
+             if isinstance(m, (mm.Conv2d, mm.DepthwiseConv2d, mm.PointwiseConv2d))]
+    assert [r.name for r in rows] == convs
+    assert model.training and all("forward" not in m.__dict__ for _, m in model.named_modules())
+    assert sum(r.macs for r in rows) == 2 * mm.cost.profile(model, (3, 32, 32)).macs - 2 * 10 * (
+        model.classifier[-1].params["weight"].shape[1])
+    with mm.no_grad():
+        np.testing.assert_array_equal(model.eval().forward(x), before)
+
+
+def test_time_on_rungs_runs_each_rung_and_puts_the_fast_one_back():
+    seen = []
+    timings = ex.time_on_rungs(lambda: seen.append(mm.kernels.current()), repeats=2, warmup=1)
+    assert set(timings) == {"simple", "fast"} and seen == ["simple"] * 3 + ["fast"] * 3
+    assert mm.kernels.current() == "fast"
+
+
+def test_copy_bandwidth_and_the_cache_size_are_sane():
+    bw = ex.copy_bandwidth(1 << 20, repeats=3)
+    assert bw.gbps > 0 and len(bw.samples) == 3
+    size = ex.last_level_cache_bytes()
+    assert size is None or size >= 1 << 16
