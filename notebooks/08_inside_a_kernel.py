@@ -26,7 +26,7 @@
 #
 # **Exercise**: the Numba kernels of part 3 of
 # [`exercises/ex01_depthwise_separable.py`](../exercises/ex01_depthwise_separable.py)
-# (`depthwise_conv2d_forward_kernel` / `_backward_kernel`): write the simple rung yourself, then
+# (`depthwise_conv2d_forward_simple` / `_backward_simple`): write the simple rung yourself, then
 # `python -m exercises.ex01_depthwise_separable` times it against your NumPy version. Check with
 # `pytest exercises -m ex01`.
 #
