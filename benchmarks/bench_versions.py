@@ -70,10 +70,10 @@ print(json.dumps(result))
 """
 
 
-def run(tree, payload, args):
+def run(tree, payload, args, env_extra=()):
     code = (OPS_PAYLOAD if payload == "ops" else STEPS_PAYLOAD).format(
         threads=args.threads, repeats=args.repeats, models=args.models)
-    env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(tree), **dict(env_extra))
     done = subprocess.run([sys.executable, "-c", code], cwd=tree, env=env, capture_output=True,
                           text=True)
     if done.returncode != 0:
@@ -91,21 +91,32 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", default="v1:0.5,v2:0.5,v3-small:1.0",
                         help="steps payload: networks as name:width")
+    parser.add_argument("--old-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for the old side only (repeatable); with "
+                             "the same tree on both sides this compares two settings")
+    parser.add_argument("--new-env", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args(argv)
     for tree in (args.old, args.new):
         if not os.path.isdir(os.path.join(tree, "minimobile")):
             parser.error(f"expected a checkout of minimobile, got {tree!r} (no minimobile/)")
     trees = {"old": args.old, "new": args.new}
-    for tree in trees.values():  # compile and cache both engines before timing anything
-        run(tree, args.payload, argparse.Namespace(**{**vars(args), "repeats": 1}))
+    envs = {}
+    for label, pairs in (("old", args.old_env), ("new", args.new_env)):
+        if any("=" not in p for p in pairs):
+            parser.error(f"expected --{label}-env NAME=VALUE, got {pairs}")
+        envs[label] = [p.split("=", 1) for p in pairs]
+    for label, tree in trees.items():  # compile and cache both engines before timing anything
+        run(tree, args.payload, argparse.Namespace(**{**vars(args), "repeats": 1}), envs[label])
     rounds = []
     for r in range(args.rounds):
-        rounds.append({label: run(tree, args.payload, args) for label, tree in trees.items()})
+        rounds.append({label: run(tree, args.payload, args, envs[label])
+                       for label, tree in trees.items()})
         print(f"round {r + 1}: " + ", ".join(
             f"{k} {rounds[-1]['new'][k] / rounds[-1]['old'][k]:.2f}" for k in rounds[-1]["old"]),
             flush=True)
     print(f"\n{args.payload}: median of {args.repeats} per process, {args.rounds} rounds "
-          f"alternating old and new; ms")
+          f"alternating old ({args.old} {' '.join(args.old_env)}) and new ({args.new} "
+          f"{' '.join(args.new_env)}); ms")
     print(f"{'case':<24}{'old ms':>9}{'new ms':>9}{'new/old':>9}{'range':>14}")
     for key in rounds[0]["old"]:
         old = [r["old"][key] for r in rounds]
