@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, checkpoint, parallel
-from .data import load_cifar10
+from .data import MAX_RESOLUTION, MIN_RESOLUTION, load_cifar10
 from .errors import (CheckpointMismatchError, ConfigError, CorruptCheckpointError,
                      CorruptDataError, CorruptHistoryError, NonFiniteError)
 from .models import MAX_WIDTH, MODELS, build_model
@@ -33,9 +33,6 @@ from .train import (DTYPES, HISTORY, LAST, OPTIMIZER_DEFAULTS, RECIPES, SCHEDULE
                     TTA_MODES, TrainConfig,
                     check_resumable, confusion_matrix, evaluate, existing_run_files, fit,
                     model_from_checkpoint, prepare_out, read_config, read_history)
-
-# The largest --resolution accepted: a 1024x1024 image already takes V1 seconds per forward.
-MAX_RESOLUTION = 1024
 
 TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
@@ -87,8 +84,9 @@ def _positive_int(text):
 
 def _resolution(text):
     value = _positive_int(text)
-    if not 8 <= value <= MAX_RESOLUTION:
-        raise argparse.ArgumentTypeError(f"expected a resolution from 8 to {MAX_RESOLUTION}, "
+    if not MIN_RESOLUTION <= value <= MAX_RESOLUTION:
+        raise argparse.ArgumentTypeError(f"expected a resolution from {MIN_RESOLUTION} to "
+                                         f"{MAX_RESOLUTION}, "
                                          f"got {text!r}")
     return value
 
@@ -177,6 +175,9 @@ def _add_train(sub):
                    "for v2 and v3)")
     p.add_argument("--cifar", action=argparse.BooleanOptionalAction, default=None,
                    help="the 32x32 variant with early strides 1 (default on)")
+    p.add_argument("--resolution", type=_resolution, metavar="R",
+                   help="resize training and test images from 32x32 to R x R (bilinear, after "
+                   "augmentation), the resolution multiplier (default 32: as stored)")
     p.add_argument("--data", metavar="PATH",
                    help="CIFAR-10 folder or archive (default: $MINIMOBILE_DATA, else "
                    "~/.cache/minimobile, downloading it there if missing)")
@@ -239,6 +240,9 @@ def _add_eval(sub):
                    help="evaluate on the first N test images only")
     p.add_argument("--tta", choices=list(TTA_MODES),
                    help="test-time augmentation, as train --tta (default: the run's own)")
+    p.add_argument("--resolution", type=_resolution, metavar="R",
+                   help="resize the test images to R x R, as train --resolution (default: the "
+                   "run's own)")
     p.set_defaults(run=_eval, command_parser=p)
 
 
@@ -370,11 +374,13 @@ def _eval(args):
     data = load_cifar10(args.data if args.data is not None else config.data)
     x, y = data.x_test[:args.limit_test], data.y_test[:args.limit_test]
     tta = config.tta if args.tta is None else args.tta
+    resolution = config.resolution if args.resolution is None else args.resolution
     print(parallel.describe(), flush=True)
     result = evaluate(model, x, y, args.batch_size, config.label_smoothing, progress=True,
-                      tta=tta)
+                      tta=tta, resolution=resolution)
     cm = confusion_matrix(y, result.predictions, len(data.classes))
     print(f"{path}: {config.model} width {config.width:g}, {len(y)} test images"
+          + ("" if resolution == 32 else f" at {resolution}x{resolution}")
           + ("" if tta == "none" else f", test-time augmentation {tta}")
           + (f", EMA weights (decay {config.ema:g})" if config.ema else ""))
     smoothing = (f", label smoothing {config.label_smoothing:g} as in training"
@@ -439,7 +445,10 @@ def _summary(args):
 
 def _export(args):
     from . import onnx_export  # onnx itself is imported only when exporting
-    _, model = _model_from_checkpoint(Path(args.checkpoint))
+    config, model = _model_from_checkpoint(Path(args.checkpoint))
+    if args.resolution is None and config.resolution != 32:
+        # A run trained at another resolution exports for the images it was trained on.
+        args.resolution = config.resolution
     try:
         path = onnx_export.export(model.eval(), args.output, args.resolution,
                                   fuse=not args.no_fuse)
