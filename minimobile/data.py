@@ -77,8 +77,7 @@ def load_cifar10(root=None, download=True):
     created: a `root` or $MINIMOBILE_DATA that does not exist raises DataNotFoundError. Raises DataNotFoundError (offline, or download=False) naming every place looked,
     and CorruptDataError for a bad checksum or a truncated or malformed file (named).
     """
-    root, source = _resolve_root(root)
-    folder = _find_or_fetch(root, source, download)
+    folder = find_cifar10(root, download)
     classes = _read_classes(folder / META_FILE)
     train = [_read_batch(folder / name) for name in TRAIN_FILES]
     x_test, y_test = _read_batch(folder / TEST_FILE)
@@ -89,6 +88,12 @@ def load_cifar10(root=None, download=True):
         y_test=y_test,
         classes=classes,
     )
+
+
+def find_cifar10(root=None, download=True):
+    """The cifar-10-batches-py folder load_cifar10(root, download) would read, fetched or
+    extracted first if needed, without reading it (the sweep resolves it once for its trials)."""
+    return _find_or_fetch(*_resolve_root(root), download)
 
 
 def _resolve_root(root):
