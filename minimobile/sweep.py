@@ -175,24 +175,25 @@ def run_trial(settings):
     resume = (out / LAST).is_file()
     info = {"threads": threads, "host": socket.gethostname(), "pid": os.getpid(),
             "minimobile": str(Path(__file__).resolve().parent), "resumed": resume}
-    _write_json(out / TRIAL_INFO, info)
-    last = [start]
+    trained = [0.0]
 
     def report(row):
-        last[0] = time.perf_counter()
+        # The trial's time outside its epochs so far: imports, reading the data, compiling or
+        # loading the kernels. Written before each report, since after the last one Tune may
+        # end the trial's process (ASHA stops every trial that reaches its last epoch).
+        trained[0] += row["epoch_seconds"]
+        if not resume:
+            info["overhead_seconds"] = time.perf_counter() - start - trained[0]
+            _write_json(out / TRIAL_INFO, info)
         if row["test_acc"] is not None:
             tune.report({"epoch": row["epoch"], "test_acc": row["test_acc"],
                          "train_loss": row["train_loss"], "epoch_seconds": row["epoch_seconds"]})
 
-    if resume:
+    _write_json(out / TRIAL_INFO, info)
+    if resume:  # overhead_seconds stays unknown: the epochs before ran in another process
         for row in read_history(out / HISTORY):
             report(row)
-    history = fit(config, resume=resume, progress=False, log=False, on_epoch=report)
-    trained = sum(row["epoch_seconds"] for row in history)
-    # The trial's time outside its epochs: imports, reading the data, compiling or loading
-    # the kernels; only meaningful for a trial that ran all its epochs in one go.
-    info["overhead_seconds"] = None if resume else last[0] - start - trained
-    _write_json(out / TRIAL_INFO, info)
+    fit(config, resume=resume, progress=False, log=False, on_epoch=report)
 
 
 def _write_json(path, value):
