@@ -596,8 +596,8 @@ def _sweep(args):
     print(f"wrote {Path(out) / sweep.RESULTS_CSV} and {Path(out) / sweep.PLOT}")
     unfinished = sum(row["status"] == "unfinished" for row in rows)
     if unfinished:
-        print(f"minimobile: sweep interrupted with {unfinished} trials unfinished; run the same "
-              "command again to resume it", file=sys.stderr)
+        print(f"minimobile: sweep interrupted with {unfinished} trial{'s' * (unfinished > 1)} "
+              "unfinished; run the same command again to resume it", file=sys.stderr)
         return 130
     return 1 if any(row["status"] == "error" for row in rows) else 0
 
