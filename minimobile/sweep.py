@@ -128,6 +128,8 @@ def trial_configs(grid, out):
         raise ConfigError(f"option {reserved[0]!r} is set by the grid itself (models, widths, "
                           "resolutions, seeds, epochs) or by the sweep (out)")
     base = {**(RECIPES[grid.recipe] if grid.recipe else {}), **grid.options}
+    if base.get("data") is not None:  # trials run in other folders, maybe on other machines
+        base["data"] = str(Path(base["data"]).expanduser().resolve())
     trials = Path(out).resolve() / "trials"
     configs = []
     for model in models:
@@ -156,7 +158,7 @@ def _set_threads(cpus):
     from . import parallel
     threads = max(1, min(int(cpus), numba.config.NUMBA_NUM_THREADS))
     parallel.set_num_threads(threads)
-    parallel.configure_blas_threads()  # Ray's OMP_NUM_THREADS=1 aside, MINIMOBILE_BLAS_THREADS
+    parallel.configure_blas_threads()  # MINIMOBILE_BLAS_THREADS (1), whatever Ray's OMP_*
     return threads
 
 
