@@ -212,7 +212,8 @@ def start_ray(address=None, num_cpus=None):
         return False
     package_root = str(Path(__file__).resolve().parents[1])
     path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-    ray.init(address=address, num_cpus=num_cpus if address is None else None,
+    # "local" starts a new instance even if a `ray start` cluster runs on this machine.
+    ray.init(address=address or "local", num_cpus=num_cpus if address is None else None,
              include_dashboard=False, log_to_driver=True,
              runtime_env={"env_vars": {"PYTHONPATH": path}})
     return True

@@ -3,7 +3,11 @@ without Ray, a trial's resume, and a tiny sweep of two trials through a local Ra
 (skipped without the sweep extra)."""
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,9 @@ from minimobile import data, sweep
 from minimobile.cli import main
 from minimobile.errors import ConfigError
 from minimobile.train import TrainConfig, fit
+from minimobile.train import read_history as train_history
+
+REPO = Path(__file__).resolve().parents[1]  # subprocesses run this checkout's minimobile
 
 TINY = ["--set", "batch_size=32", "--set", "limit_train=64", "--set", "limit_test=32"]
 
@@ -135,3 +142,39 @@ def test_a_tiny_sweep_runs_two_trials_on_local_ray_and_writes_the_csv_and_the_pl
     assert (out / sweep.RESULTS_CSV).read_text() == before
     assert main([*argv[:-1], "--scheduler", "asha", "--quiet"]) == 2
     assert "holds another sweep" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_sweep_interrupted_by_ctrl_c_resumes_its_unfinished_trials_from_their_last_epoch(
+        fake_data, tmp_path):
+    pytest.importorskip("ray.tune")
+    out = tmp_path / "sweep"
+    argv = [sys.executable, "-m", "minimobile", "sweep", "--models", "v1", "--widths",
+            "0.25,0.5", "--resolutions", "16", "--epochs", "40", "--data", str(fake_data),
+            *TINY, "--out", str(out), "--num-cpus", "2", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    sweep_process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    histories = [out / "trials" / name / "history.csv" for name in ("v1-w0.25-r16-s0",
+                                                                   "v1-w0.5-r16-s0")]
+    while not all(h.exists() for h in histories) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        assert sweep_process.poll() is None, sweep_process.communicate()[1][-2000:]
+    sweep_process.send_signal(signal.SIGINT)
+    _, err = sweep_process.communicate(timeout=120)
+    assert sweep_process.returncode == 130, err[-2000:]
+    assert "run the same command again to resume" in err
+    rows = sweep.read_results(out / sweep.RESULTS_CSV)
+    assert any(r["status"] == "unfinished" and r["epochs_run"] < 40 for r in rows)
+    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = sweep.read_results(out / sweep.RESULTS_CSV)
+    assert all(r["status"] == "done" and r["epochs_run"] == 40 for r in rows)
+    for r in rows:
+        info = json.loads((out / r["folder"] / sweep.TRIAL_INFO).read_text())
+        history = train_history(out / r["folder"] / "history.csv")
+        assert [row["epoch"] for row in history] == list(range(1, 41))
+        assert info["resumed"] or r["overhead_seconds"] is not None
+    assert any(json.loads((out / r["folder"] / sweep.TRIAL_INFO).read_text())["resumed"]
+               for r in rows)
