@@ -1,5 +1,5 @@
-"""The command line: `minimobile train | eval | plot | summary | export | quantize` (also
-`python -m minimobile`).
+"""The command line: `minimobile train | eval | plot | summary | export | quantize | sweep`
+(also `python -m minimobile`).
 
 Exit codes: 0 done; 1 an error explained in one line (data not found, unreadable checkpoint,
 an output that cannot be written, a run that diverged); 2 bad arguments, with the usage and
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, checkpoint, parallel
-from .data import load_cifar10
+from .data import MAX_RESOLUTION, MIN_RESOLUTION, load_cifar10
 from .errors import (CheckpointMismatchError, ConfigError, CorruptCheckpointError,
                      CorruptDataError, CorruptHistoryError, NonFiniteError)
 from .models import MAX_WIDTH, MODELS, build_model
@@ -33,9 +33,6 @@ from .train import (DTYPES, HISTORY, LAST, OPTIMIZER_DEFAULTS, RECIPES, SCHEDULE
                     TTA_MODES, TrainConfig,
                     check_resumable, confusion_matrix, evaluate, existing_run_files, fit,
                     model_from_checkpoint, prepare_out, read_config, read_history)
-
-# The largest --resolution accepted: a 1024x1024 image already takes V1 seconds per forward.
-MAX_RESOLUTION = 1024
 
 TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
@@ -87,8 +84,9 @@ def _positive_int(text):
 
 def _resolution(text):
     value = _positive_int(text)
-    if not 8 <= value <= MAX_RESOLUTION:
-        raise argparse.ArgumentTypeError(f"expected a resolution from 8 to {MAX_RESOLUTION}, "
+    if not MIN_RESOLUTION <= value <= MAX_RESOLUTION:
+        raise argparse.ArgumentTypeError(f"expected a resolution from {MIN_RESOLUTION} to "
+                                         f"{MAX_RESOLUTION}, "
                                          f"got {text!r}")
     return value
 
@@ -177,6 +175,9 @@ def _add_train(sub):
                    "for v2 and v3)")
     p.add_argument("--cifar", action=argparse.BooleanOptionalAction, default=None,
                    help="the 32x32 variant with early strides 1 (default on)")
+    p.add_argument("--resolution", type=_resolution, metavar="R",
+                   help="resize training and test images from 32x32 to R x R (bilinear, after "
+                   "augmentation), the resolution multiplier (default 32: as stored)")
     p.add_argument("--data", metavar="PATH",
                    help="CIFAR-10 folder or archive (default: $MINIMOBILE_DATA, else "
                    "~/.cache/minimobile, downloading it there if missing)")
@@ -239,6 +240,9 @@ def _add_eval(sub):
                    help="evaluate on the first N test images only")
     p.add_argument("--tta", choices=list(TTA_MODES),
                    help="test-time augmentation, as train --tta (default: the run's own)")
+    p.add_argument("--resolution", type=_resolution, metavar="R",
+                   help="resize the test images to R x R, as train --resolution (default: the "
+                   "run's own)")
     p.set_defaults(run=_eval, command_parser=p)
 
 
@@ -298,6 +302,87 @@ def _add_quantize(sub):
     p.set_defaults(run=_quantize, command_parser=p)
 
 
+def _list_of(parse, what):
+    """An argparse type: comma-separated values, each read by `parse` (e.g. 0.25,0.5)."""
+    def parse_list(text):
+        try:
+            values = [parse(item) for item in text.split(",") if item.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
+        return values
+    return parse_list
+
+
+def _setting(text):
+    """KEY=VALUE for --set: VALUE read as a TOML value (64, 0.1, true, "flip"), else as text."""
+    import tomllib
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        pass  # a bare word such as flip or v2: the text itself
+    return key.strip().replace("-", "_"), value
+
+
+SWEEP_DESCRIPTION = """\
+Train a grid of networks x widths x resolutions x seeds on CIFAR-10 with Ray Tune, and write
+results.csv (network, width, resolution, params, multiply-adds at that resolution, test
+accuracy, seconds per epoch, epochs run) and accuracy_vs_macs.png (the MobileNet V1 paper's
+Figure 4) into --out. Each trial is a `minimobile train` run in --out/trials/NAME.
+
+The grid comes from the options below or from a TOML file (keys models, widths, resolutions,
+seeds, epochs, recipe, and trial settings under [options]); options given override the file.
+--set KEY=VALUE passes any `minimobile train` setting (a TrainConfig field: batch_size,
+limit_train, ema, ...) to every trial.
+
+Runs on a local Ray instance using every core, or on a running cluster with --address; each
+trial reserves --cpus-per-trial cores and runs that many Numba threads. Ctrl-C saves the
+sweep's state: run the same command again to resume it (each unfinished trial continues from
+its last epoch). Needs the sweep extra: pip install -e ".[sweep]". See docs/SWEEPS.md.
+"""
+
+
+def _add_sweep(sub):
+    p = sub.add_parser("sweep", help="train a grid of networks, widths and resolutions on Ray",
+                       usage="minimobile sweep [GRID.toml] [options]   (minimobile sweep --help)",
+                       description=SWEEP_DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("grid", metavar="GRID.toml", nargs="?",
+                   help="a grid file (options given on the command line override it)")
+    p.add_argument("--models", type=_list_of(str, "networks"), metavar="M,...",
+                   help=f"networks, from {', '.join(MODELS)} (default v1)")
+    p.add_argument("--widths", type=_list_of(float, "numbers"), metavar="W,...",
+                   help="width multipliers (default 1.0)")
+    p.add_argument("--resolutions", type=_list_of(int, "integers"), metavar="R,...",
+                   help="input resolutions, CIFAR's 32x32 resized to R x R (default 32)")
+    p.add_argument("--seeds", type=_list_of(int, "integers"), metavar="S,...",
+                   help="seeds, one trial each (default 0)")
+    p.add_argument("--epochs", type=_positive_int, metavar="N",
+                   help="epochs per trial, the same for all (default 30)")
+    p.add_argument("--recipe", choices=list(RECIPES), help="a train --recipe for every trial")
+    p.add_argument("--data", metavar="PATH", help="CIFAR-10 location, as train --data")
+    p.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                   dest="settings", help="a training setting for every trial, e.g. "
+                   "--set batch_size=64 --set limit_train=5000 (repeatable)")
+    p.add_argument("--out", metavar="DIR", help="the sweep folder (default sweeps/GRID, the "
+                   "grid file's name, or sweeps/sweep)")
+    p.add_argument("--cpus-per-trial", type=_float(0, low_open=True), default=1, metavar="N",
+                   help="cores reserved by each trial, and its Numba threads (default 1)")
+    p.add_argument("--address", metavar="ADDR", help="a running Ray cluster: auto, or "
+                   "HOST:PORT of its head (default: start a local Ray instance)")
+    p.add_argument("--num-cpus", type=_positive_int, metavar="N",
+                   help="cores the local Ray instance may use (default all)")
+    p.add_argument("--scheduler", choices=["fifo", "asha"], default="fifo",
+                   help="fifo runs every trial to the end; asha stops weak trials early, "
+                   "after each epoch (default fifo)")
+    p.add_argument("--quiet", action="store_true", help="no progress tables from Ray")
+    p.set_defaults(run=_sweep, command_parser=p)
+
+
 def build_parser():
     """The argparse parser of all subcommands (also what `minimobile --help` prints)."""
     parser = argparse.ArgumentParser(
@@ -312,6 +397,7 @@ def build_parser():
     _add_summary(sub)
     _add_export(sub)
     _add_quantize(sub)
+    _add_sweep(sub)
     return parser
 
 
@@ -370,11 +456,13 @@ def _eval(args):
     data = load_cifar10(args.data if args.data is not None else config.data)
     x, y = data.x_test[:args.limit_test], data.y_test[:args.limit_test]
     tta = config.tta if args.tta is None else args.tta
+    resolution = config.resolution if args.resolution is None else args.resolution
     print(parallel.describe(), flush=True)
     result = evaluate(model, x, y, args.batch_size, config.label_smoothing, progress=True,
-                      tta=tta)
+                      tta=tta, resolution=resolution)
     cm = confusion_matrix(y, result.predictions, len(data.classes))
     print(f"{path}: {config.model} width {config.width:g}, {len(y)} test images"
+          + ("" if resolution == 32 else f" at {resolution}x{resolution}")
           + ("" if tta == "none" else f", test-time augmentation {tta}")
           + (f", EMA weights (decay {config.ema:g})" if config.ema else ""))
     smoothing = (f", label smoothing {config.label_smoothing:g} as in training"
@@ -439,7 +527,10 @@ def _summary(args):
 
 def _export(args):
     from . import onnx_export  # onnx itself is imported only when exporting
-    _, model = _model_from_checkpoint(Path(args.checkpoint))
+    config, model = _model_from_checkpoint(Path(args.checkpoint))
+    if args.resolution is None and config.resolution != 32:
+        # A run trained at another resolution exports for the images it was trained on.
+        args.resolution = config.resolution
     try:
         path = onnx_export.export(model.eval(), args.output, args.resolution,
                                   fuse=not args.no_fuse)
@@ -469,6 +560,46 @@ def _quantize(args):
     print(f"{path}: {type(model).__name__} width {model.width_mult:g}")
     print(result)
     return 0
+
+
+def _sweep(args):
+    from . import sweep  # Ray is imported only for this command
+    error = args.command_parser.error
+    try:
+        sweep.require_ray()
+    except ImportError as e:
+        print(f"minimobile sweep: {e}", file=sys.stderr)
+        return 2
+    options = dict(args.settings)
+    if args.data is not None:
+        options["data"] = args.data
+    given = {"models": args.models, "widths": args.widths, "resolutions": args.resolutions,
+             "seeds": args.seeds, "epochs": args.epochs, "recipe": args.recipe}
+    try:
+        if args.grid is not None:
+            grid = sweep.load_grid(args.grid, **given, options=options)
+        else:
+            grid = sweep.Grid(**{k: v for k, v in given.items() if v is not None},
+                              options=options)
+        out = args.out or f"sweeps/{Path(args.grid).stem if args.grid else 'sweep'}"
+        sweep.trial_configs(grid, out)  # every check, before Ray starts
+    except FileNotFoundError:
+        error(f"grid file {args.grid} does not exist")
+    except (ConfigError, TypeError) as e:
+        error(str(e))
+    try:
+        rows = sweep.run(grid, out, args.cpus_per_trial, args.address, args.scheduler,
+                         args.num_cpus, verbose=0 if args.quiet else 1)
+    except ConfigError as e:  # another sweep already in --out
+        error(str(e))
+    print(sweep.format_results(rows))
+    print(f"wrote {Path(out) / sweep.RESULTS_CSV} and {Path(out) / sweep.PLOT}")
+    unfinished = sum(row["status"] == "unfinished" for row in rows)
+    if unfinished:
+        print(f"minimobile: sweep interrupted with {unfinished} trial{'s' * (unfinished > 1)} "
+              "unfinished; run the same command again to resume it", file=sys.stderr)
+        return 130
+    return 1 if any(row["status"] == "error" for row in rows) else 0
 
 
 def format_confusion_matrix(cm, classes):

@@ -1,5 +1,6 @@
 """CIFAR-10 in, minibatches out: find, download, verify and read the official python release,
-then augment (random crop and flip), normalise and batch it.
+then augment (random crop and flip), normalise, resize (for the resolution multiplier) and
+batch it.
 
 The on-disk layout is the official "CIFAR-10 python version" (see DATA.md): a folder
 `cifar-10-batches-py` with `data_batch_1` … `data_batch_5`, `test_batch` and `batches.meta`,
@@ -76,8 +77,7 @@ def load_cifar10(root=None, download=True):
     created: a `root` or $MINIMOBILE_DATA that does not exist raises DataNotFoundError. Raises DataNotFoundError (offline, or download=False) naming every place looked,
     and CorruptDataError for a bad checksum or a truncated or malformed file (named).
     """
-    root, source = _resolve_root(root)
-    folder = _find_or_fetch(root, source, download)
+    folder = find_cifar10(root, download)
     classes = _read_classes(folder / META_FILE)
     train = [_read_batch(folder / name) for name in TRAIN_FILES]
     x_test, y_test = _read_batch(folder / TEST_FILE)
@@ -88,6 +88,12 @@ def load_cifar10(root=None, download=True):
         y_test=y_test,
         classes=classes,
     )
+
+
+def find_cifar10(root=None, download=True):
+    """The cifar-10-batches-py folder load_cifar10(root, download) would read, fetched or
+    extracted first if needed, without reading it (the sweep resolves it once for its trials)."""
+    return _find_or_fetch(*_resolve_root(root), download)
 
 
 def _resolve_root(root):
@@ -466,6 +472,45 @@ def cutout(x, size, rng):
     return x
 
 
+# The input resolutions the trainer accepts (TrainConfig.resolution, --resolution): from 8, where
+# every network's last map is 1x1, to 1024, where V1 already takes seconds per forward.
+MIN_RESOLUTION, MAX_RESOLUTION = 8, 1024
+
+
+def bilinear_matrix(n_in, n_out, dtype=np.float64):
+    """The (n_out, n_in) matrix of 1-D bilinear resampling with half-pixel centres.
+
+    Output pixel i reads the input at s = (i + 0.5) * n_in / n_out - 0.5, clamped to
+    [0, n_in - 1], as (1 - t) * in[floor(s)] + t * in[floor(s) + 1] with t = s - floor(s):
+    two non-zeros per row, summing to 1. This is PyTorch's F.interpolate(mode="bilinear",
+    align_corners=False) without antialiasing (and TensorFlow 2's tf.image.resize).
+    """
+    s = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+    i0 = np.floor(s).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    t = s - i0
+    R = np.zeros((n_out, n_in))
+    np.add.at(R, (np.arange(n_out), i0), 1 - t)  # add.at: i0 == i1 at the last input pixel
+    np.add.at(R, (np.arange(n_out), i1), t)
+    return R.astype(dtype)
+
+
+def resize(x, resolution):
+    """Bilinear resize of images x (N, C, H, W) to (N, C, R, R), R = resolution.
+
+    Separable: out = Ry @ x @ Rx.T with Ry = bilinear_matrix(H, R), Rx = bilinear_matrix(W, R),
+    two small matrix products in x's dtype (float). Returns x itself, not a copy, when it is
+    already R x R, so resolution 32 on CIFAR changes nothing, bit for bit. Downsampling is not
+    antialiased (PyTorch's default), which is harmless at CIFAR's mild factors (32 to 24).
+    """
+    N, C, H, W = x.shape
+    if H == W == resolution:
+        return x
+    Ry = bilinear_matrix(H, resolution, x.dtype)  # (R, H)
+    Rx = bilinear_matrix(W, resolution, x.dtype)  # (R, W)
+    return np.ascontiguousarray((Ry @ x) @ Rx.T)  # (N, C, R, W) then (N, C, R, R)
+
+
 def iterate_minibatches(x, y, batch_size, rng=None, shuffle=True, drop_last=False):
     """Yield (x[idx], y[idx]) minibatches covering each sample once: one epoch.
 
@@ -498,7 +543,8 @@ class Batches:
     """A tiny DataLoader: each iteration is one epoch of normalised float32 (xb, yb) batches.
 
     Per epoch: shuffle (if `shuffle`), slice, random_crop_flip (if `augment`), normalize, cutout
-    (if `cutout` > 0, a square of that side). xb: (B, 3, 32, 32) float32, yb: (B,) int64. All
+    (if `cutout` > 0, a square of that side, in the stored image's pixels), resize to
+    `resolution` (None: as stored). xb: (B, 3, R, R) float32, yb: (B,) int64. All
     randomness comes from `self.rng`, so saving `rng.bit_generator.state` between epochs and
     restoring it replays the next epoch exactly (the trainer's resume); the permutation is
     drawn when the epoch starts.
@@ -512,7 +558,7 @@ class Batches:
     """
 
     def __init__(self, x, y, batch_size, *, augment=False, shuffle=True, drop_last=False,
-                 rng=None, flip="random", cutout=0):
+                 rng=None, flip="random", cutout=0, resolution=None):
         if (augment or shuffle or cutout) and rng is None:
             raise ValueError("augment, shuffle or cutout needs an explicit "
                              "rng=np.random.default_rng(seed)")
@@ -520,9 +566,14 @@ class Batches:
             raise ValueError(f"flip must be one of {FLIP_MODES}, got {flip!r}")
         if not (isinstance(cutout, (int, np.integer)) and 0 <= cutout <= x.shape[-1]):
             raise ValueError(f"cutout must be an integer from 0 to {x.shape[-1]}, got {cutout!r}")
+        if not (resolution is None or isinstance(resolution, (int, np.integer))
+                and MIN_RESOLUTION <= resolution <= MAX_RESOLUTION):
+            raise ValueError(f"resolution must be None or an integer from {MIN_RESOLUTION} to "
+                             f"{MAX_RESOLUTION}, got {resolution!r}")
         self.x, self.y, self.batch_size = x, y, batch_size
         self.augment, self.shuffle, self.drop_last, self.rng = augment, shuffle, drop_last, rng
         self.flip, self.cutout, self.epoch = flip, int(cutout), 0
+        self.resolution = resolution
         # Drawn only in this mode, so the default's random stream is what it always was.
         self.flip_first = (rng.random(len(x)) < 0.5 if augment and flip == "alternate"
                            else None)
@@ -544,4 +595,6 @@ class Batches:
             xb = normalize(xb)
             if self.cutout:
                 cutout(xb, self.cutout, self.rng)
+            if self.resolution is not None:
+                xb = resize(xb, self.resolution)  # (B, 3, R, R); no random draws
             yield xb, yb

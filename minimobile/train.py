@@ -27,7 +27,8 @@ import numpy as np
 from tqdm import tqdm
 
 from . import checkpoint, memory
-from .data import FLIP_MODES, NUM_CLASSES, Batches, load_cifar10, normalize, random_crop_flip
+from .data import (FLIP_MODES, MAX_RESOLUTION, MIN_RESOLUTION, NUM_CLASSES, Batches,
+                   load_cifar10, normalize, random_crop_flip, resize)
 from .errors import (CheckpointMismatchError, ConfigError, CorruptCheckpointError,
                      CorruptHistoryError, NonFiniteError, OutputError)
 from .layers import no_grad
@@ -74,8 +75,10 @@ class TrainConfig:
     lr scaled by batch_size / 128, the linear scaling rule); out left at None becomes
     runs/<model>-w<width>; dropout None keeps the model's own default. The fast-CIFAR fields
     (decay_norm_and_bias, ema, ema_warmup, tta, flip, cutout) default to off; docs/API.md says
-    what each does, RECIPES bundles them. Bad values raise ValueError at construction, not
-    mid-run.
+    what each does, RECIPES bundles them. resolution: training and test images are resized
+    from 32x32 to resolution x resolution (bilinear, after augmentation and normalisation), the
+    V1 paper's resolution multiplier; 32 changes nothing. Bad values raise ValueError at
+    construction, not mid-run.
     """
 
     model: str = "v2"
@@ -108,6 +111,8 @@ class TrainConfig:
     tta: str = "none"
     flip: str = "random"
     cutout: int = 0
+    # The resolution multiplier on CIFAR: the network sees resolution x resolution images.
+    resolution: int = 32
 
     def __post_init__(self):
         require(self.model in MODELS, "model", f"one of {list(MODELS)}", self.model)
@@ -120,6 +125,9 @@ class TrainConfig:
         require(self.flip in FLIP_MODES, "flip", f"one of {list(FLIP_MODES)}", self.flip)
         require(is_int(self.cutout) and 0 <= self.cutout <= 32, "cutout",
                "an integer from 0 (off) to 32", self.cutout)
+        require(is_int(self.resolution) and MIN_RESOLUTION <= self.resolution <= MAX_RESOLUTION,
+               "resolution", f"an integer from {MIN_RESOLUTION} to {MAX_RESOLUTION}",
+               self.resolution)
         for name in ("epochs", "batch_size", "eval_every"):
             value = getattr(self, name)
             require(is_int(value) and value >= 1, name, "an integer >= 1", value)
@@ -254,8 +262,9 @@ class EvalResult(NamedTuple):
     predictions: np.ndarray  # (N,) int64, the argmax class of each image
 
 
-def tta_logits(model, xb, tta="none"):
-    """The logits of `model` on uint8 images xb (B, 3, H, W), averaged over TTA's views.
+def tta_logits(model, xb, tta="none", resolution=None):
+    """The logits of `model` on uint8 images xb (B, 3, H, W), averaged over TTA's views, each
+    view normalised and then resized to resolution x resolution (None: as stored).
 
     "none": the images. "flip": the mean of the logits of the images and of their mirrors.
     "flip,translate": airbench's level 2, 1/2 * flip(xb) + 1/4 * flip(xb shifted up-left) +
@@ -266,7 +275,10 @@ def tta_logits(model, xb, tta="none"):
     dtype = _param_dtype(model)
 
     def forward(images):
-        return model.forward(normalize(images).astype(dtype, copy=False))  # (B, classes)
+        x = normalize(images).astype(dtype, copy=False)
+        if resolution is not None:
+            x = resize(x, resolution)  # (B, 3, R, R)
+        return model.forward(x)  # (B, classes)
 
     if tta == "none":
         return forward(xb)
@@ -280,9 +292,11 @@ def tta_logits(model, xb, tta="none"):
     return logits
 
 
-def evaluate(model, x, y, batch_size=256, label_smoothing=0.0, progress=False, tta="none"):
+def evaluate(model, x, y, batch_size=256, label_smoothing=0.0, progress=False, tta="none",
+             resolution=None):
     """Mean loss and accuracy of `model` on uint8 images x (N, 3, 32, 32), labels y (N,),
-    with the test-time augmentation `tta` (one of TTA_MODES; see tta_logits).
+    with the test-time augmentation `tta` (one of TTA_MODES; see tta_logits), the images
+    resized to resolution x resolution (None: as stored) after normalisation.
 
     Batched, in eval mode (running batch-norm statistics, no dropout) and under no_grad(), so
     no layer keeps a cache; the model's previous mode is restored afterwards.
@@ -296,7 +310,7 @@ def evaluate(model, x, y, batch_size=256, label_smoothing=0.0, progress=False, t
                              disable=not progress) as bar:
             for i in range(0, len(x), batch_size):
                 xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-                logits = tta_logits(model, xb, tta)  # (B, num_classes)
+                logits = tta_logits(model, xb, tta, resolution)  # (B, num_classes)
                 loss, _ = softmax_cross_entropy(logits, yb, label_smoothing)
                 total_loss += loss * len(yb)
                 predictions.append(logits.argmax(axis=1))
@@ -575,13 +589,13 @@ def warm_up(model, config, x, y, log=True):
         xb = x[:2]
         if config.augment:
             xb = random_crop_flip(xb, rng)
-        xb = normalize(xb).astype(_param_dtype(scratch), copy=False)
+        xb = resize(normalize(xb).astype(_param_dtype(scratch), copy=False), config.resolution)
         scratch.train()
         logits = scratch.forward(xb)
         loss, dlogits = softmax_cross_entropy(logits, y[:2], config.label_smoothing)
         scratch.backward(dlogits)
         make_optimizer(config, scratch).step()
-        evaluate(scratch, x[:2], y[:2], 2)
+        evaluate(scratch, x[:2], y[:2], 2, resolution=config.resolution)
     except NonFiniteError:
         pass  # the copy is thrown away: what the real run makes of its weights is its business
     finally:
@@ -591,7 +605,7 @@ def warm_up(model, config, x, y, log=True):
               flush=True)
 
 
-def fit(config, model=None, data=None, resume=False, progress=True, log=None):
+def fit(config, model=None, data=None, resume=False, progress=True, log=None, on_epoch=None):
     """Train for config.epochs epochs; returns the history (one dict per epoch, HISTORY_FIELDS).
 
     model defaults to build_model(config...), data to load_cifar10(config.data); pass either to
@@ -600,6 +614,9 @@ def fit(config, model=None, data=None, resume=False, progress=True, log=None):
     the last completed epoch's checkpoint and re-raises KeyboardInterrupt; a non-finite loss
     raises NonFiniteError (epoch, step, lr) and leaves the checkpoints untouched. progress
     shows progress bars; log (default: as progress) prints one line per epoch, and notes.
+    on_epoch(row), if given, is called with each epoch's history row once its checkpoint and
+    history.csv are on disk (minimobile.sweep reports accuracy to Ray Tune through it); an
+    exception it raises ends the run there, that epoch kept.
 
     Errors the user can fix come before any training: OutputError (the run folder cannot be
     written), ConfigError (a batch larger than the training set), CheckpointMismatchError
@@ -634,7 +651,8 @@ def fit(config, model=None, data=None, resume=False, progress=True, log=None):
     # restores its state, so a resumed run draws the same choice.
     data_rng = np.random.default_rng([config.seed, 1])
     batches = Batches(x_train, y_train, config.batch_size, augment=config.augment,
-                      drop_last=True, rng=data_rng, flip=config.flip, cutout=config.cutout)
+                      drop_last=True, rng=data_rng, flip=config.flip, cutout=config.cutout,
+                      resolution=config.resolution)
     schedule = make_lr_schedule(config, len(batches))
     done, step, history = 0, 0, []
     if resume:
@@ -667,7 +685,8 @@ def fit(config, model=None, data=None, resume=False, progress=True, log=None):
             if epoch % config.eval_every == 0 or epoch == config.epochs:
                 with ema.swapped_into(model) if ema is not None else nullcontext():
                     test = evaluate(model, x_test, y_test, config.batch_size,
-                                    config.label_smoothing, progress, config.tta)
+                                    config.label_smoothing, progress, config.tta,
+                                    config.resolution)
             _check_finite_params(model)
             history.append({
                 "epoch": epoch, "step": step, "train_loss": stats.loss,
@@ -701,6 +720,8 @@ def fit(config, model=None, data=None, resume=False, progress=True, log=None):
                            f"{stats.images / train_seconds:.0f} img/s  "
                            f"{time.perf_counter() - start:.0f} s{'  (best)' if is_best else ''}")
                 sys.stdout.flush()
+            if on_epoch is not None:
+                on_epoch(history[-1])
     except KeyboardInterrupt:
         if done == 0:
             print(f"\nInterrupted in epoch {epoch}. {_kept(out, done)} Nothing to resume: run "

@@ -301,7 +301,8 @@ def test_python_dash_m_minimobile_quantize_is_the_same_command():
 
 @pytest.mark.parametrize("argv", [["summary", "v1", "--width", "100"],
                                   ["summary", "v1", "--resolution", "100000"],
-                                  ["train", "--width", "5"]])
+                                  ["train", "--width", "5"], ["train", "--resolution", "7"],
+                                  ["eval", "x.npz", "--resolution", "2000"]])
 def test_widths_and_resolutions_beyond_a_sane_range_are_usage_errors(argv, capsys):
     assert main(argv) == 2
     assert "expected" in capsys.readouterr().err
@@ -387,3 +388,16 @@ def test_a_recipe_sets_its_bundle_and_explicit_options_override_it(fake_data, tm
     printed = capsys.readouterr().out
     (row,) = train.read_history(out / "history.csv")
     assert "flip,translate" in printed and f"test accuracy {row['test_acc']:.4f}" in printed
+
+
+def test_train_at_resolution_24_and_eval_takes_the_runs_resolution(fake_data, tmp_path, capsys):
+    out = tmp_path / "r24"
+    assert main(["train", *TINY_RUN, "--resolution", "24", "--data", str(fake_data),
+                 "--out", str(out)]) == 0
+    assert train.read_config(out / "last.npz").resolution == 24
+    capsys.readouterr()
+    assert main(["eval", str(out / "last.npz"), "--data", str(fake_data)]) == 0
+    assert "40 test images at 24x24" in capsys.readouterr().out
+    assert main(["eval", str(out / "last.npz"), "--data", str(fake_data),
+                 "--resolution", "32"]) == 0
+    assert "at 24x24" not in capsys.readouterr().out

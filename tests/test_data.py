@@ -607,3 +607,54 @@ def test_batches_apply_cutout_after_normalising_and_refuse_bad_options():
         Batches(x, y, 4, rng=np.random.default_rng(0), flip="sometimes")
     with pytest.raises(ValueError, match="cutout must be an integer"):
         Batches(x, y, 4, rng=np.random.default_rng(0), cutout=33)
+
+
+def test_bilinear_resize_of_two_pixels_to_four_matches_the_hand_computed_half_pixel_weights():
+    # Half-pixel centres: output i reads input s = (i + 0.5) / 2 - 0.5 = -0.25 (clamped to 0),
+    # 0.25, 0.75, 1.25 (clamped to the last pixel), so [a, b] -> [a, 3a/4 + b/4, a/4 + 3b/4, b].
+    x = np.array([[0.0, 4.0], [8.0, 16.0]]).reshape(1, 1, 2, 2)
+    rows = np.array([[0.0, 4.0], [2.0, 7.0], [6.0, 13.0], [8.0, 16.0]])  # each column resized
+    expected = np.stack([rows[:, 0], 0.75 * rows[:, 0] + 0.25 * rows[:, 1],
+                         0.25 * rows[:, 0] + 0.75 * rows[:, 1], rows[:, 1]], axis=1)
+    np.testing.assert_allclose(data.resize(x, 4)[0, 0], expected, rtol=1e-15)
+    np.testing.assert_allclose(data.bilinear_matrix(2, 4),
+                               [[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]], rtol=1e-15)
+
+
+def test_halving_by_bilinear_resize_averages_each_two_by_two_block():
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8))
+    blocks = x.reshape(2, 3, 4, 2, 4, 2).mean(axis=(3, 5))  # (2, 3, 4, 4)
+    np.testing.assert_allclose(data.resize(x, 4), blocks, rtol=1e-12)
+
+
+@pytest.mark.parametrize("resolution", [8, 24, 40, 33])
+def test_resize_keeps_constant_images_constant_and_every_row_of_weights_sums_to_one(resolution):
+    x = np.full((2, 3, 32, 32), -1.25, np.float32)
+    x[1] = 2.5
+    out = data.resize(x, resolution)
+    assert out.shape == (2, 3, resolution, resolution) and out.dtype == np.float32
+    np.testing.assert_allclose(out[0], -1.25, rtol=1e-6)
+    np.testing.assert_allclose(out[1], 2.5, rtol=1e-6)
+    R = data.bilinear_matrix(32, resolution)
+    np.testing.assert_allclose(R.sum(axis=1), 1, rtol=1e-15)
+    assert (R >= 0).all() and ((R > 0).sum(axis=1) <= 2).all()
+
+
+def test_resize_to_the_stored_size_returns_the_images_themselves():
+    x = normalize(np.random.default_rng(0).integers(0, 256, (4, 3, 32, 32), dtype=np.uint8))
+    assert data.resize(x, 32) is x
+    np.testing.assert_array_equal(data.bilinear_matrix(32, 32), np.eye(32))
+
+
+def test_batches_resize_after_augmenting_and_normalising_with_the_same_random_stream():
+    x, y = ramp_images(16)
+    kwargs = dict(augment=True, cutout=6, shuffle=True)
+    (plain, yp), = Batches(x, y, 16, rng=np.random.default_rng(5), **kwargs)
+    (small, ys), = Batches(x, y, 16, rng=np.random.default_rng(5), resolution=24, **kwargs)
+    np.testing.assert_array_equal(yp, ys)  # resizing draws nothing from the data generator
+    assert small.shape == (16, 3, 24, 24) and small.dtype == np.float32
+    np.testing.assert_allclose(small, data.resize(plain, 24), rtol=1e-6)
+    same, = Batches(x, y, 16, rng=np.random.default_rng(5), resolution=32, **kwargs)
+    np.testing.assert_array_equal(same[0], plain)
+    with pytest.raises(ValueError, match="resolution must be"):
+        Batches(x, y, 4, rng=np.random.default_rng(0), resolution=7)

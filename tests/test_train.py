@@ -488,3 +488,34 @@ def test_fit_trains_with_the_configs_label_smoothing_and_nesterov_setting(tmp_pa
     assert seen and set(seen) == {0.2}  # training steps and the test loss alike
     assert train.make_optimizer(tiny_config("unused"), tiny_model(0)).nesterov
     assert not train.make_optimizer(tiny_config("unused", nesterov=False), tiny_model(0)).nesterov
+
+
+def test_fit_at_resolution_24_trains_and_tests_on_24x24_images_and_saves_the_resolution(tmp_path):
+    model, seen = tiny_model(0), []
+    forward = model.forward
+
+    def spy(x):
+        seen.append((model.training, x.shape[1:]))
+        return forward(x)
+    model.forward = spy
+    history = fit(tiny_config(tmp_path, epochs=2, resolution=24), model=model,
+                  data=colour_data(64, 16), progress=False)
+    assert len(history) == 2 and all(row["test_acc"] is not None for row in history)
+    assert set(seen) == {(True, (3, 24, 24)), (False, (3, 24, 24))}
+    assert train.read_config(tmp_path / "last.npz").resolution == 24
+    with pytest.raises(ValueError, match="resolution"):
+        TrainConfig(resolution=7)
+    with pytest.raises(ValueError, match="cannot resume.*resolution 24 -> 32"):
+        fit(tiny_config(tmp_path, epochs=3), model=tiny_model(0), data=colour_data(64, 16),
+            resume=True, progress=False)
+
+
+def test_fit_calls_on_epoch_with_each_rows_once_it_is_on_disk(tmp_path):
+    rows = []
+
+    def on_epoch(row):
+        assert train.read_history(tmp_path / "history.csv")[-1]["epoch"] == row["epoch"]
+        rows.append(row)
+    history = fit(tiny_config(tmp_path, epochs=2), model=tiny_model(0), data=colour_data(64, 16),
+                  progress=False, on_epoch=on_epoch)
+    assert rows == history
