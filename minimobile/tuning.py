@@ -64,10 +64,22 @@ BN_BY_IMAGE_MAX_PIXELS = 256
 PER_IMAGE_MIN_PIXELS = 64
 
 # Iterations a Numba (libgomp) worker thread spins after a parallel loop before it sleeps;
-# libgomp's default is 300000 (about a millisecond). TBD-SPIN
-GOMP_SPINCOUNT = 10000
+# libgomp's default is 300000 (about a millisecond). Measured on V1 0.5's training step at
+# batch 128 (2026-11-29): on a quiet machine, the step against libgomp's default took 1.02-1.04x
+# at 5000 (V1 0.5, V2 0.5, V3-Small; benchmarks/bench_versions.py, 3 rounds), 1.04-1.09x at
+# 2000 and 1.11-1.17x at 0 (sleep at once); beside a busy loop on one core it kept 48 % of its
+# quiet images/s at 5000, 42-44 % at 10000, 56-58 % at 2000 and 62-66 % at 0; beside a second
+# training process, 85-89 % combined at 10000 and 121-132 % at 0, where the default collapsed
+# to 10-57 % (benchmarks/bench_contention.py). 5000 is the largest count that keeps the busy
+# machine above 45 % while the quiet step stays within this machine's noise of the default.
+GOMP_SPINCOUNT = 5000
 
 # Arrays of at most this many elements run their parallel kernels on the calling thread alone
-# (kernels.threads_for): below it, waking a sleeping worker costs more than sharing the work
-# saves. TBD-SMALL
+# (kernels.threads_for). benchmarks/bench_small_ops.py (2026-11-29): on a quiet machine two
+# threads were 2-3 us faster per call than one at 256-16384 elements (hard-swish 4.9 against
+# 6.9 us at 1024); with a second minimobile process training, two threads took 128-386 us per
+# call at 256-16384 elements, one thread 7-25 us. Above about 16384 elements the work is worth
+# sharing (hard-swish at 65536: 10 us on two threads, 17 on one, quiet). So small arrays stay
+# on one thread: a few microseconds lost when the machine is quiet, hundreds saved when it
+# is not.
 SERIAL_MAX_ELEMENTS = 16384
