@@ -131,6 +131,79 @@ for name, width in NETWORKS:
           f"{np.mean([h['epoch_seconds'] for h in history]):.0f} s per epoch")
 
 # %% [markdown]
+# ## The fast recipe: what each technique does
+#
+# The live training above uses the standard recipe. The fastest CIFAR-10 trainers (airbench,
+# hlb-CIFAR10, Page's "How to train your ResNet") reach their accuracy in few epochs with a
+# handful of techniques, each a `TrainConfig` field and a `minimobile train` option (docs/API.md
+# says exactly what each does), bundled as `minimobile train --recipe fast`:
+#
+# - **Label smoothing 0.2** (the loss above, with $\varepsilon$ = 0.2): the target keeps 0.82 on
+#   the right class and 0.02 on each other one, so the gradient vanishes at a finite margin and
+#   the network stops growing its logits to fit the last, often mislabelled, images.
+# - **Nesterov momentum** (already the default): the gradient is taken after the momentum step
+#   it is about to make, which damps the oscillation plain momentum has at high learning rates.
+# - **No weight decay on batch norm and biases** (the default too): a conv weight that a batch
+#   norm follows is scale-free, since the normalisation divides its scale out, so decay on it
+#   only keeps its norm, and with it the effective step size, in check. Batch norm's scale and
+#   shift and the biases are a small share of the parameters and set each channel's output
+#   range directly; pulling them to 0 regularises nothing useful. Jia et al. (2018, "no bias
+#   decay") and the fast trainers leave them undecayed; the ablation's `decay-norm-and-bias`
+#   row measures it here.
+# - **A linear warm-up, then a linear decay to 0** (`--schedule linear --warmup-epochs 3`): a
+#   large learning rate early, when the loss surface is rough and batch norm's statistics are
+#   still moving, needs a ramp; the linear decay spends the last epochs at small steps, where
+#   most of the final accuracy is made.
+# - **An exponential moving average of the weights** (`--ema 0.999`, with TensorFlow's warm-up):
+#   the average of the last few thousand steps' weights sits nearer the centre of the valley
+#   than any single step's; it is the model evaluated and saved.
+# - **Test-time augmentation** (`--tta flip,translate`): the logits of each test image averaged
+#   with its mirror and two 1-pixel shifts, six forward passes, so evaluation costs more.
+# - **Alternating flips** (`--flip alternate`): each image is mirrored in every other epoch
+#   instead of at random, so two epochs always see both versions.
+# - **Cutout 8 x 8** (`--cutout 8`): one square of each training image is blanked, a
+#   regulariser that matters more the longer the run.
+# - **Batch 256** with the learning rate scaled linearly: fewer, larger steps, which this
+#   engine runs more efficiently per image.
+#
+# The recipe's settings against the defaults, read from `mm.train.RECIPES`:
+
+# %%
+defaults = mm.train.TrainConfig()
+print(f"{'setting':<16} {'default':>10} {'--recipe fast':>14}")
+for name, value in mm.train.RECIPES["fast"].items():
+    print(f"{name:<16} {str(getattr(defaults, name)):>10} {str(value):>14}")
+
+# %% [markdown]
+# Which of these matter, and how much, is measured one change at a time by
+# `benchmarks/ablation.py`: every row is the defaults with one setting changed, the same
+# network, seed and epoch budget. Its table lives in `results/ablation/`; this cell shows it
+# when it has been run. Short runs favour some techniques (a fast-decaying schedule, EMA) and
+# penalise others (cutout, strong smoothing), so a row says what a technique does at that
+# budget, not at 80 epochs.
+
+# %%
+from pathlib import Path
+
+ablation_csv = Path("..", "results", "ablation", "ablation.csv")
+if not ablation_csv.exists():
+    print("The ablation has not been run yet (results/ablation/README.md says how, about "
+          "13 runs of 10 epochs):\n  python benchmarks/ablation.py --model v1 --width 0.5 "
+          "--epochs 10 --data PATH")
+else:
+    import csv
+    with open(ablation_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    print(f"{'variant':<22} {'best test %':>11} {'final %':>8} {'vs baseline':>12}")
+    for row in rows:
+        if row["status"] != "ok":
+            print(f"{row['variant']:<22} ({row['status']})")
+            continue
+        delta = f"{100 * float(row['delta_final']):+.2f}" if row["delta_final"] else ""
+        print(f"{row['variant']:<22} {100 * float(row['best_test_acc']):>11.2f} "
+              f"{100 * float(row['final_test_acc']):>8.2f} {delta:>12}")
+
+# %% [markdown]
 # ## Learning curves of full runs
 #
 # One epoch gives one point per curve: not a learning curve. Real curves come from full runs
@@ -140,8 +213,6 @@ for name, width in NETWORKS:
 # cell plots every `results/*history*.csv` it finds, and says so when there is none.
 
 # %%
-from pathlib import Path
-
 histories = sorted(Path("..", "results").glob("*history*.csv"))
 if not histories:
     print("No full-run history is committed under results/ yet. To make one (70 minutes for the "
