@@ -335,7 +335,8 @@ accuracy, seconds per epoch, epochs run) and accuracy_vs_macs.png (the MobileNet
 Figure 4) into --out. Each trial is a `minimobile train` run in --out/trials/NAME.
 
 The grid comes from the options below or from a TOML file (keys models, widths, resolutions,
-seeds, epochs, recipe, and trial settings under [options]); options given override the file.
+seeds, epochs, recipe, trial settings under [options], and [[also]] tables that add more
+networks x widths x resolutions x seeds); options given override the file's main grid.
 --set KEY=VALUE passes any `minimobile train` setting (a TrainConfig field: batch_size,
 limit_train, ema, ...) to every trial.
 

@@ -2,9 +2,10 @@
 
 Cost ratios of a standard against a depthwise separable conv counted by `cost.profile`, a
 median-of-n timer, forward and backward timings of a layer, cost shares by layer type (the V1
-paper's Table 2), the spiral of the V2 paper's Figure 1, a gradient check of a whole block, and
-inference latency over widths and resolutions. The figures the papers print are kept below as
-data, each with its table, so a notebook can show them beside what minimobile counts.
+paper's Table 2), the spiral of the V2 paper's Figure 1, a gradient check of a whole block,
+inference latency over widths and resolutions, and a sweep's accuracies beside the V1 paper's
+Tables 6 and 7. The figures the papers print are kept below as data, each with its table, so a
+notebook can show them beside what minimobile counts.
 """
 
 import inspect
@@ -233,6 +234,37 @@ def latency_sweep(build, network, widths=(), resolutions=(), repeats=5, warmup=1
         rows.append(LatencyRow(network, width, resolution, cost.macs, cost.params, timing.ms,
                                tuple(1e3 * t for t in timing.samples)))
     return rows
+
+
+# -- accuracy against the multipliers: the V1 paper's Tables 6 and 7 beside a sweep -------------
+
+class PaperBeside(NamedTuple):
+    """One row of the V1 paper's Table 6 or 7 beside the sweep's trial in the same place:
+    `setting` is the paper's width (Table 6) or resolution (Table 7); `paper` its (ImageNet
+    top-1 %, million Mult-Adds, million params); `row` a row of sweep.read_results, or None."""
+    setting: float
+    paper: tuple
+    row: dict
+
+
+def paper_beside_sweep(rows, table, network="v1", resolution=32, width=1.0):
+    """Table 6 (table="width": the paper's widths at 224 beside the sweep's same widths at
+    `resolution`) or Table 7 (table="resolution": the paper's resolutions at width 1.0 beside
+    the sweep's resolutions at `width`, largest beside largest, since 224/192/160/128 have no
+    equal on CIFAR). Sweep rows of other settings are left out; unmatched sides get None."""
+    mine = [r for r in rows if r["network"] == network and r["accuracy"] is not None]
+    if table == "width":
+        paper = V1_TABLE_6
+        found = {r["width"]: r for r in mine if r["resolution"] == resolution}
+        return [PaperBeside(w, paper[w], found.get(w)) for w in sorted(paper, reverse=True)]
+    if table != "resolution":
+        raise ValueError(f"table: expected 'width' or 'resolution', got {table!r}")
+    settings = sorted(V1_TABLE_7, reverse=True)
+    found = sorted((r for r in mine if r["width"] == width), key=lambda r: -r["resolution"])
+    return [PaperBeside(settings[i] if i < len(settings) else None,
+                        V1_TABLE_7[settings[i]] if i < len(settings) else None,
+                        found[i] if i < len(found) else None)
+            for i in range(max(len(settings), len(found)))]
 
 
 # -- the spiral of the V2 paper's Figure 1 -----------------------------------------------------

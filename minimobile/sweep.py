@@ -40,7 +40,9 @@ RESULT_FIELDS = ("network", "width", "resolution", "seed", "params", "macs", "ac
                  "best_accuracy", "seconds_per_epoch", "epochs_run", "epochs", "status",
                  "threads", "overhead_seconds", "folder")
 # What a grid file may hold; everything else a trial needs goes under [options].
-GRID_KEYS = ("models", "widths", "resolutions", "seeds", "epochs", "recipe", "options")
+GRID_KEYS = ("models", "widths", "resolutions", "seeds", "epochs", "recipe", "options", "also")
+# What each [[also]] table may hold: one more cross product, at the same epochs and options.
+ALSO_KEYS = ("models", "widths", "resolutions", "seeds")
 # Grid-level keys that must not be set as options: they are the grid, or the sweep's own.
 RESERVED_OPTIONS = ("model", "width", "resolution", "seed", "epochs", "out")
 
@@ -48,7 +50,10 @@ RESERVED_OPTIONS = ("model", "width", "resolution", "seed", "epochs", "out")
 @dataclass
 class Grid:
     """The trials of a sweep: every network x width x resolution x seed, each trained for
-    `epochs` epochs with the TrainConfig fields in `options` (on top of the named `recipe`)."""
+    `epochs` epochs with the TrainConfig fields in `options` (on top of the named `recipe`).
+    `also`: more cross products, as dicts with some of ALSO_KEYS (a missing key is the main
+    grid's), for points that are not one grid, such as the V1 paper's Table 6 (widths at one
+    resolution) beside its Table 7 (resolutions at width 1.0)."""
 
     models: list = field(default_factory=lambda: ["v1"])
     widths: list = field(default_factory=lambda: [1.0])
@@ -57,6 +62,7 @@ class Grid:
     epochs: int = 30
     recipe: str = None
     options: dict = field(default_factory=dict)
+    also: list = field(default_factory=list)
 
 
 def require_ray():
@@ -69,8 +75,9 @@ def require_ray():
 
 
 def load_grid(path, **overrides):
-    """A Grid from a TOML file (keys GRID_KEYS, trial options under [options]); `overrides`
-    (values not None) replace the file's. ConfigError names the file and what is wrong."""
+    """A Grid from a TOML file (keys GRID_KEYS, trial options under [options], more cross
+    products as [[also]] tables); `overrides` (values not None) replace the file's main grid
+    and add to its options. ConfigError names the file and what is wrong."""
     try:
         with open(path, "rb") as f:
             values = tomllib.load(f)
@@ -90,32 +97,36 @@ def trial_name(config):
 
 
 def trial_configs(grid, out):
-    """The grid's TrainConfigs, one per trial, each with its folder out/trials/NAME. Every
-    check happens here, before any trial starts: ConfigError in one line for an unknown
-    network, a width or a resolution out of range, an unknown or bad option."""
+    """The grid's TrainConfigs, one per trial (the main grid's, then each `also` grid's), each
+    with its folder out/trials/NAME. Every check happens here, before any trial starts:
+    ConfigError in one line for an unknown network, a width or a resolution out of range, an
+    unknown or bad option, a trial given twice."""
     def as_list(name, value):
         values = value if isinstance(value, (list, tuple)) else [value]
         if not values:
             raise ConfigError(f"{name}: expected at least one value")
         return list(values)
 
-    models = as_list("models", grid.models)
-    bad = [m for m in models if m not in MODELS]
-    if bad:
-        raise ConfigError(f"unknown network {bad[0]!r}: expected one of {', '.join(MODELS)}")
-    widths = as_list("widths", grid.widths)
-    bad = [w for w in widths if isinstance(w, bool) or not isinstance(w, (int, float))
-           or not 0 < w <= MAX_WIDTH]
-    if bad:
-        raise ConfigError(f"width {bad[0]!r} out of range: expected a multiplier in "
-                          f"(0, {MAX_WIDTH:g}]")
-    resolutions = as_list("resolutions", grid.resolutions)
-    bad = [r for r in resolutions if isinstance(r, bool) or not isinstance(r, int)
-           or not MIN_RESOLUTION <= r <= MAX_RESOLUTION]
-    if bad:
-        raise ConfigError(f"resolution {bad[0]!r} out of range: expected an integer from "
-                          f"{MIN_RESOLUTION} to {MAX_RESOLUTION}")
-    seeds = as_list("seeds", grid.seeds)
+    def points(part):  # one cross product's (model, width, resolution, seed), checked
+        models = as_list("models", part.get("models", grid.models))
+        bad = [m for m in models if m not in MODELS]
+        if bad:
+            raise ConfigError(f"unknown network {bad[0]!r}: expected one of {', '.join(MODELS)}")
+        widths = as_list("widths", part.get("widths", grid.widths))
+        bad = [w for w in widths if isinstance(w, bool) or not isinstance(w, (int, float))
+               or not 0 < w <= MAX_WIDTH]
+        if bad:
+            raise ConfigError(f"width {bad[0]!r} out of range: expected a multiplier in "
+                              f"(0, {MAX_WIDTH:g}]")
+        resolutions = as_list("resolutions", part.get("resolutions", grid.resolutions))
+        bad = [r for r in resolutions if isinstance(r, bool) or not isinstance(r, int)
+               or not MIN_RESOLUTION <= r <= MAX_RESOLUTION]
+        if bad:
+            raise ConfigError(f"resolution {bad[0]!r} out of range: expected an integer from "
+                              f"{MIN_RESOLUTION} to {MAX_RESOLUTION}")
+        seeds = as_list("seeds", part.get("seeds", grid.seeds))
+        return [(m, w, r, s) for m in models for w in widths for r in resolutions for s in seeds]
+
     if grid.recipe is not None and grid.recipe not in RECIPES:
         raise ConfigError(f"unknown recipe {grid.recipe!r}: expected one of {', '.join(RECIPES)}")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -131,22 +142,24 @@ def trial_configs(grid, out):
     if base.get("data") is not None:  # trials run in other folders, maybe on other machines
         base["data"] = str(Path(base["data"]).expanduser().resolve())
     trials = Path(out).resolve() / "trials"
+    also = grid.also if isinstance(grid.also, (list, tuple)) else [grid.also]
+    bad = [part for part in also if not isinstance(part, dict) or set(part) - set(ALSO_KEYS)]
+    if bad:
+        raise ConfigError(f"also: expected tables of {', '.join(ALSO_KEYS)}, got {bad[0]!r}")
     configs = []
-    for model in models:
-        for width in widths:
-            for resolution in resolutions:
-                for seed in seeds:
-                    settings = {**base, "model": model, "width": float(width),
-                                "resolution": resolution, "seed": seed, "epochs": grid.epochs}
-                    try:
-                        config = TrainConfig(**settings)
-                    except (TypeError, ValueError) as e:
-                        raise ConfigError(f"bad trial settings: {e}") from None
-                    configs.append(dataclasses.replace(config, out=str(trials
-                                                                       / trial_name(config))))
-    names = [config.out for config in configs]
-    if len(set(names)) != len(names):
-        raise ConfigError("the grid repeats a network, width, resolution or seed")
+    for model, width, resolution, seed in [p for part in [{}, *also] for p in points(part)]:
+        settings = {**base, "model": model, "width": float(width), "resolution": resolution,
+                    "seed": seed, "epochs": grid.epochs}
+        try:
+            config = TrainConfig(**settings)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"bad trial settings: {e}") from None
+        configs.append(dataclasses.replace(config, out=str(trials / trial_name(config))))
+    names = [Path(config.out).name for config in configs]
+    repeated = [name for i, name in enumerate(names) if name in names[:i]]
+    if repeated:
+        raise ConfigError(f"the grid repeats a network, width, resolution or seed "
+                          f"({repeated[0]})")
     return configs
 
 
@@ -255,7 +268,11 @@ def run(grid, out, cpus_per_trial=1, address=None, scheduler="fifo", num_cpus=No
                                         reduction_factor=2)
             else:
                 chooser = FIFOScheduler()
-            space = {"config": tune.grid_search([dataclasses.asdict(c) for c in configs]),
+            # Ray starts the trials in this order: the most multiply-adds first, so that the
+            # short trials come last and fill the slots the long ones leave (longest first).
+            ordered = sorted(configs, key=lambda c: -costs[(c.model, c.width, c.resolution,
+                                                            c.cifar)][1])
+            space = {"config": tune.grid_search([dataclasses.asdict(c) for c in ordered]),
                      "cpus": cpus_per_trial}
             tuner = tune.Tuner(
                 trainable, param_space=space,

@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # 05 · Width and resolution multipliers: multiply-adds, parameters and latency
+# # 05 · Width and resolution multipliers: multiply-adds, parameters, latency and accuracy
 #
 # The V1 paper introduces two knobs (Section 3.3 and 3.4). The **width multiplier** $\alpha$
 # scales every layer's channels ($C_{in} \to \alpha C_{in}$, $C_{out} \to \alpha C_{out}$; the
@@ -191,3 +191,142 @@ for name in builders:
         next((p[3] for p in ex.V3_TABLE_9 if p[:3] == (name, 1.0, 224)), None)
     print(f"  {name:<9} minimobile {1e3 * r.ms / (r.macs / 1e6):7.2f} us/M"
           + ("" if paper is None else f"   paper {1e3 * paper / paper_macs:7.2f} us/M"))
+
+# %% [markdown]
+# ## Accuracy: the other half of Tables 6 and 7
+#
+# Everything above is cost. The paper's point is the trade: Table 6 gives up 20 points of
+# ImageNet accuracy for a network 14 times cheaper (width 0.25), Table 7 only 6 points for 3
+# times cheaper (resolution 128), and its Figure 4 plots all 16 combinations of the two: accuracy
+# falls about linearly with the logarithm of the multiply-adds, with a jump down at width 0.25. To
+# see the same trade on CIFAR-10, each width and resolution has to be *trained*: a grid of
+# training runs, which `minimobile sweep` runs as Ray Tune trials (`docs/SWEEPS.md`). The grid
+# is `results/sweep-v1/grid.toml`: V1 at widths 1.0 to 0.25 on 32×32, and V1 1.0 on CIFAR's
+# images resized to 24, 20 and 16, each trained for the same 4 epochs. This cell reads its
+# `results.csv`, committed under `results/sweep-v1/` with the command that made it, and sets
+# each trial beside the paper's row in the same place. Without that file it shows nothing.
+
+# %%
+from pathlib import Path
+
+from minimobile import sweep
+
+SWEEP = Path("..", "results", "sweep-v1")
+sweep_csv = SWEEP / sweep.RESULTS_CSV
+swept = sweep.read_results(sweep_csv) if sweep_csv.is_file() else []
+if not swept:
+    print(f"No sweep results at {sweep_csv} yet, so no accuracy is shown. To make them (about 50 "
+          "minutes on two cores, nothing else running; results/sweep-v1/README.md):\n"
+          "  pip install -e \".[sweep]\"\n"
+          "  minimobile sweep results/sweep-v1/grid.toml --data PATH/TO/cifar-10-batches-py "
+          "--out runs/sweep-v1 --num-cpus 2 --cpus-per-trial 1\n"
+          "  cp runs/sweep-v1/results.csv runs/sweep-v1/accuracy_vs_macs.png results/sweep-v1/")
+else:
+    epochs = sorted({r["epochs"] for r in swept})
+    print(f"{len(swept)} trials from {sweep_csv}, {'/'.join(map(str, epochs))} "
+          f"epoch{'s' if epochs != [1] else ''} each, "
+          f"seed{'s' if len({r['seed'] for r in swept}) > 1 else ''} "
+          f"{', '.join(str(s) for s in sorted({r['seed'] for r in swept}))}; "
+          f"not done: {[r['folder'] for r in swept if r['status'] != 'done'] or 'none'}")
+
+    def cifar_cells(row, full):
+        if row is None:
+            return f"{'(not in the sweep)':>33}"
+        drop = "" if full is None else f"{100 * (row['accuracy'] - full['accuracy']):+.1f}"
+        return (f"{100 * row['accuracy']:>7.2f}{drop:>7}{row['macs'] / 1e6:>8.2f}"
+                f"{row['params'] / 1e6:>8.2f}{row['resolution']:>5}")
+
+    header = (f"{'top-1':>7}{'vs 1.0':>7}{'M MACs':>8}{'M par':>8} | {'acc %':>7}{'vs 1.0':>7}"
+              f"{'M MACs':>8}{'M par':>8}{'res':>5}")
+    for table, title, name in (("width", "Table 6, width multiplier", "width"),
+                               ("resolution", "Table 7, resolution multiplier (width 1.0)", "res")):
+        pairs = ex.paper_beside_sweep(swept, table)
+        full_paper, full_mine = pairs[0].paper, pairs[0].row
+        print(f"\n{title}: the paper on ImageNet (224) | this sweep on CIFAR-10")
+        print(f"{name:>6}" + header)
+        for p in pairs:
+            paper = (f"{'':>30}" if p.paper is None else
+                     f"{p.paper[0]:>7.1f}{p.paper[0] - full_paper[0]:>+7.1f}{p.paper[1]:>8}"
+                     f"{p.paper[2]:>8}")
+            print(f"{'' if p.setting is None else f'{p.setting:g}':>6}{paper} | "
+                  f"{cifar_cells(p.row, full_mine)}")
+    others = [r for r in swept if not any(r is p.row for t in ("width", "resolution")
+                                          for p in ex.paper_beside_sweep(swept, t))]
+    for r in others:
+        print(f"\noff both tables: {r['network']} {r['width']:g} at {r['resolution']}x"
+              f"{r['resolution']}: {100 * r['accuracy']:.2f} %, {r['macs'] / 1e6:.2f} M MACs")
+    print("\n'vs 1.0': points against the full network (width 1.0 at full resolution).")
+    threads = sorted({r["threads"] for r in swept if r["threads"] is not None})
+    print(f"seconds per epoch (width/resolution; Numba threads per trial: "
+          f"{'/'.join(map(str, threads)) or 'not recorded'}):",
+          ", ".join(f"{r['width']:g}/{r['resolution']} {r['seconds_per_epoch']:.0f} s"
+                    for r in swept if r["seconds_per_epoch"] is not None))
+
+# %%
+if swept:
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for r in swept:
+        if r["accuracy"] is None:
+            continue
+        marker = "o" if r["resolution"] == 32 else "s"
+        axes[0].plot(r["macs"] / 1e6, 100 * r["accuracy"], marker, color="C0" if
+                     r["resolution"] == 32 else "C1")
+        axes[0].annotate(f"{r['width']:g}/{r['resolution']}",
+                         (r["macs"] / 1e6, 100 * r["accuracy"]), textcoords="offset points",
+                         xytext=(4, 4), fontsize=8)
+    for table, color, label in ((ex.V1_TABLE_6, "C0", "width (Table 6)"),
+                                (ex.V1_TABLE_7, "C1", "resolution (Table 7)")):
+        points = sorted((macs, acc, setting) for setting, (acc, macs, _) in table.items())
+        axes[1].plot([p[0] for p in points], [p[1] for p in points], "o-", color=color,
+                     label=label)
+        for macs, acc, setting in points:
+            axes[1].annotate(f"{setting:g}", (macs, acc), textcoords="offset points",
+                             xytext=(4, -10), fontsize=8)
+    axes[0].plot([], [], "o", color="C0", label="width, at 32x32")
+    axes[0].plot([], [], "s", color="C1", label="smaller resolution")
+    axes[0].set(xscale="log", xlabel="multiply-adds per image (M, log scale)",
+                ylabel="CIFAR-10 test accuracy (%)",
+                title=f"this sweep: V1 on CIFAR-10, {'/'.join(map(str, epochs))} "
+                      f"epoch{'s' if epochs != [1] else ''}\n"
+                      "(labels: width/resolution)")
+    axes[1].set(xscale="log", xlabel="multiply-adds per image (M, log scale)",
+                ylabel="ImageNet top-1 accuracy (%)",
+                title="the V1 paper: ImageNet, full training\n(Tables 6 and 7, as in its Figure 4)")
+    plain = plt.FuncFormatter(lambda value, _: f"{value:g}")  # 20, not 2 x 10^1
+    for ax in axes:
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="x", which="minor", labelsize=7)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    plt.show()
+else:
+    print("no plot without sweep results (see above)")
+
+# %% [markdown]
+# What to look for, once the sweep is there: does accuracy fall with the logarithm of the
+# multiply-adds, as on the paper's Figure 4, and which knob costs less accuracy for the same
+# saving? The sweep has two pairs of equal cost to answer the second: V1 1.0 at 16×16 against
+# V1 0.5 at 32×32 (11.6 M and 12.2 M multiply-adds), and V1 0.5 at 16×16 against V1 0.25 at
+# 32×32 (3.05 M and 3.33 M). On the right, the paper's two curves answer the same question on
+# ImageNet. A CIFAR-10 sweep need not agree with them, and here is why:
+#
+# - **The data.** CIFAR-10 has 10 classes and 32×32 images; ImageNet 1000 classes at 224×224.
+#   Ten classes are easier, so every accuracy is higher and the gaps between networks smaller.
+# - **Resolution by resizing.** The paper feeds the network larger or smaller *photographs*;
+#   here CIFAR's 32×32 images are shrunk to 24, 20 or 16 pixels, which throws detail away that
+#   a larger network cannot get back. Nothing here goes above 32, where the paper's 224 is.
+# - **The strides.** The CIFAR variant of V1 halves its maps four times, so at 20×20 they go
+#   20, 10, 5, 3, 2 and the last 512-channel stage works on 3×3 maps, as at 24×24: 20 costs
+#   almost what 24 does (26.0 M against 28.9 M). The paper's 224/192/160/128 are multiples of
+#   32, its network's total stride, so its multiply-adds follow $\rho^2$ exactly.
+# - **The budget.** 4 epochs each, where the paper trained to convergence. A short budget
+#   need not rank the networks as a full one would (larger networks usually gain more from
+#   longer training), so read the sweep as "after 4 epochs", not as each network's best.
+# - **One seed.** Each point is one run. Two runs of the same network with different seeds
+#   differ by an amount this sweep does not measure, so a difference smaller than that spread
+#   says nothing. Rerunning with `seeds = [0, 1, 2]` in the grid would measure it, at three
+#   times the cost.
+# - **Parameters are not the same trade.** Width shrinks the parameters (about $\alpha^2$);
+#   resolution leaves them as they are (3.2 M at every input here, 4.2 M in Table 7). A point
+#   bought with resolution keeps its memory footprint.

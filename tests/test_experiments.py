@@ -186,3 +186,23 @@ def test_copy_bandwidth_and_the_cache_size_are_sane():
     assert bw.gbps > 0 and len(bw.samples) == 3
     size = ex.last_level_cache_bytes()
     assert size is None or size >= 1 << 16
+
+
+def test_paper_beside_sweep_matches_widths_exactly_and_resolutions_largest_first():
+    def row(width, resolution, accuracy=0.5, network="v1"):
+        return {"network": network, "width": width, "resolution": resolution, "accuracy": accuracy}
+    rows = [row(1.0, 32), row(0.5, 32), row(0.5, 16), row(1.0, 16), row(1.0, 24),
+            row(0.25, 32, accuracy=None), row(1.0, 32, network="v2")]
+    table6 = ex.paper_beside_sweep(rows, "width")
+    assert [(p.setting, p.paper, p.row and (p.row["width"], p.row["resolution"]))
+            for p in table6] == [(1.0, ex.V1_TABLE_6[1.0], (1.0, 32)),
+                                 (0.75, ex.V1_TABLE_6[0.75], None),
+                                 (0.5, ex.V1_TABLE_6[0.5], (0.5, 32)),
+                                 (0.25, ex.V1_TABLE_6[0.25], None)]  # no accuracy: left out
+    table7 = ex.paper_beside_sweep(rows, "resolution")
+    assert [(p.setting, p.row and p.row["resolution"]) for p in table7] == [
+        (224, 32), (192, 24), (160, 16), (128, None)]
+    assert ex.paper_beside_sweep([row(1.0, r) for r in (32, 28, 24, 20, 16)],
+                                 "resolution")[-1] == (None, None, row(1.0, 16))
+    with pytest.raises(ValueError, match="table"):
+        ex.paper_beside_sweep(rows, "depth")

@@ -89,6 +89,26 @@ def test_a_grid_file_is_read_and_command_line_options_override_it(tmp_path):
         sweep.load_grid(path)
 
 
+def test_also_tables_add_cross_products_at_the_same_epochs_and_options(tmp_path):
+    path = tmp_path / "grid.toml"
+    path.write_text('models = ["v1"]\nwidths = [1.0, 0.5]\nresolutions = [32]\nepochs = 3\n'
+                    '[options]\nbatch_size = 64\n'
+                    '[[also]]\nwidths = [1.0]\nresolutions = [24, 16]\n'
+                    '[[also]]\nmodels = ["v3-small"]\n')
+    configs = sweep.trial_configs(sweep.load_grid(path), tmp_path)
+    assert [Path(c.out).name for c in configs] == [
+        "v1-w1-r32-s0", "v1-w0.5-r32-s0", "v1-w1-r24-s0", "v1-w1-r16-s0",
+        "v3-small-w1-r32-s0", "v3-small-w0.5-r32-s0"]
+    assert all(c.epochs == 3 and c.batch_size == 64 for c in configs)
+    with pytest.raises(ConfigError, match=r"repeats .*\(v1-w1-r32-s0\)"):
+        sweep.trial_configs(sweep.Grid(widths=[1.0], also=[{"resolutions": [24, 32]}]),
+                            tmp_path)
+    with pytest.raises(ConfigError, match="also: expected tables of"):
+        sweep.trial_configs(sweep.Grid(also=[{"epochs": 2}]), tmp_path)
+    with pytest.raises(ConfigError, match="width 9 out of range"):
+        sweep.trial_configs(sweep.Grid(also=[{"widths": [9]}]), tmp_path)
+
+
 def test_without_ray_the_sweep_says_how_to_install_it_and_exits_2(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
     monkeypatch.setitem(sys.modules, "ray.tune", None)
@@ -112,6 +132,29 @@ def test_a_restarted_trial_reports_its_done_epochs_again_then_resumes_from_last_
     assert [r["epoch"] for r in reported] == [1, 2]
     info = json.loads((tmp_path / "t" / sweep.TRIAL_INFO).read_text())
     assert info["resumed"] and info["threads"] == 1
+
+
+def test_ray_is_given_the_trials_most_multiply_adds_first(fake_data, tmp_path, monkeypatch):
+    tune = pytest.importorskip("ray.tune")
+    given = []
+
+    class FakeTuner:  # stands in for Ray: records the order, trains nothing
+        can_restore = staticmethod(lambda path: False)
+
+        def __init__(self, trainable, param_space, **kwargs):
+            given.extend(Path(c["out"]).name for c in param_space["config"]["grid_search"])
+
+        def fit(self):
+            return type("Results", (list,), {"num_terminated": len(given), "num_errors": 0})()
+
+    monkeypatch.setattr(tune, "Tuner", FakeTuner)
+    monkeypatch.setattr(sweep, "start_ray", lambda address, num_cpus: False)
+    grid = sweep.Grid(widths=[0.25, 1.0], resolutions=[32], epochs=1,
+                      also=[{"widths": [1.0], "resolutions": [16]}],
+                      options={"data": str(fake_data)})
+    rows = sweep.run(grid, tmp_path / "s")
+    assert given == ["v1-w1-r32-s0", "v1-w1-r16-s0", "v1-w0.25-r32-s0"]
+    assert [(r["width"], r["resolution"]) for r in rows] == [(0.25, 32), (1.0, 32), (1.0, 16)]
 
 
 @pytest.mark.slow
