@@ -255,12 +255,14 @@ print(f"linear minus ReLU6, seed by seed: {', '.join(f'{d:+.2f}' for d in diff)}
       f"mean {diff.mean():+.2f}")
 larger = abs(diff.mean()) > spread
 same_sign = bool(np.all(diff > 0) or np.all(diff < 0))
+sign = "has the same sign at every seed" if same_sign else "changes sign between seeds"
+if larger and same_sign:
+    verdict = f"favours the {'linear' if diff.mean() > 0 else 'ReLU6'} bottleneck"
+else:
+    verdict = "cannot tell the two apart"
 print(f"The mean difference ({abs(diff.mean()):.2f} points) is "
       f"{'larger' if larger else 'not larger'} than the seed-to-seed spread ({spread:.2f} "
-      f"points), and {'has the same sign at every seed' if same_sign else 'changes sign between seeds'}: "
-      + ("at this budget the run favours the "
-         f"{'linear' if diff.mean() > 0 else 'ReLU6'} bottleneck."
-         if larger and same_sign else "at this budget the run cannot tell the two apart."))
+      f"points) and {sign}: at this budget the run {verdict}.")
 
 fig, ax = plt.subplots(figsize=(5, 3.5))
 for k, seed in enumerate(SEEDS):
