@@ -177,12 +177,12 @@ else:
 # ## This notebook's short run
 #
 # The same plot for the run above, one point per epoch: the training loss falls from
-# log(10) = 2.30 and the test accuracy climbs away from chance (the dotted line), steeply at
-# first and flatter as the cosine schedule brings the learning rate down to 0 at the last
-# epoch. The run is short (780 steps of 128 images, two passes' worth of CIFAR-10), so its
-# accuracy is far below the full run's above; the confusion matrix and predictions below are
-# those of this partly trained network (its per-class accuracies say which classes it has
-# begun to tell apart). The full run's per-class accuracy and confusion matrix are in
+# log(10) = 2.30 and the test accuracy climbs away from chance (the dotted line), while the
+# learning rate warms up over the first epoch and then decays (cosine) to 0 at the last. The
+# run is short (780 steps of 128 images, two passes' worth of CIFAR-10), so its accuracy is
+# far below the full run's above; the confusion matrix and predictions below are those of
+# this partly trained network (its per-class accuracies say which classes it has begun to
+# tell apart). The full run's per-class accuracy and confusion matrix are in
 # `results/v1-w0.5-recipe-fast-e30-eval.txt` (85.74 % after 30 epochs; `results/README.md`
 # has the command).
 
