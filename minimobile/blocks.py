@@ -1,8 +1,10 @@
 """Blocks: the units MobileNets are stacked from, and where skip-connection gradients are summed.
 
-`DepthwiseSeparable` is V1's unit, `InvertedResidual` V2's and `Bneck` V3's. Each is a Module
-whose children carry torchvision's names (`conv` for V2, `block` for V3), so state dicts map one
-to one, and each has a `use_res_connect` attribute as torchvision's blocks do. A skip
+`DepthwiseSeparable` is V1's unit, `InvertedResidual` V2's and `Bneck` V3's
+(`NonlinearBottleneck` is V2's with a ReLU6 after the projection, for the paper's ablation).
+Each is a Module whose children carry torchvision's names (`conv` for V2, `block` for V3), so
+state dicts map one to one, and each has a `use_res_connect` attribute as torchvision's blocks
+do. A skip
 connection y = x + f(x) sends dout to x along two paths, so the backward adds them:
 dx = dout + f.backward(dout).
 """
@@ -150,6 +152,23 @@ class InvertedResidual(Module):
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, stride={self.stride}, "
                 f"expand_ratio={self.expand_ratio}, use_res_connect={self.use_res_connect}")
+
+
+class NonlinearBottleneck(InvertedResidual):
+    """InvertedResidual with its activation (ReLU6) after the projection's BN as well, inside
+    the branch, before the skip: the non-linear bottleneck that the V2 paper's ablation trains
+    against the linear one (Section 6.4, Figure 6a; notebook 03 runs a small version). Same
+    arguments and parameters as InvertedResidual (the extra child `conv.{last}` has none), so
+    `mobilenet_v2(block=NonlinearBottleneck)` is V2 with every bottleneck made non-linear.
+    For that comparison only: V2 itself is linear. A subclass, not an option of
+    InvertedResidual, so exercise 03's block keeps the library's signature.
+    """
+
+    def __init__(self, in_channels, out_channels, stride, expand_ratio, activation=ReLU6,
+                 bn_eps=1e-5, bn_momentum=0.1, rng=None, dtype=np.float32):
+        super().__init__(in_channels, out_channels, stride, expand_ratio, activation, bn_eps,
+                         bn_momentum, rng, dtype)
+        setattr(self.conv, str(len(self.conv)), activation())
 
 
 class Bneck(Module):

@@ -14,22 +14,25 @@
 # ---
 
 # %% [markdown]
-# # 06 · Training the four networks on CIFAR-10
+# # 06 · Training a MobileNet on CIFAR-10
 #
-# Each network is trained from scratch with `mm.train.fit` and the standard CIFAR-10 recipe
-# (`TrainConfig`'s defaults: SGD with Nesterov momentum, cosine learning rate after a warm-up,
-# weight decay, label smoothing, random crop and flip). Then: learning curves, a confusion
-# matrix, predictions on test images, and a closing table of accuracy, cost and time.
+# Each network in `NETWORKS` is trained from scratch with `mm.train.fit` and the standard
+# CIFAR-10 recipe (`TrainConfig`'s defaults: SGD with Nesterov momentum, cosine learning rate
+# after a warm-up, weight decay, label smoothing, random crop and flip). Then: learning
+# curves, a confusion matrix, predictions on test images, and a closing table of accuracy,
+# cost and time.
 #
-# **How long**: one epoch per network on the first `TRAIN_IMAGES` (10,000) training images,
-# about three minutes for the four: enough to watch each loss fall and to compare what an epoch
-# costs, not to reach good accuracy. Full runs take an hour or more; their curves are read
-# below from `results/`, where each run is committed with the command that made it. Raise
-# `EPOCHS` and `TRAIN_IMAGES` to train longer here, or use the command line (`minimobile
-# train`), which writes checkpoints and can resume. The data come from
-# `load_cifar10()`: `$MINIMOBILE_DATA`, else `~/.cache/minimobile` (downloaded if missing). In
-# quick mode the notebook uses a tiny random stand-in written by `write_fake_cifar10`, so the
-# numbers it prints then mean nothing.
+# **How long**: one network, V1 at width 0.5, trained live for `EPOCHS` = 5 epochs of the
+# first `TRAIN_IMAGES` = 20,000 training images, about three minutes: long enough to leave
+# chance (10 %) well behind and to draw a learning curve of five points, not to reach good
+# accuracy. Full runs take an hour or more; their curves are read below from `results/`, where
+# each run is committed with the command that made it. Add networks to `NETWORKS` (V2,
+# V3-Small and V3-Large train the same way; a step of V2 0.5 costs about three of V1 0.5 by
+# `docs/PERFORMANCE.md`'s training-step table), raise `EPOCHS` and `TRAIN_IMAGES` to train
+# longer here, or use the command line (`minimobile train`), which writes checkpoints and can
+# resume. The data come from `load_cifar10()`: `$MINIMOBILE_DATA`, else `~/.cache/minimobile`
+# (downloaded if missing). In quick mode the notebook uses a tiny random stand-in written by
+# `write_fake_cifar10`, so the numbers it prints then mean nothing.
 #
 # **Exercise**: [`exercises/ex06_train_cifar10.py`](../exercises/ex06_train_cifar10.py) (train the library's V2 with your own `InvertedResidual` from exercise 03 in every block, so do exercise 03 first; then evaluation and the confusion matrix). Check your answers with `pytest exercises -m ex06`.
 
@@ -102,11 +105,13 @@ assert errors["logits"] < 1e-7 and np.isclose(loss, fast_loss)
 import tempfile
 from pathlib import Path
 
-EPOCHS = 1  # per network
-TRAIN_IMAGES = 10_000  # of the 50,000: one epoch is one pass over these
-NETWORKS = [("v1", 0.5), ("v2", 0.5), ("v3-small", 1.0), ("v3-large", 0.5)]  # (model, width)
+EPOCHS = 5  # per network
+TRAIN_IMAGES = 20_000  # of the 50,000: one epoch is one pass over these
+# (model, width): the network of the full run in results/. Others, e.g. ("v2", 0.5),
+# ("v3-small", 1.0), ("v3-large", 0.5), each add their own training time.
+NETWORKS = [("v1", 0.5)]
 if QUICK:
-    EPOCHS, BATCH, TRAIN_IMAGES = 1, 32, None
+    EPOCHS, BATCH, TRAIN_IMAGES = 2, 32, None
     root = tempfile.mkdtemp()
     mm.data.write_fake_cifar10(root, n_train_per_batch=20, n_test=40)
     data = mm.data.load_cifar10(root, download=False)
@@ -242,11 +247,13 @@ else:
 # %% [markdown]
 # ## This notebook's short run
 #
-# The same plot for the run above: `EPOCHS` point(s) per network, enough to check that every
-# loss is on its way down from log(10) = 2.30, not to compare the networks. After one short
-# epoch (78 steps of 128 images) the networks are still close to chance in evaluation mode,
-# and so are the confusion matrix and predictions below: read them for how to make them. The
-# trained network's per-class accuracy and confusion matrix are in
+# The same plot for the run above, one point per epoch: the training loss falls from
+# log(10) = 2.30 and the test accuracy climbs away from chance (the dotted line), while the
+# learning rate warms up over the first epoch and then decays (cosine) to 0 at the last. The
+# run is short (780 steps of 128 images, two passes' worth of CIFAR-10), so its accuracy is
+# far below the full run's above; the confusion matrix and predictions below are those of
+# this partly trained network (its per-class accuracies say which classes it has begun to
+# tell apart). The full run's per-class accuracy and confusion matrix are in
 # `results/v1-w0.5-recipe-fast-e30-eval.txt` (85.74 % after 30 epochs; `results/README.md`
 # has the command).
 
@@ -257,6 +264,7 @@ for name, r in results.items():
     line, = axes[0].plot(epochs, [h["train_loss"] for h in r["history"]], "o-", label=f"{name} train")
     axes[0].plot(epochs, [h["test_loss"] for h in r["history"]], "s--", color=line.get_color(), label=f"{name} test")
     axes[1].plot(epochs, [100 * h["test_acc"] for h in r["history"]], "s-", color=line.get_color(), label=name)
+axes[1].axhline(10, color="gray", ls=":", lw=1, label="chance (10 %)")
 axes[0].set(xlabel="epoch", ylabel="loss (label-smoothed cross-entropy)", title="loss")
 axes[1].set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
 for ax in axes:
@@ -273,7 +281,7 @@ plt.show()
 # measured separates the effects:
 
 # %%
-name = NETWORKS[1][0]  # V2: it has dropout
+name = NETWORKS[0][0]
 r = results[name]
 subset = slice(0, 500 if QUICK else 5000)
 as_test = mm.train.evaluate(r["model"], data.x_train[subset], data.y_train[subset],
@@ -331,13 +339,13 @@ plt.show()
 # %% [markdown]
 # ## Accuracy, cost and time
 #
-# Multiply-adds and parameters are those of the CIFAR variants at 32×32 (`mm.cost.profile`);
+# Multiply-adds and parameters are those of the CIFAR variant at 32×32 (`mm.cost.profile`);
 # time per epoch is the mean wall time of an epoch (training and the test pass) in this run.
-# The accuracies are after `EPOCHS` short epoch(s) of a schedule (cosine, with warm-up) set
-# for that many: they say which network learns fastest at the start, not which is most
-# accurate when trained to the end, so the table is in the order of the networks, not ranked.
-# What it does rank is the cost of an epoch, which is what decides how many epochs fit in an
-# afternoon.
+# The accuracy is after `EPOCHS` short epochs of a schedule (cosine, with warm-up) set for
+# that many: it says how far the network gets in a few minutes, not how accurate it is when
+# trained to the end. With more networks in `NETWORKS` the table has a row each, in their
+# order, not ranked: short runs say which network learns fastest at the start, and the cost
+# of an epoch, which decides how many epochs fit in an afternoon.
 
 # %%
 print(f"{'network':<9} {'width':>5} {'test acc %':>10} {'M MACs':>8} {'params':>10} {'s/epoch':>8} {'img/s':>7}")

@@ -257,25 +257,41 @@ for name, model in (("float32, as trained", trained), ("float32, BN folded", dep
 # ## Latency at batch 1
 #
 # A phone classifies one image at a time, so deployment latency is measured at batch 1, where
-# per-layer overheads weigh more than at batch 128. `benchmarks/bench_inference.py` times one
+# per-layer overheads weigh more than at batch 128. `benchmarks/bench_inference.py` times the
 # forward of each network in minimobile (as trained; BN-folded; BN-folded with BLAS given all
-# threads inside Numba's, "mm fused blas"), ONNX Runtime (the exported
-# graph) and PyTorch, alternating them within each repetition, and prints the latency the papers
-# report next to them: those were measured on a Pixel 1 phone with TF-Lite on one core (the V2
-# paper's Table 4; the V3 paper's Table 3), so they show what the networks were designed for,
-# not what this machine should reach. Quick mode runs V1 once at 32x32 only.
+# threads inside Numba's, "mm fused blas"), ONNX Runtime (the exported graph) and PyTorch, and
+# prints the latency the papers report next to them: those were measured on a Pixel 1 phone
+# with TF-Lite on one core (the V2 paper's Table 4; the V3 paper's Table 3), so they show what
+# the networks were designed for, not what this machine should reach.
 #
-# "mm fused blas" is a deliberate bad configuration, kept in the table to show its cost: BLAS
-# is given its own thread pool inside each of Numba's threads, so the cores are oversubscribed
-# (`benchmarks/bench_inference.py`'s docstring; `minimobile/parallel.py` is why minimobile
-# normally runs a one-thread BLAS). It is left out of the chart so that it does not set its
-# scale. The benchmark interleaves the engines within each repetition; engines with thread
-# pools of their own can disturb the one timed after them, so compare its numbers with the
-# timings above, made one model at a time.
+# **How each number is made.** Every engine is timed on its own: in a process of its own,
+# one engine after another, with the same thread count for all. For each network it first
+# runs warm-up forwards (at least 5, and at least a second of them, so its thread pool has
+# started and settled and it has made its plans), then 30 timed forwards in a row; the table
+# prints their median and, in brackets, the interquartile range (first to third quartile),
+# which the chart draws as error bars. A first version of the script interleaved the engines
+# within each repetition, one forward of each in turn, and its PyTorch column read 94-117 ms
+# for 7 of 8 rows whatever the network (V1 at 32x32: 94 ms, against ONNX Runtime's 3 ms): a
+# sign of engines disturbing each other. Numba's, ONNX Runtime's and OpenBLAS's threads keep
+# spinning for a while after a call, so the engine timed next can find the cores taken, and
+# PyTorch and Numba each bring an OpenMP runtime that would share one process. Separate
+# processes remove both (the script's docstring has the details). Quick mode runs V1 at 32x32
+# only, with one warm-up call and one timed call per engine.
+#
+# "mm fused blas" is a deliberate bad configuration, kept in the table to show its cost: each
+# of Numba's threads calls a BLAS that is allowed threads of its own, so more threads want the
+# two cores than there are cores. The waiting threads spin rather than sleep, so each product
+# and each parallel loop waits for threads that another pool has pushed off a core (SciPy's
+# OpenBLAS, which has a pthreads pool of its own, warns on stderr when it finds itself called
+# from inside an OpenMP loop: "Detect OpenMP Loop and this application may hang").
+# `minimobile/parallel.py` measured the same oversubscription making a V1 0.5 training step
+# 2.9x slower, and that is why minimobile runs a one-thread BLAS inside Numba's threads. It is
+# left out of the chart so that it does not set its scale.
 
 # %%
 csv_path = Path(tempfile.mkdtemp()) / "latency.csv"
-args = (["--reps", "1", "--resolutions", "32", "--models", "v1"] if QUICK
+args = (["--reps", "1", "--warmup", "1", "--warmup-seconds", "0", "--resolutions", "32",
+         "--models", "v1"] if QUICK
         else ["--reps", "30", "--resolutions", "224,32"])
 done = subprocess.run([sys.executable, "../benchmarks/bench_inference.py", *args,
                        "--csv", str(csv_path)], capture_output=True, text=True)
@@ -285,6 +301,13 @@ print(done.stdout or done.stderr)
 import csv
 
 rows = list(csv.DictReader(open(csv_path)))
+
+
+def column(rows, key):
+    """One CSV column as floats, NaN where an engine is missing."""
+    return np.array([float(r[key]) if r[key] else np.nan for r in rows])
+
+
 engines = ["mm", "mm fused", "onnxruntime", "pytorch"]  # "mm fused blas": in the table only
 resolutions = sorted({int(r["resolution"]) for r in rows}, reverse=True)
 fig, axes = plt.subplots(1, len(resolutions), figsize=(6 * len(resolutions), 3.8), squeeze=False)
@@ -292,8 +315,10 @@ for ax, resolution in zip(axes[0], resolutions):
     subset = [r for r in rows if int(r["resolution"]) == resolution]
     positions = np.arange(len(subset))
     for k, engine in enumerate(engines):
-        values = [float(r[engine]) if r[engine] else np.nan for r in subset]
-        ax.bar(positions + (k - 1.5) * 0.2, values, width=0.2, label=engine)
+        median = column(subset, engine)
+        spread = [median - column(subset, f"{engine} q1"), column(subset, f"{engine} q3") - median]
+        ax.bar(positions + (k - 1.5) * 0.2, median, width=0.2, yerr=spread, capsize=2,
+               label=engine)
     if resolution == 224:
         ax.scatter(positions, [float(r["paper_ms"]) for r in subset], marker="_", s=400,
                    color="black", label="paper (Pixel 1 phone)", zorder=3)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from minimobile.blocks import (Bneck, ConvBNActivation, DepthwiseSeparable, InvertedResidual,
-                               make_divisible)
+                               NonlinearBottleneck, make_divisible)
 from minimobile.gradcheck import (numerical_gradient, randomize_batchnorm, relative_error,
                                   sample_indices)
 from minimobile.layers import (BatchNorm2d, Conv2d, DepthwiseConv2d, Hardswish,
@@ -136,6 +136,26 @@ def test_inverted_residual_without_expansion_starts_with_the_depthwise_conv():
     assert shapes["conv.3.running_var"] == (24,)
 
 
+@pytest.mark.parametrize("stride, out_channels", [(1, 8), (2, 16)])
+def test_nonlinear_bottleneck_is_the_inverted_residual_with_relu6_after_the_projection(
+        stride, out_channels):
+    linear = InvertedResidual(8, out_channels, stride, 6, rng=np.random.default_rng(0)).eval()
+    nonlinear = NonlinearBottleneck(8, out_channels, stride, 6,
+                                    rng=np.random.default_rng(0)).eval()
+    assert isinstance(nonlinear.conv[-1], ReLU6) and isinstance(nonlinear.conv[-2], BatchNorm2d)
+    assert nonlinear.use_res_connect == linear.use_res_connect == (stride == 1)
+    linear_state, nonlinear_state = linear.state_dict(), nonlinear.state_dict()
+    assert list(nonlinear_state) == list(linear_state)  # same parameters, same draws
+    assert all(np.array_equal(nonlinear_state[k], linear_state[k]) for k in linear_state)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 8, 7, 7)).astype(np.float32)
+    branch = linear.conv.forward(x)
+    clipped = np.clip(branch, 0, 6)
+    expected = x + clipped if stride == 1 else clipped
+    np.testing.assert_array_equal(nonlinear.forward(x), expected)
+    assert (branch < 0).any() and not np.array_equal(nonlinear.forward(x), linear.forward(x))
+
+
 def test_bneck_has_torchvision_child_names_with_squeeze_excite_after_the_depthwise():
     block = Bneck(24, 5, 72, 40, True, "RE", 2, rng=np.random.default_rng(0))
     assert not block.use_res_connect
@@ -171,6 +191,10 @@ BLOCKS = {
         4, 4, 1, 6, rng=rng, dtype=np.float64), 4),
     "inverted_residual_t1_stride_2": (lambda rng: InvertedResidual(
         5, 3, 2, 1, rng=rng, dtype=np.float64), 5),
+    "nonlinear_bottleneck_skip": (lambda rng: NonlinearBottleneck(
+        4, 4, 1, 6, rng=rng, dtype=np.float64), 4),
+    "nonlinear_bottleneck_stride_2": (lambda rng: NonlinearBottleneck(
+        4, 6, 2, 6, rng=rng, dtype=np.float64), 4),
     "bneck_se_hardswish_k5_skip": (lambda rng: Bneck(
         8, 5, 16, 8, True, "HS", 1, rng=rng, dtype=np.float64), 8),
     "bneck_se_no_expand_stride_2": (lambda rng: Bneck(

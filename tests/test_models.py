@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from minimobile.blocks import (Bneck, ConvBNActivation, DepthwiseSeparable, InvertedResidual,
-                               make_divisible)
+                               NonlinearBottleneck, make_divisible)
 from minimobile.gradcheck import numerical_gradient, randomize_batchnorm, sample_indices
 from minimobile.layers import (BatchNorm2d, Conv2d, DepthwiseConv2d, Dropout, Hardsigmoid,
                                Hardswish, Linear, PointwiseConv2d, ReLU, ReLU6, no_grad)
@@ -356,6 +356,16 @@ def test_mobilenet_v2_builds_its_blocks_with_the_given_block_class_and_the_same_
     mine_state, library_state = mine.state_dict(), library.state_dict()
     assert list(mine_state) == list(library_state)
     assert all(np.array_equal(mine_state[k], library_state[k]) for k in library_state)
+
+
+def test_mobilenet_v2_with_nonlinear_bottlenecks_keeps_its_parameters_and_clips_each_projection():
+    linear = mobilenet_v2(width_mult=0.25, cifar=True, seed=0)
+    nonlinear = mobilenet_v2(width_mult=0.25, cifar=True, seed=0, block=NonlinearBottleneck)
+    assert all(isinstance(m, NonlinearBottleneck) and isinstance(m.conv[-1], ReLU6)
+               for m in blocks_of(nonlinear))
+    linear_state, nonlinear_state = linear.state_dict(), nonlinear.state_dict()
+    assert list(nonlinear_state) == list(linear_state)
+    assert all(np.array_equal(nonlinear_state[k], linear_state[k]) for k in linear_state)
 
 
 def test_build_model_lives_in_models_and_refuses_a_width_beyond_the_bound():
