@@ -253,16 +253,22 @@ for label, a in acc.items():
     print(f"{label:<23} mean {a.mean():5.2f} %   seeds {a.min():.2f} to {a.max():.2f} %")
 print(f"linear minus ReLU6, seed by seed: {', '.join(f'{d:+.2f}' for d in diff)} points; "
       f"mean {diff.mean():+.2f}")
-larger = abs(diff.mean()) > spread
-same_sign = bool(np.all(diff > 0) or np.all(diff < 0))
-sign = "has the same sign at every seed" if same_sign else "changes sign between seeds"
-if larger and same_sign:
-    verdict = f"favours the {'linear' if diff.mean() > 0 else 'ReLU6'} bottleneck"
+# Each seed trains both variants from the same start on the same batches, so the paired
+# difference is what to judge. If the variants were equally good, each seed would favour
+# either one with probability 1/2, and all seeds would agree by chance 2 x (1/2)^n of the time.
+wins, losses = int(np.sum(diff > 0)), int(np.sum(diff < 0))
+same_sign = len(diff) in (wins, losses)  # a tie is no evidence either way
+by_chance = 2 * 0.5 ** len(diff)
+print(f"Paired, seed by seed: the linear bottleneck is ahead at {wins} of {len(diff)} seeds, by "
+      f"{diff.min():+.2f} to {diff.max():+.2f} points; each variant's own seed-to-seed range is "
+      f"up to {spread:.2f} points.")
+if same_sign:
+    print(f"Every seed favours the {'linear' if wins else 'ReLU6'} bottleneck; equal variants "
+          f"would do that {by_chance:.0%} of the time, so with {len(diff)} seeds this is a hint, "
+          f"not proof. More seeds would settle it.")
 else:
-    verdict = "cannot tell the two apart"
-print(f"The mean difference ({abs(diff.mean()):.2f} points) is "
-      f"{'larger' if larger else 'not larger'} than the seed-to-seed spread ({spread:.2f} "
-      f"points) and {sign}: at this budget the run {verdict}.")
+    print("The seeds disagree on which is better: at this budget the run cannot tell the two "
+          "apart.")
 
 fig, ax = plt.subplots(figsize=(5, 3.5))
 for k, seed in enumerate(SEEDS):
@@ -277,9 +283,9 @@ ax.legend(fontsize=8)
 plt.show()
 
 # %% [markdown]
-# How to read it: a line per seed joins the two variants trained from the same start. A
-# difference smaller than the seed-to-seed spread, or one whose sign changes with the seed, is
-# no evidence either way; the printed verdict says which case this run is. Either way, 200
+# How to read it: a line per seed joins the two variants trained from the same start. Lines
+# that slope the same way at every seed are a hint that the difference is real; lines that
+# cross are no evidence either way; the printed verdict says which case this run is. Either way, 200
 # steps on 32×32 images at width 0.25 are not the paper's experiment (full-width networks
 # trained to the end on ImageNet): this run can show a gap at its own budget, or show that its
 # budget is too small to see one, but it cannot confirm or refute the paper's.
