@@ -1,6 +1,7 @@
 import csv
 import dataclasses
 import importlib.util
+import os
 import shlex
 from pathlib import Path
 
@@ -24,9 +25,13 @@ def config_of(command):
 
 def test_every_variant_changes_exactly_what_it_names_against_the_baseline(tmp_path, capsys):
     assert ablation.main(["--dry-run", "--out", str(tmp_path), "--epochs", "3"]) == 0
-    commands = capsys.readouterr().out.splitlines()
-    assert len(commands) == len(ablation.VARIANTS)
-    configs = {name: config_of(c) for (name, _, _), c in zip(ablation.VARIANTS, commands)}
+    commands = dict(zip([name for name, _, _ in ablation.VARIANTS],
+                        capsys.readouterr().out.splitlines(), strict=True))
+    for name in ablation.EVALUATED:  # evaluations of the baseline's final weights, no training
+        evaluation = shlex.split(commands.pop(name))
+        assert evaluation[3:5] == ["eval", str(tmp_path / "runs" / "baseline" / "last.npz")]
+        assert "--tta" in evaluation
+    configs = {name: config_of(c) for name, c in commands.items()}
     base = dataclasses.asdict(configs["baseline"])
     assert base["epochs"] == 3 and base["seed"] == 0
     for name, config in configs.items():
@@ -48,20 +53,49 @@ def test_unknown_variants_are_refused(capsys):
     assert "magic" in capsys.readouterr().err
 
 
+def test_evaluations_need_the_baseline_and_jobs_must_be_positive(capsys):
+    with pytest.raises(SystemExit):
+        ablation.main(["--variants", "tta-flip", "--dry-run"])
+    assert "choose baseline too" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ablation.main(["--jobs", "0", "--dry-run"])
+    assert "got 0" in capsys.readouterr().err
+
+
+def test_with_jobs_each_command_says_its_threads(capsys):
+    assert ablation.main(["--dry-run", "--jobs", "2", "--variants", "baseline"]) == 0
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert capsys.readouterr().out.startswith(f"NUMBA_NUM_THREADS={threads} python -m minimobile")
+
+
 @pytest.mark.slow
-def test_a_tiny_ablation_writes_its_table_and_commands_from_the_runs_own_history(tmp_path):
+def test_a_tiny_ablation_writes_its_table_from_the_runs_and_resumes(tmp_path, capsys):
     fake = data.write_fake_cifar10(tmp_path / "data", n_train_per_batch=103, n_test=64)
     out = tmp_path / "ablation"
-    assert ablation.main(["--data", str(fake), "--model", "v1", "--width", "0.25", "--epochs",
-                          "1", "--limit-train", "512", "--variants", "baseline,tta-flip",
-                          "--out", str(out)]) == 0
+    argv = ["--data", str(fake), "--model", "v1", "--width", "0.25", "--epochs", "1",
+            "--limit-train", "512", "--variants", "baseline,tta-flip,no-nesterov", "--jobs", "2",
+            "--out", str(out)]
+    assert ablation.main(argv) == 0
     with open(out / "ablation.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["variant"] for r in rows] == ["baseline", "tta-flip"]
-    for r in rows:
-        assert r["status"] == "ok" and "--limit-train 512" in r["command"]
+    assert [r["variant"] for r in rows] == ["baseline", "tta-flip", "no-nesterov"]
+    assert all(r["status"] == "ok" for r in rows), rows
+    for r in (rows[0], rows[2]):  # trainings: their figures come from their own history
+        assert "--limit-train 512" in r["command"]
         (history,) = train.read_history(out / "runs" / r["variant"] / "history.csv")
         assert r["best_test_acc"] == f"{history['test_acc']:.4f}"
-    assert rows[0]["delta_final"] == "+0.0000" and "--tta flip" in rows[1]["command"]
+    tta = rows[1]  # the baseline's final weights, evaluated with flips
+    assert "eval" in tta["command"] and "--tta flip" in tta["command"]
+    assert tta["best_test_acc"] == tta["final_test_acc"] and tta["best_epoch"] == "1"
+    assert tta["final_train_loss"] == rows[0]["final_train_loss"]
+    assert "test accuracy " + tta["final_test_acc"] in (out / "runs" / "tta-flip.log").read_text()
+    assert rows[0]["delta_final"] == "+0.0000"
     table = (out / "ablation.md").read_text()
-    assert "| baseline |" in table and rows[1]["command"] in table
+    assert "| baseline |" in table and tta["command"] in table
+
+    # Run again: every row is finished, so nothing runs and the table is the same
+    capsys.readouterr()
+    before = (out / "ablation.csv").read_text()
+    assert ablation.main(argv) == 0
+    assert capsys.readouterr().out.count("kept from") == 3
+    assert (out / "ablation.csv").read_text() == before
