@@ -192,9 +192,9 @@ from pathlib import Path
 
 ablation_csv = Path("..", "results", "ablation", "ablation.csv")
 if not ablation_csv.exists():
-    print("The ablation has not been run yet (results/ablation/README.md says how, about "
-          "13 runs of 10 epochs):\n  python benchmarks/ablation.py --model v1 --width 0.5 "
-          "--epochs 10 --data PATH")
+    print("The ablation has not been run yet (results/ablation/README.md says how: 11 "
+          "trainings of 8 epochs and 2 evaluations):\n  python benchmarks/ablation.py --model "
+          "v1 --width 0.5 --epochs 8 --jobs 2 --data PATH --out results/ablation")
 else:
     import csv
     with open(ablation_csv, newline="") as f:
