@@ -4,18 +4,15 @@ network in PyTorch where torch is installed, in three configurations at the same
 float32 NCHW (pt), float32 channels-last (ptCL) and bfloat16 autocast channels-last (ptBF,
 `torch.autocast("cpu", dtype=torch.bfloat16)`, which oneDNN runs on AMX units where the CPU
 has them). Prints ms per step, images per second, the ratio to whichever PyTorch
-configuration is fastest for that network (mm/best), peak memory, and where minimobile's
-time goes by layer type. minimobile itself stays in float32.
+configuration is fastest for that network (mm/best), and where minimobile's time goes by
+layer type. minimobile itself stays in float32. Peak memory has a benchmark of its own,
+bench_train_memory.py, which runs every network and configuration in a process of its own.
 
     python benchmarks/bench_train_step.py [--models v1:0.5,v3-small:1.0] [--steps 10]
-
-Peak memory is the growth of the process's peak resident set (ru_maxrss) over the step, so
-run one framework per process (--only mm or --only torch) when comparing memory.
 """
 
 import argparse
 import os
-import resource
 import sys
 import time
 from collections import defaultdict
@@ -33,10 +30,6 @@ try:
     import torch
 except ImportError:
     torch = None
-
-
-def peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def minimobile_step(model, optimizer, x, y):
@@ -134,7 +127,7 @@ def main(argv=None):
           f"{torch.__version__ if use_torch else 'not run'}; LD_PRELOAD="
           f"{os.environ.get('LD_PRELOAD', '(unset)')}; malloc {malloc}")
     header = (f"{'network':<14}{'mm ms':>8}{'img/s':>8}{'pt ms':>8}{'ptCL ms':>9}{'ptBF ms':>9}"
-              f"{'best':>6}{'mm/best':>9}{'mm peak MB':>11}")
+              f"{'best':>6}{'mm/best':>9}")
     print(header)
     print("-" * len(header))
     breakdowns = {}
@@ -151,11 +144,9 @@ def main(argv=None):
             runners["pt"] = torch_step_fn(name, width, False, x, y)
             runners["ptCL"] = torch_step_fn(name, width, True, x, y)
             runners["ptBF"] = torch_step_fn(name, width, True, x, y, bfloat16=True)
-        rss_before = peak_rss_mb()
         for run in runners.values():  # warm-up: compile, allocate, fault pages in
             run()
             run()
-        rss_after = peak_rss_mb()
         samples = defaultdict(list)
         for _ in range(args.steps):
             for key, run in runners.items():
@@ -173,7 +164,6 @@ def main(argv=None):
                        for k, w in (("pt", 8), ("ptCL", 9), ("ptBF", 9)))
         row += f"{best_key or '-':>6}"
         row += f"{ms['mm'] / best:9.2f}" if best and "mm" in ms else f"{'-':>9}"
-        row += f"{rss_after - rss_before:11.0f}" if args.only else f"{'(--only)':>11}"
         print(row, flush=True)
         if "mm" in runners and not args.no_breakdown:
             timer = LayerTimer(model)
