@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's minimobile, as in the runs (PYTHONPATH below)
 
 # (name, what it changes against the baseline, its options). The baseline is today's defaults
 # (SGD, Nesterov, label smoothing 0.1, cosine with 1 epoch of warm-up, no decay on batch norm
