@@ -135,7 +135,8 @@ def summarise_evaluation(row, log, baseline):
 
 def summarise(name, change, shown_command, code, seconds, out, log, baseline=None):
     """One row of the table, from the run's own output."""
-    row = {"variant": name, "change": change, "wall_seconds": f"{seconds:.0f}",
+    row = {"variant": name, "change": change,
+           "wall_seconds": "" if seconds is None else f"{seconds:.0f}",
            "command": shown_command, "status": "ok" if code == 0 else f"failed (exit {code})"}
     if code == 0:
         try:
@@ -191,6 +192,27 @@ def finished_rows(out):
         return {r["variant"]: r for r in csv.DictReader(f) if r.get("status") == "ok"}
 
 
+def finished_training(argv, folder):
+    """True when `folder` holds a finished run of exactly the configuration that the
+    `minimobile train` command `argv` asks for (the settings and epoch in its last.npz), so a
+    run whose row was lost with this script's own process (a crash, a kill) is not trained
+    again."""
+    import dataclasses
+
+    from minimobile import checkpoint, cli
+    from minimobile.train import LAST, TrainConfig, read_config
+    last = folder / LAST
+    if not last.is_file():
+        return False
+    try:
+        asked = TrainConfig(**cli.given_train_settings(cli.build_parser().parse_args(argv[3:])))
+        saved = read_config(last)
+        done = checkpoint.load_meta(last).get("epoch")
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return done == asked.epochs and dataclasses.replace(saved, out=asked.out) == asked
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="v1")
@@ -232,15 +254,36 @@ def main(argv=None):
     earlier = {} if args.redo else finished_rows(out)
     rows = {}
     for name in chosen:
-        if name in earlier and earlier[name]["command"] == shown(commands[name], env) \
-                and (name not in EVALUATED or "baseline" in rows):
+        folder = out / "runs" / name
+        if name in EVALUATED:
+            continue  # kept below if the baseline they evaluate is
+        if name in earlier and earlier[name]["command"] == shown(commands[name], env):
             rows[name] = earlier[name]
             print(f"{name}: kept from {out / 'ablation.csv'}", flush=True)
+        elif not args.redo and finished_training(commands[name], folder):
+            rows[name] = summarise(name, known[name][0], shown(commands[name], env), 0, None,
+                                   folder, out / "runs" / f"{name}.log")
+            print(f"{name}: found finished in {folder} (wall time not known)", flush=True)
     if "baseline" in rows:  # the evaluations need its last epoch, which the table lacks
         try:
             summarise_training(rows["baseline"], out / "runs" / "baseline")
         except (OSError, ValueError):  # its folder is gone: run it, and what evaluates it, again
-            rows = {n: r for n, r in rows.items() if n != "baseline" and n not in EVALUATED}
+            del rows["baseline"]
+    for name in chosen:
+        if name in EVALUATED and "baseline" in rows and name in earlier \
+                and earlier[name]["command"] == shown(commands[name], env):
+            rows[name] = earlier[name]
+            print(f"{name}: kept from {out / 'ablation.csv'}", flush=True)
+    # Rows of an earlier invocation for variants not chosen now stay in the table if they
+    # ran the command this one would: the table can be filled a few variants at a time.
+    same_budget = {name: row for name, row in earlier.items() if name not in chosen
+                   and row["command"] == shown(command(args, name, known[name][1]), env)}
+    order = [name for name, _, _ in VARIANTS]
+
+    def table():
+        every = {**same_budget, **rows}
+        return [every[name] for name in order if name in every]
+
     waiting = [name for name in chosen if name not in rows]
     running = {}
     while waiting or running:
@@ -268,8 +311,8 @@ def main(argv=None):
             print(f"  {name}: {rows[name]['status']}, best {rows[name].get('best_test_acc', '-')}"
                   f", {seconds:.0f} s", flush=True)
             # after every run, in the variants' order, so an interrupted ablation keeps its rows
-            write_tables([rows[n] for n in chosen if n in rows], out, args)
-    write_tables([rows[n] for n in chosen if n in rows], out, args)
+            write_tables(table(), out, args)
+    write_tables(table(), out, args)
     return 0
 
 

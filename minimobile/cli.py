@@ -402,11 +402,18 @@ def build_parser():
     return parser
 
 
-def _train(args):
+def given_train_settings(args):
+    """The TrainConfig fields that parsed `minimobile train` arguments set: the options given
+    on the command line over the --recipe's bundle; the rest keep TrainConfig's defaults."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     if args.recipe is not None:
         given = {**RECIPES[args.recipe], **given}
+    return given
+
+
+def _train(args):
+    given = given_train_settings(args)
     error = args.command_parser.error
     if args.resume and args.overwrite:
         error("--resume continues the run in --out and --overwrite replaces it: give one")

@@ -3,6 +3,7 @@ import dataclasses
 import importlib.util
 import os
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,7 @@ spec.loader.exec_module(ablation)
 def config_of(command):
     """The TrainConfig that `minimobile train` builds from a shown command, as cli._train does."""
     args = cli.build_parser().parse_args(shlex.split(command)[3:])  # drop python -m minimobile
-    fields = {f.name for f in dataclasses.fields(train.TrainConfig)}
-    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    return train.TrainConfig(**{**train.RECIPES.get(args.recipe, {}), **given})
+    return train.TrainConfig(**cli.given_train_settings(args))
 
 
 def test_every_variant_changes_exactly_what_it_names_against_the_baseline(tmp_path, capsys):
@@ -78,13 +77,13 @@ def test_a_tiny_ablation_writes_its_table_from_the_runs_and_resumes(tmp_path, ca
     assert ablation.main(argv) == 0
     with open(out / "ablation.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["variant"] for r in rows] == ["baseline", "tta-flip", "no-nesterov"]
+    assert [r["variant"] for r in rows] == ["baseline", "no-nesterov", "tta-flip"]  # as VARIANTS
     assert all(r["status"] == "ok" for r in rows), rows
-    for r in (rows[0], rows[2]):  # trainings: their figures come from their own history
+    for r in rows[:2]:  # trainings: their figures come from their own history
         assert "--limit-train 512" in r["command"]
         (history,) = train.read_history(out / "runs" / r["variant"] / "history.csv")
         assert r["best_test_acc"] == f"{history['test_acc']:.4f}"
-    tta = rows[1]  # the baseline's final weights, evaluated with flips
+    tta = rows[2]  # the baseline's final weights, evaluated with flips
     assert "eval" in tta["command"] and "--tta flip" in tta["command"]
     assert tta["best_test_acc"] == tta["final_test_acc"] and tta["best_epoch"] == "1"
     assert tta["final_train_loss"] == rows[0]["final_train_loss"]
@@ -99,3 +98,28 @@ def test_a_tiny_ablation_writes_its_table_from_the_runs_and_resumes(tmp_path, ca
     assert ablation.main(argv) == 0
     assert capsys.readouterr().out.count("kept from") == 3
     assert (out / "ablation.csv").read_text() == before
+
+    # A subset leaves the other rows of the same budget in the table
+    assert ablation.main([*argv[:-6], "--variants", "no-nesterov", *argv[-4:]]) == 0
+    assert (out / "ablation.csv").read_text() == before
+
+    # The table lost (the script killed before writing it): the finished trainings are found
+    # in their folders, not trained again; the evaluation, seconds long, runs again
+    (out / "ablation.csv").unlink()
+    capsys.readouterr()
+    assert ablation.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("found finished in") == 2 and "minimobile eval" in printed
+    assert "minimobile train" not in printed
+    with open(out / "ablation.csv") as f:
+        again = list(csv.DictReader(f))
+    for old_row, new_row in zip(rows, again, strict=True):
+        assert {**old_row, "wall_seconds": ""} == {**new_row, "wall_seconds": ""}
+
+    # A folder holding another configuration's run is not taken for this one
+    other = shlex.split(rows[1]["command"])
+    other = other[other.index("python"):]  # without NUMBA_NUM_THREADS=1
+    assert ablation.finished_training([sys.executable, *other[1:]], out / "runs" / "no-nesterov")
+    other[other.index("--epochs") + 1] = "2"
+    assert not ablation.finished_training([sys.executable, *other[1:]],
+                                          out / "runs" / "no-nesterov")
