@@ -198,10 +198,14 @@ def test_a_sweep_interrupted_by_ctrl_c_resumes_its_unfinished_trials_from_their_
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     sweep_process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
+    # Interrupt once both trials have finished an epoch, so both have a checkpoint to resume
+    # from. On a busy machine Ray and the trials start slowly: wait up to 5 minutes for that
+    # (interrupting earlier would leave nothing to resume and the test would prove nothing).
+    deadline = time.monotonic() + 300
     histories = [out / "trials" / name / "history.csv" for name in ("v1-w0.25-r16-s0",
                                                                    "v1-w0.5-r16-s0")]
-    while not all(h.exists() for h in histories) and time.monotonic() < deadline:
+    while not all(h.exists() for h in histories):
+        assert time.monotonic() < deadline, "no trial finished an epoch within 5 minutes"
         time.sleep(0.2)
         assert sweep_process.poll() is None, sweep_process.communicate()[1][-2000:]
     sweep_process.send_signal(signal.SIGINT)
