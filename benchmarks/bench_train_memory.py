@@ -2,9 +2,11 @@
 minimobile and for the same network in PyTorch's three configurations of
 bench_train_step.py (float32 NCHW pt, float32 channels-last ptCL, bfloat16 autocast
 channels-last ptBF). Prints MB per configuration and minimobile's against the smallest
-PyTorch figure (mm/least).
+PyTorch figure (mm/least). --plain adds minimobile with MobileNet.defer_normalization off
+(every batch norm writes its output for the depthwise conv to read, and the conv keeps it for
+its backward): the memory that normalising on reading saves.
 
-    python benchmarks/bench_train_memory.py [--models v1:0.5,v3-small:1.0] [--steps 3]
+    python benchmarks/bench_train_memory.py [--models v1:0.5,v3-small:1.0] [--steps 3] [--plain]
 
 What is measured: every (network, configuration) runs in a process of its own, so nothing
 one leaves behind counts against the next. The process imports its framework, makes the
@@ -28,6 +30,7 @@ import sys
 
 BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = ("mm", "pt", "ptCL", "ptBF")  # minimobile, then bench_train_step.TORCH_CONFIGS
+PLAIN = "plain"  # minimobile without deferred normalisation (--plain)
 
 
 def status_mb(field):
@@ -48,10 +51,11 @@ def reset_peak():
 def step_function(config, name, width, x, y):
     """One training step of `name` at `width` on (x, y), as bench_train_step.py times it."""
     import bench_train_step as bench
-    if config == "mm":
+    if config in ("mm", PLAIN):
         from minimobile.models import build_model
         from minimobile.optim import SGD
         model = build_model(name, width, cifar=True, seed=0)
+        model.defer_normalization = config == "mm"
         opt = SGD(model.named_parameters(), lr=0.01, momentum=0.9, nesterov=True,
                   weight_decay=5e-4)
         return lambda: bench.minimobile_step(model, opt, x, y)
@@ -69,7 +73,7 @@ def measure(config, spec, batch_size, steps, threads, malloc):
     if malloc == "keep":
         memory.keep_freed_memory()
     numba.set_num_threads(threads)
-    if config != "mm":
+    if config not in ("mm", PLAIN):
         import torch
         torch.set_num_threads(threads)
     name, width = spec.split(":")
@@ -118,20 +122,22 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--malloc", choices=["keep", "default"], default="keep")
-    parser.add_argument("--child", choices=CONFIGS, help=argparse.SUPPRESS)
+    parser.add_argument("--plain", action="store_true",
+                        help="also measure minimobile with defer_normalization off")
+    parser.add_argument("--child", choices=CONFIGS + (PLAIN,), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(measure(args.child, args.models, args.batch_size, args.steps,
                                  args.threads, args.malloc)))
         return 0
-    configs = CONFIGS if torch_available() else ("mm",)
+    configs = (CONFIGS if torch_available() else ("mm",)) + ((PLAIN,) if args.plain else ())
     print(f"peak memory of a training step, MB above the process's base (see the docstring); "
           f"batch {args.batch_size}, 32x32 CIFAR variants, {args.threads} threads, "
           f"{args.steps} steps after 2 of warm-up, one process per cell; malloc "
           f"{'glibc, freed memory kept' if args.malloc == 'keep' else 'glibc default'}"
           + ("" if len(configs) > 1 else "; torch not installed: minimobile only"))
     header = (f"{'network':<14}{'mm MB':>8}{'pt MB':>8}{'ptCL MB':>9}{'ptBF MB':>9}"
-              f"{'least':>7}{'mm/least':>10}")
+              f"{'least':>7}{'mm/least':>10}" + (f"{'plain MB':>10}" if args.plain else ""))
     print(header)
     print("-" * len(header))
     for spec in args.models.split(","):
@@ -143,6 +149,8 @@ def main(argv=None):
                        for c, w in (("mm", 8), ("pt", 8), ("ptCL", 9), ("ptBF", 9)))
         row += f"{least or '-':>7}"
         row += f"{mb['mm'] / mb[least]:10.2f}" if least and "mm" in mb else f"{'-':>10}"
+        if args.plain:
+            row += f"{mb[PLAIN]:10.0f}" if PLAIN in mb else f"{'-':>10}"
         print(row, flush=True)
     return 0
 

@@ -5,10 +5,12 @@ float32 NCHW (pt), float32 channels-last (ptCL) and bfloat16 autocast channels-l
 `torch.autocast("cpu", dtype=torch.bfloat16)`, which oneDNN runs on AMX units where the CPU
 has them). Prints ms per step, images per second, the ratio to whichever PyTorch
 configuration is fastest for that network (mm/best), and where minimobile's time goes by
-layer type. minimobile itself stays in float32. Peak memory has a benchmark of its own,
+layer type. minimobile itself stays in float32. --plain adds a column for minimobile with
+MobileNet.defer_normalization off (every batch norm writes its output, and the depthwise
+convs read it), timed in the same alternation: what normalising on reading gains. Peak memory has a benchmark of its own,
 bench_train_memory.py, which runs every network and configuration in a process of its own.
 
-    python benchmarks/bench_train_step.py [--models v1:0.5,v3-small:1.0] [--steps 10]
+    python benchmarks/bench_train_step.py [--models v1:0.5,v3-small:1.0] [--steps 10] [--plain]
 """
 
 import argparse
@@ -108,6 +110,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=["mm", "torch"], default=None)
     parser.add_argument("--no-breakdown", action="store_true")
+    parser.add_argument("--plain", action="store_true",
+                        help="also time minimobile with defer_normalization off (column plain)")
     parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
                         help="keep: glibc recycles freed memory, as minimobile.train.fit sets it "
                              "(minimobile/memory.py); default: glibc's own settings. Either "
@@ -127,7 +131,8 @@ def main(argv=None):
           f"{torch.__version__ if use_torch else 'not run'}; LD_PRELOAD="
           f"{os.environ.get('LD_PRELOAD', '(unset)')}; malloc {malloc}")
     header = (f"{'network':<14}{'mm ms':>8}{'img/s':>8}{'pt ms':>8}{'ptCL ms':>9}{'ptBF ms':>9}"
-              f"{'best':>6}{'mm/best':>9}")
+              f"{'best':>6}{'mm/best':>9}" + (f"{'plain ms':>10}{'mm/plain':>10}"
+                                               if args.plain else ""))
     print(header)
     print("-" * len(header))
     breakdowns = {}
@@ -140,6 +145,12 @@ def main(argv=None):
             opt = SGD(model.named_parameters(), lr=0.01, momentum=0.9, nesterov=True,
                       weight_decay=5e-4)
             runners["mm"] = lambda m=model, o=opt: minimobile_step(m, o, x, y)
+            if args.plain:
+                plain = build_model(name, width, cifar=True, seed=0)
+                plain.defer_normalization = False
+                plain_opt = SGD(plain.named_parameters(), lr=0.01, momentum=0.9, nesterov=True,
+                                weight_decay=5e-4)
+                runners["plain"] = lambda m=plain, o=plain_opt: minimobile_step(m, o, x, y)
         if use_torch:
             runners["pt"] = torch_step_fn(name, width, False, x, y)
             runners["ptCL"] = torch_step_fn(name, width, True, x, y)
@@ -164,6 +175,8 @@ def main(argv=None):
                        for k, w in (("pt", 8), ("ptCL", 9), ("ptBF", 9)))
         row += f"{best_key or '-':>6}"
         row += f"{ms['mm'] / best:9.2f}" if best and "mm" in ms else f"{'-':>9}"
+        if "plain" in ms:
+            row += f"{ms['plain']:10.0f}{ms['mm'] / ms['plain']:10.2f}"
         print(row, flush=True)
         if "mm" in runners and not args.no_breakdown:
             timer = LayerTimer(model)

@@ -12,7 +12,7 @@ dx = dout + f.backward(dout).
 import numpy as np
 
 from .layers import (BatchNorm2d, Conv2d, DepthwiseConv2d, Hardswish, Module, PointwiseConv2d,
-                     ReLU, ReLU6, Sequential, SqueezeExcitation, _rng)
+                     ReLU, ReLU6, Sequential, SqueezeExcitation, _rng, deferral_enabled)
 
 # V3's tables name activations by the paper's abbreviations.
 ACTIVATIONS = {"RE": ReLU, "HS": Hardswish}
@@ -62,6 +62,10 @@ class ConvBNActivation(Sequential):
         super().__init__(*layers)
         self.fuse = True  # set False to run the children one by one (to inspect or debug them)
         self._fused = False
+        # True when a depthwise conv alone reads this layer's output (set by the block or model
+        # that knows it: mark_deferred_outputs): then, inside layers.deferred_normalization(),
+        # the output is handed on as an ops.NormalizedMap, never written.
+        self.defer_output = False
 
     def forward(self, x):
         # In training mode the batch norm applies the activation in its own pass over memory
@@ -72,12 +76,54 @@ class ConvBNActivation(Sequential):
         self._fused = self.fuse and self.training and (act is None or fused_name is not None)
         if not self._fused:
             return super().forward(x)
-        return self[1].forward_with_activation(self[0].forward(x), fused_name)
+        defer = self.defer_output and deferral_enabled()
+        return self[1].forward_with_activation(self[0].forward(x), fused_name, defer)
 
     def backward(self, dout):
         if not self._fused:
             return super().backward(dout)
         return self[0].backward(self[1].backward(dout))
+
+
+def _is_depthwise(layer):
+    return isinstance(layer, ConvBNActivation) and isinstance(layer[0], DepthwiseConv2d)
+
+
+def _first_reader(block):
+    """The layer that alone reads `block`'s input, if it is a depthwise ConvBNActivation; else
+    None (a skip connection reads the input too, or the first layer is another kind)."""
+    if _is_depthwise(block):
+        return block
+    if isinstance(block, DepthwiseSeparable):
+        return block.dw
+    if isinstance(block, (InvertedResidual, Bneck)) and not block.use_res_connect:
+        first = (block.conv if isinstance(block, InvertedResidual) else block.block)[0]
+        return first if _is_depthwise(first) else None
+    return None
+
+
+def _last_writer(block):
+    """The ConvBNActivation whose output is `block`'s output, if there is one."""
+    if isinstance(block, ConvBNActivation):
+        return block
+    if isinstance(block, DepthwiseSeparable):
+        return block.pw
+    return None  # V2's and V3's blocks end in a linear projection, or a skip connection
+
+
+def mark_deferred_outputs(features):
+    """Set defer_output on every ConvBNActivation of `features` (a Sequential of blocks) whose
+    output a depthwise conv alone reads, inside a block (the expansion before the depthwise
+    conv) or across two (V1's pointwise conv and the next block's depthwise conv)."""
+    for block in features:
+        inner = getattr(block, "conv", None) or getattr(block, "block", None)
+        if isinstance(inner, Sequential) and len(inner) > 1 and _is_depthwise(inner[1]):
+            if isinstance(inner[0], ConvBNActivation) and not _is_depthwise(inner[0]):
+                inner[0].defer_output = True
+    for block, after in zip(features, list(features)[1:]):
+        writer, reader = _last_writer(block), _first_reader(after)
+        if writer is not None and reader is not None:
+            writer.defer_output = True
 
 
 class DepthwiseSeparable(Module):

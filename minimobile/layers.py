@@ -28,6 +28,28 @@ def no_grad():
         _grad_enabled = previous
 
 
+_deferral_enabled = False
+
+
+@contextmanager
+def deferred_normalization(enabled=True):
+    """Within this block a ConvBNActivation whose `defer_output` is set (its output read by a
+    depthwise conv alone) returns an ops.NormalizedMap in training: its batch norm computes
+    the statistics only, and the depthwise conv normalises each plane as it reads it. The
+    numbers are the same bits; the normalised map is never written or kept. MobileNet.forward
+    runs its features in this block, so a block called on its own returns arrays as always."""
+    global _deferral_enabled
+    previous, _deferral_enabled = _deferral_enabled, enabled
+    try:
+        yield
+    finally:
+        _deferral_enabled = previous
+
+
+def deferral_enabled():
+    return _deferral_enabled
+
+
 def _rng(rng):
     return rng if rng is not None else np.random.default_rng()
 
@@ -336,16 +358,17 @@ class BatchNorm2d(Module):
             return out
         return self.forward_with_activation(x, None)
 
-    def forward_with_activation(self, x, activation):
+    def forward_with_activation(self, x, activation, defer=False):
         """Training mode: batch norm and then `activation` (one of ops.FUSABLE_ACTIVATIONS,
         or None) in one pass over memory; ConvBNActivation uses it to save memory traffic.
-        backward() then goes through both."""
+        backward() then goes through both. defer=True returns an ops.NormalizedMap, for a
+        depthwise conv to apply (ops.batchnorm2d_activation_forward)."""
         if not self.training:
             raise ValueError(f"BatchNorm2d: a fused activation runs in training mode only, "
                              f"got activation={activation!r} in eval mode")
         p, b = self.params, self.buffers
         out, cache = ops.batchnorm2d_activation_forward(x, p["weight"], p["bias"], self.eps,
-                                                        activation)
+                                                        activation, defer)
         m = self.momentum
         count = x.shape[0] * x.shape[2] * x.shape[3]
         b["running_mean"][...] = (1 - m) * b["running_mean"] + m * cache.mean

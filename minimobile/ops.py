@@ -129,6 +129,38 @@ class DepthwiseConv2dCache(NamedTuple):
     w: np.ndarray
     stride: int
     padding: int
+    # When the forward read a NormalizedMap: its scale, shift and activation, and x is the
+    # map's x, so the backward recomputes the conv's input act(x * scale + shift) as it reads.
+    scale: Optional[np.ndarray] = None
+    shift: Optional[np.ndarray] = None
+    activation: Optional[str] = None
+
+
+class NormalizedMap(NamedTuple):
+    """act(x * scale + shift) per channel, described but not computed: what batch norm with its
+    activation hands on, in training, when the next op is a depthwise conv that applies it as
+    it reads each plane (batchnorm2d_activation_forward with defer=True). The map is never
+    written to memory, so it costs neither the pass that writes it nor the memory that would
+    keep it for the backward. `materialize()` computes it, for anything else that wants it."""
+
+    x: np.ndarray  # batch norm's input, (N, C, H, W)
+    scale: np.ndarray  # (C,), in x's dtype
+    shift: np.ndarray
+    activation: Optional[str]
+
+    @property
+    def shape(self):
+        return self.x.shape
+
+    @property
+    def dtype(self):
+        return self.x.dtype
+
+    def materialize(self):
+        out = np.empty_like(self.x)
+        bn_kernels.affine_activate(out, self.x, self.scale, self.shift,
+                                   bn_kernels.ACTIVATION_CODES[self.activation])
+        return out
 
 
 def depthwise_conv2d_forward(x, w, stride=1, padding=1):
@@ -136,8 +168,14 @@ def depthwise_conv2d_forward(x, w, stride=1, padding=1):
 
     One filter per channel: C*K*K*Ho*Wo multiply-adds per image instead of a standard conv's
     C_out times that. Caches x and w (the backward needs both, nothing else).
+
+    x may be a NormalizedMap: the conv then reads act(x.x * scale + shift), normalising each
+    plane as it copies it into its scratch, and caches x.x with the constants instead.
     """
     op = "depthwise_conv2d"
+    normalized = x if isinstance(x, NormalizedMap) else None
+    if normalized is not None:
+        x = normalized.x
     x = _check_float(op, "x", x, 4)
     w = _check_float(op, "w", w, 4)
     _check_same_dtype(op, x, w=w)
@@ -149,8 +187,13 @@ def depthwise_conv2d_forward(x, w, stride=1, padding=1):
     _check_conv_geometry(op, H, W, K, stride, padding)
     Ho, Wo = conv_output_size(H, K, stride, padding), conv_output_size(W, K, stride, padding)
     out = np.empty((N, C, Ho, Wo), dtype=x.dtype)
-    kernels.pick(depthwise, "depthwise_conv2d_forward")(out, x, w, stride, padding)
-    return out, DepthwiseConv2dCache(x, w, stride, padding)
+    if normalized is None:
+        kernels.pick(depthwise, "depthwise_conv2d_forward")(out, x, w, stride, padding)
+        return out, DepthwiseConv2dCache(x, w, stride, padding)
+    scale, shift, activation = normalized.scale, normalized.shift, normalized.activation
+    kernels.pick(depthwise, "depthwise_conv2d_normalized_forward")(
+        out, x, w, stride, padding, scale, shift, bn_kernels.ACTIVATION_CODES[activation])
+    return out, DepthwiseConv2dCache(x, w, stride, padding, scale, shift, activation)
 
 
 def depthwise_conv2d_backward(dout, cache):
@@ -163,8 +206,13 @@ def depthwise_conv2d_backward(dout, cache):
     dout = _check_dout("depthwise_conv2d", dout, (N, C, Ho, Wo), x.dtype)
     dx = np.empty_like(x)
     dw = np.empty_like(w)
-    kernels.pick(depthwise, "depthwise_conv2d_backward")(dx, dw, dout, x, w, cache.stride,
-                                                         cache.padding)
+    if cache.scale is None:
+        kernels.pick(depthwise, "depthwise_conv2d_backward")(dx, dw, dout, x, w, cache.stride,
+                                                             cache.padding)
+    else:  # dx is the gradient with respect to act(x * scale + shift), the conv's input
+        kernels.pick(depthwise, "depthwise_conv2d_normalized_backward")(
+            dx, dw, dout, x, w, cache.stride, cache.padding, cache.scale, cache.shift,
+            bn_kernels.ACTIVATION_CODES[cache.activation])
     return dx, dw
 
 
@@ -304,17 +352,21 @@ def batchnorm2d_backward(dout, cache):
 FUSABLE_ACTIVATIONS = tuple(a for a in bn_kernels.ACTIVATION_CODES if a is not None)
 
 
-def batchnorm2d_activation_forward(x, gamma, beta, eps=1e-5, activation="relu"):
+def batchnorm2d_activation_forward(x, gamma, beta, eps=1e-5, activation="relu", defer=False):
     """Training-mode batch norm and the activation after it in one pass over memory:
     out = act(batchnorm2d(x)) for activation in FUSABLE_ACTIVATIONS ("relu", "relu6",
     "hardswish"), or None for batch norm alone. On the fast rung, the same numbers as
     batchnorm2d_forward followed by relu_forward (or relu6_, hardswish_), bit for bit.
+
+    defer=True computes the statistics only and returns out as a NormalizedMap, for a
+    depthwise conv to apply as it reads (depthwise_conv2d_forward): the map is never written.
+    The backward is the same either way.
     """
     op = "batchnorm2d_activation"
     if activation not in bn_kernels.ACTIVATION_CODES:
         raise ValueError(f"{op}: expected activation None or one of {FUSABLE_ACTIVATIONS}, "
                          f"got {activation!r}")
-    return _batchnorm2d_forward(op, x, gamma, beta, eps, activation)
+    return _batchnorm2d_forward(op, x, gamma, beta, eps, activation, defer)
 
 
 def batchnorm2d_activation_backward(dout, cache):
@@ -322,7 +374,7 @@ def batchnorm2d_activation_backward(dout, cache):
     return batchnorm2d_backward(dout, cache)
 
 
-def _batchnorm2d_forward(op, x, gamma, beta, eps, activation):
+def _batchnorm2d_forward(op, x, gamma, beta, eps, activation, defer=False):
     x, gamma, beta = _check_bn_args(op, x, gamma, beta)
     N, C, H, W = x.shape
     if N * H * W < 2:
@@ -330,15 +382,18 @@ def _batchnorm2d_forward(op, x, gamma, beta, eps, activation):
                          f"got input of shape {x.shape}")
     if not eps > 0:
         raise ValueError(f"{op}: expected eps > 0, got {eps}")
-    out = np.empty_like(x)
+    out = np.empty_like(x)  # with defer, never written: untouched pages cost no memory
     mean = np.empty(C)
     var = np.empty(C)
     scale = np.empty(C, dtype=x.dtype)
     shift = np.empty(C, dtype=x.dtype)
+    kind = bn_kernels.STATISTICS_ONLY if defer else bn_kernels.ACTIVATION_CODES[activation]
     kernels.pick(bn_kernels, "batchnorm2d_forward")(
         out.reshape(N, C, H * W), mean, var, scale, shift, x.reshape(N, C, H * W), gamma, beta,
-        float(eps), bn_kernels.ACTIVATION_CODES[activation])
+        float(eps), kind)
     invstd = 1.0 / np.sqrt(var + eps)
+    if defer:
+        out = NormalizedMap(x, scale, shift, activation)
     return out, BatchNorm2dCache(x, gamma, mean, var, invstd, scale, shift, activation)
 
 

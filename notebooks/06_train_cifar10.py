@@ -171,13 +171,17 @@ for name, width in NETWORKS:
 # - **Batch 256** with the learning rate scaled linearly: fewer, larger steps, which this
 #   engine runs more efficiently per image.
 #
-# The recipe's settings against the defaults, read from `mm.train.RECIPES`:
+# The recipes' settings against the defaults, read from `mm.train.RECIPES` (a blank is the
+# default):
 
 # %%
 defaults = mm.train.TrainConfig()
-print(f"{'setting':<16} {'default':>10} {'--recipe fast':>14}")
-for name, value in mm.train.RECIPES["fast"].items():
-    print(f"{name:<16} {str(getattr(defaults, name)):>10} {str(value):>14}")
+recipes = mm.train.RECIPES
+settings = list(dict.fromkeys(k for recipe in recipes.values() for k in recipe))
+print(f"{'setting':<16} {'default':>10}" + "".join(f" {name:>14}" for name in recipes))
+for setting in settings:
+    print(f"{setting:<16} {str(getattr(defaults, setting)):>10}"
+          + "".join(f" {str(recipe.get(setting, '')):>14}" for recipe in recipes.values()))
 
 # %% [markdown]
 # Which of these matter, and how much, is measured one change at a time by

@@ -201,6 +201,80 @@ def test_fused_batchnorm_activation_is_bitwise_the_unfused_pair(rng, dtype, acti
         np.testing.assert_array_equal(a, b, err_msg=name)
 
 
+def _normalized_depthwise_case(x, gamma, beta, activation, w, stride, pad):
+    """Batch norm with its activation deferred, read by a depthwise conv, then both backwards."""
+    def run():
+        normalized, bn_cache = ops.batchnorm2d_activation_forward(x, gamma, beta,
+                                                                  activation=activation, defer=True)
+        assert isinstance(normalized, ops.NormalizedMap)
+        out, cache = ops.depthwise_conv2d_forward(normalized, w, stride, pad)
+        dout = np.random.default_rng(1).standard_normal(out.shape).astype(x.dtype)
+        dy, dw = ops.depthwise_conv2d_backward(dout, cache)
+        dx, dgamma, dbeta = ops.batchnorm2d_activation_backward(dy, bn_cache)
+        return {"out": out, "dy": dy, "dw": dw, "dx": dx, "dgamma": dgamma, "dbeta": dbeta}
+    return run
+
+
+def _normalized_inputs(rng, dtype, N, C, H, W, K):
+    # Scaled so that the normalised values straddle every kink (0, 6 and +-3).
+    x = (rng.standard_normal((N, C, H, W)) * 3 + 2).astype(dtype)
+    gamma = rng.uniform(1, 4, C).astype(dtype)
+    beta = rng.uniform(-2, 4, C).astype(dtype)
+    w = rng.standard_normal((C, 1, K, K)).astype(dtype)
+    return x, gamma, beta, w
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", FUSED)
+@pytest.mark.parametrize("N,C,H,W,K,stride", [CONV_SHAPES[i] for i in (1, 3, 7)])
+def test_normalized_depthwise_rungs_match(rng, depthwise_layout, dtype, activation, N, C, H, W,
+                                          K, stride):
+    """The depthwise conv that applies batch norm's act(x * scale + shift) as it reads: rungs 1
+    and 2 make the normalised map whole first, the fast rung normalises each plane in its copy."""
+    x, gamma, beta, w = _normalized_inputs(rng, dtype, N, C, H, W, K)
+    _compare_rungs(_normalized_depthwise_case(x, gamma, beta, activation, w, stride, K // 2),
+                   dtype)
+
+
+@pytest.mark.parametrize("activation", FUSED)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_normalizing_on_reading_is_bitwise_normalizing_first(rng, depthwise_layout, activation,
+                                                             stride):
+    """On the fast rung, deferring batch norm's output into the depthwise conv is an
+    optimisation only: the same bits as writing the map and convolving it, forward and
+    backward."""
+    x, gamma, beta, w = _normalized_inputs(rng, np.float32, 3, 5, 9, 8, 3)
+    deferred = _normalized_depthwise_case(x, gamma, beta, activation, w, stride, 1)()
+
+    y, bn_cache = ops.batchnorm2d_activation_forward(x, gamma, beta, activation=activation)
+    out, cache = ops.depthwise_conv2d_forward(y, w, stride, 1)
+    dout = np.random.default_rng(1).standard_normal(out.shape).astype(x.dtype)
+    dy, dw = ops.depthwise_conv2d_backward(dout, cache)
+    dx, dgamma, dbeta = ops.batchnorm2d_activation_backward(dy, bn_cache)
+    plain = {"out": out, "dy": dy, "dw": dw, "dx": dx, "dgamma": dgamma, "dbeta": dbeta}
+    for name, expected in plain.items():
+        np.testing.assert_array_equal(deferred[name], expected, err_msg=name)
+
+
+@pytest.mark.parametrize("rung", kernels.RUNGS)
+def test_a_deferred_batchnorm_computes_the_same_constants_and_map(rng, batchnorm_layout, rung):
+    """defer=True: the statistics and constants of the ordinary forward, and a NormalizedMap
+    whose materialize() is the ordinary output (bit for bit on the fast rung, which computes
+    both with the same operations)."""
+    x, gamma, beta, _ = _normalized_inputs(rng, np.float64, 4, 3, 5, 5, 3)
+    with kernels.use(rung):
+        out, cache = ops.batchnorm2d_activation_forward(x, gamma, beta, activation="relu6")
+        normalized, deferred = ops.batchnorm2d_activation_forward(x, gamma, beta,
+                                                                  activation="relu6", defer=True)
+    for name in ("mean", "var", "scale", "shift"):
+        np.testing.assert_array_equal(getattr(deferred, name), getattr(cache, name), name)
+    assert normalized.shape == x.shape and normalized.dtype == x.dtype
+    if rung == "fast":
+        np.testing.assert_array_equal(normalized.materialize(), out)
+    else:
+        _assert_close(normalized.materialize(), out, np.float64, f"{rung}: materialize()")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_batchnorm_inference_rungs_match(rng, dtype):
     x, gamma, beta, mean = _arrays(rng, dtype, (2, 3, 4, 5), (3,), (3,), (3,))
@@ -340,7 +414,8 @@ def test_depthwise_backward_is_the_same_for_any_channel_block(rng):
     results = []
     for block in (1, 3, 4, 7, 16):
         dx, dw = np.empty_like(x), np.empty_like(w)
-        depthwise.depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, 2, 1, block)
+        depthwise.depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, 2, 1, block,
+                                                         *depthwise.no_prologue(x))
         _assert_close(dx, sdx, np.float64, f"dx, blocks of {block}")
         _assert_close(dw, sdw, np.float64, f"dw, blocks of {block}")
         results.append((dx, dw))

@@ -376,3 +376,56 @@ def test_build_model_lives_in_models_and_refuses_a_width_beyond_the_bound():
         with pytest.raises(ValueError, match="width"):
             models.build_model("v1", width=width)
 
+
+
+@pytest.mark.parametrize("arch", list(BUILDERS))
+def test_deferring_batch_norm_into_depthwise_convs_changes_no_bit(arch, monkeypatch):
+    """MobileNet.defer_normalization hands each depthwise conv that alone reads a batch norm's
+    output a NormalizedMap instead (the map is never written): a training step gives the same
+    logits and gradients, bit for bit, as the plain path."""
+    from minimobile import ops
+    handed = []
+    forward = ops.depthwise_conv2d_forward
+
+    def counting_forward(x, *args):
+        handed.append(isinstance(x, ops.NormalizedMap))
+        return forward(x, *args)
+
+    monkeypatch.setattr(ops, "depthwise_conv2d_forward", counting_forward)
+    x = np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    steps = []
+    for defer in (True, False):
+        model = BUILDERS[arch](width_mult=0.25, cifar=True, seed=0)
+        model.defer_normalization = defer
+        handed.clear()
+        logits = model.forward(x)
+        model.backward(np.random.default_rng(2).standard_normal(logits.shape).astype(np.float32))
+        grads = {name: g.copy() for name, module in model.named_modules()
+                 for name_g, g in module.grads.items() for name in [f"{name}.{name_g}"]}
+        steps.append((logits, grads, sum(handed)))
+    (logits, grads, deferred), (plain_logits, plain_grads, none) = steps
+    expected = sum(isinstance(m, ConvBNActivation) and m.defer_output
+                   for _, m in model.named_modules())
+    assert deferred == expected > 0 and none == 0
+    np.testing.assert_array_equal(logits, plain_logits)
+    assert grads.keys() == plain_grads.keys()
+    for name in grads:
+        np.testing.assert_array_equal(grads[name], plain_grads[name], err_msg=name)
+
+
+def test_deferral_marks_only_maps_a_depthwise_conv_alone_reads():
+    """V1: the stem and every pointwise layer but the last feed the next block's depthwise
+    conv. V2: each expansion, and the stem (at width 0.5 the first block has no expansion and
+    no skip; at 0.25 it keeps 8 channels and has a skip, which reads the stem's output too).
+    A block called on its own, outside MobileNet.forward, still returns an array."""
+    v1 = mobilenet_v1(width_mult=0.25, cifar=True, seed=0)
+    marked = [name for name, m in v1.named_modules()
+              if isinstance(m, ConvBNActivation) and m.defer_output]
+    assert marked == ["features.0"] + [f"features.{i}.pw" for i in range(1, 13)]
+    for width, stem in ((0.5, ["features.0"]), (0.25, [])):
+        v2 = mobilenet_v2(width_mult=width, cifar=True, seed=0)
+        marked = [name for name, m in v2.named_modules()
+                  if isinstance(m, ConvBNActivation) and m.defer_output]
+        assert marked == stem + [f"features.{i}.conv.0" for i in range(2, 18)]
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    assert isinstance(v1.features[0].forward(x), np.ndarray)

@@ -30,6 +30,11 @@ from . import threads_for
 
 # The activations batch norm can apply in its own pass, by the code the kernels take.
 ACTIVATION_CODES = {None: 0, "relu": 1, "relu6": 2, "hardswish": 3}
+# The code for "statistics and constants only, out left unwritten": the forward's caller
+# applies act(x * scale + shift) itself, where the map is read next (a depthwise conv applies
+# it as it copies each plane into its scratch: see kernels/depthwise.py), so the normalised
+# map is never written to memory, read back, or kept for the backward.
+STATISTICS_ONLY = -1
 
 
 @njit(cache=True)
@@ -78,6 +83,8 @@ def batchnorm2d_forward_loops(out, mean, var, scale, shift, x, gamma, beta, eps,
         var[c] = squares / M
         scale[c] = gamma[c] / np.sqrt(var[c] + eps)
         shift[c] = beta[c] - mean[c] * scale[c]
+        if kind == STATISTICS_ONLY:
+            continue
         for n in range(N):
             for p in range(P):
                 xhat = (x[n, c, p] - mean[c]) / np.sqrt(var[c] + eps)
@@ -144,9 +151,10 @@ def batchnorm2d_forward_simple(out, mean, var, scale, shift, x, gamma, beta, eps
         var[c] = squares / M
         scale[c] = gamma[c] / np.sqrt(var[c] + eps)
         shift[c] = beta[c] - mean[c] * scale[c]
-        for n in range(N):
-            for p in range(P):
-                out[n, c, p] = activate(x[n, c, p] * scale[c] + shift[c], kind)
+        if kind != STATISTICS_ONLY:
+            for n in range(N):
+                for p in range(P):
+                    out[n, c, p] = activate(x[n, c, p] * scale[c] + shift[c], kind)
 
 
 @njit(cache=True, parallel=True)
@@ -242,6 +250,40 @@ def _affine_activate_row(dst, src, s, t, kind):
 
 
 @njit(cache=True)
+def affine_activate_plane(dst, src, a, b, kind):
+    """dst = act(src * a + b) over an (H, W) plane, a and b one channel's scale and shift in
+    src's dtype: the operations of _affine_activate_row in the same order, so the same bits.
+    A depthwise conv reading a STATISTICS_ONLY batch norm's input calls it on each plane."""
+    zero, three, six = src.dtype.type(0), src.dtype.type(3), src.dtype.type(6)
+    H, W = src.shape
+    for r in range(H):
+        s_row = src[r]
+        d_row = dst[r]
+        if kind == 0:
+            for p in range(W):
+                d_row[p] = s_row[p] * a + b
+        elif kind == 1:
+            for p in range(W):
+                d_row[p] = max(s_row[p] * a + b, zero)
+        elif kind == 2:
+            for p in range(W):
+                d_row[p] = min(max(s_row[p] * a + b, zero), six)
+        else:
+            for p in range(W):
+                y = s_row[p] * a + b
+                d_row[p] = y * min(max(y + three, zero), six) / six
+
+
+@njit(cache=True)
+def affine_activate(out, x, scale, shift, kind):
+    """out = act(x * scale + shift) per channel of x (N, C, H, W): the map a STATISTICS_ONLY
+    forward leaves unwritten, made whole by the rungs that do not fuse it into their reads."""
+    for n in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            affine_activate_plane(out[n, c], x[n, c], scale[c], shift[c], kind)
+
+
+@njit(cache=True)
 def _upstream_row(g, dout, src, s, t, kind):
     """The gradient reaching bn(x) for one row: dout itself when no activation is fused (no
     copy), else g = dout * act'(y), y = src * s + t recomputed exactly as the forward computed
@@ -304,10 +346,11 @@ def batchnorm2d_forward_by_channel(out, mean, var, scale, shift, x, gamma, beta,
                 lanes_sq[p] += d * d
         _shifted_moments(c, mean, var, k0, lanes.sum(), lanes_sq.sum(), N * P)
         _batchnorm_constants(c, mean, var, scale, shift, gamma, beta, eps)
-        s = np.full(P, scale[c])
-        t = np.full(P, shift[c])
-        for n in range(N):
-            _affine_activate_row(out[n, c], x[n, c], s, t, kind)
+        if kind != STATISTICS_ONLY:
+            s = np.full(P, scale[c])
+            t = np.full(P, shift[c])
+            for n in range(N):
+                _affine_activate_row(out[n, c], x[n, c], s, t, kind)
 
 
 @njit(cache=True, parallel=True)
@@ -395,11 +438,12 @@ def batchnorm2d_forward_by_image(out, mean, var, scale, shift, x, gamma, beta, e
     for c in range(C):
         _shifted_moments(c, mean, var, k0[c], sum_d[c], sum_d2[c], M)
         _batchnorm_constants(c, mean, var, scale, shift, gamma, beta, eps)
-    s = _spread(scale, P, x.dtype)
-    t = _spread(shift, P, x.dtype)
-    outs = out.reshape(N, C * P)
-    for n in prange(N):
-        _affine_activate_row(outs[n], xs[n], s, t, kind)
+    if kind != STATISTICS_ONLY:
+        s = _spread(scale, P, x.dtype)
+        t = _spread(shift, P, x.dtype)
+        outs = out.reshape(N, C * P)
+        for n in prange(N):
+            _affine_activate_row(outs[n], xs[n], s, t, kind)
 
 
 @njit(cache=True, parallel=True)

@@ -17,6 +17,7 @@ from numba import get_num_threads, njit, prange
 
 from .. import tuning
 from . import threads_for
+from .batchnorm import STATISTICS_ONLY, affine_activate, affine_activate_plane
 
 # ---------------------------------------------------------------------------------------------
 # Rung 1, loops: the definition, one output element at a time.
@@ -220,8 +221,9 @@ def _copy_from_phases(plane, xp, s, row_start, col_first, col_count):
 
 
 @njit(cache=True, parallel=True)
-def depthwise_conv2d_forward_phase_planes(out, x, w, stride, pad, ntasks):
-    """out[n,c,i,j] = sum_{ki,kj} w[c,0,ki,kj] * xpad[n,c,i*s+ki,j*s+kj]; parallel over planes."""
+def depthwise_conv2d_forward_phase_planes(out, x, w, stride, pad, ntasks, scale, shift, kind):
+    """out[n,c,i,j] = sum_{ki,kj} w[c,0,ki,kj] * xpad[n,c,i*s+ki,j*s+kj]; parallel over planes.
+    With kind >= 0 the input is act(x * scale + shift) instead of x (see 3c below)."""
     N, C, H, W = x.shape
     K = w.shape[2]
     Ho, Wo = out.shape[2], out.shape[3]
@@ -233,10 +235,15 @@ def depthwise_conv2d_forward_phase_planes(out, x, w, stride, pad, ntasks):
     for t in prange(ntasks):
         xp = np.zeros(s * s * Hh * Wh, dtype=x.dtype)  # borders stay zero: only the interior
         acc = np.empty(L, dtype=x.dtype)               # is ever rewritten
+        plane = np.empty((H, W), dtype=x.dtype)
         for nc in range(t * total // ntasks, (t + 1) * total // ntasks):
             n = nc // C
             c = nc % C
-            _copy_into_phases(xp, x[n, c], s, row_start, col_first, col_count)
+            if kind == STATISTICS_ONLY:
+                _copy_into_phases(xp, x[n, c], s, row_start, col_first, col_count)
+            else:
+                affine_activate_plane(plane, x[n, c], scale[c], shift[c], kind)
+                _copy_into_phases(xp, plane, s, row_start, col_first, col_count)
             w0 = w[c, 0, 0, 0]
             for q in range(L):
                 acc[q] = w0 * xp[q]
@@ -254,7 +261,8 @@ def depthwise_conv2d_forward_phase_planes(out, x, w, stride, pad, ntasks):
 
 
 @njit(cache=True, parallel=True)
-def depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, pad, block):
+def depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, pad, block, scale, shift,
+                                           kind):
     """dx = w scattered by dout; dw[c] = sum_n,i,j dout * xpad window.
 
     Parallel over blocks of `block` channels: a task walks the images in order and, in each,
@@ -277,9 +285,14 @@ def depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, pad, bloc
         dxp = np.empty(s * s * Hh * Wh, dtype=x.dtype)
         # one lane per channel, tap and wide position
         dw_partial = np.zeros((c_end - c_first, K * K, L), dtype=x.dtype)
+        plane = np.empty((H, W), dtype=x.dtype)
         for n in range(N):
             for c in range(c_first, c_end):
-                _copy_into_phases(xp, x[n, c], s, row_start, col_first, col_count)
+                if kind == STATISTICS_ONLY:
+                    _copy_into_phases(xp, x[n, c], s, row_start, col_first, col_count)
+                else:
+                    affine_activate_plane(plane, x[n, c], scale[c], shift[c], kind)
+                    _copy_into_phases(xp, plane, s, row_start, col_first, col_count)
                 g = dout[n, c]
                 for i in range(Ho):
                     row = gw[i * Wh:]
@@ -356,8 +369,22 @@ def _into_channels_last(xt, image, pad, Wp, pixel_order_max):
                     dst[c] = image[c, i, j]
 
 
+@njit(cache=True)
+def _image_into_channels_last(xt, image, pad, Wp, pixel_order_max, scale, shift, kind):
+    """_into_channels_last of the image, or with kind >= 0 of act(image * scale + shift),
+    made plane by plane in a scratch image first (see 3c below)."""
+    if kind == STATISTICS_ONLY:
+        _into_channels_last(xt, image, pad, Wp, pixel_order_max)
+    else:
+        normalized = np.empty_like(image)
+        for c in range(image.shape[0]):
+            affine_activate_plane(normalized[c], image[c], scale[c], shift[c], kind)
+        _into_channels_last(xt, normalized, pad, Wp, pixel_order_max)
+
+
 @njit(cache=True, parallel=True)
-def depthwise_conv2d_forward_channels_last(out, x, w, stride, pad, pixel_order_max):
+def depthwise_conv2d_forward_channels_last(out, x, w, stride, pad, pixel_order_max, scale,
+                                           shift, kind):
     """The same result as depthwise_conv2d_forward_phase_planes, for small maps; parallel over images."""
     N, C, H, W = x.shape
     K = w.shape[2]
@@ -367,7 +394,7 @@ def depthwise_conv2d_forward_channels_last(out, x, w, stride, pad, pixel_order_m
     for n in prange(N):
         xt = np.zeros(((H + 2 * pad) * Wp, C), dtype=x.dtype)
         ot = np.empty((Ho * Wo, C), dtype=x.dtype)
-        _into_channels_last(xt, x[n], pad, Wp, pixel_order_max)
+        _image_into_channels_last(xt, x[n], pad, Wp, pixel_order_max, scale, shift, kind)
         for i in range(Ho):
             for j in range(Wo):
                 acc = ot[i * Wo + j]
@@ -398,7 +425,7 @@ def _taps_onto(p, K, stride, n_out):
 
 @njit(cache=True, parallel=True)
 def depthwise_conv2d_backward_channels_last(dx, dw, dout, x, w, stride, pad,
-                                            pixel_order_max, sum_tasks):
+                                            pixel_order_max, sum_tasks, scale, shift, kind):
     """The same result as depthwise_conv2d_backward_phase_planes (up to the order of dw's sum), for
     small maps. Parallel over sum_tasks fixed shares of the batch.
 
@@ -423,7 +450,7 @@ def depthwise_conv2d_backward_channels_last(dx, dw, dout, x, w, stride, pad,
         task_sum = partial[task]
         for n in range(task * N // sum_tasks, (task + 1) * N // sum_tasks):
             _into_channels_last(gt, dout[n], 0, Wo, pixel_order_max)
-            _into_channels_last(xt, x[n], pad, Wp, pixel_order_max)
+            _image_into_channels_last(xt, x[n], pad, Wp, pixel_order_max, scale, shift, kind)
             lanes[:] = 0
             for i in range(Ho):
                 for j in range(Wo):
@@ -464,36 +491,100 @@ def depthwise_conv2d_backward_channels_last(dx, dw, dout, x, w, stride, pad,
 
 
 # ---------------------------------------------------------------------------------------------
+# 3c. The input normalised as it is read. In a MobileNet most depthwise convs read the output
+# of a batch norm and its activation, y = act(x * scale + shift) per channel, which nothing
+# else reads. Both loop orders above copy every input plane into scratch before any
+# arithmetic (3a into its phase planes, 3b channels last), so they can apply the normalisation
+# in that copy instead: batch norm then computes its statistics only (batchnorm.STATISTICS_ONLY)
+# and y is never written to memory, read back, or kept for the backward, which recomputes it
+# from x the same way. The same bits as normalising first: affine_activate_plane does the
+# batch norm kernel's operations in its order. The `normalized` ops below are this; the plain
+# ones pass kind STATISTICS_ONLY, which skips the normalisation (and nothing else changes).
+# Rungs 1 and 2 make y whole first (batchnorm.affine_activate) and run their plain loops.
+# ---------------------------------------------------------------------------------------------
+
+
+def _normalized_input(x, scale, shift, kind):
+    y = np.empty_like(x)
+    affine_activate(y, x, scale, shift, kind)
+    return y
+
+
+def depthwise_conv2d_normalized_forward_loops(out, x, w, stride, pad, scale, shift, kind):
+    """out = the depthwise conv of act(x * scale + shift), act by batch norm's kind codes."""
+    depthwise_conv2d_forward_loops(out, _normalized_input(x, scale, shift, kind), w, stride, pad)
+
+
+def depthwise_conv2d_normalized_backward_loops(dy, dw, dout, x, w, stride, pad, scale, shift,
+                                               kind):
+    """dy: the gradient with respect to the conv's input act(x * scale + shift), not x."""
+    depthwise_conv2d_backward_loops(dy, dw, dout, _normalized_input(x, scale, shift, kind), w,
+                                    stride, pad)
+
+
+def depthwise_conv2d_normalized_forward_simple(out, x, w, stride, pad, scale, shift, kind):
+    depthwise_conv2d_forward_simple(out, _normalized_input(x, scale, shift, kind), w, stride,
+                                    pad)
+
+
+def depthwise_conv2d_normalized_backward_simple(dy, dw, dout, x, w, stride, pad, scale, shift,
+                                                kind):
+    depthwise_conv2d_backward_simple(dy, dw, dout, _normalized_input(x, scale, shift, kind), w,
+                                     stride, pad)
+
+
+def depthwise_conv2d_normalized_forward_fast(out, x, w, stride, pad, scale, shift, kind):
+    with threads_for(x.size):
+        _depthwise_conv2d_forward_fast(out, x, w, stride, pad, scale, shift, kind)
+
+
+def depthwise_conv2d_normalized_backward_fast(dy, dw, dout, x, w, stride, pad, scale, shift,
+                                              kind):
+    with threads_for(x.size):
+        _depthwise_conv2d_backward_fast(dy, dw, dout, x, w, stride, pad, scale, shift, kind)
+
+
+# ---------------------------------------------------------------------------------------------
 # The fast rung: the loop order for the map's size, with the tuned numbers of minimobile.tuning.
 # ---------------------------------------------------------------------------------------------
 
 
+def no_prologue(x):
+    """The trailing (scale, shift, kind) arguments of the fast kernels above that leave their
+    input as it is: `depthwise_conv2d_forward_phase_planes(out, x, w, 1, 1, ntasks,
+    *no_prologue(x))` runs the plain conv."""
+    empty = np.empty(0, dtype=x.dtype)
+    return empty, empty, STATISTICS_ONLY
+
+
 def depthwise_conv2d_forward_fast(out, x, w, stride, pad):
     with threads_for(x.size):
-        _depthwise_conv2d_forward_fast(out, x, w, stride, pad)
+        _depthwise_conv2d_forward_fast(out, x, w, stride, pad, *no_prologue(x))
 
 
 def depthwise_conv2d_backward_fast(dx, dw, dout, x, w, stride, pad):
     with threads_for(x.size):
-        _depthwise_conv2d_backward_fast(dx, dw, dout, x, w, stride, pad)
+        _depthwise_conv2d_backward_fast(dx, dw, dout, x, w, stride, pad, *no_prologue(x))
 
 
-def _depthwise_conv2d_forward_fast(out, x, w, stride, pad):
+def _depthwise_conv2d_forward_fast(out, x, w, stride, pad, scale, shift, kind):
     N, C = x.shape[:2]
     if out.shape[2] * out.shape[3] <= tuning.DEPTHWISE_CHANNELS_LAST_MAX_PIXELS:
         depthwise_conv2d_forward_channels_last(out, x, w, stride, pad,
-                                               tuning.PIXEL_ORDER_MAX_PIXELS)
+                                               tuning.PIXEL_ORDER_MAX_PIXELS, scale, shift, kind)
     else:
         ntasks = min(N * C, tuning.DEPTHWISE_TASKS_PER_THREAD * get_num_threads())
-        depthwise_conv2d_forward_phase_planes(out, x, w, stride, pad, ntasks)
+        depthwise_conv2d_forward_phase_planes(out, x, w, stride, pad, ntasks, scale, shift, kind)
 
 
-def _depthwise_conv2d_backward_fast(dx, dw, dout, x, w, stride, pad):
+def _depthwise_conv2d_backward_fast(dx, dw, dout, x, w, stride, pad, scale, shift, kind):
     C = x.shape[1]
     if dout.shape[2] * dout.shape[3] <= tuning.DEPTHWISE_CHANNELS_LAST_MAX_PIXELS:
         depthwise_conv2d_backward_channels_last(dx, dw, dout, x, w, stride, pad,
-                                                tuning.PIXEL_ORDER_MAX_PIXELS, tuning.SUM_TASKS)
+                                                tuning.PIXEL_ORDER_MAX_PIXELS, tuning.SUM_TASKS,
+                                                scale, shift, kind)
     else:
         block = max(1, min(tuning.DEPTHWISE_MAX_CHANNEL_BLOCK,
                            C // (tuning.DEPTHWISE_BLOCKS_PER_THREAD * get_num_threads())))
-        depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, pad, block)
+        depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, pad, block, scale,
+                                               shift, kind)
