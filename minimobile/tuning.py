@@ -59,9 +59,22 @@ DEPTHWISE_BLOCKS_PER_THREAD = 2
 BN_BY_IMAGE_MAX_PIXELS = 256
 
 # 1x1 conv: maps of at least this many pixels run one product per image on the NCHW array in
-# place; smaller ones (4x4 and 2x2 at the end of a CIFAR network) are copied channel-major,
-# (C, N*H*W), so the whole batch is one product long enough for BLAS.
+# place; smaller ones (4x4 and 2x2 at the end of a CIFAR network) lay several images side by
+# side, so that each product is long enough for BLAS. bench_pointwise.py (2026-11-29): per
+# image took 0.6-0.7 of the grouped time (256 columns) on every 8x8 layer of V2 0.5 and
+# V3-Small, 0.9-1.6x it on their 4x4 layers, and 1.1-5.4x it on V1's 4x4 and 2x2 layers.
 PER_IMAGE_MIN_PIXELS = 64
+
+# 1x1 conv on small maps: "groups" lays POINTWISE_GROUP_COLUMNS / (H*W) images side by side in
+# a scratch matrix per task (kernels/matmul.py, rung 3b), "channel_major" the whole batch in
+# one copy (rung 3). benchmarks/bench_pointwise.py (2026-11-29, batch 128, forward+backward,
+# best of 7): over V1 0.5's 4x4 and 2x2 layers, groups of 128, 256 and 512 columns took 0.66,
+# 0.53 and 0.63 of channel-major's time (31 against 59 ms); over V1 1.0's 0.77, 0.72, 0.83;
+# over V2 0.5's and V3-Small's layers of at most 64 pixels about 0.5 at all three. 256 is
+# the best for V1 and as good for the others. The whole V1 0.5 step went from 209 to 182 ms
+# (bench_versions.py --payload steps, 3 rounds: 0.88x; V2 0.5 0.95x, V3-Small 0.94x).
+POINTWISE_SMALL_MAPS = "groups"
+POINTWISE_GROUP_COLUMNS = 256
 
 # Iterations a Numba (libgomp) worker thread spins after a parallel loop before it sleeps;
 # libgomp's default is 300000 (about a millisecond). Measured on V1 0.5's training step at

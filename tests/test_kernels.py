@@ -121,12 +121,19 @@ def _pointwise_case(x, w, b):
     return run
 
 
-@pytest.fixture(params=["per_image", "channel_major"])
+def _force_pointwise_layout(monkeypatch, layout):
+    """The fast 1x1 conv runs one product per image on large maps; on small ones it lays the
+    images side by side, a few per task ("groups", here 2-3 images so that most cases have
+    several groups and a shorter last one) or the whole batch at once ("channel_major")."""
+    monkeypatch.setattr(tuning, "PER_IMAGE_MIN_PIXELS", 1 if layout == "per_image" else 10**9)
+    if layout != "per_image":
+        monkeypatch.setattr(tuning, "POINTWISE_SMALL_MAPS", layout)
+        monkeypatch.setattr(tuning, "POINTWISE_GROUP_COLUMNS", 40)
+
+
+@pytest.fixture(params=["per_image", "channel_major", "groups"])
 def pointwise_layout(request, monkeypatch):
-    """The fast 1x1 conv runs one product per image on large maps and one channel-major
-    product on small ones: force each."""
-    monkeypatch.setattr(tuning, "PER_IMAGE_MIN_PIXELS",
-                        1 if request.param == "per_image" else 10**9)
+    _force_pointwise_layout(monkeypatch, request.param)
     return request.param
 
 
@@ -424,7 +431,8 @@ def test_depthwise_backward_is_the_same_for_any_channel_block(rng):
 
 
 @pytest.mark.parametrize("rung", ["simple", "fast"])
-@pytest.mark.parametrize("op", ["pointwise_per_image", "pointwise_channel_major", "conv2d",
+@pytest.mark.parametrize("op", ["pointwise_per_image", "pointwise_channel_major",
+                                "pointwise_groups", "conv2d",
                                 "depthwise_stride2", "depthwise_channels_last",
                                 "batchnorm_by_image", "batchnorm_by_channel"])
 def test_results_are_the_same_for_any_thread_count(rng, monkeypatch, rung, op):
@@ -432,7 +440,7 @@ def test_results_are_the_same_for_any_thread_count(rng, monkeypatch, rung, op):
     (tuning.SUM_TASKS), so one thread and all threads give the same bits."""
     x = rng.standard_normal((9, 6, 10, 10)).astype(np.float32)
     if op.startswith("pointwise"):
-        monkeypatch.setattr(tuning, "PER_IMAGE_MIN_PIXELS", 1 if op.endswith("image") else 10**9)
+        _force_pointwise_layout(monkeypatch, op[len("pointwise_"):])
         w = rng.standard_normal((8, 6, 1, 1)).astype(np.float32)
         forward, backward = (lambda: ops.pointwise_conv2d_forward(x, w, w[:, 0, 0, 0]),
                              ops.pointwise_conv2d_backward)

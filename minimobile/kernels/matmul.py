@@ -248,10 +248,15 @@ def linear_backward_simple(dx, dw, dout, x, w):
 #
 # On NCHW arrays, image n of a 1x1 conv is out[n] = W @ x[n] with x[n] a (C, H*W) matrix in
 # place, so large maps need no layout change at all. Small maps (4x4 at the end of a CIFAR
-# network) make per-image products too short for BLAS; there the batch is laid out
-# channel-major, (C, N*H*W), and one product is split by rows of its output
-# (tuning.PER_IMAGE_MIN_PIXELS). Weight gradients are summed over the batch in `sum_tasks`
-# fixed partial sums (see kernels/__init__.py).
+# network) make per-image products too short for BLAS (tuning.PER_IMAGE_MIN_PIXELS); there
+# the images are laid side by side, channel-major, before the product. Rung 3 did it for
+# the whole batch at once, (C, N*H*W), one product split by rows of its output: two passes
+# over memory for the copies, and every task reading the whole copied batch. Rung 3b does it
+# a group of images at a time (matmul_image_groups): each task copies a few images into a
+# scratch matrix that stays in its cache, multiplies and copies the result out, so the copies
+# cost cache traffic only and each product reads its operand once (tuning.POINTWISE_SMALL_MAPS
+# picks; benchmarks/bench_pointwise.py times both). Weight gradients are summed over the batch
+# in `sum_tasks` fixed partial sums (see kernels/__init__.py).
 # ---------------------------------------------------------------------------------------------
 
 
@@ -288,6 +293,82 @@ def matmul_per_image_backward(dx, dw, dout, x, wt, sum_tasks):
             np.dot(wt, dout[n], dx[n])
     dw[:] = partial[0]
     for t in range(1, sum_tasks):
+        _add_into(dw, partial[t])
+
+
+@njit(cache=True)
+def _gather_images(cols, b, lo, hi):
+    """cols[:, i*P:(i+1)*P] = b[lo + i] for the images lo..hi-1: their (K, P) matrices side by
+    side, channel-major; b (N, K, P), cols (K, (hi-lo)*P). Reads each image in memory order."""
+    K, P = b.shape[1], b.shape[2]
+    for n in range(lo, hi):
+        at = (n - lo) * P
+        for k in range(K):
+            src = b[n, k]
+            dst = cols[k]
+            for p in range(P):
+                dst[at + p] = src[p]
+
+
+@njit(cache=True)
+def _scatter_images(out, cols, lo, hi):
+    """The inverse of _gather_images: out[lo + i] = cols[:, i*P:(i+1)*P]."""
+    M, P = out.shape[1], out.shape[2]
+    for n in range(lo, hi):
+        at = (n - lo) * P
+        for m in range(M):
+            src = cols[m]
+            dst = out[n, m]
+            for p in range(P):
+                dst[p] = src[at + p]
+
+
+@njit(cache=True, parallel=True)
+def matmul_image_groups(out, a, b, group):
+    """out[n] = a @ b[n] for every n, `group` images per product: each task lays its images'
+    (K, P) matrices side by side in a scratch matrix (K, group*P) small enough to stay in its
+    cache, makes one product and copies the (M, group*P) result back into out (N, M, P)."""
+    N, K, P = b.shape
+    M = a.shape[0]
+    for g in prange((N + group - 1) // group):
+        lo = g * group
+        hi = min(N, lo + group)
+        cols = np.empty((K, (hi - lo) * P), dtype=b.dtype)
+        product = np.empty((M, (hi - lo) * P), dtype=out.dtype)
+        _gather_images(cols, b, lo, hi)
+        np.dot(a, cols, product)
+        _scatter_images(out, product, lo, hi)
+
+
+@njit(cache=True, parallel=True)
+def matmul_image_groups_backward(dx, dw, dout, x, wt, group, sum_tasks):
+    """The backward of matmul_image_groups(out, w, x, group): per group of images, dw gains
+    dout_g @ x_g.T and dx_g = wt @ dout_g, with x_g and dout_g gathered as in the forward. The
+    groups are cut into sum_tasks fixed shares, each summed by one task in group order."""
+    N, K, P = x.shape
+    M = dw.shape[0]
+    ngroups = (N + group - 1) // group
+    ntasks = min(sum_tasks, ngroups)
+    partial = np.zeros((ntasks, M, K), dtype=dw.dtype)
+    for t in prange(ntasks):
+        # Flat buffers, reshaped per group, so a last, shorter group is still contiguous.
+        cols_buffer = np.empty(K * group * P, dtype=x.dtype)
+        dcols_buffer = np.empty(M * group * P, dtype=dout.dtype)
+        product = np.empty((M, K), dtype=dw.dtype)
+        for g in range(t * ngroups // ntasks, (t + 1) * ngroups // ntasks):
+            lo = g * group
+            hi = min(N, lo + group)
+            width = (hi - lo) * P
+            cols = cols_buffer[:K * width].reshape(K, width)
+            dcols = dcols_buffer[:M * width].reshape(M, width)
+            _gather_images(cols, x, lo, hi)
+            _gather_images(dcols, dout, lo, hi)
+            np.dot(dcols, cols.T, product)
+            _add_into(partial[t], product)
+            np.dot(wt, dcols, cols)  # cols now holds this group's dx
+            _scatter_images(dx, cols, lo, hi)
+    dw[:] = partial[0]
+    for t in range(1, ntasks):
         _add_into(dw, partial[t])
 
 
@@ -466,9 +547,17 @@ def pointwise_conv2d_backward_fast(dx, dw, dout, x, w):
         _pointwise_conv2d_backward_fast(dx, dw, dout, x, w)
 
 
+def _image_group(x):
+    """Images per product on small maps: enough for tuning.POINTWISE_GROUP_COLUMNS columns."""
+    N, _, P = x.shape
+    return max(1, min(N, -(-tuning.POINTWISE_GROUP_COLUMNS // P)))
+
+
 def _pointwise_conv2d_forward_fast(out, x, w):
     if _per_image(x):
         matmul_per_image(out, w, x)
+    elif tuning.POINTWISE_SMALL_MAPS == "groups":
+        matmul_image_groups(out, w, x, _image_group(x))
     else:
         product = np.empty((w.shape[0], x.shape[0] * x.shape[2]), dtype=x.dtype)
         _matmul(product, w, _to_channel_major(x))
@@ -479,6 +568,8 @@ def _pointwise_conv2d_backward_fast(dx, dw, dout, x, w):
     wt = np.ascontiguousarray(w.T)
     if _per_image(x):
         matmul_per_image_backward(dx, dw, dout, x, wt, tuning.SUM_TASKS)
+    elif tuning.POINTWISE_SMALL_MAPS == "groups":
+        matmul_image_groups_backward(dx, dw, dout, x, wt, _image_group(x), tuning.SUM_TASKS)
     else:
         dc = _to_channel_major(dout)  # (C_out, N*P)
         _matmul(dw, dc, _to_channel_major(x).T)

@@ -1,0 +1,148 @@
+"""The 1x1 conv on small maps: which layout makes the product, timed layer by layer.
+
+On maps of at least tuning.PER_IMAGE_MIN_PIXELS pixels the fast rung makes one product per
+image, in place. Below that (4x4 and 2x2 at the end of a CIFAR network) a product per image
+is too short for BLAS, and the images must be laid side by side first. This script times the
+ways to do that, forward + backward, on every 1x1 conv of the networks named whose maps have
+at most --max-pixels pixels (default 64, so that the 8x8 maps show where per-image products
+start to win; batch 128, float32, the real layers' shapes):
+
+- per_image       one product per image anyway (no copy, short products);
+- channel_major   the whole batch copied to (C, N*H*W), one product split by rows, copied back;
+- groups:COLS     each task copies COLS / (H*W) images side by side into a scratch matrix that
+                  stays in its cache, makes one product and copies the result back.
+
+All variants of a layer are timed in turn inside each round, so a slow spell of this shared
+machine hits them alike; the table gives each one's best round and its ratio to the first
+variant, and the last rows the sum over each network's layers (a layer repeated in the network
+counts as often as it appears).
+
+    python benchmarks/bench_pointwise.py [--models v1:0.5,v2:0.5,v3-small:1.0] [--rounds 7]
+        [--variants channel_major,groups:128,groups:256,groups:512,per_image]
+"""
+
+import argparse
+import collections
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from minimobile import ops, tuning  # noqa: E402
+from minimobile.layers import PointwiseConv2d  # noqa: E402
+from minimobile.models import build_model  # noqa: E402
+
+
+def small_map_layers(model_name, width, max_pixels):
+    """Counter of (C_in, C_out, H, W) over the model's 1x1 convs on maps of at most max_pixels
+    pixels, found by running one forward pass on a CIFAR-sized batch of 2."""
+    model = build_model(model_name, width, cifar=True)
+    seen = collections.Counter()
+    for _, module in model.named_modules():
+        if isinstance(module, PointwiseConv2d):
+            def spy(x, forward=module.forward):
+                out = forward(x)
+                N, C, H, W = x.shape
+                if H * W <= max_pixels:
+                    seen[(C, out.shape[1], H, W)] += 1
+                return out
+            module.forward = spy
+    model.train()
+    model.forward(np.zeros((2, 3, 32, 32), np.float32))
+    return seen
+
+
+def apply_variant(variant):
+    """Set tuning for one variant; returns the values to restore."""
+    saved = (tuning.PER_IMAGE_MIN_PIXELS, tuning.POINTWISE_SMALL_MAPS,
+             tuning.POINTWISE_GROUP_COLUMNS)
+    tuning.PER_IMAGE_MIN_PIXELS = 1 if variant == "per_image" else 10**9
+    if variant == "channel_major":
+        tuning.POINTWISE_SMALL_MAPS = "channel_major"
+    elif variant.startswith("groups:") and variant[len("groups:"):].isdigit():
+        tuning.POINTWISE_SMALL_MAPS = "groups"
+        tuning.POINTWISE_GROUP_COLUMNS = int(variant[len("groups:"):])
+    elif variant != "per_image":
+        restore(saved)
+        raise SystemExit(f"--variants: expected per_image, channel_major or groups:COLS, "
+                         f"got {variant!r}")
+    return saved
+
+
+def restore(saved):
+    (tuning.PER_IMAGE_MIN_PIXELS, tuning.POINTWISE_SMALL_MAPS,
+     tuning.POINTWISE_GROUP_COLUMNS) = saved
+
+
+def forward_backward(x, w, dout):
+    out, cache = ops.pointwise_conv2d_forward(x, w)
+    ops.pointwise_conv2d_backward(dout, cache)
+
+
+def time_layer(shape, batch, variants, rounds, rng):
+    """Best forward+backward seconds of each variant on one layer shape."""
+    C_in, C_out, H, W = shape
+    x = rng.standard_normal((batch, C_in, H, W)).astype(np.float32)
+    w = rng.standard_normal((C_out, C_in, 1, 1)).astype(np.float32)
+    dout = rng.standard_normal((batch, C_out, H, W)).astype(np.float32)
+    best = {v: float("inf") for v in variants}
+    for round_ in range(rounds + 1):  # round 0 compiles and warms up
+        for variant in variants:
+            saved = apply_variant(variant)
+            try:
+                start = time.perf_counter()
+                forward_backward(x, w, dout)
+                elapsed = time.perf_counter() - start
+            finally:
+                restore(saved)
+            if round_:
+                best[variant] = min(best[variant], elapsed)
+    return best
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="v1:0.5,v2:0.5,v3-small:1.0",
+                        help="comma-separated NAME:WIDTH (default %(default)s)")
+    parser.add_argument("--variants",
+                        default="channel_major,groups:128,groups:256,groups:512,per_image")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--max-pixels", type=int, default=64)
+    args = parser.parse_args(argv)
+    variants = args.variants.split(",")
+    for variant in variants:
+        restore(apply_variant(variant))  # rejects a bad name before any timing
+    rng = np.random.default_rng(0)
+    print(f"1x1 conv forward + backward, batch {args.batch}, float32, best of {args.rounds} "
+          f"rounds (ms); ratio = the variant's time / {variants[0]}'s")
+    header = f"{'layer':<26}" + "".join(f"{v:>15}" for v in variants)
+    timed = {}
+    totals = {}
+    for spec in args.models.split(","):
+        name, width = spec.split(":")
+        layers = small_map_layers(name, float(width), args.max_pixels)
+        print(f"\n{name} {width}: {sum(layers.values())} 1x1 convs on maps of at most "
+              f"{args.max_pixels} pixels")
+        print(header)
+        total = dict.fromkeys(variants, 0.0)
+        for shape, count in sorted(layers.items(), key=lambda item: -item[0][2]):
+            if shape not in timed:
+                timed[shape] = time_layer(shape, args.batch, variants, args.rounds, rng)
+            best = timed[shape]
+            C_in, C_out, H, W = shape
+            label = f"{C_in}->{C_out} {H}x{W} (x{count})"
+            print(f"{label:<26}" + "".join(
+                f"{1e3 * best[v]:8.2f} {best[v] / best[variants[0]]:5.2f}" + " " for v in variants))
+            for v in variants:
+                total[v] += count * best[v]
+        totals[spec] = total
+        print(f"{'total':<26}" + "".join(
+            f"{1e3 * total[v]:8.2f} {total[v] / total[variants[0]]:5.2f}" + " " for v in variants))
+
+
+if __name__ == "__main__":
+    main()

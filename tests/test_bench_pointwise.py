@@ -1,0 +1,53 @@
+"""benchmarks/bench_pointwise.py: the layers it finds, the variants it sets, a tiny run."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from minimobile import tuning
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_pointwise  # noqa: E402
+
+
+def test_it_finds_v1s_small_map_pointwise_layers_with_their_counts():
+    # V1 0.5 on CIFAR: 128->256 then five 256->256 on 4x4 maps, then 256->512 and 512->512
+    # on 2x2 (the paper's 512 and 1024 channels at half width).
+    assert bench_pointwise.small_map_layers("v1", 0.5, 16) == {
+        (128, 256, 4, 4): 1, (256, 256, 4, 4): 5, (256, 512, 2, 2): 1, (512, 512, 2, 2): 1}
+
+
+@pytest.mark.parametrize("variant, expected", [
+    ("per_image", (1, None, None)),
+    ("channel_major", (10**9, "channel_major", None)),
+    ("groups:96", (10**9, "groups", 96)),
+])
+def test_each_variant_sets_tuning_and_restore_puts_it_back(variant, expected):
+    before = (tuning.PER_IMAGE_MIN_PIXELS, tuning.POINTWISE_SMALL_MAPS,
+              tuning.POINTWISE_GROUP_COLUMNS)
+    saved = bench_pointwise.apply_variant(variant)
+    now = (tuning.PER_IMAGE_MIN_PIXELS, tuning.POINTWISE_SMALL_MAPS,
+           tuning.POINTWISE_GROUP_COLUMNS)
+    bench_pointwise.restore(saved)
+    assert saved == before
+    assert all(e is None or e == n for e, n in zip(expected, now))
+    assert (tuning.PER_IMAGE_MIN_PIXELS, tuning.POINTWISE_SMALL_MAPS,
+            tuning.POINTWISE_GROUP_COLUMNS) == before
+
+
+@pytest.mark.parametrize("variant", ["groups:", "groups:many", "rows"])
+def test_a_bad_variant_name_is_refused_with_the_names_it_takes(variant):
+    before = (tuning.PER_IMAGE_MIN_PIXELS, tuning.POINTWISE_SMALL_MAPS)
+    with pytest.raises(SystemExit, match="per_image, channel_major or groups:COLS"):
+        bench_pointwise.apply_variant(variant)
+    assert (tuning.PER_IMAGE_MIN_PIXELS, tuning.POINTWISE_SMALL_MAPS) == before
+
+
+def test_a_tiny_run_prints_a_row_per_layer_and_the_total(capsys):
+    bench_pointwise.main(["--models", "v1:0.25", "--rounds", "1", "--batch", "3",
+                          "--max-pixels", "4", "--variants", "channel_major,groups:8"])
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("128->256 2x2 (x1)") for line in lines)
+    assert lines[-1].startswith("total")
+    assert len(lines[-1].split()) == 1 + 2 * 2  # "total", then ms and ratio per variant
