@@ -5,7 +5,7 @@ float32 NCHW (pt), float32 channels-last (ptCL) and bfloat16 autocast channels-l
 `torch.autocast("cpu", dtype=torch.bfloat16)`, which oneDNN runs on AMX units where the CPU
 has them). Prints ms per step, images per second, the ratio to whichever PyTorch
 configuration is fastest for that network (mm/best), and where minimobile's time goes by
-layer type. minimobile itself stays in float32. --plain adds a column for minimobile with
+layer type (--by-shape: by layer type and shape). minimobile itself stays in float32. --plain adds a column for minimobile with
 MobileNet.defer_normalization off (every batch norm writes its output, and the depthwise
 convs read it), timed in the same alternation: what normalising on reading gains. Peak memory has a benchmark of its own,
 bench_train_memory.py, which runs every network and configuration in a process of its own.
@@ -45,7 +45,8 @@ def minimobile_step(model, optimizer, x, y):
 class LayerTimer:
     """Wraps every leaf module's forward and backward to sum their time by layer type."""
 
-    def __init__(self, model):
+    def __init__(self, model, by_shape=False):
+        self.by_shape = by_shape
         self.totals = defaultdict(float)
         self.originals = []
         for _, module in model.named_modules():
@@ -65,6 +66,8 @@ class LayerTimer:
             # Batch norm applies the activation itself when a block fuses them.
             label = (f"{key.replace('_with_activation', '')}+{args[1]}"
                      if key.endswith("forward_with_activation") and args[1] else key)
+            if self.by_shape:  # the shape read: the input forward, the output's gradient back
+                label += " " + "x".join(str(d) for d in getattr(args[0], "shape", ()))
             self.totals[label] += time.perf_counter() - t0
             return out
         return timed
@@ -110,6 +113,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=["mm", "torch"], default=None)
     parser.add_argument("--no-breakdown", action="store_true")
+    parser.add_argument("--by-shape", action="store_true",
+                        help="break minimobile's time down by layer type and shape (what each "
+                             "layer reads: its input forward, its output's gradient backward)")
     parser.add_argument("--plain", action="store_true",
                         help="also time minimobile with defer_normalization off (column plain)")
     parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
@@ -179,7 +185,7 @@ def main(argv=None):
             row += f"{ms['plain']:10.0f}{ms['mm'] / ms['plain']:10.2f}"
         print(row, flush=True)
         if "mm" in runners and not args.no_breakdown:
-            timer = LayerTimer(model)
+            timer = LayerTimer(model, args.by_shape)
             for _ in range(3):
                 runners["mm"]()
             timer.restore()

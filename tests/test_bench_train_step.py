@@ -1,0 +1,44 @@
+"""benchmarks/bench_train_step.py: minimobile's side alone (--only mm), on a tiny batch, with
+its breakdown by layer type and by layer type and shape."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_train_step  # noqa: E402
+
+
+def _breakdown(capsys, *extra):
+    bench_train_step.main(["--only", "mm", "--models", "v1:0.25", "--steps", "1",
+                           "--batch-size", "4", *extra])
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("where minimobile's"))
+    return out, [line.split()[:-3] for line in lines[start + 1:] if line.strip()]
+
+
+def test_the_row_has_minimobile_and_no_torch_columns(capsys):
+    out, _ = _breakdown(capsys)
+    row = next(line for line in out.splitlines() if line.startswith("v1 0.25"))
+    fields = row.split()
+    assert float(fields[2]) > 0 and float(fields[3]) > 0  # ms and images per second
+    assert fields[4:] == ["-", "-", "-", "-", "-"]  # no PyTorch, so no best and no ratio
+
+
+def test_the_breakdown_by_type_names_each_kind_of_layer_once(capsys):
+    _, rows = _breakdown(capsys)
+    keys = [" ".join(r) for r in rows]
+    assert "PointwiseConv2d.backward" in keys and "DepthwiseConv2d.forward" in keys
+    assert len(keys) == len(set(keys))
+
+
+def test_by_shape_splits_each_type_by_the_shape_it_reads(capsys):
+    _, rows = _breakdown(capsys, "--by-shape")
+    keys = [" ".join(r) for r in rows]
+    # V1 0.25's stem reads the 4 images; its first pointwise conv 8 -> 16 channels at 32x32.
+    assert "Conv2d.forward 4x3x32x32" in keys
+    assert "PointwiseConv2d.forward 4x8x32x32" in keys
+    # Backward reads the output's gradient: 16 channels of that conv.
+    assert "PointwiseConv2d.backward 4x16x32x32" in keys
+    pointwise = [k for k in keys if k.startswith("PointwiseConv2d.forward ")]
+    assert len(pointwise) > 3  # one line per shape, not one for the type
