@@ -105,6 +105,21 @@ def torch_step_fn(name, width, channels_last, x, y, bfloat16=False):
 TORCH_CONFIGS = ("pt", "ptCL", "ptBF")  # float32 NCHW, float32 channels-last, bf16 autocast CL
 
 
+PROFILED_STEPS = 3
+
+
+def torch_profile(step, rows=30):
+    """torch.profiler's table of `step`'s ops grouped by input shapes, most self time first,
+    to set beside minimobile's --by-shape breakdown layer by layer."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(PROFILED_STEPS):
+            step()
+    return prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40,
+        max_shapes_column_width=60)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="v1:0.5,v1:1.0,v2:0.5,v2:1.0,v3-small:1.0,v3-large:1.0")
@@ -115,7 +130,8 @@ def main(argv=None):
     parser.add_argument("--no-breakdown", action="store_true")
     parser.add_argument("--by-shape", action="store_true",
                         help="break minimobile's time down by layer type and shape (what each "
-                             "layer reads: its input forward, its output's gradient backward)")
+                             "layer reads: its input forward, its output's gradient backward), "
+                             "and PyTorch's fastest configuration's by op and input shapes")
     parser.add_argument("--plain", action="store_true",
                         help="also time minimobile with defer_normalization off (column plain)")
     parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
@@ -142,6 +158,7 @@ def main(argv=None):
     print(header)
     print("-" * len(header))
     breakdowns = {}
+    torch_profiles = {}
     for spec in args.models.split(","):
         name, width = spec.split(":")
         width = float(width)
@@ -190,12 +207,17 @@ def main(argv=None):
                 runners["mm"]()
             timer.restore()
             breakdowns[spec] = {k: v / 3 for k, v in timer.totals.items()}
+        if args.by_shape and use_torch and best_key:
+            torch_profiles[spec] = (best_key, torch_profile(runners[best_key]))
     for spec, totals in breakdowns.items():
         total = sum(totals.values())
         print(f"\nwhere minimobile's {spec} step goes (ms per step, layer time only, "
               f"{total * 1e3:.0f} ms in layers):")
         for key, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
             print(f"  {key:<34}{seconds * 1e3:8.1f}  {100 * seconds / total:5.1f} %")
+    for spec, (key, table) in torch_profiles.items():
+        print(f"\nwhere PyTorch's {spec} step goes in its fastest configuration, {key} "
+              f"(torch.profiler, {PROFILED_STEPS} steps, by op and input shapes):\n{table}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ its breakdown by layer type and by layer type and shape."""
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_train_step  # noqa: E402
 
@@ -42,3 +44,13 @@ def test_by_shape_splits_each_type_by_the_shape_it_reads(capsys):
     assert "PointwiseConv2d.backward 4x16x32x32" in keys
     pointwise = [k for k in keys if k.startswith("PointwiseConv2d.forward ")]
     assert len(pointwise) > 3  # one line per shape, not one for the type
+
+
+def test_torch_profile_lists_the_ops_of_a_step_by_shape():
+    torch = pytest.importorskip("torch")
+    weight = torch.ones(8, 8, requires_grad=True)
+
+    def step():
+        (weight @ torch.ones(8, 4)).sum().backward()
+    table = bench_train_step.torch_profile(step)
+    assert "aten::mm" in table and "[8, 8]" in table
