@@ -15,10 +15,14 @@ start to win; batch 128, float32, the real layers' shapes):
 All variants of a layer are timed in turn inside each round, so a slow spell of this shared
 machine hits them alike; the table gives each one's best round and its ratio to the first
 variant, and the last rows the sum over each network's layers (a layer repeated in the network
-counts as often as it appears).
+counts as often as it appears). --gflops shows each cell's rate instead of its ratio
+(GFLOP/s, 6 * N * C_in * C_out * H * W floating-point operations for forward + backward)
+beside a reference: one large product (512 x 512 @ 512 x 2048) on the same threads and BLAS,
+which is about as fast as this BLAS multiplies. --max-pixels 1024 covers every 1x1 conv of a
+CIFAR network (the per_image variant is then what the fast rung runs on large maps).
 
     python benchmarks/bench_pointwise.py [--models v1:0.5,v2:0.5,v3-small:1.0] [--rounds 7]
-        [--variants channel_major,groups:128,groups:256,groups:512,per_image]
+        [--variants channel_major,groups:128,groups:256,groups:512,per_image] [--gflops]
 """
 
 import argparse
@@ -32,6 +36,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 
 from minimobile import ops, tuning  # noqa: E402
+from minimobile.kernels.matmul import matmul_rows  # noqa: E402
 from minimobile.layers import PointwiseConv2d  # noqa: E402
 from minimobile.models import build_model  # noqa: E402
 
@@ -103,6 +108,34 @@ def time_layer(shape, batch, variants, rounds, rng):
     return best
 
 
+def flops(shape, batch):
+    """Floating-point operations of a 1x1 conv's forward + backward: out = W @ x is 2 *
+    C_out * C_in per pixel, the backward's dW and dx twice that."""
+    C_in, C_out, H, W = shape
+    return 6 * batch * C_in * C_out * H * W
+
+
+def reference_gflops(rounds, rng, m=512, k=512, n=2048):
+    """GFLOP/s of one large product (m x k @ k x n, rows split into tuning.SUM_TASKS
+    products on Numba's threads, as the fast rung splits its own): the BLAS's speed when
+    the shapes suit it, best of `rounds`."""
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    out = np.empty((m, n), np.float32)
+    best = float("inf")
+    for round_ in range(rounds + 1):  # round 0 compiles and warms up
+        start = time.perf_counter()
+        matmul_rows(out, a, b, tuning.SUM_TASKS)
+        if round_:
+            best = min(best, time.perf_counter() - start)
+    return 2 * m * k * n / best / 1e9
+
+
+def _cell(seconds, first, work, gflops):
+    second = work / seconds / 1e9 if gflops else seconds / first
+    return f"{1e3 * seconds:8.2f} {second:5.{0 if gflops else 2}f} "
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="v1:0.5,v2:0.5,v3-small:1.0",
@@ -112,13 +145,19 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--max-pixels", type=int, default=64)
+    parser.add_argument("--gflops", action="store_true",
+                        help="GFLOP/s instead of the ratio, beside one large product's")
     args = parser.parse_args(argv)
     variants = args.variants.split(",")
     for variant in variants:
         restore(apply_variant(variant))  # rejects a bad name before any timing
     rng = np.random.default_rng(0)
     print(f"1x1 conv forward + backward, batch {args.batch}, float32, best of {args.rounds} "
-          f"rounds (ms); ratio = the variant's time / {variants[0]}'s")
+          f"rounds (ms); " + ("then GFLOP/s" if args.gflops else
+                              f"ratio = the variant's time / {variants[0]}'s"))
+    if args.gflops:
+        print(f"one large product (512 x 512 @ 512 x 2048) on the same threads: "
+              f"{reference_gflops(args.rounds, rng):.0f} GFLOP/s")
     header = f"{'layer':<26}" + "".join(f"{v:>15}" for v in variants)
     timed = {}
     totals = {}
@@ -129,19 +168,22 @@ def main(argv=None):
               f"{args.max_pixels} pixels")
         print(header)
         total = dict.fromkeys(variants, 0.0)
+        total_work = 0
         for shape, count in sorted(layers.items(), key=lambda item: -item[0][2]):
             if shape not in timed:
                 timed[shape] = time_layer(shape, args.batch, variants, args.rounds, rng)
             best = timed[shape]
             C_in, C_out, H, W = shape
             label = f"{C_in}->{C_out} {H}x{W} (x{count})"
-            print(f"{label:<26}" + "".join(
-                f"{1e3 * best[v]:8.2f} {best[v] / best[variants[0]]:5.2f}" + " " for v in variants))
+            work = flops(shape, args.batch)
+            print(f"{label:<26}" + "".join(_cell(best[v], best[variants[0]], work, args.gflops)
+                                           for v in variants))
             for v in variants:
                 total[v] += count * best[v]
+            total_work += count * work
         totals[spec] = total
-        print(f"{'total':<26}" + "".join(
-            f"{1e3 * total[v]:8.2f} {total[v] / total[variants[0]]:5.2f}" + " " for v in variants))
+        print(f"{'total':<26}" + "".join(_cell(total[v], total[variants[0]], total_work,
+                                               args.gflops) for v in variants))
 
 
 if __name__ == "__main__":

@@ -51,3 +51,18 @@ def test_a_tiny_run_prints_a_row_per_layer_and_the_total(capsys):
     assert any(line.startswith("128->256 2x2 (x1)") for line in lines)
     assert lines[-1].startswith("total")
     assert len(lines[-1].split()) == 1 + 2 * 2  # "total", then ms and ratio per variant
+
+
+def test_flops_count_forward_and_backward():
+    # 2 * 8 * 16 per pixel forward, twice that backward, 3 images of 2x2.
+    assert bench_pointwise.flops((8, 16, 2, 2), 3) == 6 * 8 * 16 * 4 * 3
+
+
+def test_gflops_prints_the_reference_and_a_rate_per_cell(capsys):
+    bench_pointwise.main(["--models", "v1:0.25", "--rounds", "1", "--batch", "3",
+                          "--max-pixels", "4", "--variants", "groups:8", "--gflops"])
+    lines = capsys.readouterr().out.splitlines()
+    reference = next(line for line in lines if line.startswith("one large product"))
+    assert float(reference.split(":")[1].split()[0]) > 0
+    total = lines[-1].split()
+    assert total[0] == "total" and float(total[1]) > 0 and float(total[2]) > 0
