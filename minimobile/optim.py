@@ -12,6 +12,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from . import kernels
+from .kernels import updates
 from .validation import require
 
 
@@ -54,6 +56,10 @@ class Optimizer:
                    and grad.dtype == param.dtype, f"grad of {name}",
                    f"an array of shape {param.shape} and dtype {param.dtype}",
                    f"{getattr(grad, 'shape', None)} {getattr(grad, 'dtype', type(grad).__name__)}")
+            # Updates run on flat views of both, in place (kernels/updates.py).
+            require(param.flags.c_contiguous and grad.flags.c_contiguous,
+                    f"param {name} and its grad", "C-contiguous arrays (np.ascontiguousarray)",
+                    "a strided view")
             self.names.append(name)
             self.params.append(param)
             self.grads.append(grad)
@@ -155,7 +161,7 @@ class SGD(Optimizer):
     """
 
     _hyper = {"lr": float, "momentum": float, "nesterov": bool, "weight_decay": float}
-    _n_scratch = 2
+    _n_scratch = 0  # one fused pass (kernels/updates.py) needs no scratch
 
     def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0,
                  no_decay=default_no_decay):
@@ -168,27 +174,13 @@ class SGD(Optimizer):
             self._add_buffer("momentum_buffer")
 
     def _update(self, i, p, g, lr, wd, work):
-        a, b = work
-        d = g  # the gradient is read, never written: a trainer may still want to log it
-        if wd != 0.0:
-            np.multiply(p, wd, out=a)
-            a += g  # d = g + wd*p
-            d = a
-        if self.momentum != 0.0:
-            buf = self.buffers["momentum_buffer"][i]
-            if self.num_steps == 1:
-                np.copyto(buf, d)
-            else:
-                buf *= self.momentum
-                buf += d
-            if self.nesterov:
-                np.multiply(buf, self.momentum, out=b)
-                b += d
-                d = b
-            else:
-                d = buf
-        np.multiply(d, lr, out=a)
-        p -= a
+        # The rule above in one pass over p, g and buf (kernels/updates.py), the same bits as
+        # the NumPy expressions d = g + wd*p; buf *= m; buf += d; ...; p -= lr*d. The gradient
+        # is read, never written: a trainer may still want to log it.
+        buf = self.buffers["momentum_buffer"][i] if self.momentum != 0.0 else p  # p: unread
+        kernels.pick(updates, "sgd_update")(
+            p.reshape(-1), buf.reshape(-1), g.reshape(-1), lr, wd, self.momentum,
+            self.nesterov, self.num_steps == 1)
 
 
 class RMSprop(Optimizer):
@@ -321,7 +313,9 @@ class EMA:
             for store in (module.params, module.buffers):
                 for name, value in store.items():
                     self.live[f"{path}.{name}" if path else name] = value
-        self.shadow = {key: np.array(value, copy=True) for key, value in self.live.items()}
+        # C order, so that the update's flat views are views (kernels/updates.py).
+        self.shadow = {key: np.array(value, copy=True, order="C")
+                       for key, value in self.live.items()}
 
     def current_decay(self):
         """The decay the next update will use."""
@@ -330,11 +324,12 @@ class EMA:
 
     def update(self):
         """One step of the average, in place: ``shadow += (1 - d) * (live - shadow)``."""
-        weight = 1.0 - self.current_decay()  # a Python float: float32 shadows stay float32
+        weight = 1.0 - self.current_decay()  # rounded to the shadow's dtype, as NumPy would
         for key, live in self.live.items():
             shadow = self.shadow[key]
-            if shadow.dtype.kind == "f":
-                shadow += weight * (live - shadow)
+            if shadow.dtype.kind == "f":  # one pass, no temporaries (kernels/updates.py)
+                kernels.pick(updates, "ema_update")(shadow.reshape(-1), live.reshape(-1),
+                                                    weight)
             else:
                 np.copyto(shadow, live)
         self.num_updates += 1

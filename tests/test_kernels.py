@@ -493,7 +493,7 @@ def test_use_selects_the_rung_and_puts_the_old_one_back():
 def test_every_op_family_has_all_three_rungs():
     """A rung missing for one op would make `kernels.use` fail mid-network."""
     for module in (kernels.depthwise, kernels.matmul, kernels.batchnorm, kernels.elementwise,
-                   kernels.int8):
+                   kernels.int8, kernels.updates):
         names = {n.rsplit("_", 1)[0] for n in dir(module)
                  if n.endswith(("_loops", "_simple", "_fast")) and not n.startswith("_")}
         for name in names:

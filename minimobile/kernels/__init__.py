@@ -7,6 +7,7 @@
     elementwise.py  activations, pooling, the squeeze-excite gate, bias and channel sums,
                     dropout and the softmax cross-entropy
     int8.py         the int8 products of post-training quantisation
+    updates.py      the optimiser's step (SGD) and the moving average of the weights (EMA)
 
 Read a module top to bottom and every op climbs the same three rungs, with one signature:
 
@@ -109,7 +110,7 @@ def pick(module, op):
     return getattr(module, f"{op}_{_rung}")
 
 
-from . import batchnorm, depthwise, elementwise, int8, matmul  # noqa: E402
+from . import batchnorm, depthwise, elementwise, int8, matmul, updates  # noqa: E402
 
 __all__ = ["RUNGS", "current", "set_rung", "use", "pick", "threads_for",
-           "batchnorm", "depthwise", "elementwise", "int8", "matmul"]
+           "batchnorm", "depthwise", "elementwise", "int8", "matmul", "updates"]
