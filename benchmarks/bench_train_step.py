@@ -131,7 +131,9 @@ def main(argv=None):
     parser.add_argument("--by-shape", action="store_true",
                         help="break minimobile's time down by layer type and shape (what each "
                              "layer reads: its input forward, its output's gradient backward), "
-                             "and PyTorch's fastest configuration's by op and input shapes")
+                             "and PyTorch's fastest configuration's by op and input shapes "
+                             "(the profiler slows PyTorch's step, about 2.4x here: compare "
+                             "shares, not milliseconds)")
     parser.add_argument("--plain", action="store_true",
                         help="also time minimobile with defer_normalization off (column plain)")
     parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
