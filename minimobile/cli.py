@@ -130,6 +130,18 @@ def _cutout(text):
     return value
 
 
+def _ramp(text):
+    """Two fractions A,B with 0 <= A <= B <= 1 (--resolution-ramp)."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 2 or not 0 <= values[0] <= values[1] <= 1:
+        raise argparse.ArgumentTypeError(f"expected two fractions A,B with 0 <= A <= B <= 1, "
+                                         f"got {text!r}")
+    return values
+
+
 def _default(name):
     value = TRAIN_DEFAULTS[name]
     return "the optimiser's" if value is None and name in ("lr", "weight_decay") else value
@@ -178,6 +190,14 @@ def _add_train(sub):
     p.add_argument("--resolution", type=_resolution, metavar="R",
                    help="resize training and test images from 32x32 to R x R (bilinear, after "
                    "augmentation), the resolution multiplier (default 32: as stored)")
+    p.add_argument("--start-resolution", type=_resolution, metavar="R0",
+                   help="progressive resizing: train the first epochs at R0 x R0, rising to "
+                   "--resolution over --resolution-ramp (cheaper early epochs); tests are "
+                   "always at --resolution (default: off)")
+    p.add_argument("--resolution-ramp", type=_ramp, metavar="A,B",
+                   help="with --start-resolution: the resolution stays R0 until the fraction A "
+                   "of the epochs is done, rises linearly in 4 px steps, and is full from B "
+                   "on; A = B jumps (default 0.5,0.75)")
     p.add_argument("--data", metavar="PATH",
                    help="CIFAR-10 folder or archive (default: $MINIMOBILE_DATA, else "
                    "~/.cache/minimobile, downloading it there if missing)")

@@ -21,7 +21,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -37,7 +37,7 @@ from .layers import no_grad
 from .models import MAX_WIDTH, MODELS, build_model  # noqa: F401
 from .ops import softmax_cross_entropy
 from .optim import EMA, SGD, AdamW, RMSprop, default_no_decay
-from .schedules import make_schedule
+from .schedules import make_schedule, progressive_resolution
 from .validation import is_int, require
 
 # Default (learning rate at batch size 128, weight decay) per optimiser, for CIFAR-10 from
@@ -61,7 +61,7 @@ RESUMABLE_CHANGES = ("epochs", "eval_every", "data", "out", "limit_test")
 LAST, BEST, HISTORY = "last.npz", "best.npz", "history.csv"
 RUN_FILES = (LAST, BEST, HISTORY)
 HISTORY_FIELDS = ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
-                  "epoch_seconds", "images_per_second")
+                  "epoch_seconds", "images_per_second", "resolution")
 OPTIMIZER_PREFIX = "optimizer/"
 EMA_UPDATES = "ema_updates"
 CHECKPOINT_KIND = "minimobile.train"
@@ -113,6 +113,11 @@ class TrainConfig:
     cutout: int = 0
     # The resolution multiplier on CIFAR: the network sees resolution x resolution images.
     resolution: int = 32
+    # Progressive resizing (schedules.progressive_resolution): training starts at
+    # start_resolution (0: off, every epoch at `resolution`) and rises to `resolution` between
+    # the two fractions of the epochs in resolution_ramp. Evaluation is always at `resolution`.
+    start_resolution: int = 0
+    resolution_ramp: Tuple[float, float] = (0.5, 0.75)
 
     def __post_init__(self):
         require(self.model in MODELS, "model", f"one of {list(MODELS)}", self.model)
@@ -128,6 +133,17 @@ class TrainConfig:
         require(is_int(self.resolution) and MIN_RESOLUTION <= self.resolution <= MAX_RESOLUTION,
                "resolution", f"an integer from {MIN_RESOLUTION} to {MAX_RESOLUTION}",
                self.resolution)
+        require(is_int(self.start_resolution) and (
+            self.start_resolution == 0
+            or MIN_RESOLUTION <= self.start_resolution <= self.resolution),
+            "start_resolution", f"0 (off) or an integer from {MIN_RESOLUTION} to resolution="
+            f"{self.resolution}", self.start_resolution)
+        ramp = self.resolution_ramp
+        require(isinstance(ramp, (tuple, list)) and len(ramp) == 2
+                and all(isinstance(v, (int, float)) for v in ramp)
+                and 0 <= ramp[0] <= ramp[1] <= 1, "resolution_ramp",
+                "two fractions (start, end) with 0 <= start <= end <= 1", ramp)
+        self.resolution_ramp = (float(ramp[0]), float(ramp[1]))  # a checkpoint's JSON list too
         for name in ("epochs", "batch_size", "eval_every"):
             value = getattr(self, name)
             require(is_int(value) and value >= 1, name, "an integer >= 1", value)
@@ -410,7 +426,7 @@ def read_history(path):
                                       "file was edited or cut short (last.npz holds the full "
                                       "history: `minimobile train --resume` rewrites it)")
         try:
-            history.append({k: (None if v in ("", None) else int(v) if k in ("epoch", "step")
+            history.append({k: (None if v in ("", None) else int(v) if k in ("epoch", "step", "resolution")
                                 else float(v)) for k, v in row.items() if k is not None})
         except (TypeError, ValueError) as e:
             raise CorruptHistoryError(f"{path}, line {line}: {e}; the file was edited or cut "
@@ -607,6 +623,15 @@ def warm_up(model, config, x, y, log=True):
               flush=True)
 
 
+def training_resolution(config, epoch):
+    """The resolution the training images of 0-based `epoch` are resized to: config.resolution,
+    or under progressive resizing (config.start_resolution > 0) the ramp's value that epoch."""
+    if not config.start_resolution:
+        return config.resolution
+    return progressive_resolution(epoch, config.epochs, config.start_resolution,
+                                  config.resolution, *config.resolution_ramp)
+
+
 def fit(config, model=None, data=None, resume=False, progress=True, log=None, on_epoch=None):
     """Train for config.epochs epochs; returns the history (one dict per epoch, HISTORY_FIELDS).
 
@@ -675,6 +700,7 @@ def fit(config, model=None, data=None, resume=False, progress=True, log=None, on
         for epoch in range(done + 1, config.epochs + 1):
             start = time.perf_counter()
             batches.epoch = epoch - 1  # the alternating flips' parity
+            batches.resolution = training_resolution(config, epoch - 1)
             with tqdm(total=len(batches), desc=f"epoch {epoch}/{config.epochs}", unit="batch",
                       leave=False, disable=not progress, dynamic_ncols=True) as bar:
                 stats = train_one_epoch(model, optimizer, schedule, batches, step,
@@ -697,6 +723,7 @@ def fit(config, model=None, data=None, resume=False, progress=True, log=None, on
                 "test_acc": None if test is None else test.accuracy, "lr": stats.lr,
                 "epoch_seconds": time.perf_counter() - start,
                 "images_per_second": stats.images / train_seconds,
+                "resolution": batches.resolution,
             })
             arrays, meta = _checkpoint_state(config, model, optimizer, data_rng, epoch, step,
                                              history, ema)
@@ -720,7 +747,9 @@ def fit(config, model=None, data=None, resume=False, progress=True, log=None, on
                 tqdm.write(f"epoch {epoch}/{config.epochs}  train loss {stats.loss:.4f} "
                            f"acc {stats.accuracy:.4f}{tested}  lr {stats.lr:.4g}  "
                            f"{stats.images / train_seconds:.0f} img/s  "
-                           f"{time.perf_counter() - start:.0f} s{'  (best)' if is_best else ''}")
+                           + ("" if batches.resolution == config.resolution else
+                              f"at {batches.resolution}x{batches.resolution}  ")
+                           + f"{time.perf_counter() - start:.0f} s{'  (best)' if is_best else ''}")
                 sys.stdout.flush()
             if on_epoch is not None:
                 on_epoch(history[-1])
