@@ -47,7 +47,8 @@ weight decay 4e-5 (torchvision's MobileNetV3 recipe at batch 128), adamw to 2e-3
 
 The fast-CIFAR techniques are off by default: --ema (weight averaging; the averaged model is
 the one tested and kept as best.npz), --tta (test-time augmentation), --flip alternate,
---cutout, --schedule linear, and --decay-norm-and-bias (to measure what skipping it buys).
+--cutout, --schedule linear, --start-resolution (progressive resizing: cheaper early epochs
+on smaller images) and --decay-norm-and-bias (to measure what skipping it buys).
 --recipe NAME sets a named bundle of them; options given explicitly override the bundle
 (the values are literature defaults, to be tuned by benchmarks/ablation.py):
 {recipes}

@@ -40,6 +40,8 @@ def test_every_variant_changes_exactly_what_it_names_against_the_baseline(tmp_pa
                                                                "eval_every"} | {"lr"}
         elif name == "batch-256":
             expected = {"batch_size", "lr"}  # the lr scales with the batch
+        elif name == "progressive-24":
+            expected = {"start_resolution", "resolution_ramp"}
         else:
             assert len(changed) == (name != "baseline"), (name, changed)
             continue

@@ -302,6 +302,10 @@ def test_python_dash_m_minimobile_quantize_is_the_same_command():
 @pytest.mark.parametrize("argv", [["summary", "v1", "--width", "100"],
                                   ["summary", "v1", "--resolution", "100000"],
                                   ["train", "--width", "5"], ["train", "--resolution", "7"],
+                                  ["train", "--start-resolution", "7"],
+                                  ["train", "--start-resolution", "40"],
+                                  ["train", "--resolution-ramp", "0.8,0.2"],
+                                  ["train", "--resolution-ramp", "half"],
                                   ["eval", "x.npz", "--resolution", "2000"]])
 def test_widths_and_resolutions_beyond_a_sane_range_are_usage_errors(argv, capsys):
     assert main(argv) == 2

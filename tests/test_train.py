@@ -117,9 +117,11 @@ def test_fit_lowers_the_loss_and_writes_checkpoints_and_history(tmp_path):
 
 
 # Every technique that carries state across epochs: the EMA's average and update count, the
-# alternating flips' parity, cutout's draws, and an evaluation with TTA.
+# alternating flips' parity, cutout's draws, and an evaluation with TTA; progressive resizing
+# from 16x16 to 32x32 in the third epoch, after the interruption.
 FAST_TECHNIQUES = {"ema": 0.9, "flip": "alternate", "cutout": 8, "tta": "flip,translate",
-                   "schedule": "linear", "label_smoothing": 0.2}
+                   "schedule": "linear", "label_smoothing": 0.2, "start_resolution": 16,
+                   "resolution_ramp": (0.6, 0.6)}
 
 
 @pytest.mark.parametrize("techniques", [{}, FAST_TECHNIQUES], ids=["defaults", "techniques"])
@@ -508,6 +510,55 @@ def test_fit_at_resolution_24_trains_and_tests_on_24x24_images_and_saves_the_res
     with pytest.raises(ValueError, match="cannot resume.*resolution 24 -> 32"):
         fit(tiny_config(tmp_path, epochs=3), model=tiny_model(0), data=colour_data(64, 16),
             resume=True, progress=False)
+
+
+def test_progressive_resolution_holds_rises_in_steps_and_ends_at_full():
+    at = [train.progressive_resolution(e, 8, 16, 32, 0.25, 0.75) for e in range(8)]
+    # done = e/8: below 0.25 the start, from 0.75 the end, between a rise rounded down to
+    # 16 + a multiple of 4 (0.25 -> 16, 0.375 -> 20, 0.5 -> 24, 0.625 -> 28).
+    assert at == [16, 16, 16, 20, 24, 28, 32, 32]
+    jump = [train.progressive_resolution(e, 46, 24, 32, 0.63, 0.63) for e in range(46)]
+    assert jump == [24] * 29 + [32] * 17
+    assert [train.progressive_resolution(e, 4, 32, 32) for e in range(4)] == [32] * 4
+    assert [train.progressive_resolution(e, 3, 20, 32, 0.0, 0.0) for e in range(3)] == [32] * 3
+    for kwargs, name in [({"epoch": 8}, "epoch"), ({"start": 40}, "start"),
+                         ({"ramp_start": 0.9}, "ramp_start"), ({"multiple": 0}, "multiple")]:
+        args = {"epoch": 0, "epochs": 8, "start": 16, "end": 32, "ramp_start": 0.25,
+                "ramp_end": 0.75, **kwargs}
+        with pytest.raises(ValueError, match=name):
+            train.progressive_resolution(**args)
+
+
+def test_fit_with_progressive_resizing_trains_small_first_and_tests_at_full_size(tmp_path):
+    model, seen = tiny_model(0), []
+    forward = model.forward
+
+    def spy(x):
+        seen.append((model.training, x.shape[-1]))
+        return forward(x)
+    model.forward = spy
+    config = tiny_config(tmp_path, epochs=4, start_resolution=16, resolution_ramp=(0.25, 0.75))
+    history = fit(config, model=model, data=colour_data(64, 16), progress=False)
+    assert [row["resolution"] for row in history] == [16, 16, 24, 32]
+    assert sorted({size for training, size in seen if training}) == [16, 24, 32]
+    assert {size for training, size in seen if not training} == {32}  # tests at full size
+    assert [row["resolution"] for row in train.read_history(tmp_path / "history.csv")] == \
+        [16, 16, 24, 32]
+    saved = train.read_config(tmp_path / "last.npz")
+    assert saved.start_resolution == 16 and saved.resolution_ramp == (0.25, 0.75)
+    with pytest.raises(ValueError, match="cannot resume.*start_resolution 16 -> 0"):
+        fit(tiny_config(tmp_path, epochs=5), model=tiny_model(0), data=colour_data(64, 16),
+            resume=True, progress=False)
+
+
+@pytest.mark.parametrize("settings, match", [
+    ({"start_resolution": 40}, "start_resolution"), ({"start_resolution": 4}, "start_resolution"),
+    ({"start_resolution": 24, "resolution": 20}, "start_resolution"),
+    ({"resolution_ramp": (0.8, 0.2)}, "resolution_ramp"),
+    ({"resolution_ramp": (0.5,)}, "resolution_ramp")])
+def test_bad_progressive_resizing_settings_are_refused_up_front(settings, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**settings)
 
 
 def test_fit_calls_on_epoch_with_each_rows_once_it_is_on_disk(tmp_path):
