@@ -40,12 +40,11 @@ class Optimizer:
     """Shared plumbing: the parameter list, the decay mask, per-parameter buffers, state dicts.
 
     Subclasses name their hyper-parameters in ``_hyper`` (name -> type), create their buffers
-    with ``_add_buffer(kind)``, and implement ``_update(i, p, g, lr, wd, work)``, where ``work``
-    holds scratch views shaped like ``p`` so a step allocates nothing.
+    with ``_add_buffer(kind)``, and implement ``_update(i, p, g, lr, wd)``; the three here each
+    call one fused kernel (kernels/updates.py), so a step allocates nothing.
     """
 
     _hyper = {}
-    _n_scratch = 1
 
     def __init__(self, params, lr, weight_decay, no_decay):
         self.names, self.params, self.grads = [], [], []
@@ -73,13 +72,6 @@ class Optimizer:
         self.num_steps = 0
         self.decay = [not no_decay(n, p) for n, p in zip(self.names, self.params)]
         self.buffers = {}
-        # One flat scratch array per dtype, sized for the largest parameter; each parameter
-        # gets reshaped views into it, so steps reuse the same memory instead of allocating.
-        sizes = {}
-        for p in self.params:
-            sizes[p.dtype] = max(sizes.get(p.dtype, 0), p.size)
-        flat = {dt: [np.empty(n, dt) for _ in range(self._n_scratch)] for dt, n in sizes.items()}
-        self._work = [[s[:p.size].reshape(p.shape) for s in flat[p.dtype]] for p in self.params]
 
     def _add_buffer(self, kind):
         self.buffers[kind] = [np.zeros_like(p) for p in self.params]
@@ -92,9 +84,9 @@ class Optimizer:
         lr = float(self.lr)
         for i, (p, g) in enumerate(zip(self.params, self.grads)):
             wd = float(self.weight_decay) if self.decay[i] else 0.0
-            self._update(i, p, g, lr, wd, self._work[i])
+            self._update(i, p, g, lr, wd)
 
-    def _update(self, i, p, g, lr, wd, work):
+    def _update(self, i, p, g, lr, wd):
         raise NotImplementedError
 
     def zero_grad(self):
@@ -161,7 +153,6 @@ class SGD(Optimizer):
     """
 
     _hyper = {"lr": float, "momentum": float, "nesterov": bool, "weight_decay": float}
-    _n_scratch = 0  # one fused pass (kernels/updates.py) needs no scratch
 
     def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0,
                  no_decay=default_no_decay):
@@ -173,7 +164,7 @@ class SGD(Optimizer):
         if momentum > 0.0:
             self._add_buffer("momentum_buffer")
 
-    def _update(self, i, p, g, lr, wd, work):
+    def _update(self, i, p, g, lr, wd):
         # The rule above in one pass over p, g and buf (kernels/updates.py), the same bits as
         # the NumPy expressions d = g + wd*p; buf *= m; buf += d; ...; p -= lr*d. The gradient
         # is read, never written: a trainer may still want to log it.
@@ -196,7 +187,6 @@ class RMSprop(Optimizer):
 
     _hyper = {"lr": float, "alpha": float, "eps": float, "momentum": float,
               "centered": bool, "weight_decay": float}
-    _n_scratch = 2
 
     def __init__(self, params, lr, alpha=0.9, eps=0.0316, momentum=0.9, weight_decay=4e-5,
                  centered=False, no_decay=default_no_decay):
@@ -212,38 +202,16 @@ class RMSprop(Optimizer):
         if centered:
             self._add_buffer("grad_avg")
 
-    def _update(self, i, p, g, lr, wd, work):
-        a, b = work
-        d = g
-        if wd != 0.0:
-            np.multiply(p, wd, out=a)
-            a += g  # d = g + wd*p
-            d = a
+    def _update(self, i, p, g, lr, wd):
+        # The rule above in one pass over p, g and the buffers (kernels/updates.py), the same
+        # bits as the NumPy expressions d = g + wd*p; v *= alpha; v += (1-alpha)*d*d; ...
+        # (centered, m += (1-alpha)*(d - m) is PyTorch's lerp_).
         v = self.buffers["square_avg"][i]
-        np.multiply(d, d, out=b)
-        b *= 1.0 - self.alpha
-        v *= self.alpha
-        v += b
-        if self.centered:
-            m = self.buffers["grad_avg"][i]
-            np.subtract(d, m, out=b)  # m += (1-alpha)*(d - m) is PyTorch's lerp_
-            b *= 1.0 - self.alpha
-            m += b
-            np.multiply(m, m, out=b)
-            np.subtract(v, b, out=b)
-            np.sqrt(b, out=b)
-        else:
-            np.sqrt(v, out=b)
-        b += self.eps  # s
-        np.divide(d, b, out=b)
-        if self.momentum > 0.0:
-            buf = self.buffers["momentum_buffer"][i]
-            buf *= self.momentum
-            buf += b
-            np.multiply(buf, lr, out=b)
-        else:
-            b *= lr
-        p -= b
+        buf = self.buffers["momentum_buffer"][i] if self.momentum > 0.0 else p  # p: unread
+        m = self.buffers["grad_avg"][i] if self.centered else p  # p: unread
+        kernels.pick(updates, "rmsprop_update")(
+            p.reshape(-1), v.reshape(-1), buf.reshape(-1), m.reshape(-1), g.reshape(-1), lr,
+            self.alpha, self.eps, wd, self.momentum, self.centered)
 
 
 class AdamW(Optimizer):
@@ -267,27 +235,19 @@ class AdamW(Optimizer):
         self._add_buffer("exp_avg")
         self._add_buffer("exp_avg_sq")
 
-    def _update(self, i, p, g, lr, wd, work):
-        (a,) = work
+    def _update(self, i, p, g, lr, wd):
+        # The rule above in one pass over p, g, m and v (kernels/updates.py), the same bits as
+        # the NumPy expressions p *= 1 - lr*wd; m += (1-b1)*(g - m) (PyTorch's lerp_); ... The
+        # bias corrections are Python floats, computed here as they always were, so the kernel
+        # rounds the same scalars NumPy did.
         t = self.num_steps
-        if wd != 0.0:
-            p *= 1.0 - lr * wd
+        step_size = lr / (1.0 - self.beta1 ** t)
+        bias_correction2_sqrt = (1.0 - self.beta2 ** t) ** 0.5
         m = self.buffers["exp_avg"][i]
         v = self.buffers["exp_avg_sq"][i]
-        np.subtract(g, m, out=a)  # m += (1-b1)*(g - m) is PyTorch's lerp_
-        a *= 1.0 - self.beta1
-        m += a
-        np.multiply(g, g, out=a)
-        a *= 1.0 - self.beta2
-        v *= self.beta2
-        v += a
-        step_size = lr / (1.0 - self.beta1 ** t)
-        np.sqrt(v, out=a)
-        a /= (1.0 - self.beta2 ** t) ** 0.5
-        a += self.eps
-        np.divide(m, a, out=a)
-        a *= step_size
-        p -= a
+        kernels.pick(updates, "adamw_update")(
+            p.reshape(-1), m.reshape(-1), v.reshape(-1), g.reshape(-1), lr, self.beta1,
+            self.beta2, self.eps, wd, step_size, bias_correction2_sqrt)
 
 
 class EMA:

@@ -7,7 +7,7 @@
     elementwise.py  activations, pooling, the squeeze-excite gate, bias and channel sums,
                     dropout and the softmax cross-entropy
     int8.py         the int8 products of post-training quantisation
-    updates.py      the optimiser's step (SGD) and the moving average of the weights (EMA)
+    updates.py      the optimisers' steps (SGD, RMSprop, AdamW) and the weights' moving average
 
 Read a module top to bottom and every op climbs the same three rungs, with one signature:
 
