@@ -51,8 +51,8 @@ VARIANTS = [
     ("alternate-flips", "alternating flips (airbench)", ["--flip", "alternate"]),
     ("cutout-8", "cutout 8 x 8", ["--cutout", "8"]),
     ("batch-256", "batch 256, lr scaled linearly", ["--batch-size", "256"]),
-    ("progressive-24", "progressive resizing: 24x24 for the first 63 % of the epochs, then "
-     "32x32", ["--start-resolution", "24", "--resolution-ramp", "0.63,0.63"]),
+    ("progressive-24", "progressive resizing: 24x24 until 60 % of the epochs are done, then "
+     "32x32", ["--start-resolution", "24", "--resolution-ramp", "0.6,0.6"]),
     ("recipe-fast", "all of --recipe fast, at this budget", ["--recipe", "fast"]),
 ]
 EVALUATED = {"tta-flip", "tta-flip-translate"}  # evaluations of the baseline, not trainings
