@@ -170,6 +170,13 @@ for name, width in NETWORKS:
 #   regulariser that matters more the longer the run.
 # - **Batch 256** with the learning rate scaled linearly: fewer, larger steps, which this
 #   engine runs more efficiently per image.
+# - **Progressive resizing** (`--start-resolution 24 --resolution-ramp 0.63,0.63`, not in the
+#   bundle): the first epochs train on images resized to 24x24 and the rest at 32x32; the tests
+#   are always at 32x32. A step's cost falls with the pixel count, and the early epochs, at a
+#   high learning rate, learn coarse features that small images carry as well as large ones;
+#   the last epochs at full size fit the filters and batch norm's statistics to the size the
+#   network is tested at (fast.ai's DAWNBench entry, FFCV, Hoffer et al.'s "Mix & Match"). The
+#   next cell prints the rule, `mm.train.progressive_resolution`, for a 46-epoch run.
 #
 # The recipes' settings against the defaults, read from `mm.train.RECIPES` (a blank is the
 # default):
@@ -182,6 +189,23 @@ print(f"{'setting':<16} {'default':>10}" + "".join(f" {name:>14}" for name in re
 for setting in settings:
     print(f"{setting:<16} {str(getattr(defaults, setting)):>10}"
           + "".join(f" {str(recipe.get(setting, '')):>14}" for recipe in recipes.values()))
+
+# %%
+ramp = [mm.train.progressive_resolution(epoch, 46, 24, 32, 0.63, 0.63) for epoch in range(46)]
+print("jump at 63 %:  ", " ".join(str(r) for r in ramp))
+ramp = [mm.train.progressive_resolution(epoch, 46, 20, 32, 0.4, 0.8) for epoch in range(46)]
+print("ramp 40-80 %:  ", " ".join(str(r) for r in ramp))
+
+# What a smaller image saves: V1 1.0's multiply-adds per image at each size, against 32x32.
+# Less than the pixel count says (24x24 has 0.56 of the pixels): with CIFAR's strides a
+# 24x24 image ends on 3x3 and then 2x2 maps (stride 2 rounds up), 28x28 on 4x4 and 2x2, as
+# 32x32 does, and the widest layers work there. The learning-curves section below sets these
+# beside the measured epochs.
+v1 = mm.models.build_model("v1", 1.0, cifar=True)
+full_macs = mm.cost.profile(v1, (3, 32, 32)).macs
+for size in (20, 24, 28, 32):
+    macs = mm.cost.profile(v1, (3, size, size)).macs
+    print(f"{size}x{size}: {macs / 1e6:6.2f} M multiply-adds per image, {macs / full_macs:.2f} of 32x32's")
 
 # %% [markdown]
 # Which of these matter, and how much, is measured one change at a time by
@@ -249,14 +273,18 @@ else:
 # of `minimobile train`, which writes a `history.csv` (one row per epoch) into its output
 # folder. Small results like these are committed under `results/` at the top of the
 # repository, each listed in `results/README.md` with the exact command that made it; this
-# cell plots every `results/*history*.csv` it finds, and says so when there is none. Four of
+# cell plots every `results/*history*.csv` it finds, and says so when there is none. Five of
 # them are the attempts at 90 % in two hours on two cores: `--recipe fast` (V1 0.5, 80 epochs,
 # cutout and label smoothing 0.2), V1 0.75 for 50 epochs without cutout, the width the
 # sweep of notebook 05 favoured, V1 0.75 for 50 epochs with the fast recipe's cutout and
 # label smoothing 0.2 (`--recipe fast --width 0.75 --epochs 50`), which starts behind the
-# run without them and ends level with it, and V1 1.0 for the 34 epochs that fit in the time,
-# without cutout; their tested epochs are every 4th, 10th or 17th, as each run's
-# `--eval-every` asked, since a test-time-augmented evaluation costs six forward passes.
+# run without them and ends level with it, V1 1.0 for the 34 epochs that fit in the time,
+# without cutout, and the same V1 1.0 for 46 epochs with progressive resizing, its first 29
+# on images resized to 24x24, which ends 0.48 points below it (its curve dips at epoch 23,
+# a network trained at 24x24 tested at 32x32); their tested epochs are every 4th, 10th, 17th
+# or 23rd, as each run's `--eval-every` asked, since a test-time-augmented evaluation costs
+# six forward passes. For the progressive run the cell also prints what an epoch cost at each
+# size, from its history's `resolution` and `images_per_second` columns.
 
 # %%
 histories = sorted(Path("..", "results").glob("*history*.csv"))
@@ -279,6 +307,13 @@ else:
         best_row = max(tested, key=lambda row: row["test_acc"])
         print(f"{path.name}: {len(h)} epochs, best test accuracy {100 * best_row['test_acc']:.2f} % "
               f"at epoch {best_row['epoch']}")
+        sizes = sorted({row["resolution"] for row in h if row.get("resolution")})
+        if len(sizes) > 1:  # progressive resizing: what an epoch cost at each size
+            rates = {size: np.median([row["images_per_second"] for row in h
+                                      if row.get("resolution") == size]) for size in sizes}
+            print("    training images per second (median over its epochs): " + ", ".join(
+                f"{rates[size]:.0f} at {size}x{size} ({rates[sizes[-1]] / rates[size]:.2f} of "
+                f"{sizes[-1]}x{sizes[-1]}'s time)" for size in sizes))
     axes[0].set(xlabel="epoch", ylabel="loss (label-smoothed cross-entropy)", title="loss")
     axes[1].set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
     for ax in axes:
