@@ -43,6 +43,8 @@ VARIANTS = [
     ("no-nesterov", "plain momentum instead of Nesterov", ["--no-nesterov"]),
     ("decay-norm-and-bias", "weight decay on batch norm and biases too",
      ["--decay-norm-and-bias"]),
+    ("no-decay-depthwise", "no weight decay on the depthwise filters (MobileNet paper)",
+     ["--no-decay-depthwise"]),
     ("linear-schedule", "linear decay to 0 instead of cosine", ["--schedule", "linear"]),
     ("ema-0.999", "EMA of the weights, decay 0.999, warmed up", ["--ema", "0.999"]),
     ("tta-flip", "test-time augmentation: flips (baseline's final weights)", ["--tta", "flip"]),

@@ -48,7 +48,8 @@ weight decay 4e-5 (torchvision's MobileNetV3 recipe at batch 128), adamw to 2e-3
 The fast-CIFAR techniques are off by default: --ema (weight averaging; the averaged model is
 the one tested and kept as best.npz), --tta (test-time augmentation), --flip alternate,
 --cutout, --schedule linear, --start-resolution (progressive resizing: cheaper early epochs
-on smaller images) and --decay-norm-and-bias (to measure what skipping it buys).
+on smaller images) and --decay-norm-and-bias (to measure what skipping it buys);
+--no-decay-depthwise spares the depthwise filters from weight decay.
 --recipe NAME sets a named bundle of them; options given explicitly override the bundle
 (the values are literature defaults, to be tuned by benchmarks/ablation.py):
 {recipes}
@@ -236,6 +237,9 @@ def _add_train(sub):
     p.add_argument("--decay-norm-and-bias", action=argparse.BooleanOptionalAction,
                    default=None, help="weight decay on batch-norm parameters and biases too "
                    "(default off: only conv and linear weights decay)")
+    p.add_argument("--decay-depthwise", action=argparse.BooleanOptionalAction, default=None,
+                   help="weight decay on the depthwise filters (default on; the MobileNet "
+                   "paper puts little or none on them)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last.npz")
     p.add_argument("--overwrite", action="store_true",

@@ -31,7 +31,7 @@ from .data import (FLIP_MODES, MAX_RESOLUTION, MIN_RESOLUTION, NUM_CLASSES, Batc
                    load_cifar10, normalize, random_crop_flip, resize)
 from .errors import (CheckpointMismatchError, ConfigError, CorruptCheckpointError,
                      CorruptHistoryError, NonFiniteError, OutputError)
-from .layers import no_grad
+from .layers import DepthwiseConv2d, no_grad
 # MODELS and build_model live in minimobile.models; they are imported here because the
 # exercises, notebook 06 and the benchmarks still import them from the trainer.
 from .models import MAX_WIDTH, MODELS, build_model  # noqa: F401
@@ -74,7 +74,8 @@ class TrainConfig:
     lr and weight_decay left at None become the optimiser's defaults (OPTIMIZER_DEFAULTS, the
     lr scaled by batch_size / 128, the linear scaling rule); out left at None becomes
     runs/<model>-w<width>; dropout None keeps the model's own default. The fast-CIFAR fields
-    (decay_norm_and_bias, ema, ema_warmup, tta, flip, cutout) default to off; docs/API.md says
+    (decay_norm_and_bias, ema, ema_warmup, tta, flip, cutout) default to off, and
+    decay_depthwise to on (weight decay on the depthwise filters, as before); docs/API.md says
     what each does, RECIPES bundles them. resolution: training and test images are resized
     from 32x32 to resolution x resolution (bilinear, after augmentation and normalisation), the
     V1 paper's resolution multiplier; 32 changes nothing. Bad values raise ValueError at
@@ -106,6 +107,7 @@ class TrainConfig:
     # The fast-CIFAR techniques (airbench, hlb-CIFAR10, "How to train your ResNet"); the
     # defaults leave each off, so a run without them is what it always was.
     decay_norm_and_bias: bool = False
+    decay_depthwise: bool = True
     ema: float = 0.0
     ema_warmup: bool = True
     tta: str = "none"
@@ -213,10 +215,9 @@ def recipe_config(name, **settings):
 
 def make_optimizer(config, model):
     """The optimiser config.optimizer names, over model.named_parameters(), with the config's lr,
-    momentum, nesterov and weight decay. Decay skips 1-D params (batch norm and biases: see
-    optim.default_no_decay) unless config.decay_norm_and_bias, which is there to measure it."""
+    momentum, nesterov and weight decay, which skips the parameters no_decay_rule names."""
     params = list(model.named_parameters())
-    no_decay = (lambda name, param: False) if config.decay_norm_and_bias else default_no_decay
+    no_decay = no_decay_rule(config, model)
     if config.optimizer == "sgd":
         return SGD(params, config.lr, momentum=config.momentum,
                    nesterov=config.nesterov and config.momentum > 0,
@@ -225,6 +226,22 @@ def make_optimizer(config, model):
         return RMSprop(params, config.lr, momentum=config.momentum,
                        weight_decay=config.weight_decay, no_decay=no_decay)
     return AdamW(params, config.lr, weight_decay=config.weight_decay, no_decay=no_decay)
+
+
+def no_decay_rule(config, model):
+    """no_decay(name, param) for the optimiser: True for the parameters weight decay leaves
+    alone. By default the 1-D ones (batch norm and biases: optim.default_no_decay), none with
+    config.decay_norm_and_bias (there to measure what skipping them buys), and the depthwise
+    filters too with config.decay_depthwise False: the MobileNet paper puts "very little or no
+    weight decay" on them, as each has only K*K weights."""
+    depthwise = {f"{path}.weight" if path else "weight" for path, module in model.named_modules()
+                 if isinstance(module, DepthwiseConv2d)}
+
+    def no_decay(name, param):
+        if not config.decay_depthwise and name in depthwise:
+            return True
+        return False if config.decay_norm_and_bias else default_no_decay(name, param)
+    return no_decay
 
 
 def make_lr_schedule(config, steps_per_epoch):

@@ -360,7 +360,7 @@ def test_train_help_lists_the_recipes_and_the_techniques(capsys):
     text = capsys.readouterr().out
     assert "--recipe fast = --model=v1" in text
     assert all(option in text for option in ("--ema DECAY", "--tta", "--flip", "--cutout SIZE",
-                                             "--decay-norm-and-bias"))
+                                             "--decay-norm-and-bias", "--decay-depthwise"))
 
 
 @pytest.mark.parametrize("argv", [["--cutout", "33"], ["--cutout", "-1"], ["--ema", "1"],

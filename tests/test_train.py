@@ -391,6 +391,22 @@ def test_decay_norm_and_bias_decays_every_parameter_and_the_default_only_weights
     assert all(everything.decay)
 
 
+def test_no_decay_depthwise_spares_exactly_the_depthwise_filters():
+    model = mm.mobilenet_v1(width_mult=0.25, cifar=True, seed=0)
+    depthwise = {f"{path}.weight" for path, m in model.named_modules()
+                 if isinstance(m, mm.DepthwiseConv2d)}
+    assert len(depthwise) == 13  # V1's 13 depthwise separable blocks
+    default = train.make_optimizer(tiny_config("unused", model="v1"), model)
+    spared = train.make_optimizer(tiny_config("unused", model="v1", decay_depthwise=False), model)
+    for name, param, before, after in zip(default.names, default.params, default.decay,
+                                          spared.decay):
+        assert before == (param.ndim >= 2), name  # the default: every weight, depthwise too
+        assert after == (before and name not in depthwise), name
+    both = train.make_optimizer(tiny_config("unused", model="v1", decay_depthwise=False,
+                                            decay_norm_and_bias=True), model)
+    assert [not d for d in both.decay] == [n in depthwise for n in both.names]
+
+
 def test_evaluate_without_tta_is_the_plain_forward_pass_of_the_normalised_images():
     model, data = tiny_model(0), colour_data(n_train=32, n_test=40)
     result = train.evaluate(model, data.x_test, data.y_test, batch_size=16)
