@@ -52,6 +52,8 @@ VARIANTS = [
      "weights)", ["--tta", "flip,translate"]),
     ("alternate-flips", "alternating flips (airbench)", ["--flip", "alternate"]),
     ("cutout-8", "cutout 8 x 8", ["--cutout", "8"]),
+    ("crop-padding-2", "random crops from 2 px of padding instead of 4 (airbench's shifts)",
+     ["--crop-padding", "2"]),
     ("batch-256", "batch 256, lr scaled linearly", ["--batch-size", "256"]),
     ("progressive-24", "progressive resizing: 24x24 until 60 % of the epochs are done, then "
      "32x32", ["--start-resolution", "24", "--resolution-ramp", "0.6,0.6"]),

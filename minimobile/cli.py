@@ -132,6 +132,13 @@ def _cutout(text):
     return value
 
 
+def _crop_padding(text):
+    value = _non_negative_int(text)
+    if value > 16:
+        raise argparse.ArgumentTypeError(f"expected a padding from 0 to 16 px, got {text!r}")
+    return value
+
+
 def _ramp(text):
     """Two fractions A,B with 0 <= A <= B <= 1 (--resolution-ramp)."""
     try:
@@ -234,6 +241,9 @@ def _add_train(sub):
     p.add_argument("--cutout", type=_cutout, metavar="SIZE",
                    help="zero one random SIZE x SIZE square of each training image "
                    "(DeVries and Taylor, 2017) (default 0: off)")
+    p.add_argument("--crop-padding", type=_crop_padding, metavar="PX",
+                   help="random crops from PX px of zero padding, shifts of up to PX each way "
+                   "(default 4, the standard CIFAR augmentation; airbench shifts by 2)")
     p.add_argument("--decay-norm-and-bias", action=argparse.BooleanOptionalAction,
                    default=None, help="weight decay on batch-norm parameters and biases too "
                    "(default off: only conv and linear weights decay)")

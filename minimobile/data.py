@@ -542,7 +542,8 @@ FLIP_MODES = ("random", "alternate")
 class Batches:
     """A tiny DataLoader: each iteration is one epoch of normalised float32 (xb, yb) batches.
 
-    Per epoch: shuffle (if `shuffle`), slice, random_crop_flip (if `augment`), normalize, cutout
+    Per epoch: shuffle (if `shuffle`), slice, random_crop_flip (if `augment`; crops from
+    `crop_padding` px of zeros, so shifts of up to that many px each way), normalize, cutout
     (if `cutout` > 0, a square of that side, in the stored image's pixels), resize to
     `resolution` (None: as stored). xb: (B, 3, R, R) float32, yb: (B,) int64. All
     randomness comes from `self.rng`, so saving `rng.bit_generator.state` between epochs and
@@ -558,7 +559,7 @@ class Batches:
     """
 
     def __init__(self, x, y, batch_size, *, augment=False, shuffle=True, drop_last=False,
-                 rng=None, flip="random", cutout=0, resolution=None):
+                 rng=None, flip="random", cutout=0, resolution=None, crop_padding=4):
         if (augment or shuffle or cutout) and rng is None:
             raise ValueError("augment, shuffle or cutout needs an explicit "
                              "rng=np.random.default_rng(seed)")
@@ -566,6 +567,9 @@ class Batches:
             raise ValueError(f"flip must be one of {FLIP_MODES}, got {flip!r}")
         if not (isinstance(cutout, (int, np.integer)) and 0 <= cutout <= x.shape[-1]):
             raise ValueError(f"cutout must be an integer from 0 to {x.shape[-1]}, got {cutout!r}")
+        if not (isinstance(crop_padding, (int, np.integer)) and 0 <= crop_padding <= x.shape[-1]):
+            raise ValueError(f"crop_padding must be an integer from 0 to {x.shape[-1]}, "
+                             f"got {crop_padding!r}")
         if not (resolution is None or isinstance(resolution, (int, np.integer))
                 and MIN_RESOLUTION <= resolution <= MAX_RESOLUTION):
             raise ValueError(f"resolution must be None or an integer from {MIN_RESOLUTION} to "
@@ -573,7 +577,7 @@ class Batches:
         self.x, self.y, self.batch_size = x, y, batch_size
         self.augment, self.shuffle, self.drop_last, self.rng = augment, shuffle, drop_last, rng
         self.flip, self.cutout, self.epoch = flip, int(cutout), 0
-        self.resolution = resolution
+        self.resolution, self.crop_padding = resolution, int(crop_padding)
         # Drawn only in this mode, so the default's random stream is what it always was.
         self.flip_first = (rng.random(len(x)) < 0.5 if augment and flip == "alternate"
                            else None)
@@ -591,7 +595,7 @@ class Batches:
             xb, yb = self.x[idx], self.y[idx]
             if self.augment:
                 flip = True if self.flip_first is None else self.flip_first[idx] ^ odd
-                xb = random_crop_flip(xb, self.rng, flip=flip)
+                xb = random_crop_flip(xb, self.rng, padding=self.crop_padding, flip=flip)
             xb = normalize(xb)
             if self.cutout:
                 cutout(xb, self.cutout, self.rng)

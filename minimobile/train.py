@@ -113,6 +113,9 @@ class TrainConfig:
     tta: str = "none"
     flip: str = "random"
     cutout: int = 0
+    # Random crops from this many px of zero padding (shifts of up to that each way); 4 is
+    # the standard CIFAR augmentation, airbench shifts by 2 at most.
+    crop_padding: int = 4
     # The resolution multiplier on CIFAR: the network sees resolution x resolution images.
     resolution: int = 32
     # Progressive resizing (schedules.progressive_resolution): training starts at
@@ -132,6 +135,8 @@ class TrainConfig:
         require(self.flip in FLIP_MODES, "flip", f"one of {list(FLIP_MODES)}", self.flip)
         require(is_int(self.cutout) and 0 <= self.cutout <= 32, "cutout",
                "an integer from 0 (off) to 32", self.cutout)
+        require(is_int(self.crop_padding) and 0 <= self.crop_padding <= 16, "crop_padding",
+               "an integer from 0 (no shifts) to 16", self.crop_padding)
         require(is_int(self.resolution) and MIN_RESOLUTION <= self.resolution <= MAX_RESOLUTION,
                "resolution", f"an integer from {MIN_RESOLUTION} to {MAX_RESOLUTION}",
                self.resolution)
@@ -696,7 +701,7 @@ def fit(config, model=None, data=None, resume=False, progress=True, log=None, on
     data_rng = np.random.default_rng([config.seed, 1])
     batches = Batches(x_train, y_train, config.batch_size, augment=config.augment,
                       drop_last=True, rng=data_rng, flip=config.flip, cutout=config.cutout,
-                      resolution=config.resolution)
+                      resolution=config.resolution, crop_padding=config.crop_padding)
     schedule = make_lr_schedule(config, len(batches))
     done, step, history = 0, 0, []
     if resume:

@@ -360,10 +360,12 @@ def test_train_help_lists_the_recipes_and_the_techniques(capsys):
     text = capsys.readouterr().out
     assert "--recipe fast = --model=v1" in text
     assert all(option in text for option in ("--ema DECAY", "--tta", "--flip", "--cutout SIZE",
-                                             "--decay-norm-and-bias", "--decay-depthwise"))
+                                             "--decay-norm-and-bias", "--decay-depthwise",
+                                             "--crop-padding PX"))
 
 
 @pytest.mark.parametrize("argv", [["--cutout", "33"], ["--cutout", "-1"], ["--ema", "1"],
+                                  ["--crop-padding", "17"], ["--crop-padding", "-1"],
                                   ["--tta", "rotate"], ["--flip", "sometimes"],
                                   ["--recipe", "slowest"], ["--schedule", "triangle"]])
 def test_bad_technique_options_are_usage_errors_in_one_line(argv, capsys):

@@ -560,6 +560,26 @@ def test_batches_default_flips_keep_the_random_stream_of_crop_then_flip_per_batc
         np.testing.assert_array_equal(yb, y[idx])
 
 
+def test_batches_crop_from_their_crop_padding_and_refuse_a_bad_one():
+    x, y = ramp_images(40)
+    for padding in (0, 2):
+        got = list(Batches(x, y, 16, augment=True, rng=np.random.default_rng(5),
+                           crop_padding=padding))
+        rng = np.random.default_rng(5)
+        order = rng.permutation(40)
+        for (xb, _), i in zip(got, range(0, 40, 16), strict=True):
+            expected = random_crop_flip(x[order[i:i + 16]], rng, padding=padding)
+            np.testing.assert_array_equal(xb, normalize(expected))
+    # Padding 0 leaves only the flips: every image is itself or its mirror.
+    xb, yb = next(iter(Batches(x, y, 40, augment=True, shuffle=False, crop_padding=0,
+                               rng=np.random.default_rng(1))))
+    plain, mirrored = normalize(x), normalize(x[..., ::-1])
+    assert all(np.array_equal(a, p) or np.array_equal(a, m)
+               for a, p, m in zip(xb, plain, mirrored))
+    with pytest.raises(ValueError, match="crop_padding must be an integer from 0 to 32"):
+        Batches(x, y, 4, augment=True, rng=np.random.default_rng(0), crop_padding=33)
+
+
 def test_alternating_flips_flip_each_image_in_every_other_epoch_from_a_random_start():
     x, y = ramp_images(64)
     batches = Batches(x, y, 16, augment=True, rng=np.random.default_rng(0), flip="alternate")

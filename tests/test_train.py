@@ -391,6 +391,23 @@ def test_decay_norm_and_bias_decays_every_parameter_and_the_default_only_weights
     assert all(everything.decay)
 
 
+def test_crop_padding_reaches_the_batches_and_bad_values_are_refused(tmp_path, monkeypatch):
+    assert TrainConfig().crop_padding == 4  # the standard CIFAR augmentation
+    seen = []
+
+    class Spy(train.Batches):
+        def __init__(self, *args, **kwargs):
+            seen.append(kwargs["crop_padding"])
+            super().__init__(*args, **kwargs)
+    monkeypatch.setattr(train, "Batches", Spy)
+    fit(tiny_config(tmp_path, epochs=1, crop_padding=2), model=tiny_model(0),
+        data=colour_data(n_train=32, n_test=16), progress=False)
+    assert seen == [2]
+    for bad in (-1, 17, 2.5):
+        with pytest.raises(ValueError, match="crop_padding"):
+            TrainConfig(crop_padding=bad)
+
+
 def test_no_decay_depthwise_spares_exactly_the_depthwise_filters():
     model = mm.mobilenet_v1(width_mult=0.25, cifar=True, seed=0)
     depthwise = {f"{path}.weight" for path, m in model.named_modules()
