@@ -201,14 +201,14 @@ def model_arrays(arrays, ema=True):
     return arrays
 
 
-def load_model(path, model):
+def load_model(path, model, ema=True):
     """Load the state dict saved in `path` (by `save_model` or the trainer; its EMA model if it
-    kept one) into `model`, in place; returns the file's meta. Missing, unexpected or
+    kept one and `ema`, else its live weights) into `model`, in place; returns the file's meta. Missing, unexpected or
     mis-shaped keys fail the whole load with Module.load_state_dict's list of them, prefixed by
     the file name."""
     arrays, meta = load(path)
     try:
-        model.load_state_dict(model_arrays(arrays))
+        model.load_state_dict(model_arrays(arrays, ema))
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     return meta

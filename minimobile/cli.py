@@ -278,6 +278,9 @@ def _add_eval(sub):
     p.add_argument("--resolution", type=_resolution, metavar="R",
                    help="resize the test images to R x R, as train --resolution (default: the "
                    "run's own)")
+    p.add_argument("--weights", choices=("ema", "live"), default="ema",
+                   help="of a run trained with --ema: its averaged weights (ema, the default, "
+                   "the model it tested) or the live ones the optimiser trained (live)")
     p.set_defaults(run=_eval, command_parser=p)
 
 
@@ -494,7 +497,8 @@ def _train(args):
 
 def _eval(args):
     path = Path(args.checkpoint)
-    config, model = _model_from_checkpoint(path)
+    config, model = _model_from_checkpoint(path, ema=args.weights == "ema")
+    live = bool(config.ema) and args.weights == "live"
     out = _output_folder(args.out if args.out is not None else path.parent)
     data = load_cifar10(args.data if args.data is not None else config.data)
     x, y = data.x_test[:args.limit_test], data.y_test[:args.limit_test]
@@ -507,13 +511,14 @@ def _eval(args):
     print(f"{path}: {config.model} width {config.width:g}, {len(y)} test images"
           + ("" if resolution == 32 else f" at {resolution}x{resolution}")
           + ("" if tta == "none" else f", test-time augmentation {tta}")
-          + (f", EMA weights (decay {config.ema:g})" if config.ema else ""))
+          + ("" if not config.ema else ", live weights (not the EMA)" if live
+             else f", EMA weights (decay {config.ema:g})"))
     smoothing = (f", label smoothing {config.label_smoothing:g} as in training"
                  if config.label_smoothing else "")
     print(f"test accuracy {result.accuracy:.4f}, loss {result.loss:.4f} (cross-entropy"
           f"{smoothing})\n")
     print(format_confusion_matrix(cm, data.classes))
-    png = out / f"{path.stem}_confusion_matrix.png"
+    png = out / f"{path.stem}{'_live' if live else ''}_confusion_matrix.png"
     plot_confusion_matrix(cm, data.classes, png,
                           title=f"{config.model} width {config.width:g}: "
                           f"test accuracy {result.accuracy:.2%}")
@@ -529,10 +534,10 @@ def _output_folder(path):
         raise CommandError(str(e)) from None
 
 
-def _model_from_checkpoint(path):
+def _model_from_checkpoint(path, ema=True):
     """(config, model) of a trainer checkpoint, its weights loaded; one-line errors."""
     try:
-        return model_from_checkpoint(path)
+        return model_from_checkpoint(path, ema)
     except ValueError as e:
         raise CommandError(str(e)) from None
 

@@ -472,15 +472,15 @@ def read_config(path):
                                      "edited, or written by another program") from None
 
 
-def model_from_checkpoint(path):
+def model_from_checkpoint(path, ema=True):
     """(config, model): the network a trainer checkpoint holds, rebuilt from its saved config
-    with its weights loaded (the EMA's, if the run kept one), in eval mode. ValueError names
-    the network if they do not fit."""
+    with its weights loaded (the EMA's, if the run kept one and `ema`; else the live weights
+    the optimiser trained), in eval mode. ValueError names the network if they do not fit."""
     config = read_config(path)
     model = build_model(config.model, config.width, config.cifar, dropout=config.dropout,
                         seed=config.seed, dtype=config.dtype)
     try:
-        checkpoint.load_model(path, model)
+        checkpoint.load_model(path, model, ema)
     except ValueError as e:
         raise ValueError(f"{e} (the weights do not fit the {config.model} of width "
                          f"{config.width:g} that its config names)") from None

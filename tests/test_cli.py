@@ -2,6 +2,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from minimobile import checkpoint, cli, data, train
@@ -394,6 +395,21 @@ def test_a_recipe_sets_its_bundle_and_explicit_options_override_it(fake_data, tm
     printed = capsys.readouterr().out
     (row,) = train.read_history(out / "history.csv")
     assert "flip,translate" in printed and f"test accuracy {row['test_acc']:.4f}" in printed
+    # --weights live: the weights the optimiser trained, saved as the checkpoint's model/ ones.
+    arrays = checkpoint.load(out / "best.npz")[0]
+    _, live = train.model_from_checkpoint(out / "best.npz", ema=False)
+    assert all(np.array_equal(v, arrays["model/" + k]) for k, v in live.state_dict().items())
+    assert any(not np.array_equal(arrays["model/" + k], arrays["ema/" + k])
+               for k in live.state_dict())
+    test = data.load_cifar10(fake_data, download=False)
+    expected = train.evaluate(live, test.x_test, test.y_test, tta="flip,translate",
+                              label_smoothing=0.2)
+    assert main(["eval", str(out / "best.npz"), "--data", str(fake_data), "--weights", "live",
+                 "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "live weights (not the EMA)" in printed and "EMA weights" not in printed
+    assert f"test accuracy {expected.accuracy:.4f}, loss {expected.loss:.4f}" in printed
+    assert (tmp_path / "best_live_confusion_matrix.png").exists()
 
 
 def test_train_at_resolution_24_and_eval_takes_the_runs_resolution(fake_data, tmp_path, capsys):
