@@ -3,7 +3,8 @@ variant at batch 128, for minimobile and, alternating with it in the same run, f
 network in PyTorch where torch is installed, in three configurations at the same thread count:
 float32 NCHW (pt), float32 channels-last (ptCL) and bfloat16 autocast channels-last (ptBF,
 `torch.autocast("cpu", dtype=torch.bfloat16)`, which oneDNN runs on AMX units where the CPU
-has them). Prints ms per step, images per second, the ratio to whichever PyTorch
+has them; on a CPU with neither AMX nor AVX512-BF16 it is skipped unless --torch-configs asks
+for it, see NATIVE_BFLOAT16_FLAGS). Prints ms per step, images per second, the ratio to whichever PyTorch
 configuration is fastest for that network (mm/best), and where minimobile's time goes by
 layer type (--by-shape: by layer type and shape). minimobile itself stays in float32. --plain adds a column for minimobile with
 MobileNet.defer_normalization off (every batch norm writes its output, and the depthwise
@@ -104,6 +105,45 @@ def torch_step_fn(name, width, channels_last, x, y, bfloat16=False):
 
 TORCH_CONFIGS = ("pt", "ptCL", "ptBF")  # float32 NCHW, float32 channels-last, bf16 autocast CL
 
+# CPU flags that let oneDNN run bfloat16 in hardware. Without them it emulates bfloat16 and
+# ptBF is no contender: on an AMD EPYC with AVX2 alone (2026-11-30) its step took 14-17x
+# ptCL's (V1 0.5 3496 against 220 ms, V2 1.0 25779 against 1539), and timing it made a full
+# run of this benchmark about three times as long.
+NATIVE_BFLOAT16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_description(cpuinfo=None):
+    """(model name, flags that run bfloat16 natively) from /proc/cpuinfo's text, or
+    ("unknown", None) where there is no such file: None means "cannot tell"."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return "unknown", None
+    name, flags = "unknown", set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and name == "unknown":
+            name = value.strip()
+        elif key.strip() == "flags":
+            flags.update(value.split())
+    return name, [f for f in NATIVE_BFLOAT16_FLAGS if f in flags]
+
+
+def torch_configs(spec, native_bfloat16):
+    """The PyTorch configurations to time. "auto": pt and ptCL, and ptBF where the CPU runs
+    bfloat16 natively (or where that cannot be told); otherwise a comma-separated list."""
+    if spec == "auto":
+        return list(TORCH_CONFIGS) if native_bfloat16 is None or native_bfloat16 else \
+            ["pt", "ptCL"]
+    configs = [c.strip() for c in spec.split(",") if c.strip()]
+    unknown = [c for c in configs if c not in TORCH_CONFIGS]
+    if unknown or not configs:
+        raise SystemExit(f"--torch-configs: expected 'auto' or a comma-separated list of "
+                         f"{', '.join(TORCH_CONFIGS)}; got {spec!r}")
+    return configs
+
 
 PROFILED_STEPS = 3
 
@@ -127,6 +167,10 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=["mm", "torch"], default=None)
+    parser.add_argument("--torch-configs", default="auto",
+                        help="PyTorch configurations to time, e.g. pt,ptCL,ptBF. auto (the "
+                             "default): ptBF only where the CPU has AMX or AVX512-BF16, since "
+                             "elsewhere oneDNN emulates bfloat16 at many times ptCL's time")
     parser.add_argument("--no-breakdown", action="store_true")
     parser.add_argument("--by-shape", action="store_true",
                         help="break minimobile's time down by layer type and shape (what each "
@@ -145,6 +189,8 @@ def main(argv=None):
                                             memory.keep_freed_memory()) else "as started"
     numba.set_num_threads(args.threads)
     use_torch = torch is not None and args.only != "mm"
+    cpu_name, native_bfloat16 = cpu_description()
+    configs = torch_configs(args.torch_configs, native_bfloat16)
     if use_torch:
         torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
@@ -154,6 +200,10 @@ def main(argv=None):
           f"median of {args.steps} steps; torch "
           f"{torch.__version__ if use_torch else 'not run'}; LD_PRELOAD="
           f"{os.environ.get('LD_PRELOAD', '(unset)')}; malloc {malloc}")
+    print(f"CPU: {cpu_name}; bfloat16 in hardware: "
+          f"{'cannot tell' if native_bfloat16 is None else ', '.join(native_bfloat16) or 'no'}"
+          + ("" if not use_torch or "ptBF" in configs else
+             " (ptBF not timed: oneDNN would emulate it; --torch-configs pt,ptCL,ptBF times it)"))
     header = (f"{'network':<14}{'mm ms':>8}{'img/s':>8}{'pt ms':>8}{'ptCL ms':>9}{'ptBF ms':>9}"
               f"{'best':>6}{'mm/best':>9}" + (f"{'plain ms':>10}{'mm/plain':>10}"
                                                if args.plain else ""))
@@ -177,9 +227,9 @@ def main(argv=None):
                                 weight_decay=5e-4)
                 runners["plain"] = lambda m=plain, o=plain_opt: minimobile_step(m, o, x, y)
         if use_torch:
-            runners["pt"] = torch_step_fn(name, width, False, x, y)
-            runners["ptCL"] = torch_step_fn(name, width, True, x, y)
-            runners["ptBF"] = torch_step_fn(name, width, True, x, y, bfloat16=True)
+            for config in configs:
+                runners[config] = torch_step_fn(name, width, config != "pt", x, y,
+                                                bfloat16=config == "ptBF")
         for run in runners.values():  # warm-up: compile, allocate, fault pages in
             run()
             run()

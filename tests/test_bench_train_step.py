@@ -54,3 +54,25 @@ def test_torch_profile_lists_the_ops_of_a_step_by_shape():
         (weight @ torch.ones(8, 4)).sum().backward()
     table = bench_train_step.torch_profile(step)
     assert "aten::mm" in table and "[8, 8]" in table
+
+
+INTEL_AMX = "model name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+AMD_AVX2 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma\n"
+
+
+def test_cpu_description_reads_the_model_and_the_bfloat16_flags():
+    assert bench_train_step.cpu_description(INTEL_AMX) == (
+        "Intel(R) Xeon(R) Platinum 8480+", ["amx_bf16", "avx512_bf16"])
+    assert bench_train_step.cpu_description(AMD_AVX2) == ("AMD EPYC", [])
+
+
+def test_auto_times_bfloat16_only_where_the_cpu_runs_it_natively():
+    assert bench_train_step.torch_configs("auto", ["amx_bf16"]) == ["pt", "ptCL", "ptBF"]
+    assert bench_train_step.torch_configs("auto", []) == ["pt", "ptCL"]
+    assert bench_train_step.torch_configs("auto", None) == ["pt", "ptCL", "ptBF"]  # can't tell
+    assert bench_train_step.torch_configs("ptCL,ptBF", []) == ["ptCL", "ptBF"]
+
+
+def test_an_unknown_torch_configuration_is_refused_by_name():
+    with pytest.raises(SystemExit, match="expected 'auto' or .*pt, ptCL, ptBF; got 'ptXX'"):
+        bench_train_step.torch_configs("ptXX", [])
