@@ -62,8 +62,8 @@ class ConvBNActivation(Sequential):
         super().__init__(*layers)
         self.fuse = True  # set False to run the children one by one (to inspect or debug them)
         self._fused = False
-        # True when a depthwise conv alone reads this layer's output (set by the block or model
-        # that knows it: mark_deferred_outputs): then, inside layers.deferred_normalization(),
+        # True when a depthwise or 1x1 conv alone reads this layer's output (set by the block
+        # or model that knows it: mark_deferred_outputs): then, inside layers.deferred_normalization(),
         # the output is handed on as an ops.NormalizedMap, never written.
         self.defer_output = False
 
@@ -111,15 +111,28 @@ def _last_writer(block):
     return None  # V2's and V3's blocks end in a linear projection, or a skip connection
 
 
+def _reads_pointwise(layer):
+    """True for a 1x1 conv, alone or as the first child of a ConvBNActivation."""
+    return isinstance(layer, PointwiseConv2d) or (isinstance(layer, ConvBNActivation)
+                                                  and isinstance(layer[0], PointwiseConv2d))
+
+
 def mark_deferred_outputs(features):
     """Set defer_output on every ConvBNActivation of `features` (a Sequential of blocks) whose
-    output a depthwise conv alone reads, inside a block (the expansion before the depthwise
-    conv) or across two (V1's pointwise conv and the next block's depthwise conv)."""
+    output one conv alone reads and can normalise as it reads: a depthwise conv, inside a
+    block (the expansion before it) or across two (V1's pointwise conv and the next block's
+    depthwise conv); or a 1x1 conv, inside a block (the depthwise conv's output, read by V1's
+    pointwise conv, or by V2's and V3's projection where no squeeze-excite comes between)."""
     for block in features:
         inner = getattr(block, "conv", None) or getattr(block, "block", None)
         if isinstance(inner, Sequential) and len(inner) > 1 and _is_depthwise(inner[1]):
             if isinstance(inner[0], ConvBNActivation) and not _is_depthwise(inner[0]):
                 inner[0].defer_output = True
+        layers = ([block.dw, block.pw] if isinstance(block, DepthwiseSeparable) else
+                  list(inner) if isinstance(inner, Sequential) else [])
+        for layer, reader in zip(layers, layers[1:]):
+            if _is_depthwise(layer) and _reads_pointwise(reader):
+                layer.defer_output = True
     for block, after in zip(features, list(features)[1:]):
         writer, reader = _last_writer(block), _first_reader(after)
         if writer is not None and reader is not None:

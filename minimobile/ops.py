@@ -138,8 +138,8 @@ class DepthwiseConv2dCache(NamedTuple):
 
 class NormalizedMap(NamedTuple):
     """act(x * scale + shift) per channel, described but not computed: what batch norm with its
-    activation hands on, in training, when the next op is a depthwise conv that applies it as
-    it reads each plane (batchnorm2d_activation_forward with defer=True). The map is never
+    activation hands on, in training, when the next op is a depthwise or 1x1 conv that
+    applies it as it reads (batchnorm2d_activation_forward with defer=True). The map is never
     written to memory, so it costs neither the pass that writes it nor the memory that would
     keep it for the backward. `materialize()` computes it, for anything else that wants it."""
 
@@ -226,6 +226,10 @@ class PointwiseConv2dCache(NamedTuple):
     x_shape: tuple
     w: np.ndarray  # (C_out, C_in)
     has_bias: bool
+    # When the forward read a NormalizedMap, as in DepthwiseConv2dCache: x is the map's x.
+    scale: Optional[np.ndarray] = None
+    shift: Optional[np.ndarray] = None
+    activation: Optional[str] = None
 
 
 def pointwise_conv2d_forward(x, w, b=None):
@@ -233,8 +237,15 @@ def pointwise_conv2d_forward(x, w, b=None):
 
     A matrix product per image: C_out*C_in*H*W multiply-adds, the bulk of MobileNet's. The
     cache keeps x and w.
+
+    x may be a NormalizedMap, as for depthwise_conv2d_forward: the conv then reads
+    act(x.x * scale + shift), normalising each image as it copies it, and caches x.x with the
+    constants instead.
     """
     op = "pointwise_conv2d"
+    normalized = x if isinstance(x, NormalizedMap) else None
+    if normalized is not None:
+        x = normalized.x
     x = _check_float(op, "x", x, 4)
     w = _check_float(op, "w", w, 4)
     _check_same_dtype(op, x, w=w)
@@ -250,10 +261,17 @@ def pointwise_conv2d_forward(x, w, b=None):
     w2 = np.ascontiguousarray(w.reshape(C_out, C))
     x3 = x.reshape(N, C, H * W)
     out = np.empty((N, C_out, H * W), dtype=x.dtype)
-    kernels.pick(matmul, "pointwise_conv2d_forward")(out, x3, w2)
+    if normalized is None:
+        kernels.pick(matmul, "pointwise_conv2d_forward")(out, x3, w2)
+        cache = PointwiseConv2dCache(x3, x.shape, w2, b is not None)
+    else:
+        scale, shift, activation = normalized.scale, normalized.shift, normalized.activation
+        kernels.pick(matmul, "pointwise_conv2d_normalized_forward")(
+            out, x3, w2, scale, shift, bn_kernels.ACTIVATION_CODES[activation])
+        cache = PointwiseConv2dCache(x3, x.shape, w2, b is not None, scale, shift, activation)
     if b is not None:
         kernels.pick(elementwise, "add_channel_bias")(out, b)
-    return out.reshape(N, C_out, H, W), PointwiseConv2dCache(x3, x.shape, w2, b is not None)
+    return out.reshape(N, C_out, H, W), cache
 
 
 def pointwise_conv2d_backward(dout, cache):
@@ -269,7 +287,12 @@ def pointwise_conv2d_backward(dout, cache):
     d3 = dout.reshape(N, C_out, H * W)
     dx = np.empty((N, C, H * W), dtype=w2.dtype)
     dw = np.empty((C_out, C), dtype=w2.dtype)
-    kernels.pick(matmul, "pointwise_conv2d_backward")(dx, dw, d3, cache.x, w2)
+    if cache.scale is None:
+        kernels.pick(matmul, "pointwise_conv2d_backward")(dx, dw, d3, cache.x, w2)
+    else:  # dx is the gradient with respect to act(x * scale + shift), the conv's input
+        kernels.pick(matmul, "pointwise_conv2d_normalized_backward")(
+            dx, dw, d3, cache.x, w2, cache.scale, cache.shift,
+            bn_kernels.ACTIVATION_CODES[cache.activation])
     db = channel_sum(dout) if cache.has_bias else None
     return dx.reshape(N, C, H, W), dw.reshape(C_out, C, 1, 1), db
 
@@ -359,7 +382,8 @@ def batchnorm2d_activation_forward(x, gamma, beta, eps=1e-5, activation="relu", 
     batchnorm2d_forward followed by relu_forward (or relu6_, hardswish_), bit for bit.
 
     defer=True computes the statistics only and returns out as a NormalizedMap, for a
-    depthwise conv to apply as it reads (depthwise_conv2d_forward): the map is never written.
+    depthwise or 1x1 conv to apply as it reads (depthwise_conv2d_forward,
+    pointwise_conv2d_forward): the map is never written.
     The backward is the same either way.
     """
     op = "batchnorm2d_activation"

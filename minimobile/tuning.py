@@ -4,7 +4,9 @@ process-wide settings it makes.
 The `_fast` rungs in `minimobile.kernels` choose between loop orders by map size and split
 work into tasks. Those choices were timed on the development machine (2 cores, x86-64,
 2026-11, batch 128, float32, MobileNet-shaped layers); a machine with other caches may prefer
-other values. Each number is read at call time, so a test or an experiment can change it
+other values, and `benchmarks/bench_tuning.py` tells, from whole training steps with one value
+changed. On an AMD EPYC (Zen 3, AVX2, 2026-11-30) every value tried there was within 5 % of
+today's in V1 1.0's step (docs/PERFORMANCE.md, "On another CPU"). Each number is read at call time, so a test or an experiment can change it
 (`monkeypatch.setattr(tuning, "BN_BY_IMAGE_MAX_PIXELS", 0)`) and the next call obeys.
 
 Process-wide settings, made once and listed here so there is one place to look:

@@ -263,6 +263,46 @@ def test_normalizing_on_reading_is_bitwise_normalizing_first(rng, depthwise_layo
         np.testing.assert_array_equal(deferred[name], expected, err_msg=name)
 
 
+def _normalized_pointwise_case(x, gamma, beta, activation, w, defer=True):
+    """Batch norm with its activation, deferred (or written), read by a 1x1 conv, then both
+    backwards."""
+    def run():
+        y, bn_cache = ops.batchnorm2d_activation_forward(x, gamma, beta, activation=activation,
+                                                         defer=defer)
+        assert isinstance(y, ops.NormalizedMap) == defer
+        out, cache = ops.pointwise_conv2d_forward(y, w)
+        dout = np.random.default_rng(1).standard_normal(out.shape).astype(x.dtype)
+        dy, dw, _ = ops.pointwise_conv2d_backward(dout, cache)
+        dx, dgamma, dbeta = ops.batchnorm2d_activation_backward(dy, bn_cache)
+        return {"out": out, "dy": dy, "dw": dw, "dx": dx, "dgamma": dgamma, "dbeta": dbeta}
+    return run
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", FUSED)
+@pytest.mark.parametrize("N,C,H,W", [(5, 3, 4, 4), (2, 4, 9, 11), (3, 2, 1, 1)])
+def test_normalized_pointwise_rungs_match(rng, pointwise_layout, dtype, activation, N, C, H, W):
+    """The 1x1 conv that applies batch norm's act(x * scale + shift) as it reads: rungs 1 and
+    2 make the normalised map whole first, the fast rung normalises each image in its copy
+    (per image into a scratch matrix, or as the images are laid side by side)."""
+    x, gamma, beta, _ = _normalized_inputs(rng, dtype, N, C, H, W, 1)
+    w = rng.standard_normal((5, C, 1, 1)).astype(dtype)
+    _compare_rungs(_normalized_pointwise_case(x, gamma, beta, activation, w), dtype)
+
+
+@pytest.mark.parametrize("activation", FUSED)
+def test_normalizing_on_reading_in_a_1x1_conv_is_bitwise_normalizing_first(
+        rng, pointwise_layout, activation):
+    """On the fast rung, deferring batch norm's output into the 1x1 conv is an optimisation
+    only: the same bits as writing the map and multiplying it, forward and backward."""
+    x, gamma, beta, _ = _normalized_inputs(rng, np.float32, 7, 6, 5, 5, 1)
+    w = rng.standard_normal((4, 6, 1, 1)).astype(np.float32)
+    deferred = _normalized_pointwise_case(x, gamma, beta, activation, w)()
+    plain = _normalized_pointwise_case(x, gamma, beta, activation, w, defer=False)()
+    for name, expected in plain.items():
+        np.testing.assert_array_equal(deferred[name], expected, err_msg=name)
+
+
 @pytest.mark.parametrize("rung", kernels.RUNGS)
 def test_a_deferred_batchnorm_computes_the_same_constants_and_map(rng, batchnorm_layout, rung):
     """defer=True: the statistics and constants of the ordinary forward, and a NormalizedMap
@@ -432,17 +472,20 @@ def test_depthwise_backward_is_the_same_for_any_channel_block(rng):
 
 @pytest.mark.parametrize("rung", ["simple", "fast"])
 @pytest.mark.parametrize("op", ["pointwise_per_image", "pointwise_channel_major",
-                                "pointwise_groups", "conv2d",
+                                "pointwise_groups", "normalized_pointwise_per_image",
+                                "normalized_pointwise_groups", "conv2d",
                                 "depthwise_stride2", "depthwise_channels_last",
                                 "batchnorm_by_image", "batchnorm_by_channel"])
 def test_results_are_the_same_for_any_thread_count(rng, monkeypatch, rung, op):
     """Every kernel writes disjoint outputs and sums over the batch in a fixed split
     (tuning.SUM_TASKS), so one thread and all threads give the same bits."""
     x = rng.standard_normal((9, 6, 10, 10)).astype(np.float32)
-    if op.startswith("pointwise"):
-        _force_pointwise_layout(monkeypatch, op[len("pointwise_"):])
+    if "pointwise" in op:
+        _force_pointwise_layout(monkeypatch, op.split("pointwise_")[1])
         w = rng.standard_normal((8, 6, 1, 1)).astype(np.float32)
-        forward, backward = (lambda: ops.pointwise_conv2d_forward(x, w, w[:, 0, 0, 0]),
+        scale, shift = np.linspace(0.5, 2, 6, dtype=np.float32), np.full(6, 0.1, np.float32)
+        read = ops.NormalizedMap(x, scale, shift, "relu6") if op.startswith("normalized") else x
+        forward, backward = (lambda: ops.pointwise_conv2d_forward(read, w, w[:, 0, 0, 0]),
                              ops.pointwise_conv2d_backward)
     elif op == "conv2d":
         w = rng.standard_normal((8, 6, 3, 3)).astype(np.float32)

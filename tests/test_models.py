@@ -7,7 +7,8 @@ from minimobile.blocks import (Bneck, ConvBNActivation, DepthwiseSeparable, Inve
                                NonlinearBottleneck, make_divisible)
 from minimobile.gradcheck import numerical_gradient, randomize_batchnorm, sample_indices
 from minimobile.layers import (BatchNorm2d, Conv2d, DepthwiseConv2d, Dropout, Hardsigmoid,
-                               Hardswish, Linear, PointwiseConv2d, ReLU, ReLU6, no_grad)
+                               Hardswish, Linear, PointwiseConv2d, ReLU, ReLU6,
+                               SqueezeExcitation, no_grad)
 from minimobile.models import (V1_SETTING, V2_SETTING, V3_LARGE_SETTING, V3_SMALL_SETTING,
                                mobilenet_v1, mobilenet_v2, mobilenet_v3_large,
                                mobilenet_v3_small)
@@ -379,19 +380,17 @@ def test_build_model_lives_in_models_and_refuses_a_width_beyond_the_bound():
 
 
 @pytest.mark.parametrize("arch", list(BUILDERS))
-def test_deferring_batch_norm_into_depthwise_convs_changes_no_bit(arch, monkeypatch):
-    """MobileNet.defer_normalization hands each depthwise conv that alone reads a batch norm's
-    output a NormalizedMap instead (the map is never written): a training step gives the same
-    logits and gradients, bit for bit, as the plain path."""
+def test_deferring_batch_norm_into_the_next_conv_changes_no_bit(arch, monkeypatch):
+    """MobileNet.defer_normalization hands each depthwise or 1x1 conv that alone reads a batch
+    norm's output a NormalizedMap instead (the map is never written): a training step gives
+    the same logits and gradients, bit for bit, as the plain path."""
     from minimobile import ops
     handed = []
-    forward = ops.depthwise_conv2d_forward
-
-    def counting_forward(x, *args):
-        handed.append(isinstance(x, ops.NormalizedMap))
-        return forward(x, *args)
-
-    monkeypatch.setattr(ops, "depthwise_conv2d_forward", counting_forward)
+    for name in ("depthwise_conv2d_forward", "pointwise_conv2d_forward"):
+        def counting_forward(x, *args, forward=getattr(ops, name)):
+            handed.append(isinstance(x, ops.NormalizedMap))
+            return forward(x, *args)
+        monkeypatch.setattr(ops, name, counting_forward)
     x = np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)
     steps = []
     for defer in (True, False):
@@ -413,19 +412,32 @@ def test_deferring_batch_norm_into_depthwise_convs_changes_no_bit(arch, monkeypa
         np.testing.assert_array_equal(grads[name], plain_grads[name], err_msg=name)
 
 
-def test_deferral_marks_only_maps_a_depthwise_conv_alone_reads():
+def _marked(model):
+    return [name for name, m in model.named_modules()
+            if isinstance(m, ConvBNActivation) and m.defer_output]
+
+
+def test_deferral_marks_only_maps_one_conv_alone_reads():
     """V1: the stem and every pointwise layer but the last feed the next block's depthwise
-    conv. V2: each expansion, and the stem (at width 0.5 the first block has no expansion and
-    no skip; at 0.25 it keeps 8 channels and has a skip, which reads the stem's output too).
-    A block called on its own, outside MobileNet.forward, still returns an array."""
+    conv, and every depthwise layer its block's pointwise conv. V2: each expansion, and the
+    stem (at width 0.5 the first block has no expansion and no skip; at 0.25 it keeps 8
+    channels and has a skip, which reads the stem's output too), and every depthwise layer,
+    read by its block's projection. V3: the depthwise layers with no squeeze-excite after them
+    (squeeze-excite reads the map twice). A block called on its own, outside
+    MobileNet.forward, still returns an array."""
     v1 = mobilenet_v1(width_mult=0.25, cifar=True, seed=0)
-    marked = [name for name, m in v1.named_modules()
-              if isinstance(m, ConvBNActivation) and m.defer_output]
-    assert marked == ["features.0"] + [f"features.{i}.pw" for i in range(1, 13)]
+    assert _marked(v1) == ["features.0"] + [f"features.{i}.{part}" for i in range(1, 14)
+                                            for part in ("dw", "pw") if (i, part) != (13, "pw")]
     for width, stem in ((0.5, ["features.0"]), (0.25, [])):
         v2 = mobilenet_v2(width_mult=width, cifar=True, seed=0)
-        marked = [name for name, m in v2.named_modules()
-                  if isinstance(m, ConvBNActivation) and m.defer_output]
-        assert marked == stem + [f"features.{i}.conv.0" for i in range(2, 18)]
+        assert _marked(v2) == stem + ["features.1.conv.0"] + [
+            f"features.{i}.conv.{j}" for i in range(2, 18) for j in (0, 1)]
+    v3 = mobilenet_v3_small(width_mult=1.0, cifar=True, seed=0)
+    bnecks = [block for block in v3.features if isinstance(block, Bneck)]
+    with_se = [any(isinstance(m, SqueezeExcitation) for m in b.block) for b in bnecks]
+    depthwise = [next(m for m in b.block if isinstance(m, ConvBNActivation)
+                      and isinstance(m[0], DepthwiseConv2d)) for b in bnecks]
+    assert [d.defer_output for d in depthwise] == [not se for se in with_se]
+    assert any(with_se) and not all(with_se)
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     assert isinstance(v1.features[0].forward(x), np.ndarray)

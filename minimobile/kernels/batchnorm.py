@@ -283,6 +283,24 @@ def affine_activate(out, x, scale, shift, kind):
             affine_activate_plane(out[n, c], x[n, c], scale[c], shift[c], kind)
 
 
+def normalized_input(x, scale, shift, kind):
+    """act(x * scale + shift) made whole: how the loops and simple rungs of the convs that
+    read a STATISTICS_ONLY batch norm's input (kernels/depthwise.py and kernels/matmul.py,
+    3c) get their input, before their plain loops."""
+    y = np.empty_like(x)
+    affine_activate(y, x, scale, shift, kind)
+    return y
+
+
+def no_prologue(x):
+    """The trailing (scale, shift, kind) arguments of the fast conv kernels that can normalise
+    their input as they read it, for an input to be read as it is:
+    `depthwise_conv2d_forward_phase_planes(out, x, w, 1, 1, ntasks, *no_prologue(x))` runs
+    the plain conv."""
+    empty = np.empty(0, dtype=x.dtype)
+    return empty, empty, STATISTICS_ONLY
+
+
 @njit(cache=True)
 def _upstream_row(g, dout, src, s, t, kind):
     """The gradient reaching bn(x) for one row: dout itself when no activation is fused (no

@@ -17,7 +17,8 @@ from numba import get_num_threads, njit, prange
 
 from .. import tuning
 from . import threads_for
-from .batchnorm import STATISTICS_ONLY, affine_activate, affine_activate_plane
+from .batchnorm import (STATISTICS_ONLY, affine_activate_plane, no_prologue,  # noqa: F401
+                        normalized_input)
 
 # ---------------------------------------------------------------------------------------------
 # Rung 1, loops: the definition, one output element at a time.
@@ -504,32 +505,26 @@ def depthwise_conv2d_backward_channels_last(dx, dw, dout, x, w, stride, pad,
 # ---------------------------------------------------------------------------------------------
 
 
-def _normalized_input(x, scale, shift, kind):
-    y = np.empty_like(x)
-    affine_activate(y, x, scale, shift, kind)
-    return y
-
-
 def depthwise_conv2d_normalized_forward_loops(out, x, w, stride, pad, scale, shift, kind):
     """out = the depthwise conv of act(x * scale + shift), act by batch norm's kind codes."""
-    depthwise_conv2d_forward_loops(out, _normalized_input(x, scale, shift, kind), w, stride, pad)
+    depthwise_conv2d_forward_loops(out, normalized_input(x, scale, shift, kind), w, stride, pad)
 
 
 def depthwise_conv2d_normalized_backward_loops(dy, dw, dout, x, w, stride, pad, scale, shift,
                                                kind):
     """dy: the gradient with respect to the conv's input act(x * scale + shift), not x."""
-    depthwise_conv2d_backward_loops(dy, dw, dout, _normalized_input(x, scale, shift, kind), w,
+    depthwise_conv2d_backward_loops(dy, dw, dout, normalized_input(x, scale, shift, kind), w,
                                     stride, pad)
 
 
 def depthwise_conv2d_normalized_forward_simple(out, x, w, stride, pad, scale, shift, kind):
-    depthwise_conv2d_forward_simple(out, _normalized_input(x, scale, shift, kind), w, stride,
+    depthwise_conv2d_forward_simple(out, normalized_input(x, scale, shift, kind), w, stride,
                                     pad)
 
 
 def depthwise_conv2d_normalized_backward_simple(dy, dw, dout, x, w, stride, pad, scale, shift,
                                                 kind):
-    depthwise_conv2d_backward_simple(dy, dw, dout, _normalized_input(x, scale, shift, kind), w,
+    depthwise_conv2d_backward_simple(dy, dw, dout, normalized_input(x, scale, shift, kind), w,
                                      stride, pad)
 
 
@@ -547,14 +542,6 @@ def depthwise_conv2d_normalized_backward_fast(dy, dw, dout, x, w, stride, pad, s
 # ---------------------------------------------------------------------------------------------
 # The fast rung: the loop order for the map's size, with the tuned numbers of minimobile.tuning.
 # ---------------------------------------------------------------------------------------------
-
-
-def no_prologue(x):
-    """The trailing (scale, shift, kind) arguments of the fast kernels above that leave their
-    input as it is: `depthwise_conv2d_forward_phase_planes(out, x, w, 1, 1, ntasks,
-    *no_prologue(x))` runs the plain conv."""
-    empty = np.empty(0, dtype=x.dtype)
-    return empty, empty, STATISTICS_ONLY
 
 
 def depthwise_conv2d_forward_fast(out, x, w, stride, pad):

@@ -18,6 +18,7 @@ from numba import get_num_threads, njit, prange
 
 from .. import tuning
 from . import threads_for
+from .batchnorm import STATISTICS_ONLY, affine_activate_plane, no_prologue, normalized_input
 
 # ---------------------------------------------------------------------------------------------
 # Rung 1, loops.
@@ -260,11 +261,30 @@ def linear_backward_simple(dx, dw, dout, x, w):
 # ---------------------------------------------------------------------------------------------
 
 
+@njit(cache=True)
+def _normalize_image(dst, src, scale, shift, kind):
+    """dst = act(src * scale + shift) for one image's (K, P) matrix, row k with scale[k] and
+    shift[k]: batch norm's operations in its order (batchnorm.affine_activate_plane)."""
+    for k in range(src.shape[0]):
+        affine_activate_plane(dst[k:k + 1], src[k:k + 1], scale[k], shift[k], kind)
+
+
 @njit(cache=True, parallel=True)
-def matmul_per_image(out, a, b):
-    """out[n] = a @ b[n] for every n; a (M, K), b (N, K, P), out (N, M, P)."""
-    for n in prange(b.shape[0]):
-        np.dot(a, b[n], out[n])
+def matmul_per_image(out, a, b, ntasks, scale, shift, kind):
+    """out[n] = a @ b[n] for every n; a (M, K), b (N, K, P), out (N, M, P). With a prologue
+    (kind not STATISTICS_ONLY, see 3c below), b[n] is read as act(b[n] * scale + shift), by
+    ntasks tasks with a scratch image each (the split does not change any result)."""
+    N, K, P = b.shape
+    if kind == STATISTICS_ONLY:
+        for n in prange(N):
+            np.dot(a, b[n], out[n])
+    else:
+        ntasks = max(1, min(N, ntasks))
+        for t in prange(ntasks):
+            image = np.empty((K, P), dtype=b.dtype)  # one image, normalised: cache-sized
+            for n in range(t * N // ntasks, (t + 1) * N // ntasks):
+                _normalize_image(image, b[n], scale, shift, kind)
+                np.dot(a, image, out[n])
 
 
 @njit(cache=True)
@@ -298,23 +318,29 @@ def _sum_in_order(row, parts):
 
 
 @njit(cache=True, parallel=True)
-def matmul_per_image_backward(dx, dw, dout, x, wt, sum_tasks):
+def matmul_per_image_backward(dx, dw, dout, x, wt, sum_tasks, scale, shift, kind):
     """The backward of out[n] = w @ x[n]: dw = sum over n of dout[n] @ x[n].T and dx[n] =
     wt @ dout[n]; dout (N, M, P), x (N, K, P), dw (M, K), wt (K, M), dx (N, K, P). Both
-    products of an image run back to back, while dout[n] is still in cache."""
-    N = x.shape[0]
+    products of an image run back to back, while dout[n] is still in cache. With a prologue,
+    x[n] is read as act(x[n] * scale + shift), and dx is the gradient with respect to that."""
+    N, _, P = x.shape
     M, K = dw.shape
     partial = np.empty((sum_tasks, M, K), dtype=dw.dtype)
     for t in prange(sum_tasks):
         product = np.empty((M, K), dtype=dw.dtype)
+        image = np.empty((K, P) if kind != STATISTICS_ONLY else (0, 0), dtype=x.dtype)
         lo, hi = t * N // sum_tasks, (t + 1) * N // sum_tasks
         if hi == lo:
             partial[t][:] = 0
         for n in range(lo, hi):
+            xn = x[n]
+            if kind != STATISTICS_ONLY:
+                _normalize_image(image, xn, scale, shift, kind)
+                xn = image
             if n == lo:
-                np.dot(dout[n], x[n].T, partial[t])
+                np.dot(dout[n], xn.T, partial[t])
             else:
-                np.dot(dout[n], x[n].T, product)
+                np.dot(dout[n], xn.T, product)
                 _add_into(partial[t], product)
             np.dot(wt, dout[n], dx[n])
     for i in prange(M):
@@ -322,12 +348,18 @@ def matmul_per_image_backward(dx, dw, dout, x, wt, sum_tasks):
 
 
 @njit(cache=True)
-def _gather_images(cols, b, lo, hi):
+def _gather_images(cols, b, lo, hi, scale, shift, kind):
     """cols[:, i*P:(i+1)*P] = b[lo + i] for the images lo..hi-1: their (K, P) matrices side by
-    side, channel-major; b (N, K, P), cols (K, (hi-lo)*P). Reads each image in memory order."""
+    side, channel-major; b (N, K, P), cols (K, (hi-lo)*P). Reads each image in memory order.
+    With a prologue (kind not STATISTICS_ONLY) the copy is act(b * scale + shift)."""
     K, P = b.shape[1], b.shape[2]
     for n in range(lo, hi):
         at = (n - lo) * P
+        if kind != STATISTICS_ONLY:
+            for k in range(K):
+                affine_activate_plane(cols[k:k + 1, at:at + P], b[n, k:k + 1], scale[k],
+                                      shift[k], kind)
+            continue
         for k in range(K):
             src = b[n, k]
             dst = cols[k]
@@ -349,10 +381,11 @@ def _scatter_images(out, cols, lo, hi):
 
 
 @njit(cache=True, parallel=True)
-def matmul_image_groups(out, a, b, group):
+def matmul_image_groups(out, a, b, group, scale, shift, kind):
     """out[n] = a @ b[n] for every n, `group` images per product: each task lays its images'
     (K, P) matrices side by side in a scratch matrix (K, group*P) small enough to stay in its
-    cache, makes one product and copies the (M, group*P) result back into out (N, M, P)."""
+    cache, makes one product and copies the (M, group*P) result back into out (N, M, P). With
+    a prologue, the images are normalised in that copy."""
     N, K, P = b.shape
     M = a.shape[0]
     for g in prange((N + group - 1) // group):
@@ -360,16 +393,17 @@ def matmul_image_groups(out, a, b, group):
         hi = min(N, lo + group)
         cols = np.empty((K, (hi - lo) * P), dtype=b.dtype)
         product = np.empty((M, (hi - lo) * P), dtype=out.dtype)
-        _gather_images(cols, b, lo, hi)
+        _gather_images(cols, b, lo, hi, scale, shift, kind)
         np.dot(a, cols, product)
         _scatter_images(out, product, lo, hi)
 
 
 @njit(cache=True, parallel=True)
-def matmul_image_groups_backward(dx, dw, dout, x, wt, group, sum_tasks):
-    """The backward of matmul_image_groups(out, w, x, group): per group of images, dw gains
-    dout_g @ x_g.T and dx_g = wt @ dout_g, with x_g and dout_g gathered as in the forward. The
-    groups are cut into sum_tasks fixed shares, each summed by one task in group order."""
+def matmul_image_groups_backward(dx, dw, dout, x, wt, group, sum_tasks, scale, shift, kind):
+    """The backward of matmul_image_groups(out, w, x, group, ...): per group of images, dw
+    gains dout_g @ x_g.T and dx_g = wt @ dout_g, with x_g (normalised, with a prologue) and
+    dout_g gathered as in the forward. The groups are cut into sum_tasks fixed shares, each
+    summed by one task in group order."""
     N, K, P = x.shape
     M = dw.shape[0]
     ngroups = (N + group - 1) // group
@@ -386,8 +420,8 @@ def matmul_image_groups_backward(dx, dw, dout, x, wt, group, sum_tasks):
             width = (hi - lo) * P
             cols = cols_buffer[:K * width].reshape(K, width)
             dcols = dcols_buffer[:M * width].reshape(M, width)
-            _gather_images(cols, x, lo, hi)
-            _gather_images(dcols, dout, lo, hi)
+            _gather_images(cols, x, lo, hi, scale, shift, kind)
+            _gather_images(dcols, dout, lo, hi, scale[:0], shift[:0], STATISTICS_ONLY)
             if g == t * ngroups // ntasks:
                 np.dot(dcols, cols.T, partial[t])
             else:
@@ -566,12 +600,61 @@ def _per_image(x):
 
 def pointwise_conv2d_forward_fast(out, x, w):
     with threads_for(max(x.size, out.size)):
-        _pointwise_conv2d_forward_fast(out, x, w)
+        _pointwise_conv2d_forward_fast(out, x, w, *no_prologue(x))
 
 
 def pointwise_conv2d_backward_fast(dx, dw, dout, x, w):
     with threads_for(max(x.size, dout.size)):
-        _pointwise_conv2d_backward_fast(dx, dw, dout, x, w)
+        _pointwise_conv2d_backward_fast(dx, dw, dout, x, w, *no_prologue(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# 3c. The input normalised as it is read, as the depthwise conv does (kernels/depthwise.py,
+# 3c): in V1's unit and in V2's and V3's blocks without squeeze-excite, the output of the
+# depthwise conv's batch norm and activation, y = act(x * scale + shift), is read by one 1x1
+# conv alone. Both of the fast rung's paths can apply the normalisation where they already
+# touch each image: on small maps in the copy that lays the images side by side
+# (_gather_images), on large maps in a copy of one image into a cache-sized scratch matrix
+# before its product (which the plain path does not make: BLAS reads x[n] in place). So y is
+# never written to memory or kept for the backward, which recomputes it for the weight's
+# gradient; dx is the gradient with respect to y, which batch norm's backward turns into
+# the gradient with respect to x, as for the depthwise conv. The same bits as normalising first.
+# Rungs 1 and 2 make y whole first (batchnorm.normalized_input) and run their plain loops.
+# ---------------------------------------------------------------------------------------------
+
+
+def _normalized_matrices(x, scale, shift, kind):
+    """normalized_input for x (N, C, P), each image's channels a plane of one row."""
+    N, C, P = x.shape
+    return normalized_input(x.reshape(N, C, 1, P), scale, shift, kind).reshape(N, C, P)
+
+
+def pointwise_conv2d_normalized_forward_loops(out, x, w, scale, shift, kind):
+    """out = the 1x1 conv of act(x * scale + shift), act by batch norm's kind codes."""
+    pointwise_conv2d_forward_loops(out, _normalized_matrices(x, scale, shift, kind), w)
+
+
+def pointwise_conv2d_normalized_backward_loops(dx, dw, dout, x, w, scale, shift, kind):
+    """dx: the gradient with respect to the conv's input act(x * scale + shift), not x."""
+    pointwise_conv2d_backward_loops(dx, dw, dout, _normalized_matrices(x, scale, shift, kind), w)
+
+
+def pointwise_conv2d_normalized_forward_simple(out, x, w, scale, shift, kind):
+    pointwise_conv2d_forward_simple(out, _normalized_matrices(x, scale, shift, kind), w)
+
+
+def pointwise_conv2d_normalized_backward_simple(dx, dw, dout, x, w, scale, shift, kind):
+    pointwise_conv2d_backward_simple(dx, dw, dout, _normalized_matrices(x, scale, shift, kind), w)
+
+
+def pointwise_conv2d_normalized_forward_fast(out, x, w, scale, shift, kind):
+    with threads_for(max(x.size, out.size)):
+        _pointwise_conv2d_forward_fast(out, x, w, scale, shift, kind)
+
+
+def pointwise_conv2d_normalized_backward_fast(dx, dw, dout, x, w, scale, shift, kind):
+    with threads_for(max(x.size, dout.size)):
+        _pointwise_conv2d_backward_fast(dx, dw, dout, x, w, scale, shift, kind)
 
 
 def _image_group(x):
@@ -580,27 +663,32 @@ def _image_group(x):
     return max(1, min(N, -(-tuning.POINTWISE_GROUP_COLUMNS // P)))
 
 
-def _pointwise_conv2d_forward_fast(out, x, w):
+def _pointwise_conv2d_forward_fast(out, x, w, scale, shift, kind):
     if _per_image(x):
-        matmul_per_image(out, w, x)
+        matmul_per_image(out, w, x, 4 * get_num_threads(), scale, shift, kind)
     elif tuning.POINTWISE_SMALL_MAPS == "groups":
-        matmul_image_groups(out, w, x, _image_group(x))
+        matmul_image_groups(out, w, x, _image_group(x), scale, shift, kind)
     else:
+        if kind != STATISTICS_ONLY:  # this path copies the batch anyway: normalise it first
+            x = _normalized_matrices(x, scale, shift, kind)
         product = np.empty((w.shape[0], x.shape[0] * x.shape[2]), dtype=x.dtype)
         _matmul(product, w, _to_channel_major(x))
         _from_channel_major(out, product)
 
 
-def _pointwise_conv2d_backward_fast(dx, dw, dout, x, w):
+def _pointwise_conv2d_backward_fast(dx, dw, dout, x, w, scale, shift, kind):
     # W^T as a view, Fortran-ordered: np.dot hands BLAS the transpose flag instead of a copy.
     # Copying it cost more than it looks: a transposed copy reads with a stride of a row, and
     # V1 1.0's thirteen 1x1 weights (12.6 MB) took 26 ms per step that way, on one thread.
     wt = w.T
     if _per_image(x):
-        matmul_per_image_backward(dx, dw, dout, x, wt, tuning.SUM_TASKS)
+        matmul_per_image_backward(dx, dw, dout, x, wt, tuning.SUM_TASKS, scale, shift, kind)
     elif tuning.POINTWISE_SMALL_MAPS == "groups":
-        matmul_image_groups_backward(dx, dw, dout, x, wt, _image_group(x), tuning.SUM_TASKS)
+        matmul_image_groups_backward(dx, dw, dout, x, wt, _image_group(x), tuning.SUM_TASKS,
+                                     scale, shift, kind)
     else:
+        if kind != STATISTICS_ONLY:
+            x = _normalized_matrices(x, scale, shift, kind)
         dc = _to_channel_major(dout)  # (C_out, N*P)
         _matmul(dw, dc, _to_channel_major(x).T)
         product = np.empty((x.shape[1], dc.shape[1]), dtype=x.dtype)
