@@ -20,7 +20,6 @@ the steps' results can differ in the last bits; the results stay deterministic f
 import argparse
 import os
 import sys
-import time
 
 import numba
 import numpy as np
@@ -29,6 +28,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from bench_train_step import minimobile_step  # noqa: E402
 from minimobile import memory, tuning  # noqa: E402
+from minimobile.experiments import time_callable  # noqa: E402
 from minimobile.models import build_model  # noqa: E402
 from minimobile.optim import SGD  # noqa: E402
 
@@ -79,12 +79,7 @@ def parse_setting(text):
 
 
 def time_steps(step, steps):
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return time_callable(step, steps, warmup=0).median
 
 
 def with_setting(setting, fn):
