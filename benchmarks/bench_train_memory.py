@@ -136,6 +136,11 @@ def main(argv=None):
           f"{args.steps} steps after 2 of warm-up, one process per cell; malloc "
           f"{'glibc, freed memory kept' if args.malloc == 'keep' else 'glibc default'}"
           + ("" if len(configs) > 1 else "; torch not installed: minimobile only"))
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_train_step import cpu_description, cpu_line
+    # PyTorch's bfloat16 step keeps another amount of memory where oneDNN emulates bfloat16
+    # (on an AMD EPYC without AMX, V1 1.0 250-267 MB, against 339 on a CPU with it).
+    print(cpu_line(*cpu_description()))
     header = (f"{'network':<14}{'mm MB':>8}{'pt MB':>8}{'ptCL MB':>9}{'ptBF MB':>9}"
               f"{'least':>7}{'mm/least':>10}" + (f"{'plain MB':>10}" if args.plain else ""))
     print(header)

@@ -131,6 +131,13 @@ def cpu_description(cpuinfo=None):
     return name, [f for f in NATIVE_BFLOAT16_FLAGS if f in flags]
 
 
+def cpu_line(cpu_name, native_bfloat16):
+    """The benchmarks' header line about the CPU: its name, and whether it runs bfloat16 in
+    hardware (which decides whether PyTorch's bfloat16 autocast is a contender)."""
+    flags = "cannot tell" if native_bfloat16 is None else ", ".join(native_bfloat16) or "no"
+    return f"CPU: {cpu_name}; bfloat16 in hardware: {flags}"
+
+
 def torch_configs(spec, native_bfloat16):
     """The PyTorch configurations to time. "auto": pt and ptCL, and ptBF where the CPU runs
     bfloat16 natively (or where that cannot be told); otherwise a comma-separated list."""
@@ -200,8 +207,7 @@ def main(argv=None):
           f"median of {args.steps} steps; torch "
           f"{torch.__version__ if use_torch else 'not run'}; LD_PRELOAD="
           f"{os.environ.get('LD_PRELOAD', '(unset)')}; malloc {malloc}")
-    print(f"CPU: {cpu_name}; bfloat16 in hardware: "
-          f"{'cannot tell' if native_bfloat16 is None else ', '.join(native_bfloat16) or 'no'}"
+    print(cpu_line(cpu_name, native_bfloat16)
           + ("" if not use_torch or "ptBF" in configs else
              " (ptBF not timed: oneDNN would emulate it; --torch-configs pt,ptCL,ptBF times it)"))
     header = (f"{'network':<14}{'mm ms':>8}{'img/s':>8}{'pt ms':>8}{'ptCL ms':>9}{'ptBF ms':>9}"

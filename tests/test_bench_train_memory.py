@@ -44,7 +44,8 @@ def test_the_step_memory_grows_with_the_batch_it_keeps_for_backward():
 @pytest.mark.slow
 def test_the_table_has_a_row_per_network_with_minimobile_and_any_torch_figures():
     out = run("--models", "v1:0.25", "--batch-size", "8", "--steps", "1", "--threads", "1")
-    header, rule, row = out.splitlines()[1:4]
+    cpu, header, rule, row = out.splitlines()[1:5]
+    assert cpu.startswith("CPU: ") and "bfloat16 in hardware: " in cpu
     assert header.split()[:3] == ["network", "mm", "MB"] and set(rule) == {"-"}
     cells = row.split()
     assert cells[:2] == ["v1", "0.25"] and float(cells[2]) >= 0

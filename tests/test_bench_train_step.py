@@ -76,3 +76,9 @@ def test_auto_times_bfloat16_only_where_the_cpu_runs_it_natively():
 def test_an_unknown_torch_configuration_is_refused_by_name():
     with pytest.raises(SystemExit, match="expected 'auto' or .*pt, ptCL, ptBF; got 'ptXX'"):
         bench_train_step.torch_configs("ptXX", [])
+
+
+def test_the_cpu_line_says_what_it_could_not_tell():
+    assert bench_train_step.cpu_line("AMD EPYC", []) == "CPU: AMD EPYC; bfloat16 in hardware: no"
+    assert bench_train_step.cpu_line("X", ["amx_bf16"]).endswith("hardware: amx_bf16")
+    assert bench_train_step.cpu_line("unknown", None).endswith("hardware: cannot tell")
