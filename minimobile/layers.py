@@ -36,8 +36,10 @@ def deferred_normalization(enabled=True):
     """Within this block a ConvBNActivation whose `defer_output` is set (its output read by a
     depthwise conv alone) returns an ops.NormalizedMap in training: its batch norm computes
     the statistics only, and the depthwise conv normalises each plane as it reads it. The
-    numbers are the same bits; the normalised map is never written or kept. MobileNet.forward
-    runs its features in this block, so a block called on its own returns arrays as always."""
+    numbers are the same bits; the normalised map is never written or kept. A
+    SqueezeExcitation whose `defer_output` is set returns an ops.ScaledMap the same way, for
+    the 1x1 projection after it. MobileNet.forward runs its features in this block, so a
+    block called on its own returns arrays as always."""
     global _deferral_enabled
     previous, _deferral_enabled = _deferral_enabled, enabled
     try:
@@ -520,12 +522,17 @@ class SqueezeExcitation(Module):
         self.fc2 = PointwiseConv2d(squeeze_channels, input_channels, bias=True, rng=rng,
                                    dtype=dtype)
         self.scale_activation = Hardsigmoid()
+        # True when a 1x1 conv alone reads the output (V3's projection; set by
+        # blocks.mark_deferred_outputs): then, in training inside deferred_normalization(),
+        # the output is handed on as an ops.ScaledMap, never written.
+        self.defer_output = False
 
     def forward(self, x):
         s = self.avgpool.forward(x)
         s = self.scale_activation.forward(self.fc2.forward(self.activation.forward(
             self.fc1.forward(s))))
-        out, cache = ops.scale_channels_forward(x, s)
+        defer = self.defer_output and self.training and deferral_enabled()
+        out, cache = ops.scale_channels_forward(x, s, defer)
         self._keep(cache)
         return out
 

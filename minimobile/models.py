@@ -105,8 +105,9 @@ class MobileNet(Module):
     """
 
     # In training, hand each depthwise conv its input as batch norm's input and constants,
-    # normalised as the conv reads it (layers.deferred_normalization): the same bits, one map
-    # less written, read and kept per depthwise conv. False runs the plain path, to compare.
+    # normalised as the conv reads it (layers.deferred_normalization), and V3's projection
+    # squeeze-excite's input and gate: the same bits, one map less written, read and kept per
+    # such conv. False runs the plain path, to compare.
     defer_normalization = True
 
     def forward(self, x):

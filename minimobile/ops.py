@@ -230,6 +230,30 @@ class PointwiseConv2dCache(NamedTuple):
     scale: Optional[np.ndarray] = None
     shift: Optional[np.ndarray] = None
     activation: Optional[str] = None
+    # When it read a ScaledMap: x is the map's x and scale its gate, flattened (N * C_in,).
+    scaled_by_image: bool = False
+
+
+class ScaledMap(NamedTuple):
+    """x[n, c] * s[n, c], described but not computed: what squeeze-excite hands on, in
+    training, to the 1x1 projection that alone reads its output (scale_channels_forward with
+    defer=True). The projection scales each image's channels as it reads them (kernels/
+    matmul.py, 3d), so the gated map is neither written nor kept: the gate keeps x and s for
+    its own backward anyway. `materialize()` computes it, for anything else that wants it."""
+
+    x: np.ndarray  # the gate's input, (N, C, H, W)
+    s: np.ndarray  # the gate, (N, C, 1, 1), in x's dtype
+
+    @property
+    def shape(self):
+        return self.x.shape
+
+    @property
+    def dtype(self):
+        return self.x.dtype
+
+    def materialize(self):
+        return scale_channels_forward(self.x, self.s)[0]
 
 
 def pointwise_conv2d_forward(x, w, b=None):
@@ -240,12 +264,14 @@ def pointwise_conv2d_forward(x, w, b=None):
 
     x may be a NormalizedMap, as for depthwise_conv2d_forward: the conv then reads
     act(x.x * scale + shift), normalising each image as it copies it, and caches x.x with the
-    constants instead.
+    constants instead. Or a ScaledMap (squeeze-excite's output): it reads x.x[n, c] * x.s[n, c]
+    the same way, and caches x.x with the gate.
     """
     op = "pointwise_conv2d"
     normalized = x if isinstance(x, NormalizedMap) else None
-    if normalized is not None:
-        x = normalized.x
+    scaled = x if isinstance(x, ScaledMap) else None
+    if normalized is not None or scaled is not None:
+        x = x.x
     x = _check_float(op, "x", x, 4)
     w = _check_float(op, "w", w, 4)
     _check_same_dtype(op, x, w=w)
@@ -258,10 +284,21 @@ def pointwise_conv2d_forward(x, w, b=None):
         b = _check_float(op, "b", b, 1)
         _check_same_dtype(op, x, b=b)
         _check_shape(op, "b", b, (C_out,))
+    if scaled is not None:
+        gate = _check_float(op, "the ScaledMap's s", scaled.s, 4)
+        _check_same_dtype(op, x, s=gate)
+        _check_shape(op, "the ScaledMap's s", gate, (N, C, 1, 1))
+        scaled = scaled._replace(s=gate)
     w2 = np.ascontiguousarray(w.reshape(C_out, C))
     x3 = x.reshape(N, C, H * W)
     out = np.empty((N, C_out, H * W), dtype=x.dtype)
-    if normalized is None:
+    if scaled is not None:
+        s = np.ascontiguousarray(scaled.s.reshape(N * C))
+        kernels.pick(matmul, "pointwise_conv2d_normalized_forward")(
+            out, x3, w2, s, s[:0], matmul.SCALE_BY_IMAGE)
+        cache = PointwiseConv2dCache(x3, x.shape, w2, b is not None, s, s[:0],
+                                     scaled_by_image=True)
+    elif normalized is None:
         kernels.pick(matmul, "pointwise_conv2d_forward")(out, x3, w2)
         cache = PointwiseConv2dCache(x3, x.shape, w2, b is not None)
     else:
@@ -289,10 +326,12 @@ def pointwise_conv2d_backward(dout, cache):
     dw = np.empty((C_out, C), dtype=w2.dtype)
     if cache.scale is None:
         kernels.pick(matmul, "pointwise_conv2d_backward")(dx, dw, d3, cache.x, w2)
-    else:  # dx is the gradient with respect to act(x * scale + shift), the conv's input
+    else:  # dx is the gradient with respect to the conv's input, act(x * scale + shift) or
+        # x scaled by image (ScaledMap), as the forward read it
+        kind = (matmul.SCALE_BY_IMAGE if cache.scaled_by_image else
+                bn_kernels.ACTIVATION_CODES[cache.activation])
         kernels.pick(matmul, "pointwise_conv2d_normalized_backward")(
-            dx, dw, d3, cache.x, w2, cache.scale, cache.shift,
-            bn_kernels.ACTIVATION_CODES[cache.activation])
+            dx, dw, d3, cache.x, w2, cache.scale, cache.shift, kind)
     db = channel_sum(dout) if cache.has_bias else None
     return dx.reshape(N, C, H, W), dw.reshape(C_out, C, 1, 1), db
 
@@ -566,13 +605,18 @@ class ScaleChannelsCache(NamedTuple):
     s: np.ndarray
 
 
-def scale_channels_forward(x, s):
-    """out[n, c] = x[n, c] * s[n, c]: squeeze-excite's gate; x (N, C, H, W), s (N, C, 1, 1)."""
+def scale_channels_forward(x, s, defer=False):
+    """out[n, c] = x[n, c] * s[n, c]: squeeze-excite's gate; x (N, C, H, W), s (N, C, 1, 1).
+
+    defer=True returns a ScaledMap instead of out, for a 1x1 conv that alone reads it to scale
+    as it reads (V3's projection): out is never written, and the cache is the same."""
     op = "scale_channels"
     x = _check_float(op, "x", x, 4)
     s = _check_float(op, "s", s, 4)
     _check_same_dtype(op, x, s=s)
     _check_shape(op, "s", s, x.shape[:2] + (1, 1))
+    if defer:
+        return ScaledMap(x, s), ScaleChannelsCache(x, s)
     N, C = x.shape[:2]
     out = np.empty_like(x)
     kernels.pick(elementwise, "scale_channels_forward")(out.reshape(N, C, -1),

@@ -303,6 +303,54 @@ def test_normalizing_on_reading_in_a_1x1_conv_is_bitwise_normalizing_first(
         np.testing.assert_array_equal(deferred[name], expected, err_msg=name)
 
 
+def _scaled_pointwise_case(x, s, w, defer=True):
+    """Squeeze-excite's gate, deferred (or written), read by a 1x1 conv, then both backwards."""
+    def run():
+        u, gate_cache = ops.scale_channels_forward(x, s, defer=defer)
+        assert isinstance(u, ops.ScaledMap) == defer
+        out, cache = ops.pointwise_conv2d_forward(u, w)
+        dout = np.random.default_rng(1).standard_normal(out.shape).astype(x.dtype)
+        du, dw, _ = ops.pointwise_conv2d_backward(dout, cache)
+        dx, ds = ops.scale_channels_backward(du, gate_cache)
+        return {"out": out, "du": du, "dw": dw, "dx": dx, "ds": ds}
+    return run
+
+
+def _gate_inputs(rng, dtype, N, C, H, W):
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    s = rng.uniform(0, 1, (N, C, 1, 1)).astype(dtype)
+    w = rng.standard_normal((5, C, 1, 1)).astype(dtype)
+    return x, s, w
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,C,H,W", [(5, 3, 4, 4), (2, 4, 9, 11), (3, 2, 1, 1)])
+def test_scaled_pointwise_rungs_match(rng, pointwise_layout, dtype, N, C, H, W):
+    """The 1x1 conv that applies squeeze-excite's gate x[n, c] * s[n, c] as it reads: rungs 1
+    and 2 make the gated map whole first, the fast rung scales each image in its copy."""
+    _compare_rungs(_scaled_pointwise_case(*_gate_inputs(rng, dtype, N, C, H, W)), dtype)
+
+
+def test_scaling_on_reading_in_a_1x1_conv_is_bitwise_scaling_first(rng, pointwise_layout):
+    """On the fast rung, deferring the gate into the 1x1 conv is an optimisation only: the
+    same bits as writing the gated map and multiplying it, forward and backward."""
+    x, s, w = _gate_inputs(rng, np.float32, 7, 6, 5, 5)
+    deferred = _scaled_pointwise_case(x, s, w)()
+    plain = _scaled_pointwise_case(x, s, w, defer=False)()
+    for name, expected in plain.items():
+        np.testing.assert_array_equal(deferred[name], expected, err_msg=name)
+    np.testing.assert_array_equal(ops.ScaledMap(x, s).materialize(), x * s)
+
+
+def test_a_scaled_map_with_a_gate_of_the_wrong_shape_is_refused(rng):
+    x, s, w = _gate_inputs(rng, np.float32, 2, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"expected the ScaledMap's s of shape \(2, 3, 1, 1\), "
+                                         r"got \(1, 3, 1, 1\)"):
+        ops.pointwise_conv2d_forward(ops.ScaledMap(x, s[:1]), w)
+    with pytest.raises(ValueError, match="expected the ScaledMap's s of rank 4, got shape"):
+        ops.pointwise_conv2d_forward(ops.ScaledMap(x, s.reshape(2, 3)), w)
+
+
 @pytest.mark.parametrize("rung", kernels.RUNGS)
 def test_a_deferred_batchnorm_computes_the_same_constants_and_map(rng, batchnorm_layout, rung):
     """defer=True: the statistics and constants of the ordinary forward, and a NormalizedMap
@@ -473,7 +521,8 @@ def test_depthwise_backward_is_the_same_for_any_channel_block(rng):
 @pytest.mark.parametrize("rung", ["simple", "fast"])
 @pytest.mark.parametrize("op", ["pointwise_per_image", "pointwise_channel_major",
                                 "pointwise_groups", "normalized_pointwise_per_image",
-                                "normalized_pointwise_groups", "conv2d",
+                                "normalized_pointwise_groups", "scaled_pointwise_per_image",
+                                "scaled_pointwise_groups", "conv2d",
                                 "depthwise_stride2", "depthwise_channels_last",
                                 "batchnorm_by_image", "batchnorm_by_channel"])
 def test_results_are_the_same_for_any_thread_count(rng, monkeypatch, rung, op):
@@ -484,7 +533,9 @@ def test_results_are_the_same_for_any_thread_count(rng, monkeypatch, rung, op):
         _force_pointwise_layout(monkeypatch, op.split("pointwise_")[1])
         w = rng.standard_normal((8, 6, 1, 1)).astype(np.float32)
         scale, shift = np.linspace(0.5, 2, 6, dtype=np.float32), np.full(6, 0.1, np.float32)
-        read = ops.NormalizedMap(x, scale, shift, "relu6") if op.startswith("normalized") else x
+        gate = np.linspace(0, 1, 9 * 6, dtype=np.float32).reshape(9, 6, 1, 1)
+        read = (ops.NormalizedMap(x, scale, shift, "relu6") if op.startswith("normalized") else
+                ops.ScaledMap(x, gate) if op.startswith("scaled") else x)
         forward, backward = (lambda: ops.pointwise_conv2d_forward(read, w, w[:, 0, 0, 0]),
                              ops.pointwise_conv2d_backward)
     elif op == "conv2d":

@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 
+from minimobile import ops
 from minimobile.blocks import (Bneck, ConvBNActivation, DepthwiseSeparable, InvertedResidual,
                                NonlinearBottleneck, make_divisible)
 from minimobile.gradcheck import numerical_gradient, randomize_batchnorm, sample_indices
 from minimobile.layers import (BatchNorm2d, Conv2d, DepthwiseConv2d, Dropout, Hardsigmoid,
                                Hardswish, Linear, PointwiseConv2d, ReLU, ReLU6,
-                               SqueezeExcitation, no_grad)
+                               SqueezeExcitation, deferred_normalization, no_grad)
 from minimobile.models import (V1_SETTING, V2_SETTING, V3_LARGE_SETTING, V3_SMALL_SETTING,
                                mobilenet_v1, mobilenet_v2, mobilenet_v3_large,
                                mobilenet_v3_small)
@@ -382,13 +383,13 @@ def test_build_model_lives_in_models_and_refuses_a_width_beyond_the_bound():
 @pytest.mark.parametrize("arch", list(BUILDERS))
 def test_deferring_batch_norm_into_the_next_conv_changes_no_bit(arch, monkeypatch):
     """MobileNet.defer_normalization hands each depthwise or 1x1 conv that alone reads a batch
-    norm's output a NormalizedMap instead (the map is never written): a training step gives
-    the same logits and gradients, bit for bit, as the plain path."""
-    from minimobile import ops
+    norm's output a NormalizedMap instead (the map is never written), and V3's projection
+    squeeze-excite's output as a ScaledMap: a training step gives the same logits and
+    gradients, bit for bit, as the plain path."""
     handed = []
     for name in ("depthwise_conv2d_forward", "pointwise_conv2d_forward"):
         def counting_forward(x, *args, forward=getattr(ops, name)):
-            handed.append(isinstance(x, ops.NormalizedMap))
+            handed.append(isinstance(x, (ops.NormalizedMap, ops.ScaledMap)))
             return forward(x, *args)
         monkeypatch.setattr(ops, name, counting_forward)
     x = np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)
@@ -403,7 +404,7 @@ def test_deferring_batch_norm_into_the_next_conv_changes_no_bit(arch, monkeypatc
                  for name_g, g in module.grads.items() for name in [f"{name}.{name_g}"]}
         steps.append((logits, grads, sum(handed)))
     (logits, grads, deferred), (plain_logits, plain_grads, none) = steps
-    expected = sum(isinstance(m, ConvBNActivation) and m.defer_output
+    expected = sum(isinstance(m, (ConvBNActivation, SqueezeExcitation)) and m.defer_output
                    for _, m in model.named_modules())
     assert deferred == expected > 0 and none == 0
     np.testing.assert_array_equal(logits, plain_logits)
@@ -423,8 +424,9 @@ def test_deferral_marks_only_maps_one_conv_alone_reads():
     stem (at width 0.5 the first block has no expansion and no skip; at 0.25 it keeps 8
     channels and has a skip, which reads the stem's output too), and every depthwise layer,
     read by its block's projection. V3: the depthwise layers with no squeeze-excite after them
-    (squeeze-excite reads the map twice). A block called on its own, outside
-    MobileNet.forward, still returns an array."""
+    (squeeze-excite reads the map twice), and every squeeze-excite (the projection alone reads
+    its output). A block called on its own, outside MobileNet.forward, still returns an
+    array, and so does squeeze-excite in eval mode."""
     v1 = mobilenet_v1(width_mult=0.25, cifar=True, seed=0)
     assert _marked(v1) == ["features.0"] + [f"features.{i}.{part}" for i in range(1, 14)
                                             for part in ("dw", "pw") if (i, part) != (13, "pw")]
@@ -439,5 +441,14 @@ def test_deferral_marks_only_maps_one_conv_alone_reads():
                       and isinstance(m[0], DepthwiseConv2d)) for b in bnecks]
     assert [d.defer_output for d in depthwise] == [not se for se in with_se]
     assert any(with_se) and not all(with_se)
+    gates = [m for b in bnecks for m in b.block if isinstance(m, SqueezeExcitation)]
+    assert len(gates) == sum(with_se) and all(g.defer_output for g in gates)
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     assert isinstance(v1.features[0].forward(x), np.ndarray)
+    with deferred_normalization():
+        v3.train()
+        y = np.random.default_rng(1).standard_normal((2, gates[0].fc1.params["weight"].shape[1],
+                                                      8, 8)).astype(np.float32)
+        assert isinstance(gates[0].forward(y), ops.ScaledMap)
+        v3.eval()
+        assert isinstance(gates[0].forward(y), np.ndarray)

@@ -261,12 +261,30 @@ def linear_backward_simple(dx, dw, dout, x, w):
 # ---------------------------------------------------------------------------------------------
 
 
+# The prologue kind of squeeze-excite's gate (3d, below): image n's row k is read as
+# x[n, k] * scale[n * K + k], one scale per image and channel, no shift. Kinds 0-3 are batch
+# norm's (batchnorm.ACTIVATION_CODES), STATISTICS_ONLY reads x as it is.
+SCALE_BY_IMAGE = 4
+
+
 @njit(cache=True)
-def _normalize_image(dst, src, scale, shift, kind):
-    """dst = act(src * scale + shift) for one image's (K, P) matrix, row k with scale[k] and
-    shift[k]: batch norm's operations in its order (batchnorm.affine_activate_plane)."""
-    for k in range(src.shape[0]):
-        affine_activate_plane(dst[k:k + 1], src[k:k + 1], scale[k], shift[k], kind)
+def _scale_row(dst, src, a):
+    """dst = src * a: the operation of elementwise.scale_channels_forward, so the same bits."""
+    for p in range(src.size):
+        dst[p] = src[p] * a
+
+
+@njit(cache=True)
+def _normalize_image(dst, src, n, scale, shift, kind):
+    """dst = act(src * scale + shift) for image n's (K, P) matrix, row k with scale[k] and
+    shift[k]: batch norm's operations in its order (batchnorm.affine_activate_plane); or, for
+    SCALE_BY_IMAGE, dst = src * scale[n * K + k] row by row."""
+    K = src.shape[0]
+    for k in range(K):
+        if kind == SCALE_BY_IMAGE:
+            _scale_row(dst[k], src[k], scale[n * K + k])
+        else:
+            affine_activate_plane(dst[k:k + 1], src[k:k + 1], scale[k], shift[k], kind)
 
 
 @njit(cache=True, parallel=True)
@@ -283,7 +301,7 @@ def matmul_per_image(out, a, b, ntasks, scale, shift, kind):
         for t in prange(ntasks):
             image = np.empty((K, P), dtype=b.dtype)  # one image, normalised: cache-sized
             for n in range(t * N // ntasks, (t + 1) * N // ntasks):
-                _normalize_image(image, b[n], scale, shift, kind)
+                _normalize_image(image, b[n], n, scale, shift, kind)
                 np.dot(a, image, out[n])
 
 
@@ -335,7 +353,7 @@ def matmul_per_image_backward(dx, dw, dout, x, wt, sum_tasks, scale, shift, kind
         for n in range(lo, hi):
             xn = x[n]
             if kind != STATISTICS_ONLY:
-                _normalize_image(image, xn, scale, shift, kind)
+                _normalize_image(image, xn, n, scale, shift, kind)
                 xn = image
             if n == lo:
                 np.dot(dout[n], xn.T, partial[t])
@@ -351,10 +369,15 @@ def matmul_per_image_backward(dx, dw, dout, x, wt, sum_tasks, scale, shift, kind
 def _gather_images(cols, b, lo, hi, scale, shift, kind):
     """cols[:, i*P:(i+1)*P] = b[lo + i] for the images lo..hi-1: their (K, P) matrices side by
     side, channel-major; b (N, K, P), cols (K, (hi-lo)*P). Reads each image in memory order.
-    With a prologue (kind not STATISTICS_ONLY) the copy is act(b * scale + shift)."""
+    With a prologue (kind not STATISTICS_ONLY) the copy is act(b * scale + shift), or b scaled
+    per image and channel (SCALE_BY_IMAGE)."""
     K, P = b.shape[1], b.shape[2]
     for n in range(lo, hi):
         at = (n - lo) * P
+        if kind == SCALE_BY_IMAGE:
+            for k in range(K):
+                _scale_row(cols[k, at:at + P], b[n, k], scale[n * K + k])
+            continue
         if kind != STATISTICS_ONLY:
             for k in range(K):
                 affine_activate_plane(cols[k:k + 1, at:at + P], b[n, k:k + 1], scale[k],
@@ -624,8 +647,11 @@ def pointwise_conv2d_backward_fast(dx, dw, dout, x, w):
 
 
 def _normalized_matrices(x, scale, shift, kind):
-    """normalized_input for x (N, C, P), each image's channels a plane of one row."""
+    """normalized_input for x (N, C, P), each image's channels a plane of one row; for
+    SCALE_BY_IMAGE (3d), x[n, c] * scale[n * C + c]."""
     N, C, P = x.shape
+    if kind == SCALE_BY_IMAGE:
+        return x * scale.reshape(N, C, 1)
     return normalized_input(x.reshape(N, C, 1, P), scale, shift, kind).reshape(N, C, P)
 
 
@@ -655,6 +681,18 @@ def pointwise_conv2d_normalized_forward_fast(out, x, w, scale, shift, kind):
 def pointwise_conv2d_normalized_backward_fast(dx, dw, dout, x, w, scale, shift, kind):
     with threads_for(max(x.size, dout.size)):
         _pointwise_conv2d_backward_fast(dx, dw, dout, x, w, scale, shift, kind)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3d. The input scaled per image and channel as it is read: squeeze-excite's output,
+# u[n, c] = y[n, c] * s[n, c], is read by V3's 1x1 projection alone. The same paths as 3c,
+# with prologue kind SCALE_BY_IMAGE and scale = s flattened to N*C values: each image's rows
+# are multiplied by their gate where 3c normalises them. So u is never written or kept (the
+# gate keeps y and s for its own backward anyway), and dx is the gradient with respect to u,
+# which the gate's backward takes as before. The same bits as scaling first
+# (elementwise.scale_channels_forward multiplies the same two numbers). The rung functions
+# are 3c's: rungs 1 and 2 make u whole first (_normalized_matrices).
+# ---------------------------------------------------------------------------------------------
 
 
 def _image_group(x):
