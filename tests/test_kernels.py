@@ -86,6 +86,27 @@ def test_depthwise_rungs_match(rng, depthwise_layout, dtype, N, C, H, W, K, stri
     _compare_rungs(_depthwise_case(x, w, stride, K // 2), dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("H,W", [(9, 8), (16, 16)])
+def test_the_fast_3x3_forward_sums_the_taps_in_order(rng, depthwise_layout, dtype, stride, H, W):
+    """Both fast loop orders sum a 3x3 output as w0*x0 + w1*x1 + ... + w8*x8, left to right in
+    x's dtype (3a's taps in registers, 3b's passes): the same bits as numpy doing exactly
+    that on the zero-padded planes."""
+    x = rng.standard_normal((3, 5, H, W)).astype(dtype)
+    w = rng.standard_normal((5, 1, 3, 3)).astype(dtype)
+    out, _ = ops.depthwise_conv2d_forward(x, w, stride, 1)
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    Ho, Wo = out.shape[2:]
+    expected = None
+    for k in range(9):
+        ki, kj = divmod(k, 3)
+        term = w[None, :, 0, ki, kj, None, None] * xp[:, :, ki:ki + stride * Ho:stride,
+                                                      kj:kj + stride * Wo:stride]
+        expected = term if expected is None else expected + term
+    np.testing.assert_array_equal(out, expected)
+
+
 @pytest.mark.parametrize("pixel_order", [True, False])
 def test_depthwise_channels_last_transposes_either_way(rng, monkeypatch, pixel_order):
     """Small planes are turned channels last pixel by pixel, larger ones plane by plane."""
