@@ -1,8 +1,10 @@
-"""The fast depthwise forward on large maps (kernels/depthwise.py, 3a), 3x3 filters: the nine
-taps of each output pixel summed in registers, against nine passes over a wide accumulator.
+"""The fast depthwise conv on large maps (kernels/depthwise.py, 3a), 3x3 filters: the nine
+taps of each output pixel summed in registers (forward), and each input pixel's gradient
+gathered from its nine taps (backward, stride 1), against nine passes over a wide grid.
 
 Both give the same bits (tests/test_kernels.py checks the order of the sum), so the only
-question is time. Each round times the two ways back to back on the same arrays, at batch
+question is time. Each round times the two ways back to back on the same arrays (forward,
+then backward; the backward at stride 2 is the same code both ways), at batch
 128, on the depthwise layers of MobileNet's CIFAR variants whose outputs take the
 phase-plane path (more than tuning.DEPTHWISE_CHANNELS_LAST_MAX_PIXELS pixels), and prints
 the median of each and of their ratio, with the range of the ratio over rounds: this
@@ -36,10 +38,12 @@ def main():
     parser.add_argument("--batch", type=int, default=128)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    print(f"3x3 depthwise forward on phase planes, batch {args.batch}, float32, "
+    print(f"3x3 depthwise conv on phase planes, batch {args.batch}, float32, "
           f"{get_num_threads()} threads; median of {args.repeats} per way and round, "
           f"{args.rounds} rounds; ms")
-    print(f"{'C':>4} {'map':>6} {'s':>2} {'passes':>8} {'registers':>10} {'ratio':>7} {'range':>12}")
+    print(f"{'':>14}{'forward':^39}{'backward':^39}")
+    print(f"{'C':>4} {'map':>6} {'s':>2}" + f" {'passes':>8} {'registers':>10} {'ratio':>7} "
+          f"{'range':>11}" * 2)
     for C, H, s in LAYERS:
         x = rng.standard_normal((args.batch, C, H, H)).astype(np.float32)
         w = rng.standard_normal((C, 1, 3, 3)).astype(np.float32)
@@ -48,15 +52,27 @@ def main():
         ntasks = min(args.batch * C, tuning.DEPTHWISE_TASKS_PER_THREAD * get_num_threads())
         plain = depthwise.no_prologue(x)
 
-        def run(registers):
-            return experiments.time_callable(
-                lambda: depthwise.depthwise_conv2d_forward_phase_planes(
-                    out, x, w, s, 1, ntasks, *plain, registers), args.repeats, warmup=1).median
-        times = np.array([(run(False), run(True)) for _ in range(args.rounds)])
-        ratios = times[:, 1] / times[:, 0]
-        print(f"{C:>4} {H:>3}x{H:<2} {s:>2} {1e3 * np.median(times[:, 0]):>8.2f} "
-              f"{1e3 * np.median(times[:, 1]):>10.2f} {np.median(ratios):>7.2f} "
-              f"{ratios.min():>6.2f}-{ratios.max():.2f}")
+        dout = rng.standard_normal(out.shape).astype(np.float32)
+        dx, dw = np.empty_like(x), np.empty_like(w)
+        block = max(1, min(tuning.DEPTHWISE_MAX_CHANNEL_BLOCK,
+                           C // (tuning.DEPTHWISE_BLOCKS_PER_THREAD * get_num_threads())))
+
+        def forward(registers):
+            depthwise.depthwise_conv2d_forward_phase_planes(out, x, w, s, 1, ntasks, *plain,
+                                                            registers)
+
+        def backward(registers):
+            depthwise.depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, s, 1, block,
+                                                             *plain, registers)
+        row = f"{C:>4} {H:>3}x{H:<2} {s:>2}"
+        for fn in (forward, backward):
+            times = np.array([[experiments.time_callable(lambda: fn(registers), args.repeats,
+                                                         warmup=1).median
+                               for registers in (False, True)] for _ in range(args.rounds)])
+            ratios = times[:, 1] / times[:, 0]
+            row += (f" {1e3 * np.median(times[:, 0]):>8.2f} {1e3 * np.median(times[:, 1]):>10.2f}"
+                    f" {np.median(ratios):>7.2f} {ratios.min():>5.2f}-{ratios.max():<5.2f}")
+        print(row, flush=True)
 
 
 if __name__ == "__main__":

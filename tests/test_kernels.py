@@ -107,6 +107,32 @@ def test_the_fast_3x3_forward_sums_the_taps_in_order(rng, depthwise_layout, dtyp
     np.testing.assert_array_equal(out, expected)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("H,W", [(9, 8), (16, 16), (1, 3)])
+def test_3x3_taps_in_registers_give_the_bits_of_the_passes(rng, dtype, stride, H, W):
+    """3a with taps_in_registers (the forward's taps summed in a register; the backward's dx
+    gathered at stride 1) against its K*K passes over the wide grid: the same bits, forward
+    and backward, plain and normalising on reading."""
+    x = rng.standard_normal((3, 5, H, W)).astype(dtype)
+    w = rng.standard_normal((5, 1, 3, 3)).astype(dtype)
+    Ho, Wo = (H - 1) // stride + 1, (W - 1) // stride + 1
+    dout = rng.standard_normal((3, 5, Ho, Wo)).astype(dtype)
+    scale, shift = np.linspace(0.5, 2, 5).astype(dtype), np.full(5, -0.1, dtype)
+    for prologue in (depthwise.no_prologue(x), (scale, shift, 2)):
+        results = []
+        for registers in (False, True):
+            out = np.empty((3, 5, Ho, Wo), dtype)
+            dx, dw = np.empty_like(x), np.empty_like(w)
+            depthwise.depthwise_conv2d_forward_phase_planes(out, x, w, stride, 1, 4, *prologue,
+                                                            registers)
+            depthwise.depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, 1, 2,
+                                                             *prologue, registers)
+            results.append((out, dx, dw))
+        for passes, registers in zip(*results):
+            np.testing.assert_array_equal(registers, passes)
+
+
 @pytest.mark.parametrize("pixel_order", [True, False])
 def test_depthwise_channels_last_transposes_either_way(rng, monkeypatch, pixel_order):
     """Small planes are turned channels last pixel by pixel, larger ones plane by plane."""

@@ -231,9 +231,9 @@ def _copy_from_phases(plane, xp, s, row_start, col_first, col_count):
 # so Numba adds no wrap-around test for a negative index. The sum runs in the same tap order
 # from the same first product: the bits of the passes. benchmarks/bench_depthwise_taps.py
 # times the forward both ways (taps_in_registers=False runs the passes), paired, on the
-# phase-plane layers of V1 and V2 at batch 128 (AMD EPYC, 2026-11-30, 7 rounds): 0.75-0.86
-# of the passes' time at stride 1, 0.91-0.92 at stride 2, where copying into the phases
-# takes a larger share.
+# phase-plane layers of V1 and V2 at batch 128 (AMD EPYC, 2026-11-30, 7 rounds, twice):
+# 0.71-0.86 of the passes' time at stride 1, 0.91-0.94 at stride 2, where copying into the
+# phases takes a larger share.
 @njit(cache=True)
 def _taps_3x3(o, xp, w, tap_start, Wh):
     """o[i, j] = sum over the taps k = 0..8 in order of w[k // 3, k % 3] *
@@ -306,10 +306,56 @@ def depthwise_conv2d_forward_phase_planes(out, x, w, stride, pad, ntasks, scale,
                     dst[j] = row[j]
 
 
+# The backward's dx at stride 1 with 3x3 filters, the same way: the passes above scatter each
+# tap's share into a padded dx (a load and a store of it per tap and pixel), then copy its
+# interior out. Gathered instead, dx[i, j] = sum over taps k in order of w_k * dout at the
+# wide position (i + pad) * Wp + j + pad - tap_start[k], read from a copy of dout with zeros
+# in front of it and around it, so a tap that falls outside dout reads a zero: nine loads and
+# one store per pixel, straight into dx. Adding w_k * 0 to the running sum changes no bit
+# (the passes never add those terms), and the taps that do land add in the passes' order
+# from the same zero, so the bits are the passes'. (At stride 2 a pixel receives only the
+# taps of its own phase, and gathering all nine would read other phases' values.) dw keeps
+# its passes: its nine lanes per pixel need a load and a store each either way, and they are
+# most of the backward's time, so the gain is small: bench_depthwise_taps.py (AMD EPYC,
+# 2026-11-30, 7 rounds) put the stride-1 backwards at 0.94-1.02 of the passes' time, median
+# 0.95, where the forward's taps in registers took 0.71-0.81 at stride 1 and 0.93-0.94 at
+# stride 2.
+@njit(cache=True)
+def _gather_3x3(plane, gz, w, tap_start, row_start, front):
+    """plane[i, j] = sum over taps k = 0..8 in order of w[k // 3, k % 3] *
+    gz[front + row_start[i, 0] + j - tap_start[k]], from zero (stride 1)."""
+    w0, w1, w2 = w[0, 0], w[0, 1], w[0, 2]
+    w3, w4, w5 = w[1, 0], w[1, 1], w[1, 2]
+    w6, w7, w8 = w[2, 0], w[2, 1], w[2, 2]
+    H, W = plane.shape
+    zero = plane.dtype.type(0)
+    for i in range(H):
+        base = front + row_start[i, 0]
+        t0, t1, t2 = uint64(base - tap_start[0]), uint64(base - tap_start[1]), \
+            uint64(base - tap_start[2])
+        t3, t4, t5 = uint64(base - tap_start[3]), uint64(base - tap_start[4]), \
+            uint64(base - tap_start[5])
+        t6, t7, t8 = uint64(base - tap_start[6]), uint64(base - tap_start[7]), \
+            uint64(base - tap_start[8])
+        dst = plane[i]
+        for j in range(uint64(W)):
+            v = zero + w0 * gz[t0 + j]
+            v += w1 * gz[t1 + j]
+            v += w2 * gz[t2 + j]
+            v += w3 * gz[t3 + j]
+            v += w4 * gz[t4 + j]
+            v += w5 * gz[t5 + j]
+            v += w6 * gz[t6 + j]
+            v += w7 * gz[t7 + j]
+            v += w8 * gz[t8 + j]
+            dst[j] = v
+
+
 @njit(cache=True, parallel=True)
 def depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, pad, block, scale, shift,
-                                           kind):
-    """dx = w scattered by dout; dw[c] = sum_n,i,j dout * xpad window.
+                                           kind, taps_in_registers=True):
+    """dx = w scattered by dout; dw[c] = sum_n,i,j dout * xpad window. At stride 1 with 3x3
+    filters, dx is gathered in registers (_gather_3x3) unless taps_in_registers is False.
 
     Parallel over blocks of `block` channels: a task walks the images in order and, in each,
     its block's planes, which lie side by side. One channel per task read one 1 KB plane per
@@ -327,7 +373,11 @@ def depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, pad, bloc
         c_first = b * block
         c_end = min(C, c_first + block)
         xp = np.zeros(s * s * Hh * Wh, dtype=x.dtype)
-        gw = np.zeros(L, dtype=x.dtype)  # dout on the wide grid; the junk columns stay 0
+        # dout on the wide grid, from gz[front]: the junk columns and the borders stay 0
+        gather = taps_in_registers and K == 3 and s == 1
+        front = tap_start[K * K - 1] if gather else 0
+        gz = np.zeros(front + (Hh * Wh if gather else L), dtype=x.dtype)
+        gw = gz[front:front + L]
         dxp = np.empty(s * s * Hh * Wh, dtype=x.dtype)
         # one lane per channel, tap and wide position
         dw_partial = np.zeros((c_end - c_first, K * K, L), dtype=x.dtype)
@@ -345,8 +395,16 @@ def depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, pad, bloc
                     src = g[i]
                     for j in range(Wo):
                         row[j] = src[j]
-                dxp[:] = 0
                 channel_lanes = dw_partial[c - c_first]
+                if gather:
+                    for k in range(K * K):
+                        src = xp[tap_start[k]:]
+                        lanes = channel_lanes[k]
+                        for q in range(L):
+                            lanes[q] += gw[q] * src[q]
+                    _gather_3x3(dx[n, c], gz, w[c, 0], tap_start, row_start, front)
+                    continue
+                dxp[:] = 0
                 for k in range(K * K):
                     wk = w[c, 0, k // K, k % K]
                     off = tap_start[k]
