@@ -122,9 +122,10 @@ def mark_deferred_outputs(features):
     output one conv alone reads and can normalise as it reads: a depthwise conv, inside a
     block (the expansion before it) or across two (V1's pointwise conv and the next block's
     depthwise conv); or a 1x1 conv, inside a block (the depthwise conv's output, read by V1's
-    pointwise conv, or by V2's and V3's projection where no squeeze-excite comes between); and
-    every squeeze-excite, whose gated output V3's projection alone reads (it scales each image
-    as it reads, ops.ScaledMap)."""
+    pointwise conv, or by V2's and V3's projection where no squeeze-excite comes between); a
+    depthwise layer read by squeeze-excite, which pools and scales the map as it reads it;
+    and every squeeze-excite, whose gated output V3's projection alone reads (it scales each
+    image as it reads, ops.ScaledMap)."""
     for block in features:
         inner = getattr(block, "conv", None) or getattr(block, "block", None)
         if isinstance(inner, Sequential) and len(inner) > 1 and _is_depthwise(inner[1]):
@@ -135,6 +136,8 @@ def mark_deferred_outputs(features):
         for layer, reader in zip(layers, layers[1:]):
             if (_is_depthwise(layer) or isinstance(layer, SqueezeExcitation)) and \
                     _reads_pointwise(reader):
+                layer.defer_output = True
+            if _is_depthwise(layer) and isinstance(reader, SqueezeExcitation):
                 layer.defer_output = True
     for block, after in zip(features, list(features)[1:]):
         writer, reader = _last_writer(block), _first_reader(after)

@@ -226,12 +226,12 @@ class PointwiseConv2dCache(NamedTuple):
     x_shape: tuple
     w: np.ndarray  # (C_out, C_in)
     has_bias: bool
-    # When the forward read a NormalizedMap, as in DepthwiseConv2dCache: x is the map's x.
+    # When the forward read a NormalizedMap or a ScaledMap: x is the map's array, and scale,
+    # shift and kind the prologue the kernels apply to it as they read (kernels/matmul.py,
+    # 3c and 3d).
     scale: Optional[np.ndarray] = None
     shift: Optional[np.ndarray] = None
-    activation: Optional[str] = None
-    # When it read a ScaledMap: x is the map's x and scale its gate, flattened (N * C_in,).
-    scaled_by_image: bool = False
+    kind: int = bn_kernels.STATISTICS_ONLY
 
 
 class ScaledMap(NamedTuple):
@@ -241,7 +241,7 @@ class ScaledMap(NamedTuple):
     matmul.py, 3d), so the gated map is neither written nor kept: the gate keeps x and s for
     its own backward anyway. `materialize()` computes it, for anything else that wants it."""
 
-    x: np.ndarray  # the gate's input, (N, C, H, W)
+    x: "np.ndarray | NormalizedMap"  # the gate's input, (N, C, H, W), possibly undrawn itself
     s: np.ndarray  # the gate, (N, C, 1, 1), in x's dtype
 
     @property
@@ -253,7 +253,8 @@ class ScaledMap(NamedTuple):
         return self.x.dtype
 
     def materialize(self):
-        return scale_channels_forward(self.x, self.s)[0]
+        x = self.x.materialize() if isinstance(self.x, NormalizedMap) else self.x
+        return scale_channels_forward(x, self.s)[0]
 
 
 def pointwise_conv2d_forward(x, w, b=None):
@@ -268,9 +269,11 @@ def pointwise_conv2d_forward(x, w, b=None):
     the same way, and caches x.x with the gate.
     """
     op = "pointwise_conv2d"
-    normalized = x if isinstance(x, NormalizedMap) else None
     scaled = x if isinstance(x, ScaledMap) else None
-    if normalized is not None or scaled is not None:
+    if scaled is not None:
+        x = x.x
+    normalized = x if isinstance(x, NormalizedMap) else None
+    if normalized is not None:
         x = x.x
     x = _check_float(op, "x", x, 4)
     w = _check_float(op, "w", w, 4)
@@ -292,23 +295,30 @@ def pointwise_conv2d_forward(x, w, b=None):
     w2 = np.ascontiguousarray(w.reshape(C_out, C))
     x3 = x.reshape(N, C, H * W)
     out = np.empty((N, C_out, H * W), dtype=x.dtype)
-    if scaled is not None:
-        s = np.ascontiguousarray(scaled.s.reshape(N * C))
-        kernels.pick(matmul, "pointwise_conv2d_normalized_forward")(
-            out, x3, w2, s, s[:0], matmul.SCALE_BY_IMAGE)
-        cache = PointwiseConv2dCache(x3, x.shape, w2, b is not None, s, s[:0],
-                                     scaled_by_image=True)
-    elif normalized is None:
+    if normalized is None and scaled is None:
         kernels.pick(matmul, "pointwise_conv2d_forward")(out, x3, w2)
         cache = PointwiseConv2dCache(x3, x.shape, w2, b is not None)
     else:
-        scale, shift, activation = normalized.scale, normalized.shift, normalized.activation
-        kernels.pick(matmul, "pointwise_conv2d_normalized_forward")(
-            out, x3, w2, scale, shift, bn_kernels.ACTIVATION_CODES[activation])
-        cache = PointwiseConv2dCache(x3, x.shape, w2, b is not None, scale, shift, activation)
+        scale, shift, kind = _pointwise_prologue(normalized, scaled, N, C)
+        kernels.pick(matmul, "pointwise_conv2d_normalized_forward")(out, x3, w2, scale, shift,
+                                                                    kind)
+        cache = PointwiseConv2dCache(x3, x.shape, w2, b is not None, scale, shift, kind)
     if b is not None:
         kernels.pick(elementwise, "add_channel_bias")(out, b)
     return out.reshape(N, C_out, H, W), cache
+
+
+def _pointwise_prologue(normalized, scaled, N, C):
+    """(scale, shift, kind) of the kernels' prologue for a NormalizedMap, a ScaledMap of an
+    array, or a ScaledMap of a NormalizedMap (kernels/matmul.py, 3c and 3d)."""
+    if scaled is None:
+        return (normalized.scale, normalized.shift,
+                bn_kernels.ACTIVATION_CODES[normalized.activation])
+    gate = scaled.s.reshape(N * C)
+    if normalized is None:
+        return np.ascontiguousarray(gate), gate[:0], matmul.SCALE_BY_IMAGE
+    return (np.concatenate([normalized.scale, gate]), normalized.shift,
+            matmul.NORMALIZE_THEN_SCALE + bn_kernels.ACTIVATION_CODES[normalized.activation])
 
 
 def pointwise_conv2d_backward(dout, cache):
@@ -326,12 +336,10 @@ def pointwise_conv2d_backward(dout, cache):
     dw = np.empty((C_out, C), dtype=w2.dtype)
     if cache.scale is None:
         kernels.pick(matmul, "pointwise_conv2d_backward")(dx, dw, d3, cache.x, w2)
-    else:  # dx is the gradient with respect to the conv's input, act(x * scale + shift) or
-        # x scaled by image (ScaledMap), as the forward read it
-        kind = (matmul.SCALE_BY_IMAGE if cache.scaled_by_image else
-                bn_kernels.ACTIVATION_CODES[cache.activation])
+    else:  # dx is the gradient with respect to the conv's input as the forward read it:
+        # act(x * scale + shift), x scaled by image (ScaledMap), or both
         kernels.pick(matmul, "pointwise_conv2d_normalized_backward")(
-            dx, dw, d3, cache.x, w2, cache.scale, cache.shift, kind)
+            dx, dw, d3, cache.x, w2, cache.scale, cache.shift, cache.kind)
     db = channel_sum(dout) if cache.has_bias else None
     return dx.reshape(N, C, H, W), dw.reshape(C_out, C, 1, 1), db
 
@@ -580,12 +588,19 @@ class GlobalAvgPoolCache(NamedTuple):
 
 def global_avg_pool_forward(x):
     """out[n, c, 0, 0] = mean over H, W of x[n, c]; (N, C, H, W) -> (N, C, 1, 1), as PyTorch's
-    AdaptiveAvgPool2d(1). Caches only the input shape."""
-    x = _check_float("global_avg_pool", "x", x, 4)
+    AdaptiveAvgPool2d(1). Caches only the input shape. x may be a NormalizedMap (V3's
+    squeeze-excite): the mean of act(x.x * scale + shift), made a row at a time as it is read."""
+    normalized = x if isinstance(x, NormalizedMap) else None
+    x = _check_float("global_avg_pool", "x", x.x if normalized is not None else x, 4)
     N, C, H, W = x.shape
     out = np.empty((N, C, 1, 1), dtype=x.dtype)
-    kernels.pick(elementwise, "global_avg_pool_forward")(out.reshape(N, C),
-                                                         x.reshape(N, C, H * W))
+    if normalized is None:
+        kernels.pick(elementwise, "global_avg_pool_forward")(out.reshape(N, C),
+                                                             x.reshape(N, C, H * W))
+    else:
+        kernels.pick(elementwise, "global_avg_pool_normalized_forward")(
+            out.reshape(N, C), x.reshape(N, C, H * W), normalized.scale, normalized.shift,
+            bn_kernels.ACTIVATION_CODES[normalized.activation])
     return out, GlobalAvgPoolCache(x.shape)
 
 
@@ -601,7 +616,7 @@ def global_avg_pool_backward(dout, cache):
 
 
 class ScaleChannelsCache(NamedTuple):
-    x: np.ndarray
+    x: "np.ndarray | NormalizedMap"  # the gate's input as the forward got it
     s: np.ndarray
 
 
@@ -609,31 +624,45 @@ def scale_channels_forward(x, s, defer=False):
     """out[n, c] = x[n, c] * s[n, c]: squeeze-excite's gate; x (N, C, H, W), s (N, C, 1, 1).
 
     defer=True returns a ScaledMap instead of out, for a 1x1 conv that alone reads it to scale
-    as it reads (V3's projection): out is never written, and the cache is the same."""
+    as it reads (V3's projection): out is never written, and the cache is the same. x may be
+    a NormalizedMap (batch norm's output, never written): the cache keeps it as it is, and the
+    backward makes each row of act(x.x * scale + shift) as it reads it."""
     op = "scale_channels"
-    x = _check_float(op, "x", x, 4)
+    normalized = x if isinstance(x, NormalizedMap) else None
+    x = _check_float(op, "x", x.x if normalized is not None else x, 4)
     s = _check_float(op, "s", s, 4)
     _check_same_dtype(op, x, s=s)
     _check_shape(op, "s", s, x.shape[:2] + (1, 1))
+    kept = normalized._replace(x=x) if normalized is not None else x
     if defer:
-        return ScaledMap(x, s), ScaleChannelsCache(x, s)
+        return ScaledMap(kept, s), ScaleChannelsCache(kept, s)
+    if normalized is not None:
+        x = kept.materialize()
     N, C = x.shape[:2]
     out = np.empty_like(x)
     kernels.pick(elementwise, "scale_channels_forward")(out.reshape(N, C, -1),
                                                         x.reshape(N, C, -1), s.reshape(N, C))
-    return out, ScaleChannelsCache(x, s)
+    return out, ScaleChannelsCache(kept, s)
 
 
 def scale_channels_backward(dout, cache):
-    """Returns (dx, ds): dx = dout * s, ds = sum over H, W of dout * x."""
+    """Returns (dx, ds): dx = dout * s, ds = sum over H, W of dout * x. When the forward read a
+    NormalizedMap, x is act(x * scale + shift), made a row at a time, and dx the gradient
+    with respect to it."""
     x, s = cache.x, cache.s
     dout = _check_dout("scale_channels", dout, x.shape, x.dtype)
     N, C = x.shape[:2]
-    dx = np.empty_like(x)
+    dx = np.empty(x.shape, dtype=x.dtype)
     ds = np.empty((N, C, 1, 1), dtype=x.dtype)
-    kernels.pick(elementwise, "scale_channels_backward")(
-        dx.reshape(N, C, -1), ds.reshape(N, C), dout.reshape(N, C, -1), x.reshape(N, C, -1),
-        s.reshape(N, C))
+    if isinstance(x, NormalizedMap):
+        kernels.pick(elementwise, "scale_channels_normalized_backward")(
+            dx.reshape(N, C, -1), ds.reshape(N, C), dout.reshape(N, C, -1),
+            x.x.reshape(N, C, -1), s.reshape(N, C), x.scale, x.shift,
+            bn_kernels.ACTIVATION_CODES[x.activation])
+    else:
+        kernels.pick(elementwise, "scale_channels_backward")(
+            dx.reshape(N, C, -1), ds.reshape(N, C), dout.reshape(N, C, -1),
+            x.reshape(N, C, -1), s.reshape(N, C))
     return dx, ds
 
 

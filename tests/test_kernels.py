@@ -389,6 +389,55 @@ def test_scaling_on_reading_in_a_1x1_conv_is_bitwise_scaling_first(rng, pointwis
     np.testing.assert_array_equal(ops.ScaledMap(x, s).materialize(), x * s)
 
 
+def _gate_after_batchnorm_case(x, gamma, beta, activation, w, defer=True):
+    """V3's squeeze-excite block from the depthwise layer's batch norm on: batch norm with its
+    activation, pooled, a gate made from the pooled map, the gated map read by a 1x1 conv;
+    then every backward, the pooling's path added as in layers.SqueezeExcitation. defer=True
+    writes neither the normalised nor the gated map."""
+    def run():
+        y, bn_cache = ops.batchnorm2d_activation_forward(x, gamma, beta, activation=activation,
+                                                         defer=defer)
+        pooled, pool_cache = ops.global_avg_pool_forward(y)
+        s = 1 / (1 + np.exp(-pooled))  # any function of the pooled map will do here
+        u, gate_cache = ops.scale_channels_forward(y, s, defer=defer)
+        out, cache = ops.pointwise_conv2d_forward(u, w)
+        dout = np.random.default_rng(1).standard_normal(out.shape).astype(x.dtype)
+        du, dw, _ = ops.pointwise_conv2d_backward(dout, cache)
+        dy, ds = ops.scale_channels_backward(du, gate_cache)
+        dy = dy + ops.global_avg_pool_backward(ds, pool_cache)
+        dx, dgamma, dbeta = ops.batchnorm2d_activation_backward(dy, bn_cache)
+        return {"pooled": pooled, "out": out, "du": du, "dw": dw, "ds": ds, "dx": dx,
+                "dgamma": dgamma, "dbeta": dbeta}
+    return run
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", FUSED)
+@pytest.mark.parametrize("N,C,H,W", [(5, 3, 4, 4), (2, 4, 9, 11)])
+def test_a_gate_reading_batchnorm_rungs_match(rng, pointwise_layout, dtype, activation, N, C, H,
+                                              W):
+    """Squeeze-excite pooling and scaling batch norm's output as it reads it, and the 1x1
+    conv after it reading both: rungs 1 and 2 make the maps whole first."""
+    x, gamma, beta, _ = _normalized_inputs(rng, dtype, N, C, H, W, 1)
+    w = rng.standard_normal((5, C, 1, 1)).astype(dtype)
+    _compare_rungs(_gate_after_batchnorm_case(x, gamma, beta, activation, w), dtype)
+
+
+@pytest.mark.parametrize("activation", FUSED)
+def test_a_gate_reading_batchnorm_is_bitwise_writing_the_maps(rng, pointwise_layout, activation):
+    """On the fast rung, neither the normalised map nor the gated one written: the same bits,
+    forward and backward, as writing both."""
+    x, gamma, beta, _ = _normalized_inputs(rng, np.float32, 7, 6, 5, 5, 1)
+    w = rng.standard_normal((4, 6, 1, 1)).astype(np.float32)
+    deferred = _gate_after_batchnorm_case(x, gamma, beta, activation, w)()
+    plain = _gate_after_batchnorm_case(x, gamma, beta, activation, w, defer=False)()
+    for name, expected in plain.items():
+        np.testing.assert_array_equal(deferred[name], expected, err_msg=name)
+    y, _ = ops.batchnorm2d_activation_forward(x, gamma, beta, activation=activation, defer=True)
+    s = np.linspace(0, 1, 7 * 6, dtype=np.float32).reshape(7, 6, 1, 1)
+    np.testing.assert_array_equal(ops.ScaledMap(y, s).materialize(), y.materialize() * s)
+
+
 def test_a_scaled_map_with_a_gate_of_the_wrong_shape_is_refused(rng):
     x, s, w = _gate_inputs(rng, np.float32, 2, 3, 4, 4)
     with pytest.raises(ValueError, match=r"expected the ScaledMap's s of shape \(2, 3, 1, 1\), "
@@ -569,7 +618,8 @@ def test_depthwise_backward_is_the_same_for_any_channel_block(rng):
 @pytest.mark.parametrize("op", ["pointwise_per_image", "pointwise_channel_major",
                                 "pointwise_groups", "normalized_pointwise_per_image",
                                 "normalized_pointwise_groups", "scaled_pointwise_per_image",
-                                "scaled_pointwise_groups", "conv2d",
+                                "scaled_pointwise_groups", "gated_pointwise_per_image",
+                                "gated_pointwise_groups", "conv2d",
                                 "depthwise_stride2", "depthwise_channels_last",
                                 "batchnorm_by_image", "batchnorm_by_channel"])
 def test_results_are_the_same_for_any_thread_count(rng, monkeypatch, rung, op):
@@ -582,7 +632,9 @@ def test_results_are_the_same_for_any_thread_count(rng, monkeypatch, rung, op):
         scale, shift = np.linspace(0.5, 2, 6, dtype=np.float32), np.full(6, 0.1, np.float32)
         gate = np.linspace(0, 1, 9 * 6, dtype=np.float32).reshape(9, 6, 1, 1)
         read = (ops.NormalizedMap(x, scale, shift, "relu6") if op.startswith("normalized") else
-                ops.ScaledMap(x, gate) if op.startswith("scaled") else x)
+                ops.ScaledMap(x, gate) if op.startswith("scaled") else
+                ops.ScaledMap(ops.NormalizedMap(x, scale, shift, "hardswish"), gate)
+                if op.startswith("gated") else x)
         forward, backward = (lambda: ops.pointwise_conv2d_forward(read, w, w[:, 0, 0, 0]),
                              ops.pointwise_conv2d_backward)
     elif op == "conv2d":

@@ -383,11 +383,13 @@ def test_build_model_lives_in_models_and_refuses_a_width_beyond_the_bound():
 @pytest.mark.parametrize("arch", list(BUILDERS))
 def test_deferring_batch_norm_into_the_next_conv_changes_no_bit(arch, monkeypatch):
     """MobileNet.defer_normalization hands each depthwise or 1x1 conv that alone reads a batch
-    norm's output a NormalizedMap instead (the map is never written), and V3's projection
+    norm's output a NormalizedMap instead (the map is never written), V3's squeeze-excite its
+    depthwise layer's output the same way (counted where it pools it), and V3's projection
     squeeze-excite's output as a ScaledMap: a training step gives the same logits and
     gradients, bit for bit, as the plain path."""
     handed = []
-    for name in ("depthwise_conv2d_forward", "pointwise_conv2d_forward"):
+    for name in ("depthwise_conv2d_forward", "pointwise_conv2d_forward",
+                 "global_avg_pool_forward"):
         def counting_forward(x, *args, forward=getattr(ops, name)):
             handed.append(isinstance(x, (ops.NormalizedMap, ops.ScaledMap)))
             return forward(x, *args)
@@ -423,10 +425,10 @@ def test_deferral_marks_only_maps_one_conv_alone_reads():
     conv, and every depthwise layer its block's pointwise conv. V2: each expansion, and the
     stem (at width 0.5 the first block has no expansion and no skip; at 0.25 it keeps 8
     channels and has a skip, which reads the stem's output too), and every depthwise layer,
-    read by its block's projection. V3: the depthwise layers with no squeeze-excite after them
-    (squeeze-excite reads the map twice), and every squeeze-excite (the projection alone reads
-    its output). A block called on its own, outside MobileNet.forward, still returns an
-    array, and so does squeeze-excite in eval mode."""
+    read by its block's projection. V3: every depthwise layer (read by its projection, or by
+    squeeze-excite, which pools and scales it as it reads), and every squeeze-excite (the
+    projection alone reads its output). A block called on its own, outside MobileNet.forward,
+    still returns an array, and so does squeeze-excite in eval mode."""
     v1 = mobilenet_v1(width_mult=0.25, cifar=True, seed=0)
     assert _marked(v1) == ["features.0"] + [f"features.{i}.{part}" for i in range(1, 14)
                                             for part in ("dw", "pw") if (i, part) != (13, "pw")]
@@ -439,7 +441,7 @@ def test_deferral_marks_only_maps_one_conv_alone_reads():
     with_se = [any(isinstance(m, SqueezeExcitation) for m in b.block) for b in bnecks]
     depthwise = [next(m for m in b.block if isinstance(m, ConvBNActivation)
                       and isinstance(m[0], DepthwiseConv2d)) for b in bnecks]
-    assert [d.defer_output for d in depthwise] == [not se for se in with_se]
+    assert all(d.defer_output for d in depthwise)
     assert any(with_se) and not all(with_se)
     gates = [m for b in bnecks for m in b.block if isinstance(m, SqueezeExcitation)]
     assert len(gates) == sum(with_se) and all(g.defer_output for g in gates)

@@ -25,9 +25,10 @@ the engine is not running them at all: batch norm applies them in its own pass
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 
 from . import threads_for
+from .batchnorm import affine_activate_plane, normalized_input
 
 # ---------------------------------------------------------------------------------------------
 # Rung 1, loops.
@@ -374,3 +375,87 @@ channel_sum_fast = _small_on_one_thread(channel_sum_simple)
 dropout_forward_fast = _small_on_one_thread(dropout_forward_simple)
 dropout_backward_fast = _small_on_one_thread(dropout_backward_simple)
 softmax_cross_entropy_fast = softmax_cross_entropy_simple  # serial already
+
+
+# ---------------------------------------------------------------------------------------------
+# Squeeze-excite reading batch norm's output as it is read (V3). The gate's input y is the
+# depthwise layer's batch norm and activation, act(x * scale + shift), which only the gate
+# reads: it pools y, and its backward multiplies dout by y for ds. Both can make y one (n, c)
+# row at a time in a scratch row (batchnorm.affine_activate_plane, batch norm's operations in
+# its order), so y is never written whole or kept; the projection after the gate reads
+# act(x * scale + shift) * s the same way (kernels/matmul.py, 3d). The same bits as writing y
+# first: the rows are the same numbers, summed and multiplied in the same order as the
+# kernels above. Rungs 1 and 2 make y whole first and run the plain kernels.
+# ---------------------------------------------------------------------------------------------
+
+
+def _whole(x, scale, shift, kind):
+    """act(x * scale + shift) for x (N, C, P), made whole (batchnorm.normalized_input)."""
+    N, C, P = x.shape
+    return normalized_input(x.reshape(N, C, 1, P), scale, shift, kind).reshape(N, C, P)
+
+
+def global_avg_pool_normalized_forward_loops(out, x, scale, shift, kind):
+    """out[n, c] = mean over p of act(x[n, c, p] * scale[c] + shift[c])."""
+    global_avg_pool_forward_loops(out, _whole(x, scale, shift, kind))
+
+
+def global_avg_pool_normalized_forward_simple(out, x, scale, shift, kind):
+    global_avg_pool_forward_simple(out, _whole(x, scale, shift, kind))
+
+
+def scale_channels_normalized_backward_loops(dx, ds, dout, x, s, scale, shift, kind):
+    """scale_channels_backward with the gate's input y = act(x * scale + shift): dx = dout * s
+    is the gradient with respect to y, and ds = sum over p of dout * y."""
+    scale_channels_backward_loops(dx, ds, dout, _whole(x, scale, shift, kind), s)
+
+
+def scale_channels_normalized_backward_simple(dx, ds, dout, x, s, scale, shift, kind):
+    scale_channels_backward_simple(dx, ds, dout, _whole(x, scale, shift, kind), s)
+
+
+@njit(cache=True, parallel=True)
+def _global_avg_pool_normalized_rows(out, x, scale, shift, kind, ntasks):
+    N, C, P = x.shape
+    for t in prange(ntasks):
+        y = np.empty((1, P), dtype=x.dtype)  # one row of the normalised map
+        for nc in range(t * N * C // ntasks, (t + 1) * N * C // ntasks):
+            n, c = nc // C, nc % C
+            affine_activate_plane(y, x[n, c:c + 1], scale[c], shift[c], kind)
+            total = 0.0
+            for p in range(P):
+                total += y[0, p]
+            out[n, c] = total / P
+
+
+@njit(cache=True, parallel=True)
+def _scale_channels_normalized_rows(dx, ds, dout, x, s, scale, shift, kind, ntasks):
+    N, C, P = x.shape
+    for t in prange(ntasks):
+        y = np.empty((1, P), dtype=x.dtype)
+        for nc in range(t * N * C // ntasks, (t + 1) * N * C // ntasks):
+            n, c = nc // C, nc % C
+            affine_activate_plane(y, x[n, c:c + 1], scale[c], shift[c], kind)
+            k = s[n, c]
+            g = dout[n, c]
+            dst = dx[n, c]
+            total = 0.0
+            for p in range(P):
+                dst[p] = g[p] * k
+                total += g[p] * y[0, p]
+            ds[n, c] = total
+
+
+def _row_tasks(x):
+    """Tasks for the row kernels: a few per thread, each with one scratch row."""
+    return max(1, min(x.shape[0] * x.shape[1], 4 * get_num_threads()))
+
+
+def global_avg_pool_normalized_forward_fast(out, x, scale, shift, kind):
+    with threads_for(x.size):
+        _global_avg_pool_normalized_rows(out, x, scale, shift, kind, _row_tasks(x))
+
+
+def scale_channels_normalized_backward_fast(dx, ds, dout, x, s, scale, shift, kind):
+    with threads_for(x.size):
+        _scale_channels_normalized_rows(dx, ds, dout, x, s, scale, shift, kind, _row_tasks(x))

@@ -265,6 +265,10 @@ def linear_backward_simple(dx, dw, dout, x, w):
 # x[n, k] * scale[n * K + k], one scale per image and channel, no shift. Kinds 0-3 are batch
 # norm's (batchnorm.ACTIVATION_CODES), STATISTICS_ONLY reads x as it is.
 SCALE_BY_IMAGE = 4
+# Both, batch norm first (3d): kind NORMALIZE_THEN_SCALE + a, with a batch norm's activation
+# code, reads image n's row k as act_a(x[n, k] * scale[k] + shift[k]) * scale[K + n * K + k]:
+# the per-channel constants and then the gate, in one array.
+NORMALIZE_THEN_SCALE = 8
 
 
 @njit(cache=True)
@@ -283,6 +287,10 @@ def _normalize_image(dst, src, n, scale, shift, kind):
     for k in range(K):
         if kind == SCALE_BY_IMAGE:
             _scale_row(dst[k], src[k], scale[n * K + k])
+        elif kind >= NORMALIZE_THEN_SCALE:
+            affine_activate_plane(dst[k:k + 1], src[k:k + 1], scale[k], shift[k],
+                                  kind - NORMALIZE_THEN_SCALE)
+            _scale_row(dst[k], dst[k], scale[K + n * K + k])
         else:
             affine_activate_plane(dst[k:k + 1], src[k:k + 1], scale[k], shift[k], kind)
 
@@ -377,6 +385,12 @@ def _gather_images(cols, b, lo, hi, scale, shift, kind):
         if kind == SCALE_BY_IMAGE:
             for k in range(K):
                 _scale_row(cols[k, at:at + P], b[n, k], scale[n * K + k])
+            continue
+        if kind >= NORMALIZE_THEN_SCALE:
+            for k in range(K):
+                affine_activate_plane(cols[k:k + 1, at:at + P], b[n, k:k + 1], scale[k],
+                                      shift[k], kind - NORMALIZE_THEN_SCALE)
+                _scale_row(cols[k, at:at + P], cols[k, at:at + P], scale[K + n * K + k])
             continue
         if kind != STATISTICS_ONLY:
             for k in range(K):
@@ -648,10 +662,13 @@ def pointwise_conv2d_backward_fast(dx, dw, dout, x, w):
 
 def _normalized_matrices(x, scale, shift, kind):
     """normalized_input for x (N, C, P), each image's channels a plane of one row; for
-    SCALE_BY_IMAGE (3d), x[n, c] * scale[n * C + c]."""
+    SCALE_BY_IMAGE (3d), x[n, c] * scale[n * C + c]; for NORMALIZE_THEN_SCALE + a, both."""
     N, C, P = x.shape
     if kind == SCALE_BY_IMAGE:
         return x * scale.reshape(N, C, 1)
+    if kind >= NORMALIZE_THEN_SCALE:
+        y = normalized_input(x.reshape(N, C, 1, P), scale[:C], shift, kind - NORMALIZE_THEN_SCALE)
+        return y.reshape(N, C, P) * scale[C:].reshape(N, C, 1)
     return normalized_input(x.reshape(N, C, 1, P), scale, shift, kind).reshape(N, C, P)
 
 
@@ -692,6 +709,10 @@ def pointwise_conv2d_normalized_backward_fast(dx, dw, dout, x, w, scale, shift, 
 # which the gate's backward takes as before. The same bits as scaling first
 # (elementwise.scale_channels_forward multiplies the same two numbers). The rung functions
 # are 3c's: rungs 1 and 2 make u whole first (_normalized_matrices).
+# In V3 the gate's input y is itself batch norm's output act(z * scale + shift), which the
+# gate pools and scales on reading too (kernels/elementwise.py): then the projection reads
+# act(z * scale + shift) * s, kind NORMALIZE_THEN_SCALE + act, in the same two roundings as
+# writing y and then u, so neither is ever written or kept.
 # ---------------------------------------------------------------------------------------------
 
 
