@@ -509,7 +509,10 @@ class SqueezeExcitation(Module):
     """out = x * hardsigmoid(fc2(relu(fc1(avgpool(x))))), with torchvision's child names.
 
     fc1 and fc2 are 1x1 convs with bias on (N, C, 1, 1) maps. The backward sums x's two paths:
-    the direct one through the scaling, and the one through the gate's pooling.
+    the direct one through the scaling, and the one through the gate's pooling. In training
+    inside MobileNet.forward, x is an ops.NormalizedMap (the depthwise layer's batch norm
+    output, never written), pooled and scaled as it is read, and with `defer_output` the
+    output is an ops.ScaledMap for the projection to read the same way.
     """
 
     def __init__(self, input_channels, squeeze_channels, rng=None, dtype=np.float32):
