@@ -235,41 +235,30 @@ def _copy_from_phases(plane, xp, s, row_start, col_first, col_count):
 # 0.71-0.86 of the passes' time at stride 1, 0.91-0.94 at stride 2, where copying into the
 # phases takes a larger share.
 @njit(cache=True)
-def _nine_taps(dst, src, w, tap_start, base, sign, from_zero):
-    """dst[j] = sum over taps k = 0..8, in order, of w[k // 3, k % 3] * src[base + sign *
-    tap_start[k] + j], for every j of the row dst; the sum starts at zero if from_zero (a
-    scatter's order), else at the first product (the passes' order)."""
-    w0, w1, w2 = w[0, 0], w[0, 1], w[0, 2]
-    w3, w4, w5 = w[1, 0], w[1, 1], w[1, 2]
-    w6, w7, w8 = w[2, 0], w[2, 1], w[2, 2]
-    t0, t1, t2 = (uint64(base + sign * tap_start[0]), uint64(base + sign * tap_start[1]),
-                  uint64(base + sign * tap_start[2]))
-    t3, t4, t5 = (uint64(base + sign * tap_start[3]), uint64(base + sign * tap_start[4]),
-                  uint64(base + sign * tap_start[5]))
-    t6, t7, t8 = (uint64(base + sign * tap_start[6]), uint64(base + sign * tap_start[7]),
-                  uint64(base + sign * tap_start[8]))
-    zero = dst.dtype.type(0)
-    for j in range(uint64(dst.size)):
-        v = w0 * src[t0 + j]
-        if from_zero:
-            v = zero + v
-        v += w1 * src[t1 + j]
-        v += w2 * src[t2 + j]
-        v += w3 * src[t3 + j]
-        v += w4 * src[t4 + j]
-        v += w5 * src[t5 + j]
-        v += w6 * src[t6 + j]
-        v += w7 * src[t7 + j]
-        v += w8 * src[t8 + j]
-        dst[j] = v
-
-
-@njit(cache=True)
 def _taps_3x3(o, xp, w, tap_start, Wh):
     """o[i, j] = sum over the taps k = 0..8 in order of w[k // 3, k % 3] *
     xp[tap_start[k] + i*Wh + j]: one (Ho, Wo) output plane from its phase planes."""
-    for i in range(o.shape[0]):
-        _nine_taps(o[i], xp, w, tap_start, i * Wh, 1, False)
+    w0, w1, w2 = w[0, 0], w[0, 1], w[0, 2]
+    w3, w4, w5 = w[1, 0], w[1, 1], w[1, 2]
+    w6, w7, w8 = w[2, 0], w[2, 1], w[2, 2]
+    t0, t1, t2 = uint64(tap_start[0]), uint64(tap_start[1]), uint64(tap_start[2])
+    t3, t4, t5 = uint64(tap_start[3]), uint64(tap_start[4]), uint64(tap_start[5])
+    t6, t7, t8 = uint64(tap_start[6]), uint64(tap_start[7]), uint64(tap_start[8])
+    Ho, Wo = o.shape
+    for i in range(Ho):
+        row = xp[i * Wh:]
+        dst = o[i]
+        for j in range(uint64(Wo)):
+            v = w0 * row[t0 + j]
+            v += w1 * row[t1 + j]
+            v += w2 * row[t2 + j]
+            v += w3 * row[t3 + j]
+            v += w4 * row[t4 + j]
+            v += w5 * row[t5 + j]
+            v += w6 * row[t6 + j]
+            v += w7 * row[t7 + j]
+            v += w8 * row[t8 + j]
+            dst[j] = v
 
 
 @njit(cache=True, parallel=True)
@@ -335,8 +324,31 @@ def depthwise_conv2d_forward_phase_planes(out, x, w, stride, pad, ntasks, scale,
 def _gather_3x3(plane, gz, w, tap_start, row_start, front):
     """plane[i, j] = sum over taps k = 0..8 in order of w[k // 3, k % 3] *
     gz[front + row_start[i, 0] + j - tap_start[k]], from zero (stride 1)."""
-    for i in range(plane.shape[0]):
-        _nine_taps(plane[i], gz, w, tap_start, front + row_start[i, 0], -1, True)
+    w0, w1, w2 = w[0, 0], w[0, 1], w[0, 2]
+    w3, w4, w5 = w[1, 0], w[1, 1], w[1, 2]
+    w6, w7, w8 = w[2, 0], w[2, 1], w[2, 2]
+    H, W = plane.shape
+    zero = plane.dtype.type(0)
+    for i in range(H):
+        base = front + row_start[i, 0]
+        t0, t1, t2 = uint64(base - tap_start[0]), uint64(base - tap_start[1]), \
+            uint64(base - tap_start[2])
+        t3, t4, t5 = uint64(base - tap_start[3]), uint64(base - tap_start[4]), \
+            uint64(base - tap_start[5])
+        t6, t7, t8 = uint64(base - tap_start[6]), uint64(base - tap_start[7]), \
+            uint64(base - tap_start[8])
+        dst = plane[i]
+        for j in range(uint64(W)):
+            v = zero + w0 * gz[t0 + j]
+            v += w1 * gz[t1 + j]
+            v += w2 * gz[t2 + j]
+            v += w3 * gz[t3 + j]
+            v += w4 * gz[t4 + j]
+            v += w5 * gz[t5 + j]
+            v += w6 * gz[t6 + j]
+            v += w7 * gz[t7 + j]
+            v += w8 * gz[t8 + j]
+            dst[j] = v
 
 
 @njit(cache=True, parallel=True)
