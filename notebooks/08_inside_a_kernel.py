@@ -223,7 +223,8 @@ for kind, values in summary.items():
 # ## Why small maps need another loop order
 #
 # The fast depthwise kernel walks large maps plane by plane ("phase planes": each (image,
-# channel) plane copied into padded scratch, then $K^2$ vectorised passes over it) and small
+# channel) plane copied into padded scratch, then $K^2$ vectorised passes over it, or for
+# 3x3 filters the nine taps of each pixel summed in a register, as the last section shows) and small
 # maps channels last (each image turned to (pixels, channels), so every tap is one vectorised
 # pass over the channels). Below, both loop orders at the same total work (batch × channels ×
 # pixels held constant) as the map shrinks, in nanoseconds per multiply-add:
@@ -259,3 +260,40 @@ print(f"the fast rung switches to channels last at outputs of at most "
 # while the channels-last order, whose inner loop runs over the channels whatever the map
 # size, keeps its vector loops long. Where the two columns cross is where the tuned threshold
 # should sit on this machine; `minimobile/tuning.py` records where it was measured.
+
+# %% [markdown]
+# ## One more step: nine taps in a register
+#
+# The $K^2$ passes of the phase-plane order each load and store a whole accumulator row to
+# add one tap: for a 3x3 filter, nine loads and nine stores of the accumulator per output
+# pixel, besides the nine loads of the input. Summing a pixel's nine taps in a register
+# instead, and storing it once, leaves the nine input loads and one store. The sum runs in
+# the same order from the same first product, so the result is the same bits
+# (`tests/test_kernels.py` checks it). Whether the loop is vectorised is up to LLVM, and two
+# details decide it (`kernels/depthwise.py`, `_taps_3x3`): the nine reads go through one
+# slice, and their offsets are unsigned. The kernel keeps the passes behind a flag,
+# `taps_in_registers=False`, so both can be timed side by side:
+
+# %%
+N, C, size = (8, 32, 32) if QUICK else (128, 96, 32)
+x = rng.standard_normal((N, C, size, size)).astype(np.float32)
+w = rng.standard_normal((C, 1, 3, 3)).astype(np.float32)
+out = np.empty_like(x)
+ntasks = min(N * C, tuning.DEPTHWISE_TASKS_PER_THREAD * mm.get_num_threads())
+plain = depthwise.no_prologue(x)
+ways = {}
+for registers in (False, True):
+    ways[registers] = ex.time_callable(lambda: depthwise.depthwise_conv2d_forward_phase_planes(
+        out, x, w, 1, 1, ntasks, *plain, registers), repeats, warmup=2)
+    print(f"taps_in_registers={registers!s:<5}  {1e3 * ways[registers].median:7.2f} ms "
+          f"for a {N}x{C}x{size}x{size} forward")
+print(f"registers / passes: {ways[True].median / ways[False].median:.2f}")
+
+# %% [markdown]
+# On the AMD EPYC where this was measured (2026-11-30, docs/PERFORMANCE.md), the registers
+# took 0.7-0.85 of the passes' time at stride 1 and about 0.9 at stride 2, where copying into the phases is a larger share; the
+# backward gathers each input pixel's gradient the same way at stride 1, but its time goes
+# mostly to the weight gradient's nine running sums per pixel, which need a load and a store
+# each either way, so it gained little (`benchmarks/bench_depthwise_taps.py` times both, in
+# pairs, on every such layer of V1 and V2).
+
