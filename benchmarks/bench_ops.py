@@ -90,6 +90,9 @@ def make_cases(rng, names):
     add_depthwise("depthwise3x3", 96, 16, 3, 1)
     add_depthwise("depthwise3x3_s2", 96, 16, 3, 2)
     add_depthwise("depthwise5x5", 120, 8, 5, 1)
+    # Small maps, where the fast rung runs channels last: V2 0.5's and V1 1.0's shapes.
+    add_depthwise("depthwise3x3_8x8", 192, 8, 3, 1)
+    add_depthwise("depthwise3x3_4x4", 512, 4, 3, 1)
 
     add("pointwise", f"N={N} 32->64 16x16", ops.pointwise_conv2d_forward,
         ops.pointwise_conv2d_backward, dict(x=arr(N, 32, 16, 16), w=arr(64, 32, 1, 1)),

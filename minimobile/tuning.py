@@ -43,8 +43,9 @@ DEPTHWISE_CHANNELS_LAST_MAX_PIXELS = 64
 # plane (contiguous reads: a 16x16 stride-2 forward took 3.0-3.2 ms against 3.8-4.2 ms).
 PIXEL_ORDER_MAX_PIXELS = 64
 
-# Depthwise conv forward, plane path: the N*C planes are cut into this many tasks per thread
-# (more tasks than threads evens out the load; each task zeroes one scratch plane once).
+# Depthwise conv forward: the N*C planes (plane path) or the N images (channels-last path) are
+# cut into this many tasks per thread (more tasks than threads evens out the load; each task
+# zeroes one scratch plane or image once).
 DEPTHWISE_TASKS_PER_THREAD = 8
 
 # Depthwise conv backward, plane path: each task takes a block of up to this many channels,

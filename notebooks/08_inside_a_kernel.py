@@ -247,7 +247,7 @@ for size in ([8, 2] if QUICK else [32, 16, 8, 4, 2]):
     planes = ex.time_callable(lambda: depthwise.depthwise_conv2d_forward_phase_planes(
         out, x, w, 1, 1, ntasks, *plain), repeats, warmup=2)
     last = ex.time_callable(lambda: depthwise.depthwise_conv2d_forward_channels_last(
-        out, x, w, 1, 1, tuning.PIXEL_ORDER_MAX_PIXELS, *plain), repeats, warmup=2)
+        out, x, w, 1, 1, ntasks, tuning.PIXEL_ORDER_MAX_PIXELS, *plain), repeats, warmup=2)
     small_rows.append((size, 1e9 * planes.median / macs, 1e9 * last.median / macs))
     print(f"{size:>3}x{size:<1} {n_img * C:>7} {size * size:>12} {small_rows[-1][1]:>20.3f} {small_rows[-1][2]:>21.3f}")
 print(f"the fast rung switches to channels last at outputs of at most "

@@ -133,6 +133,29 @@ def test_3x3_taps_in_registers_give_the_bits_of_the_passes(rng, dtype, stride, H
             np.testing.assert_array_equal(registers, passes)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("H,W", [(4, 4), (2, 2), (9, 8), (1, 3)])
+def test_channels_last_forward_gives_the_bits_of_the_phase_planes(rng, dtype, stride, H, W):
+    """3b, taps in registers or not, transposing pixel by pixel (normalising each pixel's row
+    of channels) or plane by plane, with 1 to 5 tasks: the same bits as 3a, plain and
+    normalising on reading."""
+    x = rng.standard_normal((5, 11, H, W)).astype(dtype)
+    w = rng.standard_normal((11, 1, 3, 3)).astype(dtype)
+    Ho, Wo = (H - 1) // stride + 1, (W - 1) // stride + 1
+    scale, shift = np.linspace(0.5, 2, 11).astype(dtype), np.full(11, -0.1, dtype)
+    for prologue in (depthwise.no_prologue(x), (scale, shift, 2), (scale, shift, 3)):
+        expected = np.empty((5, 11, Ho, Wo), dtype)
+        depthwise.depthwise_conv2d_forward_phase_planes(expected, x, w, stride, 1, 4, *prologue)
+        for registers in (False, True):
+            for pixel_order_max in (0, 10**9):
+                for ntasks in (1, 2, 5):
+                    out = np.full((5, 11, Ho, Wo), np.nan, dtype)
+                    depthwise.depthwise_conv2d_forward_channels_last(
+                        out, x, w, stride, 1, ntasks, pixel_order_max, *prologue, registers)
+                    np.testing.assert_array_equal(out, expected)
+
+
 @pytest.mark.parametrize("pixel_order", [True, False])
 def test_depthwise_channels_last_transposes_either_way(rng, monkeypatch, pixel_order):
     """Small planes are turned channels last pixel by pixel, larger ones plane by plane."""

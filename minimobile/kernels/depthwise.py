@@ -17,8 +17,8 @@ from numba import get_num_threads, njit, prange, uint64
 
 from .. import tuning
 from . import threads_for
-from .batchnorm import (STATISTICS_ONLY, affine_activate_plane, no_prologue,  # noqa: F401
-                        normalized_input)
+from .batchnorm import (STATISTICS_ONLY, _affine_activate_row,  # noqa: F401
+                        affine_activate_plane, no_prologue, normalized_input)
 
 # ---------------------------------------------------------------------------------------------
 # Rung 1, loops: the definition, one output element at a time.
@@ -478,50 +478,112 @@ def _into_channels_last(xt, image, pad, Wp, pixel_order_max):
 
 
 @njit(cache=True)
-def _image_into_channels_last(xt, image, pad, Wp, pixel_order_max, scale, shift, kind):
-    """_into_channels_last of the image, or with kind >= 0 of act(image * scale + shift),
-    made plane by plane in a scratch image first (see 3c below)."""
+def _image_into_channels_last(xt, image, pad, Wp, pixel_order_max, scale, shift, kind, planes):
+    """_into_channels_last of the image, or with kind >= 0 of act(image * scale + shift).
+
+    Small planes are normalised after the transpose, one pixel's row of C channels at a time
+    (_affine_activate_row with the per-channel constants as the row's: the operations of
+    affine_activate_plane in its order, so the same bits), a vectorised pass per pixel where
+    normalising plane by plane took a call per plane of 16 or 4 pixels: a 4x4 forward with
+    C=512 spent more time in those calls than in its arithmetic. Larger planes are normalised
+    plane by plane into `planes`, scratch of the image's shape, before the transpose."""
+    C, H, W = image.shape
     if kind == STATISTICS_ONLY:
         _into_channels_last(xt, image, pad, Wp, pixel_order_max)
+    elif H * W <= pixel_order_max:
+        _into_channels_last(xt, image, pad, Wp, pixel_order_max)
+        for i in range(H):
+            for j in range(W):
+                row = xt[(i + pad) * Wp + pad + j]
+                _affine_activate_row(row, row, scale, shift, kind)
     else:
-        normalized = np.empty_like(image)
-        for c in range(image.shape[0]):
-            affine_activate_plane(normalized[c], image[c], scale[c], shift[c], kind)
-        _into_channels_last(xt, normalized, pad, Wp, pixel_order_max)
+        for c in range(C):
+            affine_activate_plane(planes[c], image[c], scale[c], shift[c], kind)
+        _into_channels_last(xt, planes, pad, Wp, pixel_order_max)
+
+
+@njit(cache=True)
+def _from_channels_last(image, t):
+    """image (C, H, W) = t (H*W, C) transposed, one channel at a time: the writes are
+    contiguous and the strided reads stay in the L1-resident t."""
+    C = image.shape[0]
+    P = image.shape[1] * image.shape[2]
+    planes = image.reshape(C, P)
+    flat = t.reshape(t.size)
+    for c in range(C):
+        dst = planes[c]
+        for p in range(P):
+            dst[p] = flat[p * C + c]
+
+
+@njit(cache=True)
+def _taps_3x3_channels_last(ot, xt, wt, stride, Wp, Wo):
+    """ot[i*Wo + j, c] = sum over the taps k = 0..8 in order of wt[k, c] *
+    xt[(i*stride + k // 3)*Wp + j*stride + k % 3, c]: each output pixel's nine taps summed in
+    a register for a vector of channels and stored once, where the passes load and store the
+    pixel's accumulator row once per tap. As in _taps_3x3, every read goes through one flat
+    array with unsigned offsets, so that LLVM vectorises the channel loop."""
+    C = wt.shape[1]
+    uC = uint64(C)
+    x = xt.reshape(xt.size)
+    w = wt.reshape(wt.size)
+    o = ot.reshape(ot.size)
+    t1, t2 = uint64(C), uint64(2 * C)
+    t3, t4, t5 = uint64(Wp * C), uint64((Wp + 1) * C), uint64((Wp + 2) * C)
+    t6, t7, t8 = uint64(2 * Wp * C), uint64((2 * Wp + 1) * C), uint64((2 * Wp + 2) * C)
+    for q in range(ot.shape[0]):
+        i, j = q // Wo, q % Wo
+        base = uint64((i * stride * Wp + j * stride) * C)
+        dst = o[q * C:]
+        for c in range(uC):
+            b = base + c
+            v = w[c] * x[b]
+            v += w[uC + c] * x[b + t1]
+            v += w[2 * uC + c] * x[b + t2]
+            v += w[3 * uC + c] * x[b + t3]
+            v += w[4 * uC + c] * x[b + t4]
+            v += w[5 * uC + c] * x[b + t5]
+            v += w[6 * uC + c] * x[b + t6]
+            v += w[7 * uC + c] * x[b + t7]
+            v += w[8 * uC + c] * x[b + t8]
+            dst[c] = v
 
 
 @njit(cache=True, parallel=True)
-def depthwise_conv2d_forward_channels_last(out, x, w, stride, pad, pixel_order_max, scale,
-                                           shift, kind):
-    """The same result as depthwise_conv2d_forward_phase_planes, for small maps; parallel over images."""
+def depthwise_conv2d_forward_channels_last(out, x, w, stride, pad, ntasks, pixel_order_max,
+                                           scale, shift, kind, taps_in_registers=True):
+    """The same result as depthwise_conv2d_forward_phase_planes, for small maps: ntasks tasks,
+    each with its own scratch, take a fixed share of the images (the split changes no bit)."""
     N, C, H, W = x.shape
     K = w.shape[2]
     Ho, Wo = out.shape[2], out.shape[3]
     Wp = W + 2 * pad
     wt = _depthwise_weights_by_tap(w)
-    for n in prange(N):
+    ntasks = max(1, min(N, ntasks))
+    for t in prange(ntasks):
+        # Zeroed once: the images overwrite the interior only, so the border stays zero.
         xt = np.zeros(((H + 2 * pad) * Wp, C), dtype=x.dtype)
         ot = np.empty((Ho * Wo, C), dtype=x.dtype)
-        _image_into_channels_last(xt, x[n], pad, Wp, pixel_order_max, scale, shift, kind)
-        for i in range(Ho):
-            for j in range(Wo):
-                acc = ot[i * Wo + j]
-                src = xt[i * stride * Wp + j * stride]
-                w0 = wt[0]
-                for c in range(C):
-                    acc[c] = w0[c] * src[c]
-                for k in range(1, K * K):
-                    src = xt[(i * stride + k // K) * Wp + j * stride + k % K]
-                    wk = wt[k]
-                    for c in range(C):
-                        acc[c] += wk[c] * src[c]
-        o = out[n]
-        for c in range(C):
-            for i in range(Ho):
-                row = o[c, i]
-                src = ot[i * Wo:]  # a slice, not ot[i * Wo + j, c]: see the top of the file
-                for j in range(Wo):
-                    row[j] = src[j, c]
+        planes = np.empty((C, H, W) if kind != STATISTICS_ONLY else (0, 0, 0), dtype=x.dtype)
+        for n in range(t * N // ntasks, (t + 1) * N // ntasks):
+            _image_into_channels_last(xt, x[n], pad, Wp, pixel_order_max, scale, shift, kind,
+                                      planes)
+            if K == 3 and taps_in_registers:
+                _taps_3x3_channels_last(ot, xt, wt, stride, Wp, Wo)
+            else:
+                for i in range(Ho):
+                    for j in range(Wo):
+                        acc = ot[i * Wo + j]
+                        src = xt[i * stride * Wp + j * stride]
+                        w0 = wt[0]
+                        for c in range(C):
+                            acc[c] = w0[c] * src[c]
+                        for k in range(1, K * K):
+                            src = xt[(i * stride + k // K) * Wp + j * stride + k % K]
+                            wk = wt[k]
+                            for c in range(C):
+                                acc[c] += wk[c] * src[c]
+            _from_channels_last(out[n], ot)
 
 
 @njit(cache=True)
@@ -555,10 +617,12 @@ def depthwise_conv2d_backward_channels_last(dx, dw, dout, x, w, stride, pad,
         # One image's dw in x's dtype (at most Ho*Wo terms per lane, and it vectorises twice
         # as wide), then added into the task's float64 partial sum.
         lanes = np.empty((K * K, C), dtype=x.dtype)
+        planes = np.empty((C, H, W) if kind != STATISTICS_ONLY else (0, 0, 0), dtype=x.dtype)
         task_sum = partial[task]
         for n in range(task * N // sum_tasks, (task + 1) * N // sum_tasks):
             _into_channels_last(gt, dout[n], 0, Wo, pixel_order_max)
-            _image_into_channels_last(xt, x[n], pad, Wp, pixel_order_max, scale, shift, kind)
+            _image_into_channels_last(xt, x[n], pad, Wp, pixel_order_max, scale, shift, kind,
+                                      planes)
             lanes[:] = 0
             for i in range(Ho):
                 for j in range(Wo):
@@ -583,13 +647,7 @@ def depthwise_conv2d_backward_channels_last(dx, dw, dout, x, w, stride, pad,
                             gq = gt[i * Wo + j]
                             for c in range(C):
                                 acc[c] += wk[c] * gq[c]
-            d = dx[n]
-            for c in range(C):
-                for r in range(H):
-                    row = d[c, r]
-                    src = dxt[r * W:]
-                    for q in range(W):
-                        row[q] = src[q, c]
+            _from_channels_last(dx[n], dxt)
     for c in range(C):
         for k in range(K * K):
             total = 0.0
@@ -664,7 +722,8 @@ def depthwise_conv2d_backward_fast(dx, dw, dout, x, w, stride, pad):
 def _depthwise_conv2d_forward_fast(out, x, w, stride, pad, scale, shift, kind):
     N, C = x.shape[:2]
     if out.shape[2] * out.shape[3] <= tuning.DEPTHWISE_CHANNELS_LAST_MAX_PIXELS:
-        depthwise_conv2d_forward_channels_last(out, x, w, stride, pad,
+        ntasks = min(N, tuning.DEPTHWISE_TASKS_PER_THREAD * get_num_threads())
+        depthwise_conv2d_forward_channels_last(out, x, w, stride, pad, ntasks,
                                                tuning.PIXEL_ORDER_MAX_PIXELS, scale, shift, kind)
     else:
         ntasks = min(N * C, tuning.DEPTHWISE_TASKS_PER_THREAD * get_num_threads())
