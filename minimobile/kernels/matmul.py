@@ -18,7 +18,8 @@ from numba import get_num_threads, njit, prange
 
 from .. import tuning
 from . import threads_for
-from .batchnorm import STATISTICS_ONLY, affine_activate_plane, no_prologue, normalized_input
+from .batchnorm import (STATISTICS_ONLY, _affine_activate_row, affine_activate_plane, no_prologue,
+                        normalized_input)
 
 # ---------------------------------------------------------------------------------------------
 # Rung 1, loops.
@@ -374,12 +375,35 @@ def matmul_per_image_backward(dx, dw, dout, x, wt, sum_tasks, scale, shift, kind
 
 
 @njit(cache=True)
+def _spread_constants(scale, shift, kind, P):
+    """For batch norm's prologue kinds (0-3), the per-channel constants spread out to one per
+    position of an image's (K, P) matrix, (K*P,) each, as _gather_images takes them; other
+    kinds' constants as they are."""
+    if kind == STATISTICS_ONLY or kind >= SCALE_BY_IMAGE:
+        return scale, shift
+    return np.repeat(scale, P), np.repeat(shift, P)
+
+
+@njit(cache=True)
 def _gather_images(cols, b, lo, hi, scale, shift, kind):
     """cols[:, i*P:(i+1)*P] = b[lo + i] for the images lo..hi-1: their (K, P) matrices side by
     side, channel-major; b (N, K, P), cols (K, (hi-lo)*P). Reads each image in memory order.
     With a prologue (kind not STATISTICS_ONLY) the copy is act(b * scale + shift), or b scaled
-    per image and channel (SCALE_BY_IMAGE)."""
+    per image and channel (SCALE_BY_IMAGE).
+
+    For batch norm's kinds, scale and shift come spread out (_spread_constants): each image
+    is normalised in one vectorised pass over its K*P values into scratch, and then copied.
+    Normalising it channel by channel took a call per row of 16 or 4 pixels, which made the
+    prologue cost 15-20 % of a product at 2x2 (V1 1.0's 1024 -> 1024) where it now costs
+    what a pass over L1 costs. The operations are affine_activate_plane's, in its order, so
+    the bits are the same."""
     K, P = b.shape[1], b.shape[2]
+    if STATISTICS_ONLY < kind < SCALE_BY_IMAGE:
+        image = np.empty((K, P), dtype=b.dtype)
+        for n in range(lo, hi):
+            _affine_activate_row(image.reshape(K * P), b[n].reshape(K * P), scale, shift, kind)
+            _copy_image_into(cols, image, (n - lo) * P)
+        return
     for n in range(lo, hi):
         at = (n - lo) * P
         if kind == SCALE_BY_IMAGE:
@@ -392,16 +416,18 @@ def _gather_images(cols, b, lo, hi, scale, shift, kind):
                                       shift[k], kind - NORMALIZE_THEN_SCALE)
                 _scale_row(cols[k, at:at + P], cols[k, at:at + P], scale[K + n * K + k])
             continue
-        if kind != STATISTICS_ONLY:
-            for k in range(K):
-                affine_activate_plane(cols[k:k + 1, at:at + P], b[n, k:k + 1], scale[k],
-                                      shift[k], kind)
-            continue
-        for k in range(K):
-            src = b[n, k]
-            dst = cols[k]
-            for p in range(P):
-                dst[at + p] = src[p]
+        _copy_image_into(cols, b[n], at)
+
+
+@njit(cache=True)
+def _copy_image_into(cols, image, at):
+    """cols[:, at:at+P] = image (K, P)."""
+    K, P = image.shape
+    for k in range(K):
+        src = image[k]
+        dst = cols[k]
+        for p in range(P):
+            dst[at + p] = src[p]
 
 
 @njit(cache=True)
@@ -425,6 +451,7 @@ def matmul_image_groups(out, a, b, group, scale, shift, kind):
     a prologue, the images are normalised in that copy."""
     N, K, P = b.shape
     M = a.shape[0]
+    scale, shift = _spread_constants(scale, shift, kind, P)
     for g in prange((N + group - 1) // group):
         lo = g * group
         hi = min(N, lo + group)
@@ -445,6 +472,7 @@ def matmul_image_groups_backward(dx, dw, dout, x, wt, group, sum_tasks, scale, s
     M = dw.shape[0]
     ngroups = (N + group - 1) // group
     ntasks = min(sum_tasks, ngroups)
+    scale, shift = _spread_constants(scale, shift, kind, P)
     partial = np.empty((ntasks, M, K), dtype=dw.dtype)  # each task has a group at least
     for t in prange(ntasks):
         # Flat buffers, reshaped per group, so a last, shorter group is still contiguous.
