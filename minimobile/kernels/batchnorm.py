@@ -23,7 +23,8 @@ order by image on small maps).
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from .. import tuning
 from . import threads_for
@@ -229,23 +230,41 @@ def channel_affine_fast(out, x, scale, shift):
 # ---------------------------------------------------------------------------------------------
 
 
+def _at(v, p):
+    """v[p] for a per-position array, v itself for a scalar (nopython mode only): so one row
+    loop takes a channel's constants either as scalars, which LLVM keeps in registers (by
+    channel), or one per position (by image, where a row spans many channels). By channel,
+    arrays of one repeated value cost loads of four more streams: with them, batch norm's
+    fused backward at 128x96x32x32 and 128x48x32x32 took 1.11-1.14x the unfused time without
+    an activation and 0.96-1.00x with one; with scalars 0.91-0.97 and 0.77-0.80 (in-process
+    A/B, 2026-11-30)."""
+    raise NotImplementedError("_at is for Numba kernels")
+
+
+@overload(_at)
+def _at_in_numba(v, p):
+    if isinstance(v, types.Array):
+        return lambda v, p: v[p]
+    return lambda v, p: v
+
+
 @njit(cache=True)
 def _affine_activate_row(dst, src, s, t, kind):
-    """dst = act(src * s + t) over one row."""
+    """dst = act(src * s + t) over one row; s and t per position or scalars (_at)."""
     zero, three, six = src.dtype.type(0), src.dtype.type(3), src.dtype.type(6)
     P = src.size
     if kind == 0:
         for p in range(P):
-            dst[p] = src[p] * s[p] + t[p]
+            dst[p] = src[p] * _at(s, p) + _at(t, p)
     elif kind == 1:
         for p in range(P):
-            dst[p] = max(src[p] * s[p] + t[p], zero)
+            dst[p] = max(src[p] * _at(s, p) + _at(t, p), zero)
     elif kind == 2:
         for p in range(P):
-            dst[p] = min(max(src[p] * s[p] + t[p], zero), six)
+            dst[p] = min(max(src[p] * _at(s, p) + _at(t, p), zero), six)
     else:
         for p in range(P):
-            y = src[p] * s[p] + t[p]
+            y = src[p] * _at(s, p) + _at(t, p)
             dst[p] = y * min(max(y + three, zero), six) / six
 
 
@@ -301,31 +320,76 @@ def no_prologue(x):
     return empty, empty, STATISTICS_ONLY
 
 
+# The backward's two passes recompute g = dout * act'(y), y = src * s + t exactly as the
+# forward computed y, inside their own loops: g is never stored. Making it in a scratch row
+# first and reading it back (one call per row, then the loop) cost a quarter more: fused, the
+# backward with an activation took 0.77-0.80 of the time by channel (128x96x32x32 and
+# 128x48x32x32) and 0.80-0.95 by image (16x16 to 2x2), with the same bits (in-process A/B
+# against the unfused kernels, 2026-11-30). Slopes at the kinks are PyTorch's, as in the
+# standalone activation kernels of kernels/elementwise.py; the branch on the activation sits
+# outside each row loop, so every loop stays branch-free.
+
+
 @njit(cache=True)
-def _upstream_row(g, dout, src, s, t, kind):
-    """The gradient reaching bn(x) for one row: dout itself when no activation is fused (no
-    copy), else g = dout * act'(y), y = src * s + t recomputed exactly as the forward computed
-    it. Slopes at the kinks are PyTorch's, as in the standalone activation kernels below."""
-    if kind == 0:
-        return dout
+def _upstream_sums(acc_g, acc_gx, dout, src, s, t, m, kind):
+    """acc_g += g and acc_gx += g * (src - m) over one row (m the mean, in float64); s, t
+    and m per position or scalars (_at)."""
     zero, half, one = src.dtype.type(0), src.dtype.type(0.5), src.dtype.type(1)
     three, six = src.dtype.type(3), src.dtype.type(6)
     P = src.size
-    if kind == 1:
+    if kind == 0:
         for p in range(P):
-            g[p] = dout[p] if src[p] * s[p] + t[p] > zero else zero
+            acc_g[p] += dout[p]
+            acc_gx[p] += dout[p] * (src[p] - _at(m, p))
+    elif kind == 1:
+        for p in range(P):
+            g = dout[p] if src[p] * _at(s, p) + _at(t, p) > zero else zero
+            acc_g[p] += g
+            acc_gx[p] += g * (src[p] - _at(m, p))
     elif kind == 2:
         for p in range(P):
-            y = src[p] * s[p] + t[p]
-            g[p] = dout[p] if (y > zero and y < six) else zero
+            y = src[p] * _at(s, p) + _at(t, p)
+            g = dout[p] if (y > zero and y < six) else zero
+            acc_g[p] += g
+            acc_gx[p] += g * (src[p] - _at(m, p))
     else:
         for p in range(P):
-            y = src[p] * s[p] + t[p]
+            y = src[p] * _at(s, p) + _at(t, p)
             slope = y / three + half
             slope = zero if y < -three else slope
             slope = one if y > three else slope
-            g[p] = dout[p] * slope
-    return g
+            g = dout[p] * slope
+            acc_g[p] += g
+            acc_gx[p] += g * (src[p] - _at(m, p))
+
+
+@njit(cache=True)
+def _input_gradient_row(d, dout, src, s, t, a, b, mm, cm, kind):
+    """d = a * g - b * (src - mm) + cm over one row: dx from the sums (a, b, mm, cm as in
+    the backward kernels, per position or scalars), g recomputed as in _upstream_sums."""
+    zero, half, one = src.dtype.type(0), src.dtype.type(0.5), src.dtype.type(1)
+    three, six = src.dtype.type(3), src.dtype.type(6)
+    P = src.size
+    if kind == 0:
+        for p in range(P):
+            d[p] = _at(a, p) * dout[p] - _at(b, p) * (src[p] - _at(mm, p)) + _at(cm, p)
+    elif kind == 1:
+        for p in range(P):
+            g = dout[p] if src[p] * _at(s, p) + _at(t, p) > zero else zero
+            d[p] = _at(a, p) * g - _at(b, p) * (src[p] - _at(mm, p)) + _at(cm, p)
+    elif kind == 2:
+        for p in range(P):
+            y = src[p] * _at(s, p) + _at(t, p)
+            g = dout[p] if (y > zero and y < six) else zero
+            d[p] = _at(a, p) * g - _at(b, p) * (src[p] - _at(mm, p)) + _at(cm, p)
+    else:
+        for p in range(P):
+            y = src[p] * _at(s, p) + _at(t, p)
+            slope = y / three + half
+            slope = zero if y < -three else slope
+            slope = one if y > three else slope
+            g = dout[p] * slope
+            d[p] = _at(a, p) * g - _at(b, p) * (src[p] - _at(mm, p)) + _at(cm, p)
 
 
 @njit(cache=True)
@@ -365,48 +429,35 @@ def batchnorm2d_forward_by_channel(out, mean, var, scale, shift, x, gamma, beta,
         _shifted_moments(c, mean, var, k0, lanes.sum(), lanes_sq.sum(), N * P)
         _batchnorm_constants(c, mean, var, scale, shift, gamma, beta, eps)
         if kind != STATISTICS_ONLY:
-            s = np.full(P, scale[c])
-            t = np.full(P, shift[c])
             for n in range(N):
-                _affine_activate_row(out[n, c], x[n, c], s, t, kind)
+                _affine_activate_row(out[n, c], x[n, c], scale[c], shift[c], kind)
 
 
 @njit(cache=True, parallel=True)
 def batchnorm2d_backward_by_channel(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale,
                                     shift, kind):
     """By channel. With g = dout * act'(bn(x)):
-    dx = gamma*invstd/M * (M*g - sum(g) - xhat*sum(g*xhat)), xhat and bn(x) recomputed from x.
-    g lives in one row of per-thread scratch."""
+    dx = gamma*invstd/M * (M*g - sum(g) - xhat*sum(g*xhat)), xhat and bn(x) recomputed from x,
+    g recomputed in each pass's loop (_upstream_sums, _input_gradient_row)."""
     N, C, P = x.shape
     M = N * P
     for c in prange(C):
-        g = np.empty(P, dtype=x.dtype)
         lanes_g = np.zeros(P)
         lanes_gx = np.zeros(P)
-        m = mean[c]
-        s = np.full(P, scale[c])
-        t = np.full(P, shift[c])
+        s, t, m = scale[c], shift[c], mean[c]
         for n in range(N):
-            src = x[n, c]
-            grad = _upstream_row(g, dout[n, c], src, s, t, kind)
-            for p in range(P):
-                lanes_g[p] += grad[p]
-                lanes_gx[p] += grad[p] * (src[p] - m)
+            _upstream_sums(lanes_g, lanes_gx, dout[n, c], x[n, c], s, t, m, kind)
         sum_g = lanes_g.sum()
         sum_gxhat = lanes_gx.sum() * invstd[c]
         dbeta[c] = sum_g
         dgamma[c] = sum_gxhat
         k = gamma[c] * invstd[c]
         a = x.dtype.type(k)
-        b = x.dtype.type(k * invstd[c] * sum_gxhat / M)  # xhat * this = (x - m) * invstd * ...
+        b = x.dtype.type(k * invstd[c] * sum_gxhat / M)  # xhat * b = (x - m) * invstd * ...
         cm = x.dtype.type(-k * sum_g / M)
-        mm = x.dtype.type(m)
+        mm = x.dtype.type(mean[c])
         for n in range(N):
-            src = x[n, c]
-            d = dx[n, c]
-            grad = _upstream_row(g, dout[n, c], src, s, t, kind)
-            for p in range(P):
-                d[p] = a * grad[p] - b * (src[p] - mm) + cm
+            _input_gradient_row(dx[n, c], dout[n, c], x[n, c], s, t, a, b, mm, cm, kind)
 
 
 @njit(cache=True)
@@ -477,15 +528,10 @@ def batchnorm2d_backward_by_image(dx, dgamma, dbeta, dout, x, mean, invstd, gamm
     lanes_g = np.zeros((sum_tasks, C * P))
     lanes_gx = np.zeros((sum_tasks, C * P))
     for task in prange(sum_tasks):
-        g = np.empty(C * P, dtype=x.dtype)
         acc_g = lanes_g[task]
         acc_gx = lanes_gx[task]
         for n in range(task * N // sum_tasks, (task + 1) * N // sum_tasks):
-            src = xs[n]
-            grad = _upstream_row(g, douts[n], src, s, t, kind)
-            for i in range(C * P):
-                acc_g[i] += grad[i]
-                acc_gx[i] += grad[i] * (src[i] - m[i])
+            _upstream_sums(acc_g, acc_gx, douts[n], xs[n], s, t, m, kind)
     sum_g = _per_channel_total(lanes_g, C, P)
     sum_gxhat = _per_channel_total(lanes_gx, C, P) * invstd
     dbeta[:] = sum_g
@@ -496,13 +542,7 @@ def batchnorm2d_backward_by_image(dx, dgamma, dbeta, dout, x, mean, invstd, gamm
     cm = _spread(-k * sum_g / M, P, x.dtype)
     mm = _spread(mean, P, x.dtype)
     for n in prange(N):
-        g = np.empty(C * P, dtype=x.dtype)
-        src = xs[n]
-        d = dxs[n]
-        grad = _upstream_row(g, douts[n], src, s, t, kind)
-        for i in range(C * P):
-            d[i] = a[i] * grad[i] - b[i] * (src[i] - mm[i]) + cm[i]
-
+        _input_gradient_row(dxs[n], douts[n], xs[n], s, t, a, b, mm, cm, kind)
 
 
 def batchnorm2d_forward_fast(out, mean, var, scale, shift, x, gamma, beta, eps, kind):
