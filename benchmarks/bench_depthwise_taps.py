@@ -1,6 +1,8 @@
-"""The fast depthwise conv on large maps (kernels/depthwise.py, 3a), 3x3 filters: the nine
-taps of each output pixel summed in registers (forward), and each input pixel's gradient
-gathered from its nine taps (backward, stride 1), against nine passes over a wide grid.
+"""The fast depthwise conv, 3x3 filters: the nine taps of each output pixel summed in
+registers, against nine passes. On large maps (kernels/depthwise.py, 3a, phase planes) the
+forward, and the backward's dx gathered from its nine taps at stride 1, against nine passes
+over a wide grid; on small maps (3b, channels last) the forward, against nine passes over
+each output pixel's row of channels.
 
 Both give the same bits (tests/test_kernels.py checks the order of the sum), so the only
 question is time. Each round times the two ways back to back on the same arrays (forward,
@@ -29,6 +31,21 @@ from minimobile.kernels import depthwise  # noqa: E402
 # and more (the 3x3 depthwise convs that take the phase-plane path at batch 128).
 LAYERS = [(32, 32, 1), (64, 32, 2), (128, 16, 1), (96, 32, 1), (96, 32, 2), (48, 32, 1),
           (144, 16, 1), (96, 16, 1)]
+# The same for the layers whose outputs take the channels-last path: V1 1.0's and V2 0.5's
+# at 8x8, 4x4 and 2x2 (their inputs, and strides).
+CHANNELS_LAST_LAYERS = [(256, 8, 1), (192, 8, 1), (288, 8, 1), (96, 16, 2), (512, 4, 1),
+                        (480, 4, 1), (1024, 2, 1)]
+
+
+def _timed_pairs(fn, rounds, repeats):
+    """'passes registers ratio range' columns: fn(False) and fn(True) timed back to back in
+    each round, medians over rounds, and the range of the ratio."""
+    times = np.array([[experiments.time_callable(lambda: fn(registers), repeats,
+                                                 warmup=1).median
+                       for registers in (False, True)] for _ in range(rounds)])
+    ratios = times[:, 1] / times[:, 0]
+    return (f" {1e3 * np.median(times[:, 0]):>8.2f} {1e3 * np.median(times[:, 1]):>10.2f}"
+            f" {np.median(ratios):>7.2f} {ratios.min():>5.2f}-{ratios.max():<5.2f}")
 
 
 def main():
@@ -66,13 +83,27 @@ def main():
                                                              *plain, registers)
         row = f"{C:>4} {H:>3}x{H:<2} {s:>2}"
         for fn in (forward, backward):
-            times = np.array([[experiments.time_callable(lambda: fn(registers), args.repeats,
-                                                         warmup=1).median
-                               for registers in (False, True)] for _ in range(args.rounds)])
-            ratios = times[:, 1] / times[:, 0]
-            row += (f" {1e3 * np.median(times[:, 0]):>8.2f} {1e3 * np.median(times[:, 1]):>10.2f}"
-                    f" {np.median(ratios):>7.2f} {ratios.min():>5.2f}-{ratios.max():<5.2f}")
+            row += _timed_pairs(fn, args.rounds, args.repeats)
         print(row, flush=True)
+
+    print()
+    print("3x3 depthwise conv channels last (small maps), forward (the backward has one way)")
+    print(f"{'':>14}{'forward':^39}")
+    print(f"{'C':>4} {'map':>6} {'s':>2}" + f" {'passes':>8} {'registers':>10} {'ratio':>7} "
+          f"{'range':>11}")
+    for C, H, s in CHANNELS_LAST_LAYERS:
+        x = rng.standard_normal((args.batch, C, H, H)).astype(np.float32)
+        w = rng.standard_normal((C, 1, 3, 3)).astype(np.float32)
+        Ho = (H - 1) // s + 1
+        out = np.empty((args.batch, C, Ho, Ho), np.float32)
+        ntasks = min(args.batch, tuning.DEPTHWISE_TASKS_PER_THREAD * get_num_threads())
+        plain = depthwise.no_prologue(x)
+
+        def forward(registers):
+            depthwise.depthwise_conv2d_forward_channels_last(
+                out, x, w, s, 1, ntasks, tuning.PIXEL_ORDER_MAX_PIXELS, *plain, registers)
+        print(f"{C:>4} {H:>3}x{H:<2} {s:>2}" + _timed_pairs(forward, args.rounds, args.repeats),
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """benchmarks/bench_depthwise_taps.py: a tiny run prints a row per layer, forward and
-backward both ways timed."""
+backward both ways timed on phase planes, the forward both ways channels last."""
 
 import os
 import subprocess
@@ -15,13 +15,17 @@ def test_a_tiny_run_prints_both_timings_and_their_ratio_for_every_layer():
     done = subprocess.run([sys.executable, str(SCRIPT), "--rounds", "1", "--repeats", "1",
                            "--batch", "2"], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr
-    rows = [line.split() for line in done.stdout.splitlines()[3:]]
+    planes, channels_last = done.stdout.split("\n\n")
     sys.path.insert(0, str(REPO / "benchmarks"))
     import bench_depthwise_taps
-    assert len(rows) == len(bench_depthwise_taps.LAYERS)
-    for row, (C, H, s) in zip(rows, bench_depthwise_taps.LAYERS):
-        assert row[:3] == [str(C), f"{H}x{H}", str(s)]
-        forward, backward = row[3:7], row[7:11]
-        for passes, registers, ratio, spread in (forward, backward):
-            assert float(passes) >= 0 and float(registers) >= 0 and float(ratio) > 0
-            assert spread == f"{ratio}-{ratio}"  # one round: the range is that round's ratio
+    for text, layers, ways in ((planes, bench_depthwise_taps.LAYERS, 2),
+                               (channels_last, bench_depthwise_taps.CHANNELS_LAST_LAYERS, 1)):
+        rows = [line.split() for line in text.splitlines()[3:] if line]
+        assert len(rows) == len(layers)
+        for row, (C, H, s) in zip(rows, layers):
+            assert row[:3] == [str(C), f"{H}x{H}", str(s)]
+            assert len(row) == 3 + 4 * ways
+            for way in range(ways):
+                passes, registers, ratio, spread = row[3 + 4 * way:7 + 4 * way]
+                assert float(passes) >= 0 and float(registers) >= 0 and float(ratio) > 0
+                assert spread == f"{ratio}-{ratio}"  # one round: the range is that ratio

@@ -494,7 +494,7 @@ def _image_into_channels_last(xt, image, pad, Wp, pixel_order_max, scale, shift,
         _into_channels_last(xt, image, pad, Wp, pixel_order_max)
         for i in range(H):
             for j in range(W):
-                row = xt[(i + pad) * Wp + pad + j]
+                row = xt[(i + pad) * Wp + pad + j, :C]
                 _affine_activate_row(row, row, scale, shift, kind)
     else:
         for c in range(C):
@@ -522,31 +522,45 @@ def _taps_3x3_channels_last(ot, xt, wt, stride, Wp, Wo):
     xt[(i*stride + k // 3)*Wp + j*stride + k % 3, c]: each output pixel's nine taps summed in
     a register for a vector of channels and stored once, where the passes load and store the
     pixel's accumulator row once per tap. As in _taps_3x3, every read goes through one flat
-    array with unsigned offsets, so that LLVM vectorises the channel loop."""
-    C = wt.shape[1]
-    uC = uint64(C)
+    array with unsigned offsets, so that LLVM vectorises the channel loop. The rows of xt and
+    wt are longer than ot's C (CHANNELS_LAST_ROW_PAD)."""
+    C = ot.shape[1]
+    xp, wp = xt.shape[1], wt.shape[1]
     x = xt.reshape(xt.size)
     w = wt.reshape(wt.size)
     o = ot.reshape(ot.size)
-    t1, t2 = uint64(C), uint64(2 * C)
-    t3, t4, t5 = uint64(Wp * C), uint64((Wp + 1) * C), uint64((Wp + 2) * C)
-    t6, t7, t8 = uint64(2 * Wp * C), uint64((2 * Wp + 1) * C), uint64((2 * Wp + 2) * C)
+    t1, t2 = uint64(xp), uint64(2 * xp)
+    t3, t4, t5 = uint64(Wp * xp), uint64((Wp + 1) * xp), uint64((Wp + 2) * xp)
+    t6, t7, t8 = uint64(2 * Wp * xp), uint64((2 * Wp + 1) * xp), uint64((2 * Wp + 2) * xp)
+    w1, w2, w3, w4 = uint64(wp), uint64(2 * wp), uint64(3 * wp), uint64(4 * wp)
+    w5, w6, w7, w8 = uint64(5 * wp), uint64(6 * wp), uint64(7 * wp), uint64(8 * wp)
     for q in range(ot.shape[0]):
         i, j = q // Wo, q % Wo
-        base = uint64((i * stride * Wp + j * stride) * C)
+        base = uint64((i * stride * Wp + j * stride) * xp)
         dst = o[q * C:]
-        for c in range(uC):
+        for c in range(uint64(C)):
             b = base + c
             v = w[c] * x[b]
-            v += w[uC + c] * x[b + t1]
-            v += w[2 * uC + c] * x[b + t2]
-            v += w[3 * uC + c] * x[b + t3]
-            v += w[4 * uC + c] * x[b + t4]
-            v += w[5 * uC + c] * x[b + t5]
-            v += w[6 * uC + c] * x[b + t6]
-            v += w[7 * uC + c] * x[b + t7]
-            v += w[8 * uC + c] * x[b + t8]
+            v += w[w1 + c] * x[b + t1]
+            v += w[w2 + c] * x[b + t2]
+            v += w[w3 + c] * x[b + t3]
+            v += w[w4 + c] * x[b + t4]
+            v += w[w5 + c] * x[b + t5]
+            v += w[w6 + c] * x[b + t6]
+            v += w[w7 + c] * x[b + t7]
+            v += w[w8 + c] * x[b + t8]
             dst[c] = v
+
+
+# The forward's channels-last scratch image and its weights by tap have rows of
+# C + CHANNELS_LAST_ROW_PAD values. With rows of exactly C, 1024 channels put every row a
+# multiple of 4 KB from the next, so the nine weight rows that _taps_3x3_channels_last reads
+# together share their address bits below 4 KB (and the nine image rows theirs): V1 1.0's
+# 1024-channel 2x2 layer ran 1.19-1.45x the passes' time with the taps in registers, and 0.93
+# with both padded (bench_depthwise_taps.py, 2026-11-30; padding the image rows alone gave
+# 1.20). Most likely the CPU's "4K aliasing", loads held back by a store whose address
+# matches theirs in those bits. Sixteen values are 64 bytes, a cache line.
+CHANNELS_LAST_ROW_PAD = 16
 
 
 @njit(cache=True, parallel=True)
@@ -559,17 +573,19 @@ def depthwise_conv2d_forward_channels_last(out, x, w, stride, pad, ntasks, pixel
     Ho, Wo = out.shape[2], out.shape[3]
     Wp = W + 2 * pad
     wt = _depthwise_weights_by_tap(w)
+    wt_padded = np.zeros((K * K, C + CHANNELS_LAST_ROW_PAD), dtype=w.dtype)
+    wt_padded[:, :C] = wt
     ntasks = max(1, min(N, ntasks))
     for t in prange(ntasks):
         # Zeroed once: the images overwrite the interior only, so the border stays zero.
-        xt = np.zeros(((H + 2 * pad) * Wp, C), dtype=x.dtype)
+        xt = np.zeros(((H + 2 * pad) * Wp, C + CHANNELS_LAST_ROW_PAD), dtype=x.dtype)
         ot = np.empty((Ho * Wo, C), dtype=x.dtype)
         planes = np.empty((C, H, W) if kind != STATISTICS_ONLY else (0, 0, 0), dtype=x.dtype)
         for n in range(t * N // ntasks, (t + 1) * N // ntasks):
             _image_into_channels_last(xt, x[n], pad, Wp, pixel_order_max, scale, shift, kind,
                                       planes)
             if K == 3 and taps_in_registers:
-                _taps_3x3_channels_last(ot, xt, wt, stride, Wp, Wo)
+                _taps_3x3_channels_last(ot, xt, wt_padded, stride, Wp, Wo)
             else:
                 for i in range(Ho):
                     for j in range(Wo):
