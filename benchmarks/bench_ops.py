@@ -103,6 +103,15 @@ def make_cases(rng, names):
     add("batchnorm", f"N={N} C=96 16x16", ops.batchnorm2d_forward, ops.batchnorm2d_backward,
         dict(x=arr(N, 96, 16, 16), gamma=arr(96), beta=arr(96)), (N, 96, 16, 16),
         lambda t: F.batch_norm(t["x"], None, None, t["gamma"], t["beta"], training=True))
+    # Batch norm with its activation fused, by channel (32x32) and by image (8x8).
+    for name, C, H in (("batchnorm_relu6", 96, 32), ("batchnorm_relu6_8x8", 288, 8)):
+        add(name, f"N={N} C={C} {H}x{H}",
+            lambda x, gamma, beta: ops.batchnorm2d_activation_forward(x, gamma, beta,
+                                                                      activation="relu6"),
+            ops.batchnorm2d_activation_backward,
+            dict(x=arr(N, C, H, H), gamma=arr(C), beta=arr(C)), (N, C, H, H),
+            lambda t: F.relu6(F.batch_norm(t["x"], None, None, t["gamma"], t["beta"],
+                                           training=True)))
     for act in ("relu", "relu6", "hardswish", "hardsigmoid"):
         add(act, f"N={N} C=96 16x16", getattr(ops, f"{act}_forward"),
             getattr(ops, f"{act}_backward"), dict(x=arr(N, 96, 16, 16) * 4), (N, 96, 16, 16),

@@ -25,10 +25,10 @@ OPS_PAYLOAD = r"""
 import json, sys, time
 import numpy as np
 import numba
-sys.path.insert(0, "benchmarks")
+sys.path.insert(0, {bench_dir!r})
 import bench_ops
 numba.set_num_threads({threads})
-cases = bench_ops.make_cases(np.random.default_rng(0), set())
+cases = bench_ops.make_cases(np.random.default_rng(0), set({ops!r}.split(",")) - {{""}})
 result = {{}}
 for case in cases:
     for _ in range(2):
@@ -71,8 +71,11 @@ print(json.dumps(result))
 
 
 def run(tree, payload, args, env_extra=()):
+    # Both trees run this checkout's bench_ops cases (through the public ops), so cases added
+    # since the old commit are timed on the old engine too.
     code = (OPS_PAYLOAD if payload == "ops" else STEPS_PAYLOAD).format(
-        threads=args.threads, repeats=args.repeats, models=args.models)
+        threads=args.threads, repeats=args.repeats, models=args.models, ops=args.ops,
+        bench_dir=os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.path.abspath(tree), **dict(env_extra))
     done = subprocess.run([sys.executable, "-c", code], cwd=tree, env=env, capture_output=True,
                           text=True)
@@ -91,6 +94,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", default="v1:0.5,v2:0.5,v3-small:1.0",
                         help="steps payload: networks as name:width")
+    parser.add_argument("--ops", default="",
+                        help="ops payload: comma-separated bench_ops case names (default: all)")
     parser.add_argument("--old-env", action="append", default=[], metavar="NAME=VALUE",
                         help="an environment variable for the old side only (repeatable); with "
                              "the same tree on both sides this compares two settings")
