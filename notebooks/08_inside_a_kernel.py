@@ -297,3 +297,14 @@ print(f"registers / passes: {ways[True].median / ways[False].median:.2f}")
 # each either way, so it gained little (`benchmarks/bench_depthwise_taps.py` times both, in
 # pairs, on every such layer of V1 and V2).
 
+#
+# The channels-last order takes the same step: for each output pixel, the nine taps of a
+# vector of channels are summed in a register and stored once (`_taps_3x3_channels_last`),
+# and `depthwise_conv2d_forward_channels_last` keeps its passes behind the same flag. One
+# more detail mattered there. With 1024 channels, every row of the scratch image and of the
+# weights by tap lies a multiple of 4 KB from the next, so the nine rows read together share
+# their low twelve address bits, and the registers ran slower than the passes until the rows
+# were padded by a cache line (`CHANNELS_LAST_ROW_PAD`). The likely cause is "4K aliasing":
+# the CPU compares those bits alone to decide whether a load may depend on an earlier store,
+# and holds back loads that look as if they might. The benchmark above times the channels-last
+# forward both ways too, on the small-map layers of V1 and V2.
