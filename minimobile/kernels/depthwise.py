@@ -17,8 +17,8 @@ from numba import get_num_threads, njit, prange, uint64
 
 from .. import tuning
 from . import threads_for
-from .batchnorm import (STATISTICS_ONLY, _affine_activate_row,  # noqa: F401
-                        affine_activate_plane, no_prologue, normalized_input)
+from .batchnorm import (STATISTICS_ONLY, affine_activate_plane, no_prologue,  # noqa: F401
+                        normalized_input)
 
 # ---------------------------------------------------------------------------------------------
 # Rung 1, loops: the definition, one output element at a time.
@@ -440,8 +440,8 @@ def depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, pad, bloc
 # then adds it into `sum_tasks` fixed float64 partial sums, added in task order.
 # Later steps on the same loop order (2026-11-30; docs/PERFORMANCE.md, "Small maps and batch
 # norm's backward"): each task zeroes its scratch image once for all of its images; a small
-# image read as batch norm's output is normalised one pixel's row of channels at a time after
-# the transpose, not one tiny plane at a time before it; the forward sums a 3x3's nine taps
+# image read as batch norm's output is normalised as it is transposed, not one tiny plane at
+# a time before it; the forward sums a 3x3's nine taps
 # in a register (_taps_3x3_channels_last); and the results go back to NCHW one channel over
 # all of its pixels. Against the loops before those steps, in-process at batch 128: forward
 # 0.53-0.85 of the time, backward 0.62-0.96, and 0.36-0.38 at 2x2 read normalised.
@@ -488,25 +488,46 @@ def _into_channels_last(xt, image, pad, Wp, pixel_order_max):
 def _image_into_channels_last(xt, image, pad, Wp, pixel_order_max, scale, shift, kind, planes):
     """_into_channels_last of the image, or with kind >= 0 of act(image * scale + shift).
 
-    Small planes are normalised after the transpose, one pixel's row of C channels at a time
-    (_affine_activate_row with the per-channel constants as the row's: the operations of
-    affine_activate_plane in its order, so the same bits), a vectorised pass per pixel where
-    normalising plane by plane took a call per plane of 16 or 4 pixels: a 4x4 forward with
-    C=512 spent more time in those calls than in its arithmetic. Larger planes are normalised
-    plane by plane into `planes`, scratch of the image's shape, before the transpose."""
+    Small planes are normalised as they are transposed, pixel by pixel, each channel with its
+    own constants: the operations of affine_activate_plane in its order, so the same bits.
+    This was first a call per plane of 16 or 4 pixels, which at 4x4 and 2x2 cost more than
+    the convolution, and then a second pass over each pixel's row after the transpose; in
+    the transpose itself the fill took 0.32-0.61 of that two-pass time (288x8x8 to 1024x2x2,
+    ReLU6 and hard-swish; in-process A/B, 2026-11-30). Larger planes are normalised plane by
+    plane into `planes`, scratch of the image's shape, before the transpose."""
     C, H, W = image.shape
     if kind == STATISTICS_ONLY:
         _into_channels_last(xt, image, pad, Wp, pixel_order_max)
     elif H * W <= pixel_order_max:
-        _into_channels_last(xt, image, pad, Wp, pixel_order_max)
-        for i in range(H):
-            for j in range(W):
-                row = xt[(i + pad) * Wp + pad + j, :C]
-                _affine_activate_row(row, row, scale, shift, kind)
+        _into_channels_last_normalized(xt, image, pad, Wp, scale, shift, kind)
     else:
         for c in range(C):
             affine_activate_plane(planes[c], image[c], scale[c], shift[c], kind)
         _into_channels_last(xt, planes, pad, Wp, pixel_order_max)
+
+
+@njit(cache=True)
+def _into_channels_last_normalized(xt, image, pad, Wp, scale, shift, kind):
+    """xt[(i + pad) * Wp + j + pad, c] = act(image[c, i, j] * scale[c] + shift[c]), pixel by
+    pixel (batchnorm.ACTIVATION_CODES; the branch sits outside each channel loop)."""
+    C, H, W = image.shape
+    zero, three, six = image.dtype.type(0), image.dtype.type(3), image.dtype.type(6)
+    for i in range(H):
+        for j in range(W):
+            dst = xt[(i + pad) * Wp + pad + j]
+            if kind == 0:
+                for c in range(C):
+                    dst[c] = image[c, i, j] * scale[c] + shift[c]
+            elif kind == 1:
+                for c in range(C):
+                    dst[c] = max(image[c, i, j] * scale[c] + shift[c], zero)
+            elif kind == 2:
+                for c in range(C):
+                    dst[c] = min(max(image[c, i, j] * scale[c] + shift[c], zero), six)
+            else:
+                for c in range(C):
+                    y = image[c, i, j] * scale[c] + shift[c]
+                    dst[c] = y * min(max(y + three, zero), six) / six
 
 
 @njit(cache=True)
