@@ -350,7 +350,7 @@ def _normalized_pointwise_case(x, gamma, beta, activation, w, defer=True):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", FUSED)
-@pytest.mark.parametrize("N,C,H,W", [(5, 3, 4, 4), (2, 4, 9, 11), (3, 2, 1, 1)])
+@pytest.mark.parametrize("N,C,H,W", [(5, 3, 4, 4), (2, 4, 9, 11), (3, 2, 1, 1), (3, 7, 3, 5)])
 def test_normalized_pointwise_rungs_match(rng, pointwise_layout, dtype, activation, N, C, H, W):
     """The 1x1 conv that applies batch norm's act(x * scale + shift) as it reads: rungs 1 and
     2 make the normalised map whole first, the fast rung normalises each image in its copy
@@ -642,7 +642,8 @@ def test_depthwise_backward_is_the_same_for_any_channel_block(rng):
                                 "pointwise_groups", "normalized_pointwise_per_image",
                                 "normalized_pointwise_groups", "scaled_pointwise_per_image",
                                 "scaled_pointwise_groups", "gated_pointwise_per_image",
-                                "gated_pointwise_groups", "conv2d",
+                                "gated_pointwise_groups", "projection_pointwise_per_image",
+                                "projection_pointwise_groups", "conv2d",
                                 "depthwise_stride2", "depthwise_channels_last",
                                 "batchnorm_by_image", "batchnorm_by_channel"])
 def test_results_are_the_same_for_any_thread_count(rng, monkeypatch, rung, op):
@@ -651,13 +652,16 @@ def test_results_are_the_same_for_any_thread_count(rng, monkeypatch, rung, op):
     x = rng.standard_normal((9, 6, 10, 10)).astype(np.float32)
     if "pointwise" in op:
         _force_pointwise_layout(monkeypatch, op.split("pointwise_")[1])
-        w = rng.standard_normal((8, 6, 1, 1)).astype(np.float32)
+        # a projection (fewer outputs than inputs) makes its weight gradient the other way round
+        w = rng.standard_normal((4 if op.startswith("projection") else 8, 6, 1, 1)).astype(
+            np.float32)
         scale, shift = np.linspace(0.5, 2, 6, dtype=np.float32), np.full(6, 0.1, np.float32)
         gate = np.linspace(0, 1, 9 * 6, dtype=np.float32).reshape(9, 6, 1, 1)
         read = (ops.NormalizedMap(x, scale, shift, "relu6") if op.startswith("normalized") else
                 ops.ScaledMap(x, gate) if op.startswith("scaled") else
                 ops.ScaledMap(ops.NormalizedMap(x, scale, shift, "hardswish"), gate)
-                if op.startswith("gated") else x)
+                if op.startswith("gated") else
+                ops.NormalizedMap(x, scale, shift, "relu") if op.startswith("projection") else x)
         forward, backward = (lambda: ops.pointwise_conv2d_forward(read, w, w[:, 0, 0, 0]),
                              ops.pointwise_conv2d_backward)
     elif op == "conv2d":

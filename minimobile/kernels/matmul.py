@@ -337,11 +337,31 @@ def _sum_in_order(row, parts):
             row[j] += src[j]
 
 
+@njit(cache=True, parallel=True)
+def _sum_partials(dw, partial, tall):
+    """dw = partial[0] + partial[1] + ..., added in task order; partial (tasks, M, K), or
+    (tasks, K, M) holding the transposes when not tall."""
+    M = dw.shape[0]
+    for i in prange(M):
+        if tall:
+            _sum_in_order(dw[i], partial[:, i])
+        else:
+            _sum_in_order(dw[i], partial[:, :, i])
+
+
 # The weight gradient's fixed shares: task t sums its images' products into partial[t], its
 # first product written there directly (no zeroed buffer to add it to), and the shares are
 # then added in task order, row by row on all threads. Before, partial was zero-filled and the
 # shares added on one thread: for V1 1.0 at batch 128, 4 x 12.6 MB zeroed and 3 x 12.6 MB
 # added per step, one core working while the other waited.
+# Which way round: an image's weight gradient is a (M, K) product summed over its P pixels,
+# and OpenBLAS makes it faster with more rows than columns. For a projection (fewer outputs
+# than inputs, M < K: V2's and V3's last 1x1 conv in each block) the shares hold the
+# transposes, x[n] @ dout[n].T, (K, M), and _sum_partials reads them back transposed. In
+# process against the products made one way (AMD EPYC, 2026-11-30, batch 128, paired
+# medians of 9 rounds; docs/PERFORMANCE.md): the whole backward took 0.76-0.84 of the time
+# for 96 -> 16, 48 -> 16 and 48 -> 8 on 32x32 maps, 192 -> 32 on 16x16 and 144 -> 24 on 8x8,
+# 0.90-0.95 on 4x4 (288 -> 48, 480 -> 80, 384 -> 64), and the same at 2x2 and where M >= K.
 
 
 @njit(cache=True, parallel=True)
@@ -352,9 +372,11 @@ def matmul_per_image_backward(dx, dw, dout, x, wt, sum_tasks, scale, shift, kind
     x[n] is read as act(x[n] * scale + shift), and dx is the gradient with respect to that."""
     N, _, P = x.shape
     M, K = dw.shape
-    partial = np.empty((sum_tasks, M, K), dtype=dw.dtype)
+    tall = M >= K  # which way round the weight gradient's product is made (see above)
+    R, S = (M, K) if tall else (K, M)
+    partial = np.empty((sum_tasks, R, S), dtype=dw.dtype)
     for t in prange(sum_tasks):
-        product = np.empty((M, K), dtype=dw.dtype)
+        product = np.empty((R, S), dtype=dw.dtype)
         image = np.empty((K, P) if kind != STATISTICS_ONLY else (0, 0), dtype=x.dtype)
         lo, hi = t * N // sum_tasks, (t + 1) * N // sum_tasks
         if hi == lo:
@@ -364,14 +386,15 @@ def matmul_per_image_backward(dx, dw, dout, x, wt, sum_tasks, scale, shift, kind
             if kind != STATISTICS_ONLY:
                 _normalize_image(image, xn, n, scale, shift, kind)
                 xn = image
-            if n == lo:
-                np.dot(dout[n], xn.T, partial[t])
+            target = partial[t] if n == lo else product
+            if tall:
+                np.dot(dout[n], xn.T, target)
             else:
-                np.dot(dout[n], xn.T, product)
+                np.dot(xn, dout[n].T, target)
+            if n != lo:
                 _add_into(partial[t], product)
             np.dot(wt, dout[n], dx[n])
-    for i in prange(M):
-        _sum_in_order(dw[i], partial[:, i])
+    _sum_partials(dw, partial, tall)
 
 
 @njit(cache=True)
@@ -473,12 +496,14 @@ def matmul_image_groups_backward(dx, dw, dout, x, wt, group, sum_tasks, scale, s
     ngroups = (N + group - 1) // group
     ntasks = min(sum_tasks, ngroups)
     scale, shift = _spread_constants(scale, shift, kind, P)
-    partial = np.empty((ntasks, M, K), dtype=dw.dtype)  # each task has a group at least
+    tall = M >= K  # as in matmul_per_image_backward
+    R, S = (M, K) if tall else (K, M)
+    partial = np.empty((ntasks, R, S), dtype=dw.dtype)  # each task has a group at least
     for t in prange(ntasks):
         # Flat buffers, reshaped per group, so a last, shorter group is still contiguous.
         cols_buffer = np.empty(K * group * P, dtype=x.dtype)
         dcols_buffer = np.empty(M * group * P, dtype=dout.dtype)
-        product = np.empty((M, K), dtype=dw.dtype)
+        product = np.empty((R, S), dtype=dw.dtype)
         for g in range(t * ngroups // ntasks, (t + 1) * ngroups // ntasks):
             lo = g * group
             hi = min(N, lo + group)
@@ -487,15 +512,17 @@ def matmul_image_groups_backward(dx, dw, dout, x, wt, group, sum_tasks, scale, s
             dcols = dcols_buffer[:M * width].reshape(M, width)
             _gather_images(cols, x, lo, hi, scale, shift, kind)
             _gather_images(dcols, dout, lo, hi, scale[:0], shift[:0], STATISTICS_ONLY)
-            if g == t * ngroups // ntasks:
-                np.dot(dcols, cols.T, partial[t])
+            first = g == t * ngroups // ntasks
+            target = partial[t] if first else product
+            if tall:
+                np.dot(dcols, cols.T, target)
             else:
-                np.dot(dcols, cols.T, product)
+                np.dot(cols, dcols.T, target)
+            if not first:
                 _add_into(partial[t], product)
             np.dot(wt, dcols, cols)  # cols now holds this group's dx
             _scatter_images(dx, cols, lo, hi)
-    for i in prange(M):
-        _sum_in_order(dw[i], partial[:, i])
+    _sum_partials(dw, partial, tall)
 
 
 @njit(cache=True, parallel=True)
