@@ -314,12 +314,12 @@ def depthwise_conv2d_forward_phase_planes(out, x, w, stride, pad, ntasks, scale,
 # one store per pixel, straight into dx. Adding w_k * 0 to the running sum changes no bit
 # (the passes never add those terms), and the taps that do land add in the passes' order
 # from the same zero, so the bits are the passes'. (At stride 2 a pixel receives only the
-# taps of its own phase, and gathering all nine would read other phases' values.) dw keeps
-# its passes: its nine lanes per pixel need a load and a store each either way, and they are
-# most of the backward's time, so the gain is small: bench_depthwise_taps.py (AMD EPYC,
-# 2026-11-30, 7 rounds) put the stride-1 backwards at 0.94-1.02 of the passes' time, median
-# 0.95, where the forward's taps in registers took 0.71-0.81 at stride 1 and 0.93-0.94 at
-# stride 2.
+# taps of its own phase, and gathering all nine would read other phases' values.) With dw
+# still on its lanes, this gained little: bench_depthwise_taps.py (AMD EPYC, 2026-11-30, 7
+# rounds) put the stride-1 backwards at 0.94-1.02 of the passes' time, median 0.95. With dw's
+# sums in registers too (_tap_sums_3x3, below; 2026-11-30, session 19) the same benchmark
+# printed 0.53-0.70 at stride 1 and 0.91-0.94 at stride 2, where copying the planes in and
+# dx out of the phases takes most of the time.
 @njit(cache=True)
 def _gather_3x3(plane, gz, w, tap_start, row_start, front):
     """plane[i, j] = sum over taps k = 0..8 in order of w[k // 3, k % 3] *
@@ -355,17 +355,50 @@ def _gather_3x3(plane, gz, w, tap_start, row_start, front):
             dst[j] = v
 
 
+# dw's nine sums for 3x3 filters, in registers. The passes keep one lane per tap and wide
+# position, (9, L) per channel, and add every image into it: a load and a store of a lane per
+# tap and pixel, from L2, as a block of 16 channels' lanes (165 KB at 16x16) outgrows L1.
+# Here each plane's nine sums over its L wide positions are made in registers and added to
+# nine float64 totals per channel, image by image. LLVM vectorises a sum only when it may
+# reorder it, so this one function is compiled with fastmath's "reassoc" (and nothing else
+# of fastmath): each plane's sum runs in vector lanes, in an order fixed by the compiled code,
+# so the bits still do not depend on the thread count or the run, but they are not the
+# passes' bits (both are checked against the loops). The junk columns of the wide grid
+# hold zeros in gw and add nothing. bench_depthwise_taps.py times the backwards both ways.
+@njit(cache=True, fastmath={"reassoc"})
+def _tap_sums_3x3(gw, xp, tap_start):
+    """The nine sums over q of gw[q] * xp[tap_start[k] + q], k = 0..8, q < gw.size."""
+    t0, t1, t2 = uint64(tap_start[0]), uint64(tap_start[1]), uint64(tap_start[2])
+    t3, t4, t5 = uint64(tap_start[3]), uint64(tap_start[4]), uint64(tap_start[5])
+    t6, t7, t8 = uint64(tap_start[6]), uint64(tap_start[7]), uint64(tap_start[8])
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = xp.dtype.type(0)
+    for q in range(uint64(gw.size)):
+        g = gw[q]
+        a0 += g * xp[t0 + q]
+        a1 += g * xp[t1 + q]
+        a2 += g * xp[t2 + q]
+        a3 += g * xp[t3 + q]
+        a4 += g * xp[t4 + q]
+        a5 += g * xp[t5 + q]
+        a6 += g * xp[t6 + q]
+        a7 += g * xp[t7 + q]
+        a8 += g * xp[t8 + q]
+    return a0, a1, a2, a3, a4, a5, a6, a7, a8
+
+
 @njit(cache=True, parallel=True)
 def depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, pad, block, scale, shift,
                                            kind, taps_in_registers=True):
-    """dx = w scattered by dout; dw[c] = sum_n,i,j dout * xpad window. At stride 1 with 3x3
-    filters, dx is gathered in registers (_gather_3x3) unless taps_in_registers is False.
+    """dx = w scattered by dout; dw[c] = sum_n,i,j dout * xpad window. With 3x3 filters, dw's
+    nine sums are made in registers (_tap_sums_3x3), and at stride 1 dx is gathered in
+    registers (_gather_3x3), unless taps_in_registers is False.
 
     Parallel over blocks of `block` channels: a task walks the images in order and, in each,
     its block's planes, which lie side by side. One channel per task read one 1 KB plane per
     image, images 100 KB apart, which the prefetcher does not follow: blocks of 16 channels
-    were 13-20 % faster at 32x32 and 3-5 % at 16x16 when timed. Each channel's dw lanes still
-    add the images in order, so the bits do not depend on the block size or thread count."""
+    were 13-20 % faster at 32x32 and 3-5 % at 16x16 when timed. Each channel's dw lanes (or
+    totals) still add the images in order, so the bits do not depend on the block size or
+    thread count."""
     N, C, H, W = x.shape
     K = w.shape[2]
     Ho, Wo = dout.shape[2], dout.shape[3]
@@ -383,8 +416,11 @@ def depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, pad, bloc
         gz = np.zeros(front + (Hh * Wh if gather else L), dtype=x.dtype)
         gw = gz[front:front + L]
         dxp = np.empty(s * s * Hh * Wh, dtype=x.dtype)
-        # one lane per channel, tap and wide position
-        dw_partial = np.zeros((c_end - c_first, K * K, L), dtype=x.dtype)
+        sums_in_registers = taps_in_registers and K == 3
+        # the passes: one lane per channel, tap and wide position; or nine totals per channel
+        dw_partial = np.zeros((c_end - c_first, K * K, 0 if sums_in_registers else L),
+                              dtype=x.dtype)
+        dw_totals = np.zeros((c_end - c_first, K * K))
         plane = np.empty((H, W), dtype=x.dtype)
         for n in range(N):
             for c in range(c_first, c_end):
@@ -400,12 +436,12 @@ def depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, pad, bloc
                     for j in range(Wo):
                         row[j] = src[j]
                 channel_lanes = dw_partial[c - c_first]
+                if sums_in_registers:
+                    totals = dw_totals[c - c_first]
+                    sums = _tap_sums_3x3(gw, xp, tap_start)
+                    for k in range(9):
+                        totals[k] += sums[k]
                 if gather:
-                    for k in range(K * K):
-                        src = xp[tap_start[k]:]
-                        lanes = channel_lanes[k]
-                        for q in range(L):
-                            lanes[q] += gw[q] * src[q]
                     _gather_3x3(dx[n, c], gz, w[c, 0], tap_start, row_start, front)
                     continue
                 dxp[:] = 0
@@ -413,18 +449,24 @@ def depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, pad, bloc
                     wk = w[c, 0, k // K, k % K]
                     off = tap_start[k]
                     dst = dxp[off:]
-                    src = xp[off:]
-                    lanes = channel_lanes[k]
-                    for q in range(L):
-                        dst[q] += wk * gw[q]
-                        lanes[q] += gw[q] * src[q]
+                    if sums_in_registers:
+                        for q in range(L):
+                            dst[q] += wk * gw[q]
+                    else:
+                        src = xp[off:]
+                        lanes = channel_lanes[k]
+                        for q in range(L):
+                            dst[q] += wk * gw[q]
+                            lanes[q] += gw[q] * src[q]
                 _copy_from_phases(dx[n, c], dxp, s, row_start, col_first, col_count)
         for c in range(c_first, c_end):
             for k in range(K * K):
-                total = 0.0
-                for q in range(L):
-                    total += dw_partial[c - c_first, k, q]
-                dw[c, 0, k // K, k % K] = total
+                if not sums_in_registers:
+                    total = 0.0
+                    for q in range(L):
+                        total += dw_partial[c - c_first, k, q]
+                    dw_totals[c - c_first, k] = total
+                dw[c, 0, k // K, k % K] = dw_totals[c - c_first, k]
 
 
 # ---------------------------------------------------------------------------------------------
