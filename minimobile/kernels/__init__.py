@@ -32,8 +32,10 @@ Conventions, stated once for every kernel:
 - `prange` runs only over disjoint writes: thread c alone writes channel c. A sum over the
   batch is cut into a fixed number of shares (`tuning.SUM_TASKS`), each summed by one task and
   added in task order, so every result is the same bits on every run and for any thread count.
-- No `fastmath`: gradient checks compare float64 results at 1e-10, and reordered additions
-  would move them.
+- No `fastmath`, but for two sums that are vectorised only if their additions may be
+  reordered (fastmath's "reassoc" alone, on one small function each: the depthwise conv's
+  `_tap_sums_3x3` and batch norm's `_row_sums`). The order is then the compiled code's, the
+  same on every run and for any thread count; float64 gradient checks still pass at 1e-10.
 - Tuned numbers (thresholds between loop orders, task counts) live in `minimobile.tuning`,
   each with its measurement; the `_fast` dispatchers read them at call time and pass them in,
   so a cached compiled kernel never holds a stale one.

@@ -211,7 +211,8 @@ def channel_affine_fast(out, x, scale, shift):
 #   second pair of runs).
 # - Sums go into vectors of lanes, one per position, reduced at the end: LLVM vectorises the
 #   accumulation without reordering additions (rung 2's scalar sum cannot be vectorised
-#   without fastmath).
+#   without fastmath). The backward's sums on all but the smallest maps later moved into
+#   registers, with reordering allowed in that one loop (see _row_sums below).
 # - The activation is applied in the same pass as the normalisation, and the backward
 #   recomputes bn(x) from x (one multiply-add) instead of keeping it: no intermediate tensor
 #   is written or read. The branch on the activation code sits outside each row loop, so every
@@ -321,52 +322,83 @@ def no_prologue(x):
 
 
 # The backward's two passes recompute g = dout * act'(y), y = src * s + t exactly as the
-# forward computed y, inside their own loops: g is never stored. Making it in a scratch row
-# first and reading it back (one call per row, then the loop) cost a quarter more: fused, the
-# backward with an activation took 0.77-0.80 of the time by channel (128x96x32x32 and
-# 128x48x32x32) and 0.80-0.95 by image (16x16 to 2x2), with the same bits (in-process A/B
-# against the unfused kernels, 2026-11-30). Slopes at the kinks are PyTorch's, as in the
-# standalone activation kernels of kernels/elementwise.py; the branch on the activation sits
-# outside each row loop, so every loop stays branch-free.
-
-
+# forward computed y: slopes at the kinks are PyTorch's, as in the standalone activation
+# kernels of kernels/elementwise.py, and the branch on the activation sits outside each row
+# loop, so every loop stays branch-free. The second pass (dx, _input_gradient_row) makes g
+# inside its own loop and never stores it (a scratch row read back cost a quarter more there,
+# 2026-11-30, session 18).
+# The first pass's sums, of g and of g * (x - mean), went into lanes, one float64 per
+# position: a load and a store of two lanes per value, in L2 once a lane outgrew L1. Now
+# (session 19) each row, one channel of one image, makes its g in a scratch row
+# (_upstream_gradient, skipped without an activation, where g is dout) and sums it in
+# registers in x's dtype (_row_sums), and the row's sums are added into float64 totals per
+# channel. LLVM vectorises a sum only when it may reorder it, so _row_sums alone is compiled
+# with fastmath's "reassoc" and nothing else of fastmath, as the depthwise conv's
+# _tap_sums_3x3: each row is summed in vector lanes, in an order fixed by the compiled code,
+# so the bits still do not depend on the run or the thread count. The one summing loop serves
+# every activation, so a fused activation gives the bits of the unfused pair still; in one
+# loop per activation, LLVM summed each in its own order. In process against the lanes
+# (AMD EPYC, 2026-11-30, batch 128, paired medians of 9 rounds), the whole backward took
+# 0.76-0.79 of the time with ReLU6 by channel (96x32x32, 48x32x32) and 0.76-0.84 by image
+# (96x16x16 to 288x8x8); 0.94-0.95 by channel without an activation, 0.71-0.74 by image.
+# The sums moved by 1e-7 relative, float32's rounding. Rows shorter than
+# tuning.BN_ROW_SUMS_MIN_PIXELS keep the lanes.
 @njit(cache=True)
-def _upstream_sums(acc_g, acc_gx, dout, src, s, t, m, kind):
-    """acc_g += g and acc_gx += g * (src - m) over one row (m the mean, in float64); s, t
-    and m per position or scalars (_at)."""
+def _upstream_gradient(g, dout, src, s, t, kind):
+    """g = dout * act'(y), y = src * s + t recomputed as the forward computed it; flat, s and
+    t per position or scalars (_at). Without an activation (kind 0) g is dout, and g is left
+    as it is."""
     zero, half, one = src.dtype.type(0), src.dtype.type(0.5), src.dtype.type(1)
     three, six = src.dtype.type(3), src.dtype.type(6)
-    P = src.size
-    if kind == 0:
-        for p in range(P):
-            acc_g[p] += dout[p]
-            acc_gx[p] += dout[p] * (src[p] - _at(m, p))
-    elif kind == 1:
-        for p in range(P):
-            g = dout[p] if src[p] * _at(s, p) + _at(t, p) > zero else zero
-            acc_g[p] += g
-            acc_gx[p] += g * (src[p] - _at(m, p))
+    n = src.size
+    if kind == 0:  # g is dout: the callers read dout instead
+        return
+    if kind == 1:
+        for p in range(n):
+            g[p] = dout[p] if src[p] * _at(s, p) + _at(t, p) > zero else zero
     elif kind == 2:
-        for p in range(P):
+        for p in range(n):
             y = src[p] * _at(s, p) + _at(t, p)
-            g = dout[p] if (y > zero and y < six) else zero
-            acc_g[p] += g
-            acc_gx[p] += g * (src[p] - _at(m, p))
+            g[p] = dout[p] if (y > zero and y < six) else zero
     else:
-        for p in range(P):
+        for p in range(n):
             y = src[p] * _at(s, p) + _at(t, p)
             slope = y / three + half
             slope = zero if y < -three else slope
             slope = one if y > three else slope
-            g = dout[p] * slope
-            acc_g[p] += g
-            acc_gx[p] += g * (src[p] - _at(m, p))
+            g[p] = dout[p] * slope
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def _row_sums(sums_g, sums_gx, g, src, m, P):
+    """For R rows of P values, flat (R*P,): sums_g[r] += the sum of row r's g and sums_gx[r]
+    += the sum of its g * (src - m[r]) (m per row or a scalar), each row summed in src's
+    dtype in vector lanes and added into the float64 totals."""
+    for r in range(src.size // P):
+        mr = _at(m, r)
+        row_g = src.dtype.type(0)
+        row_gx = src.dtype.type(0)
+        gr = g[r * P:(r + 1) * P]
+        sr = src[r * P:(r + 1) * P]
+        for p in range(P):
+            row_g += gr[p]
+            row_gx += gr[p] * (sr[p] - mr)
+        sums_g[r] += row_g
+        sums_gx[r] += row_gx
+
+
+@njit(cache=True)
+def _add_into_lanes(lanes_g, lanes_gx, g, src, m):
+    """lanes_g += g and lanes_gx += g * (src - m), one float64 lane per position, m spread."""
+    for p in range(src.size):
+        lanes_g[p] += g[p]
+        lanes_gx[p] += g[p] * (src[p] - m[p])
 
 
 @njit(cache=True)
 def _input_gradient_row(d, dout, src, s, t, a, b, mm, cm, kind):
     """d = a * g - b * (src - mm) + cm over one row: dx from the sums (a, b, mm, cm as in
-    the backward kernels, per position or scalars), g recomputed as in _upstream_sums."""
+    the backward kernels, per position or scalars), g recomputed as in _upstream_gradient."""
     zero, half, one = src.dtype.type(0), src.dtype.type(0.5), src.dtype.type(1)
     three, six = src.dtype.type(3), src.dtype.type(6)
     P = src.size
@@ -438,24 +470,25 @@ def batchnorm2d_backward_by_channel(dx, dgamma, dbeta, dout, x, mean, invstd, ga
                                     shift, kind):
     """By channel. With g = dout * act'(bn(x)):
     dx = gamma*invstd/M * (M*g - sum(g) - xhat*sum(g*xhat)), xhat and bn(x) recomputed from x,
-    g recomputed in each pass's loop (_upstream_sums, _input_gradient_row)."""
+    g recomputed in each pass (_upstream_gradient, _input_gradient_row)."""
     N, C, P = x.shape
     M = N * P
     for c in prange(C):
-        lanes_g = np.zeros(P)
-        lanes_gx = np.zeros(P)
-        s, t, m = scale[c], shift[c], mean[c]
+        s, t = scale[c], shift[c]
+        mm = x.dtype.type(mean[c])
+        sums = np.zeros(2)
+        g = np.empty(P, dtype=x.dtype)
         for n in range(N):
-            _upstream_sums(lanes_g, lanes_gx, dout[n, c], x[n, c], s, t, m, kind)
-        sum_g = lanes_g.sum()
-        sum_gxhat = lanes_gx.sum() * invstd[c]
+            _upstream_gradient(g, dout[n, c], x[n, c], s, t, kind)
+            _row_sums(sums[:1], sums[1:], g if kind != 0 else dout[n, c], x[n, c], mm, P)
+        sum_g = sums[0]
+        sum_gxhat = sums[1] * invstd[c]
         dbeta[c] = sum_g
         dgamma[c] = sum_gxhat
         k = gamma[c] * invstd[c]
         a = x.dtype.type(k)
         b = x.dtype.type(k * invstd[c] * sum_gxhat / M)  # xhat * b = (x - m) * invstd * ...
         cm = x.dtype.type(-k * sum_g / M)
-        mm = x.dtype.type(mean[c])
         for n in range(N):
             _input_gradient_row(dx[n, c], dout[n, c], x[n, c], s, t, a, b, mm, cm, kind)
 
@@ -467,6 +500,15 @@ def _spread(per_channel, P, dtype):
     out = np.empty(C * P, dtype=dtype)
     for c in range(C):
         out[c * P:(c + 1) * P] = per_channel[c]
+    return out
+
+
+@njit(cache=True)
+def _sum_rows_in_order(totals):
+    """totals (tasks, C) -> (C,): the tasks' rows added in task order."""
+    out = np.zeros(totals.shape[1])
+    for task in range(totals.shape[0]):
+        out += totals[task]
     return out
 
 
@@ -517,23 +559,35 @@ def batchnorm2d_forward_by_image(out, mean, var, scale, shift, x, gamma, beta, e
 
 @njit(cache=True, parallel=True)
 def batchnorm2d_backward_by_image(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale,
-                                  shift, kind, sum_tasks):
-    """By image: the same result as batchnorm2d_backward_by_channel, for small maps."""
+                                  shift, kind, sum_tasks, row_sums_min_pixels):
+    """By image: the same result as batchnorm2d_backward_by_channel, for small maps. Rows of
+    fewer than row_sums_min_pixels values are summed in float64 lanes, one per position,
+    instead of row by row in registers (_row_sums)."""
     N, C, P = x.shape
     M = N * P
     xs, douts, dxs = x.reshape(N, C * P), dout.reshape(N, C * P), dx.reshape(N, C * P)
     s = _spread(scale, P, x.dtype)
     t = _spread(shift, P, x.dtype)
-    m = _spread(mean, P, np.float64)
-    lanes_g = np.zeros((sum_tasks, C * P))
-    lanes_gx = np.zeros((sum_tasks, C * P))
+    by_rows = P >= row_sums_min_pixels
+    means = mean.astype(x.dtype)
+    m = _spread(mean, P if not by_rows else 0, np.float64)
+    totals_g = np.zeros((sum_tasks, C if by_rows else C * P))
+    totals_gx = np.zeros((sum_tasks, C if by_rows else C * P))
     for task in prange(sum_tasks):
-        acc_g = lanes_g[task]
-        acc_gx = lanes_gx[task]
+        g = np.empty(C * P, dtype=x.dtype)
         for n in range(task * N // sum_tasks, (task + 1) * N // sum_tasks):
-            _upstream_sums(acc_g, acc_gx, douts[n], xs[n], s, t, m, kind)
-    sum_g = _per_channel_total(lanes_g, C, P)
-    sum_gxhat = _per_channel_total(lanes_gx, C, P) * invstd
+            _upstream_gradient(g, douts[n], xs[n], s, t, kind)
+            gn = g if kind != 0 else douts[n]
+            if by_rows:
+                _row_sums(totals_g[task], totals_gx[task], gn, xs[n], means, P)
+            else:
+                _add_into_lanes(totals_g[task], totals_gx[task], gn, xs[n], m)
+    if by_rows:
+        sum_g = _sum_rows_in_order(totals_g)
+        sum_gxhat = _sum_rows_in_order(totals_gx) * invstd
+    else:
+        sum_g = _per_channel_total(totals_g, C, P)
+        sum_gxhat = _per_channel_total(totals_gx, C, P) * invstd
     dbeta[:] = sum_g
     dgamma[:] = sum_gxhat
     k = gamma * invstd
@@ -569,7 +623,8 @@ def _batchnorm2d_backward_fast(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, 
                                kind):
     if x.shape[2] <= tuning.BN_BY_IMAGE_MAX_PIXELS:
         batchnorm2d_backward_by_image(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale,
-                                      shift, kind, tuning.SUM_TASKS)
+                                      shift, kind, tuning.SUM_TASKS,
+                                      tuning.BN_ROW_SUMS_MIN_PIXELS)
     else:
         batchnorm2d_backward_by_channel(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale,
                                         shift, kind)
