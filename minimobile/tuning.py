@@ -61,12 +61,13 @@ DEPTHWISE_BLOCKS_PER_THREAD = 2
 # partial sums no longer stay in cache.
 BN_BY_IMAGE_MAX_PIXELS = 256
 
-# Batch norm's backward by image: rows (one channel of one image) of at least this many pixels
-# have their sums made row by row in registers; shorter ones go into float64 lanes, one per
-# position. In process against the lanes at batch 128 (AMD EPYC, 2026-11-30, paired medians
-# of 9 rounds): 0.71-0.89 of the whole backward's time at 8x8 and 16x16; 0.88-0.90 at 4x4
-# (480 and 1280 channels, ReLU6) in one run and 1.04-1.12 in another; 1.38 at 2x2 (1024
-# channels), where a row of 4 is shorter than a vector. So 4x4 and 2x2 keep the lanes.
+# Batch norm by image, forward statistics and backward sums: rows (one channel of one image)
+# of at least this many pixels are summed row by row in registers; shorter ones go into
+# float64 lanes, one per position. The backward, in process against the lanes at batch 128
+# (AMD EPYC, 2026-11-30, paired medians of 9 rounds): 0.71-0.89 of the time at 8x8 and
+# 16x16; 0.88-0.90 at 4x4 (480 and 1280 channels, ReLU6) in one run and 1.04-1.12 in
+# another; 1.38 at 2x2 (1024 channels), where a row of 4 is shorter than a vector. So 4x4
+# and 2x2 keep the lanes.
 BN_ROW_SUMS_MIN_PIXELS = 32
 
 # 1x1 conv: maps of at least this many pixels run one product per image on the NCHW array in
