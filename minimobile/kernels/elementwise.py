@@ -19,7 +19,8 @@ the others (N, C, P) with P = H*W.
 The staircase is short here: `_loops`, then `_simple`, parallel over elements or (image,
 channel) rows. Each op is a single pass that is bound by memory bandwidth once compiled, so
 there is no faster loop order to find: `_fast` is `_simple`, kept off the thread pool for small
-arrays. What makes activations cheap in
+arrays, but for the two ops that sum rows (pooling, the gate's ds), whose fast rung sums in
+vector lanes (`_lanes`; rung 2 adds one value after another). What makes activations cheap in
 the engine is not running them at all: batch norm applies them in its own pass
 (kernels/batchnorm.py).
 """
@@ -358,6 +359,57 @@ def _small_on_one_thread(kernel):
     return fast
 
 
+# Two of these ops sum a row, and rung 2's sum `total += row[p]` runs one add after another:
+# LLVM vectorises a sum only when it may reorder it. The fast rung's pooling and the gate's
+# ds sum in vector lanes instead, through the helpers below, compiled with fastmath's
+# "reassoc" and nothing else of fastmath (as batch norm's _row_sums): the order is then the
+# compiled code's, the same on every run and for any thread count, and the float64 total
+# keeps float64's precision. Measured in docs/PERFORMANCE.md ("Sums in vector lanes").
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def _gate_rows_backward(dx, ds, dout, x, s):
+    """For each row r of (R, P) arrays: dx[r] = dout[r] * s[r], and ds[r] = the sum of
+    dout[r] * x[r] in float64, in vector lanes. One call per image: a call per row cost more
+    than it saved on rows of 16 or 4 pixels."""
+    for r in range(x.shape[0]):
+        k = s[r]
+        g = dout[r]
+        src = x[r]
+        dst = dx[r]
+        total = 0.0
+        for p in range(x.shape[1]):
+            dst[p] = g[p] * k
+            total += g[p] * src[p]
+        ds[r] = total
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def _row_means(out, x):
+    """out[r] = the mean of row r of x (R, P), summed in float64 in vector lanes."""
+    for r in range(x.shape[0]):
+        row = x[r]
+        total = 0.0
+        for p in range(x.shape[1]):
+            total += row[p]
+        out[r] = total / x.shape[1]
+
+
+@njit(cache=True, parallel=True)
+def global_avg_pool_forward_lanes(out, x):
+    """global_avg_pool_forward_simple, summing in vector lanes (_row_means), image by image."""
+    for n in prange(x.shape[0]):
+        _row_means(out[n], x[n])
+
+
+@njit(cache=True, parallel=True)
+def scale_channels_backward_lanes(dx, ds, dout, x, s):
+    """scale_channels_backward_simple, ds summed in vector lanes (_gate_rows_backward), image
+    by image."""
+    for n in prange(x.shape[0]):
+        _gate_rows_backward(dx[n], ds[n], dout[n], x[n], s[n])
+
+
 relu_forward_fast = _small_on_one_thread(relu_forward_simple)
 relu_backward_fast = _small_on_one_thread(relu_backward_simple)
 relu6_forward_fast = _small_on_one_thread(relu6_forward_simple)
@@ -366,10 +418,10 @@ hardswish_forward_fast = _small_on_one_thread(hardswish_forward_simple)
 hardswish_backward_fast = _small_on_one_thread(hardswish_backward_simple)
 hardsigmoid_forward_fast = _small_on_one_thread(hardsigmoid_forward_simple)
 hardsigmoid_backward_fast = _small_on_one_thread(hardsigmoid_backward_simple)
-global_avg_pool_forward_fast = _small_on_one_thread(global_avg_pool_forward_simple)
+global_avg_pool_forward_fast = _small_on_one_thread(global_avg_pool_forward_lanes)
 global_avg_pool_backward_fast = _small_on_one_thread(global_avg_pool_backward_simple)
 scale_channels_forward_fast = _small_on_one_thread(scale_channels_forward_simple)
-scale_channels_backward_fast = _small_on_one_thread(scale_channels_backward_simple)
+scale_channels_backward_fast = _small_on_one_thread(scale_channels_backward_lanes)
 add_channel_bias_fast = _small_on_one_thread(add_channel_bias_simple)
 channel_sum_fast = _small_on_one_thread(channel_sum_simple)
 dropout_forward_fast = _small_on_one_thread(dropout_forward_simple)
@@ -380,12 +432,13 @@ softmax_cross_entropy_fast = softmax_cross_entropy_simple  # serial already
 # ---------------------------------------------------------------------------------------------
 # Squeeze-excite reading batch norm's output as it is read (V3). The gate's input y is the
 # depthwise layer's batch norm and activation, act(x * scale + shift), which only the gate
-# reads: it pools y, and its backward multiplies dout by y for ds. Both can make y one (n, c)
-# row at a time in a scratch row (batchnorm.affine_activate_plane, batch norm's operations in
+# reads: it pools y, and its backward multiplies dout by y for ds. Both can make y one image
+# at a time in a scratch image (batchnorm.affine_activate_plane, batch norm's operations in
 # its order), so y is never written whole or kept; the projection after the gate reads
 # act(x * scale + shift) * s the same way (kernels/matmul.py, 3d). The same bits as writing y
 # first: the rows are the same numbers, summed and multiplied in the same order as the
-# kernels above. Rungs 1 and 2 make y whole first and run the plain kernels.
+# fast kernels above (_row_means, _gate_rows_backward). Rungs 1 and 2 make y whole first and
+# run the plain kernels.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -414,48 +467,44 @@ def scale_channels_normalized_backward_simple(dx, ds, dout, x, s, scale, shift, 
     scale_channels_backward_simple(dx, ds, dout, _whole(x, scale, shift, kind), s)
 
 
-@njit(cache=True, parallel=True)
-def _global_avg_pool_normalized_rows(out, x, scale, shift, kind, ntasks):
-    N, C, P = x.shape
-    for t in prange(ntasks):
-        y = np.empty((1, P), dtype=x.dtype)  # one row of the normalised map
-        for nc in range(t * N * C // ntasks, (t + 1) * N * C // ntasks):
-            n, c = nc // C, nc % C
-            affine_activate_plane(y, x[n, c:c + 1], scale[c], shift[c], kind)
-            total = 0.0
-            for p in range(P):
-                total += y[0, p]
-            out[n, c] = total / P
+@njit(cache=True)
+def _normalize_image(y, image, scale, shift, kind):
+    """y = act(image * scale + shift) for one image (C, P), channel by channel."""
+    for c in range(image.shape[0]):
+        affine_activate_plane(y[c:c + 1], image[c:c + 1], scale[c], shift[c], kind)
 
 
 @njit(cache=True, parallel=True)
-def _scale_channels_normalized_rows(dx, ds, dout, x, s, scale, shift, kind, ntasks):
+def _global_avg_pool_normalized_images(out, x, scale, shift, kind, ntasks):
     N, C, P = x.shape
     for t in prange(ntasks):
-        y = np.empty((1, P), dtype=x.dtype)
-        for nc in range(t * N * C // ntasks, (t + 1) * N * C // ntasks):
-            n, c = nc // C, nc % C
-            affine_activate_plane(y, x[n, c:c + 1], scale[c], shift[c], kind)
-            k = s[n, c]
-            g = dout[n, c]
-            dst = dx[n, c]
-            total = 0.0
-            for p in range(P):
-                dst[p] = g[p] * k
-                total += g[p] * y[0, p]
-            ds[n, c] = total
+        y = np.empty((C, P), dtype=x.dtype)  # one image of the normalised map
+        for n in range(t * N // ntasks, (t + 1) * N // ntasks):
+            _normalize_image(y, x[n], scale, shift, kind)
+            _row_means(out[n], y)
 
 
-def _row_tasks(x):
-    """Tasks for the row kernels: a few per thread, each with one scratch row."""
-    return max(1, min(x.shape[0] * x.shape[1], 4 * get_num_threads()))
+@njit(cache=True, parallel=True)
+def _scale_channels_normalized_images(dx, ds, dout, x, s, scale, shift, kind, ntasks):
+    N, C, P = x.shape
+    for t in prange(ntasks):
+        y = np.empty((C, P), dtype=x.dtype)
+        for n in range(t * N // ntasks, (t + 1) * N // ntasks):
+            _normalize_image(y, x[n], scale, shift, kind)
+            _gate_rows_backward(dx[n], ds[n], dout[n], y, s[n])
+
+
+def _image_tasks(x):
+    """Tasks for the image kernels: a few per thread, each with one scratch image."""
+    return max(1, min(x.shape[0], 4 * get_num_threads()))
 
 
 def global_avg_pool_normalized_forward_fast(out, x, scale, shift, kind):
     with threads_for(x.size):
-        _global_avg_pool_normalized_rows(out, x, scale, shift, kind, _row_tasks(x))
+        _global_avg_pool_normalized_images(out, x, scale, shift, kind, _image_tasks(x))
 
 
 def scale_channels_normalized_backward_fast(dx, ds, dout, x, s, scale, shift, kind):
     with threads_for(x.size):
-        _scale_channels_normalized_rows(dx, ds, dout, x, s, scale, shift, kind, _row_tasks(x))
+        _scale_channels_normalized_images(dx, ds, dout, x, s, scale, shift, kind,
+                                          _image_tasks(x))
