@@ -93,10 +93,15 @@ def make_cases(rng, names):
     # Small maps, where the fast rung runs channels last: V2 0.5's and V1 1.0's shapes.
     add_depthwise("depthwise3x3_8x8", 192, 8, 3, 1)
     add_depthwise("depthwise3x3_4x4", 512, 4, 3, 1)
+    add_depthwise("depthwise3x3_32x32", 48, 32, 3, 1)  # V2 0.5's first expansion's
 
     add("pointwise", f"N={N} 32->64 16x16", ops.pointwise_conv2d_forward,
         ops.pointwise_conv2d_backward, dict(x=arr(N, 32, 16, 16), w=arr(64, 32, 1, 1)),
         (N, 64, 16, 16), lambda t: F.conv2d(t["x"], t["w"]))
+    # A projection, fewer outputs than inputs (V2 0.5's 96 -> 16 on 32x32 maps).
+    add("pointwise_projection", f"N={N} 96->16 32x32", ops.pointwise_conv2d_forward,
+        ops.pointwise_conv2d_backward, dict(x=arr(N, 96, 32, 32), w=arr(16, 96, 1, 1)),
+        (N, 16, 32, 32), lambda t: F.conv2d(t["x"], t["w"]))
     add("conv3x3_stem", f"N={N} 3->32 32x32", lambda x, w: ops.conv2d_forward(x, w, 1, 1),
         ops.conv2d_backward, dict(x=arr(N, 3, 32, 32), w=arr(32, 3, 3, 3)), (N, 32, 32, 32),
         lambda t: F.conv2d(t["x"], t["w"], padding=1))
@@ -119,6 +124,10 @@ def make_cases(rng, names):
     add("global_avg_pool", f"N={N} C=1280 4x4", ops.global_avg_pool_forward,
         ops.global_avg_pool_backward, dict(x=arr(N, 1280, 4, 4)), (N, 1280, 1, 1),
         lambda t: F.adaptive_avg_pool2d(t["x"], 1))
+    # Squeeze-excite's gate, out = x * s per image and channel (V3-Small's 240 x 8x8).
+    add("scale_channels", f"N={N} C=240 8x8", ops.scale_channels_forward,
+        ops.scale_channels_backward, dict(x=arr(N, 240, 8, 8), s=arr(N, 240, 1, 1)),
+        (N, 240, 8, 8), lambda t: t["x"] * t["s"])
     add("linear", f"N={N} 1280->10", ops.linear_forward, ops.linear_backward,
         dict(x=arr(N, 1280), w=arr(10, 1280), b=arr(10)), (N, 10),
         lambda t: F.linear(t["x"], t["w"], t["b"]))

@@ -647,7 +647,7 @@ def scale_channels_forward(x, s, defer=False):
 
 def scale_channels_backward(dout, cache):
     """Returns (dx, ds): dx = dout * s, ds = sum over H, W of dout * x. When the forward read a
-    NormalizedMap, x is act(x * scale + shift), made a row at a time, and dx the gradient
+    NormalizedMap, x is act(x * scale + shift), made an image at a time, and dx the gradient
     with respect to it."""
     x, s = cache.x, cache.s
     dout = _check_dout("scale_channels", dout, x.shape, x.dtype)
