@@ -291,14 +291,51 @@ print(f"registers / passes: {ways[True].median / ways[False].median:.2f}")
 
 # %% [markdown]
 # On the AMD EPYC where this was measured (2026-11-30, docs/PERFORMANCE.md), the registers
-# took 0.7-0.85 of the passes' time at stride 1 and about 0.9 at stride 2, where copying into the phases is a larger share; the
-# backward gathers each input pixel's gradient the same way at stride 1, but its time goes
-# mostly to the weight gradient's nine running sums per pixel, which need a load and a store
-# each either way, so it gained little (`benchmarks/bench_depthwise_taps.py` times both, in
-# pairs, on every such layer of V1 and V2).
-
+# took 0.7-0.85 of the passes' time at stride 1 and about 0.9 at stride 2, where copying into
+# the phases is a larger share.
 #
-# The channels-last order takes the same step: for each output pixel, the nine taps of a
+# The backward gathers each input pixel's gradient the same way at stride 1. Its weight
+# gradient is a different kind of loop: for each tap k, dw[k] is a *sum* over every pixel of
+# every image, `total += g[q] * x[q + t_k]`. Written that way, LLVM will not vectorise it:
+# a vectorised sum adds eight partial sums side by side and combines them at the end, a
+# different order of additions, and floating-point addition is not associative, so the
+# compiler may not reorder it unless told it may. The passes therefore kept one running sum
+# per tap *and position* (a "lane"), `lanes[k, q] += g[q] * x[q + t_k]`: no reordering, fully
+# vectorised, but a load and a store of a lane per tap and pixel, and a block of channels'
+# lanes outgrows the L1 cache. The registers way compiles one small function,
+# `_tap_sums_3x3`, with Numba's `fastmath={"reassoc"}` (reordering allowed, nothing else of
+# fastmath): the nine sums of a plane stay in vector registers and are added into float64
+# totals per channel. The order is still fixed by the compiled code, so a run gives the same
+# bits every time and for any thread count; it is not the passes' order, so dw agrees with
+# the passes to float32's rounding, not bit for bit (the test checks exactly that).
+
+
+# %%
+dout = rng.standard_normal(out.shape).astype(np.float32)
+dx, dw = np.empty_like(x), np.empty_like(w)
+block = max(1, min(tuning.DEPTHWISE_MAX_CHANNEL_BLOCK,
+                   C // (tuning.DEPTHWISE_BLOCKS_PER_THREAD * mm.get_num_threads())))
+backward_ways, weight_grads = {}, {}
+for registers in (False, True):
+    backward_ways[registers] = ex.time_callable(
+        lambda: depthwise.depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, 1, 1, block,
+                                                                 *plain, registers),
+        repeats, warmup=2)
+    weight_grads[registers] = dw.copy()
+    print(f"taps_in_registers={registers!s:<5}  {1e3 * backward_ways[registers].median:7.2f} ms "
+          f"for the backward")
+print(f"registers / passes: {backward_ways[True].median / backward_ways[False].median:.2f}")
+difference = np.abs(weight_grads[True] - weight_grads[False]).max()
+print(f"largest difference in dw, relative to its largest value: "
+      f"{difference / np.abs(weight_grads[False]).max():.1e}")
+
+# %% [markdown]
+# `benchmarks/bench_depthwise_taps.py` times both ways in pairs on every phase-plane layer of
+# V1 and V2: on the AMD EPYC the backward took 0.53-0.70 of the passes' time at stride 1 and
+# about 0.9 at stride 2 (2026-11-30). Batch norm's backward sums (`_row_sums` in
+# `kernels/batchnorm.py`) and the pooling of squeeze-excite took the same step.
+#
+# The channels-last order took the forward's step too: for each output pixel, the nine taps of a
 # vector of channels are summed in a register and stored once (`_taps_3x3_channels_last`),
 # and `depthwise_conv2d_forward_channels_last` keeps its passes behind the same flag. One
 # more detail mattered there. With 1024 channels, every row of the scratch image and of the
