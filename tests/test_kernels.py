@@ -112,7 +112,7 @@ def test_the_fast_3x3_forward_sums_the_taps_in_order(rng, depthwise_layout, dtyp
 @pytest.mark.parametrize("H,W", [(9, 8), (16, 16), (1, 3)])
 def test_3x3_taps_in_registers_give_the_bits_of_the_passes(rng, dtype, stride, H, W):
     """3a with taps_in_registers (the forward's taps summed in a register; the backward's dx
-    gathered at stride 1, dw's nine sums in registers) against its K*K passes over the wide
+    gathered, dw's nine sums in registers) against its K*K passes over the wide
     grid: the same bits for out and dx, plain and normalising on reading. dw is summed in
     another order (vector lanes per plane, float64 over the planes), so it agrees to the
     dtype's rounding only."""

@@ -319,7 +319,8 @@ def depthwise_conv2d_forward_phase_planes(out, x, w, stride, pad, ntasks, scale,
 # rounds) put the stride-1 backwards at 0.94-1.02 of the passes' time, median 0.95. With dw's
 # sums in registers too (_tap_sums_3x3, below; 2026-11-30, session 19) the same benchmark
 # printed 0.53-0.70 at stride 1 and 0.91-0.94 at stride 2, where copying the planes in and
-# dx out of the phases takes most of the time.
+# dx out of the phases took most of the time; with dx gathered at stride 2 as well
+# (_gather_3x3_stride2, below), 0.52-0.70 at stride 1 and 0.78-0.79 at stride 2.
 @njit(cache=True)
 def _gather_3x3(plane, gz, w, tap_start, row_start, front):
     """plane[i, j] = sum over taps k = 0..8 in order of w[k // 3, k % 3] *
@@ -386,12 +387,53 @@ def _tap_sums_3x3(gw, xp, tap_start):
     return a0, a1, a2, a3, a4, a5, a6, a7, a8
 
 
+# dx at stride 2 (pad 1), gathered too. A pixel receives only the taps of its own phase: in
+# padded coordinates (r + 1, q + 1), tap (ki, kj) reaches it from output
+# ((r + 1 - ki) / 2, (q + 1 - kj) / 2) when both are whole numbers. So an odd row r takes
+# taps ki = 0 and 2 from dout's rows u = (r + 1) / 2 and u - 1, an even row ki = 1 from row
+# r / 2; an even column q = 2m takes kj = 1 from column m, an odd one kj = 0 and 2 from
+# columns m + 1 and m. Each pixel adds its 1, 2 or 4 terms in tap order from zero, as the
+# passes added them, so the bits are the passes'; where u or m + 1 falls one past dout's last
+# row or column, the wide grid's zeros stand in (its pitch Wh is Wo + 1, and one more row
+# of zeros is allocated). The passes zeroed a phase-plane copy of dx, added nine taps into
+# it with a load and a store each, and interleaved it back into dx; this writes dx once.
+@njit(cache=True)
+def _gather_3x3_stride2(plane, gz, w, Wh):
+    """plane[r, q] = the sum, in tap order from zero, of w[ki, kj] * gz[i * Wh + j] over the
+    taps with 2i + ki = r + 1 and 2j + kj = q + 1 (stride 2, pad 1)."""
+    w00, w01, w02 = w[0, 0], w[0, 1], w[0, 2]
+    w10, w11, w12 = w[1, 0], w[1, 1], w[1, 2]
+    w20, w21, w22 = w[2, 0], w[2, 1], w[2, 2]
+    H, W = plane.shape
+    zero = plane.dtype.type(0)
+    half = W // 2
+    for r in range(H):
+        dst = plane[r]
+        if r % 2 == 1:
+            top = gz[((r + 1) // 2) * Wh:]  # ki = 0
+            bottom = gz[((r - 1) // 2) * Wh:]  # ki = 2
+            for m in range(half):
+                dst[2 * m] = zero + w01 * top[m] + w21 * bottom[m]
+                dst[2 * m + 1] = (zero + w00 * top[m + 1] + w02 * top[m] + w20 * bottom[m + 1]
+                                  + w22 * bottom[m])
+            if W % 2 == 1:
+                dst[W - 1] = zero + w01 * top[half] + w21 * bottom[half]
+        else:
+            row = gz[(r // 2) * Wh:]  # ki = 1
+            for m in range(half):
+                dst[2 * m] = zero + w11 * row[m]
+                dst[2 * m + 1] = zero + w10 * row[m + 1] + w12 * row[m]
+            if W % 2 == 1:
+                dst[W - 1] = zero + w11 * row[half]
+
+
 @njit(cache=True, parallel=True)
 def depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, pad, block, scale, shift,
                                            kind, taps_in_registers=True):
     """dx = w scattered by dout; dw[c] = sum_n,i,j dout * xpad window. With 3x3 filters, dw's
-    nine sums are made in registers (_tap_sums_3x3), and at stride 1 dx is gathered in
-    registers (_gather_3x3), unless taps_in_registers is False.
+    nine sums are made in registers (_tap_sums_3x3), and dx is gathered in registers at
+    stride 1 (_gather_3x3) and at stride 2 with pad 1 (_gather_3x3_stride2), unless
+    taps_in_registers is False.
 
     Parallel over blocks of `block` channels: a task walks the images in order and, in each,
     its block's planes, which lie side by side. One channel per task read one 1 KB plane per
@@ -412,8 +454,11 @@ def depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, pad, bloc
         xp = np.zeros(s * s * Hh * Wh, dtype=x.dtype)
         # dout on the wide grid, from gz[front]: the junk columns and the borders stay 0
         gather = taps_in_registers and K == 3 and s == 1
+        gather_stride2 = taps_in_registers and K == 3 and s == 2 and pad == 1
         front = tap_start[K * K - 1] if gather else 0
-        gz = np.zeros(front + (Hh * Wh if gather else L), dtype=x.dtype)
+        # stride 2 reads one more row and column of dout, which stay 0 (see _gather_3x3_stride2)
+        gz = np.zeros(front + (Hh * Wh if gather else
+                               (Ho + 1) * Wh if gather_stride2 else L), dtype=x.dtype)
         gw = gz[front:front + L]
         dxp = np.empty(s * s * Hh * Wh, dtype=x.dtype)
         sums_in_registers = taps_in_registers and K == 3
@@ -443,6 +488,9 @@ def depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, pad, bloc
                         totals[k] += sums[k]
                 if gather:
                     _gather_3x3(dx[n, c], gz, w[c, 0], tap_start, row_start, front)
+                    continue
+                if gather_stride2:
+                    _gather_3x3_stride2(dx[n, c], gz, w[c, 0], Wh)
                     continue
                 dxp[:] = 0
                 for k in range(K * K):
