@@ -649,11 +649,15 @@ def test_depthwise_backward_is_the_same_for_any_channel_block(rng):
                                 "scaled_pointwise_groups", "gated_pointwise_per_image",
                                 "gated_pointwise_groups", "projection_pointwise_per_image",
                                 "projection_pointwise_groups", "conv2d",
-                                "depthwise_stride2", "depthwise_channels_last",
+                                "depthwise_stride1", "depthwise_stride2",
+                                "depthwise_channels_last", "pool", "gate", "pool_normalized",
+                                "gate_normalized",
                                 "batchnorm_by_image", "batchnorm_by_channel"])
 def test_results_are_the_same_for_any_thread_count(rng, monkeypatch, rung, op):
     """Every kernel writes disjoint outputs and sums over the batch in a fixed split
     (tuning.SUM_TASKS), so one thread and all threads give the same bits."""
+    # arrays this small would otherwise run on one thread anyway (kernels.threads_for)
+    monkeypatch.setattr(tuning, "SERIAL_MAX_ELEMENTS", 0)
     x = rng.standard_normal((9, 6, 10, 10)).astype(np.float32)
     if "pointwise" in op:
         _force_pointwise_layout(monkeypatch, op.split("pointwise_")[1])
@@ -672,6 +676,15 @@ def test_results_are_the_same_for_any_thread_count(rng, monkeypatch, rung, op):
     elif op == "conv2d":
         w = rng.standard_normal((8, 6, 3, 3)).astype(np.float32)
         forward, backward = lambda: ops.conv2d_forward(x, w, 1, 1), ops.conv2d_backward
+    elif op.startswith(("pool", "gate")):  # the sums of squeeze-excite, plain or read normalised
+        scale, shift = np.linspace(0.5, 2, 6, dtype=np.float32), np.full(6, 0.1, np.float32)
+        read = (ops.NormalizedMap(x, scale, shift, "hardswish") if op.endswith("normalized")
+                else x)
+        gate = np.linspace(0, 1, 9 * 6, dtype=np.float32).reshape(9, 6, 1, 1)
+        forward, backward = ((lambda: ops.global_avg_pool_forward(read)),
+                             ops.global_avg_pool_backward) if op.startswith("pool") else (
+                             (lambda: ops.scale_channels_forward(read, gate)),
+                             ops.scale_channels_backward)
     elif op.startswith("batchnorm"):
         monkeypatch.setattr(tuning, "BN_BY_IMAGE_MAX_PIXELS", 10**9 if op.endswith("image") else 0)
         gamma, beta = np.linspace(0.5, 2, 6, dtype=np.float32), np.zeros(6, np.float32)
@@ -681,10 +694,13 @@ def test_results_are_the_same_for_any_thread_count(rng, monkeypatch, rung, op):
         monkeypatch.setattr(tuning, "DEPTHWISE_CHANNELS_LAST_MAX_PIXELS",
                             10**9 if op.endswith("last") else 0)
         w = rng.standard_normal((6, 1, 3, 3)).astype(np.float32)
-        forward, backward = (lambda: ops.depthwise_conv2d_forward(x, w, 2, 1),
+        stride = 1 if op.endswith("stride1") else 2
+        forward, backward = (lambda: ops.depthwise_conv2d_forward(x, w, stride, 1),
                              ops.depthwise_conv2d_backward)
     results = []
     threads = numba.get_num_threads()
+    if threads < 2:
+        pytest.skip("one thread only: nothing to compare")
     try:
         with kernels.use(rung):
             for n in sorted({1, threads}):
