@@ -53,7 +53,7 @@ class Case:
         self.name, self.shape_text = name, shape_text
         self.mm_fwd = lambda: forward(**inputs)
         self.mm_bwd = lambda cache: backward(dout, cache)
-        small = {k: (v[:2] if k in ("x", "labels") else v) for k, v in inputs.items()}
+        small = {k: (v[:2] if k in ("x", "labels", "s") else v) for k, v in inputs.items()}
         self.small_fwd = lambda: forward(**small)
         self.small_bwd = lambda cache: backward(None if dout is None else dout[:2], cache)
         self.small_scale = len(inputs["x"]) / 2
