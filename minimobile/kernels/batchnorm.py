@@ -227,7 +227,8 @@ def channel_affine_fast(out, x, scale, shift):
 #   V1 0.5's channel counts: 1.3x faster at 16x16, 3.6x at 8x8, 10x at 4x4, 15-18x at 2x2.
 # Both orders give the same result on every run and for any thread count. Against rung 2,
 # forward+backward at N=128, C=96, 16x16 (bench_ops.py --rungs, 2026-11-29): 5.95 against
-# 3.40 ms, 1.75x.
+# 3.40 ms, 1.75x; with the sums in registers (below), 2.5x (8.73 against 3.46 ms on the AMD
+# EPYC, 2026-11-30).
 # ---------------------------------------------------------------------------------------------
 
 
