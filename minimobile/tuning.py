@@ -67,7 +67,11 @@ BN_BY_IMAGE_MAX_PIXELS = 256
 # (AMD EPYC, 2026-11-30, paired medians of 9 rounds): 0.71-0.89 of the time at 8x8 and
 # 16x16; 0.88-0.90 at 4x4 (480 and 1280 channels, ReLU6) in one run and 1.04-1.12 in
 # another; 1.38 at 2x2 (1024 channels), where a row of 4 is shorter than a vector. So 4x4
-# and 2x2 keep the lanes.
+# and 2x2 keep the lanes. Whole steps, `benchmarks/bench_tuning.py --models v2:0.5,v1:1.0
+# --rounds 7 --steps 3 --set BN_ROW_SUMS_MIN_PIXELS=16 --set BN_BY_IMAGE_MAX_PIXELS=1024`
+# (2026-11-30): 16 took 0.99 of today's step for both networks, within the noise; and with the
+# row sums, batch norm by image up to 32x32 took 1.06 (V2 0.5) and 0.98 (V1 1.0): no reason
+# to move either number.
 BN_ROW_SUMS_MIN_PIXELS = 32
 
 # 1x1 conv: maps of at least this many pixels run one product per image on the NCHW array in
