@@ -140,6 +140,28 @@ def test_3x3_taps_in_registers_give_the_bits_of_the_passes(rng, dtype, stride, H
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("stride", [1, 2])
+def test_5x5_weight_gradient_in_registers_matches_the_lanes(rng, dtype, stride):
+    """3a's backward with 5x5 filters: dw's 25 sums in registers, in groups of nine, against
+    the lanes of the passes (to the dtype's rounding: another order of additions); dx is
+    made the same way both times, so it is the same bits."""
+    x = rng.standard_normal((3, 4, 11, 10)).astype(dtype)
+    w = rng.standard_normal((4, 1, 5, 5)).astype(dtype)
+    Ho, Wo = (11 - 1) // stride + 1, (10 - 1) // stride + 1
+    dout = rng.standard_normal((3, 4, Ho, Wo)).astype(dtype)
+    results = []
+    for registers in (False, True):
+        dx, dw = np.empty_like(x), np.empty_like(w)
+        depthwise.depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, 2, 2,
+                                                         *depthwise.no_prologue(x), registers)
+        results.append((dx, dw))
+    (dx_p, dw_p), (dx_r, dw_r) = results
+    np.testing.assert_array_equal(dx_r, dx_p)
+    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(dw_r, dw_p, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("H,W", [(4, 4), (2, 2), (9, 8), (1, 3)])
 def test_channels_last_forward_gives_the_bits_of_the_phase_planes(rng, dtype, stride, H, W):
     """3b, taps in registers or not, transposing pixel by pixel (normalising each pixel's row
