@@ -46,9 +46,10 @@ random crop (4 px padding) and horizontal flip. --optimizer rmsprop defaults to 
 weight decay 4e-5 (torchvision's MobileNetV3 recipe at batch 128), adamw to 2e-3 and 0.05.
 
 The fast-CIFAR techniques are off by default: --ema (weight averaging; the averaged model is
-the one tested and kept as best.npz), --tta (test-time augmentation), --flip alternate,
---cutout, --schedule linear, --start-resolution (progressive resizing: cheaper early epochs
-on smaller images) and --decay-norm-and-bias (to measure what skipping it buys);
+the one tested and kept as best.npz), --tta (test-time augmentation; --tta-final-only keeps
+it to the last epoch's test), --flip alternate, --cutout, --schedule linear,
+--start-resolution (progressive resizing: cheaper early epochs on smaller images) and
+--decay-norm-and-bias (to measure what skipping it buys);
 --no-decay-depthwise spares the depthwise filters from weight decay.
 --recipe NAME sets a named bundle of them; options given explicitly override the bundle
 (literature defaults, measured since: results/ablation/ and README.md, "Towards 90 %"):
@@ -56,8 +57,8 @@ on smaller images) and --decay-norm-and-bias (to measure what skipping it buys);
 
 Ctrl-C keeps the checkpoint of the last completed epoch (exit code 130); run the same command
 with --resume to continue exactly where it stopped. With --resume, settings not given on the
-command line come from the checkpoint; only --epochs, --eval-every, --data and --limit-test may
-differ from it (a new --epochs stretches the schedule over the new length from then on).
+command line come from the checkpoint; only --epochs, --eval-every, --tta-final-only, --data and
+--limit-test may differ from it (a new --epochs stretches the schedule over the new length from then on).
 A folder that already holds a run is never overwritten silently: give --resume to continue it,
 --overwrite to replace it (its files are replaced epoch by epoch), or another --out.
 """
@@ -234,6 +235,9 @@ def _add_train(sub):
                    help="test-time augmentation: average the logits over each test image and "
                    "its mirror (flip), and its 1 px diagonal shifts too (flip,translate); "
                    "costs 2 or 6 forward passes (default none)")
+    p.add_argument("--tta-final-only", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --tta: augment only the last epoch's test; the earlier ones "
+                   "(--eval-every) take one forward pass (default off)")
     p.add_argument("--flip", choices=list(FLIP_MODES),
                    help="random: each image mirrored with probability 1/2 each epoch; "
                    "alternate: a random half mirrored in odd epochs, the other half in even "

@@ -56,12 +56,12 @@ DTYPES = ("float32", "float64")
 
 # Settings a resumed run may change without invalidating what is already trained; changing any
 # other would make the resumed run a different run from the one that was interrupted.
-RESUMABLE_CHANGES = ("epochs", "eval_every", "data", "out", "limit_test")
+RESUMABLE_CHANGES = ("epochs", "eval_every", "tta_final_only", "data", "out", "limit_test")
 
 LAST, BEST, HISTORY = "last.npz", "best.npz", "history.csv"
 RUN_FILES = (LAST, BEST, HISTORY)
 HISTORY_FIELDS = ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
-                  "epoch_seconds", "images_per_second", "resolution")
+                  "epoch_seconds", "images_per_second", "resolution", "test_tta")
 OPTIMIZER_PREFIX = "optimizer/"
 EMA_UPDATES = "ema_updates"
 CHECKPOINT_KIND = "minimobile.train"
@@ -111,6 +111,11 @@ class TrainConfig:
     ema: float = 0.0
     ema_warmup: bool = True
     tta: str = "none"
+    # Test-time augmentation in the last epoch's evaluation only: the earlier ones take one
+    # forward pass instead of tta's 2 or 6, which saves a V1 1.0 run on two cores about a
+    # minute per evaluation (its 6-pass test took 57 s more than an epoch, results/README.md).
+    # history.csv's test_tta column says which evaluation each test_acc comes from.
+    tta_final_only: bool = False
     flip: str = "random"
     cutout: int = 0
     # Random crops from this many px of zero padding (shifts of up to that each way); 4 is
@@ -423,6 +428,15 @@ def write_history(path, history):
         f.write(text.getvalue().encode("utf-8"))
 
 
+def _history_value(name, text):
+    if text in ("", None):
+        return None
+    if name == "test_tta":
+        require(text in TTA_MODES, "test_tta", f"one of {list(TTA_MODES)}", text)
+        return text
+    return int(text) if name in ("epoch", "step", "resolution") else float(text)
+
+
 def read_history(path):
     """The rows of a history.csv as dicts: epoch and step int, other fields float or None.
 
@@ -450,8 +464,7 @@ def read_history(path):
                                       "file was edited or cut short (last.npz holds the full "
                                       "history: `minimobile train --resume` rewrites it)")
         try:
-            history.append({k: (None if v in ("", None) else int(v) if k in ("epoch", "step", "resolution")
-                                else float(v)) for k, v in row.items() if k is not None})
+            history.append({k: _history_value(k, v) for k, v in row.items() if k is not None})
         except (TypeError, ValueError) as e:
             raise CorruptHistoryError(f"{path}, line {line}: {e}; the file was edited or cut "
                                       "short (last.npz holds the full history: `minimobile "
@@ -491,7 +504,8 @@ def model_from_checkpoint(path, ema=True):
 
 def check_resumable(saved, config):
     """Raise ValueError listing every setting of `config` that differs from the checkpoint's
-    `saved` config, apart from RESUMABLE_CHANGES (epochs, eval_every, data, out, limit_test)."""
+    `saved` config, apart from RESUMABLE_CHANGES (epochs, eval_every, tta_final_only, data,
+    out, limit_test): they change when and how the run is tested, not what it trains."""
     changed = [f"{f.name} {getattr(saved, f.name)!r} -> {getattr(config, f.name)!r}"
                for f in dataclasses.fields(TrainConfig)
                if f.name not in RESUMABLE_CHANGES
@@ -734,11 +748,11 @@ def fit(config, model=None, data=None, resume=False, progress=True, log=None, on
             test = None
             # The test loss uses the training label smoothing, so the two loss curves compare.
             # With an EMA, the averaged model is the one tested, and so the one best.npz keeps.
+            tta = ("none" if config.tta_final_only and epoch < config.epochs else config.tta)
             if epoch % config.eval_every == 0 or epoch == config.epochs:
                 with ema.swapped_into(model) if ema is not None else nullcontext():
                     test = evaluate(model, x_test, y_test, config.batch_size,
-                                    config.label_smoothing, progress, config.tta,
-                                    config.resolution)
+                                    config.label_smoothing, progress, tta, config.resolution)
             _check_finite_params(model)
             history.append({
                 "epoch": epoch, "step": step, "train_loss": stats.loss,
@@ -747,7 +761,7 @@ def fit(config, model=None, data=None, resume=False, progress=True, log=None, on
                 "test_acc": None if test is None else test.accuracy, "lr": stats.lr,
                 "epoch_seconds": time.perf_counter() - start,
                 "images_per_second": stats.images / train_seconds,
-                "resolution": batches.resolution,
+                "resolution": batches.resolution, "test_tta": None if test is None else tta,
             })
             arrays, meta = _checkpoint_state(config, model, optimizer, data_rng, epoch, step,
                                              history, ema)

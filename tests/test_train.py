@@ -267,6 +267,8 @@ def test_ctrl_c_before_the_first_epoch_ends_does_not_offer_a_resume(tmp_path, ca
     ("epoch,step,train_loss,train_acc,test_loss,test_acc\n1,8,0.5,0.3,,\n2,16,oops,0.4,,\n",
      "line 3"),
     ("epoch,step,train_loss,train_acc,test_loss,test_acc\n1,8,0.5", "line 2"),
+    ("epoch,step,train_loss,train_acc,test_loss,test_acc,test_tta\n1,8,0.5,0.3,0.6,0.2,none\n"
+     "2,16,0.4,0.4,0.5,0.3,rotate\n", "line 3: test_tta: expected one of"),
 ])
 def test_a_malformed_history_names_the_file_and_the_line(tmp_path, text, match):
     (tmp_path / "history.csv").write_text(text)
@@ -484,6 +486,34 @@ def test_with_ema_the_averaged_model_is_tested_checkpointed_and_chosen_as_best(t
     assert tested.loss != train.evaluate(live, data.x_test, data.y_test, 32, 0.1, tta=tta).loss
     best = max(history, key=lambda row: row["test_acc"])
     assert checkpoint.load_meta(tmp_path / "best.npz")["epoch"] == best["epoch"]
+
+
+def test_tta_final_only_tests_the_earlier_epochs_in_one_pass_and_the_last_with_tta(tmp_path):
+    # Test-time augmentation changes only the evaluation, so the three runs train alike: the
+    # final-only run's earlier tests must be the plain run's, its last the TTA run's.
+    data = colour_data()
+    runs = {name: fit(tiny_config(tmp_path / name, eval_every=1, **settings),
+                      model=tiny_model(0), data=data, progress=False)
+            for name, settings in [("plain", {}), ("tta", {"tta": "flip"}),
+                                   ("final", {"tta": "flip", "tta_final_only": True})]}
+    plain, tta, final = runs["plain"], runs["tta"], runs["final"]
+    assert [row["test_tta"] for row in final] == ["none", "none", "flip"]
+    assert [row["test_tta"] for row in tta] == ["flip"] * 3
+    for row in (0, 1):
+        assert final[row]["test_loss"] == plain[row]["test_loss"] != tta[row]["test_loss"]
+    assert final[2]["test_loss"] == tta[2]["test_loss"] != plain[2]["test_loss"]
+    written = train.read_history(tmp_path / "final" / "history.csv")
+    assert [row["test_tta"] for row in written] == ["none", "none", "flip"]
+    assert [row["test_acc"] for row in written] == [row["test_acc"] for row in final]
+
+
+def test_tta_final_only_may_change_on_resume_as_it_changes_no_training(tmp_path):
+    data = colour_data(n_train=64, n_test=32)
+    config = tiny_config(tmp_path, epochs=1, tta="flip")
+    fit(config, model=tiny_model(0), data=data, progress=False)
+    history = fit(replace(config, epochs=3, tta_final_only=True), model=tiny_model(0),
+                  data=data, resume=True, progress=False)
+    assert [row["test_tta"] for row in history] == ["flip", "none", "flip"]
 
 
 def test_the_fast_recipe_is_a_valid_config_whose_values_explicit_settings_override():
