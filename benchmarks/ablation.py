@@ -57,6 +57,8 @@ VARIANTS = [
     ("batch-256", "batch 256, lr scaled linearly", ["--batch-size", "256"]),
     ("progressive-24", "progressive resizing: 24x24 until 60 % of the epochs are done, then "
      "32x32", ["--start-resolution", "24", "--resolution-ramp", "0.6,0.6"]),
+    ("whiten-stem", "stem filters initialised to whiten 3x3 patches (airbench)",
+     ["--whiten-stem"]),
     ("recipe-fast", "all of --recipe fast, at this budget", ["--recipe", "fast"]),
 ]
 EVALUATED = {"tta-flip", "tta-flip-translate"}  # evaluations of the baseline, not trainings

@@ -48,8 +48,9 @@ weight decay 4e-5 (torchvision's MobileNetV3 recipe at batch 128), adamw to 2e-3
 The fast-CIFAR techniques are off by default: --ema (weight averaging; the averaged model is
 the one tested and kept as best.npz), --tta (test-time augmentation; --tta-final-only keeps
 it to the last epoch's test), --flip alternate, --cutout, --schedule linear,
---start-resolution (progressive resizing: cheaper early epochs on smaller images) and
---decay-norm-and-bias (to measure what skipping it buys);
+--start-resolution (progressive resizing: cheaper early epochs on smaller images),
+--whiten-stem (stem filters that whiten the images' 3x3 patches, airbench's initialisation)
+and --decay-norm-and-bias (to measure what skipping it buys);
 --no-decay-depthwise spares the depthwise filters from weight decay.
 --recipe NAME sets a named bundle of them; options given explicitly override the bundle
 (literature defaults, measured since: results/ablation/ and README.md, "Towards 90 %"):
@@ -248,6 +249,10 @@ def _add_train(sub):
     p.add_argument("--crop-padding", type=_crop_padding, metavar="PX",
                    help="random crops from PX px of zero padding, shifts of up to PX each way "
                    "(default 4, the standard CIFAR augmentation; airbench shifts by 2)")
+    p.add_argument("--whiten-stem", action=argparse.BooleanOptionalAction, default=None,
+                   help="initialise the stem conv's filters as +-v/sqrt(lambda + 5e-4) for the "
+                   "eigenvectors v of the covariance of 3x3 patches of 5000 training images "
+                   "(airbench's patch whitening) instead of at random (default off)")
     p.add_argument("--decay-norm-and-bias", action=argparse.BooleanOptionalAction,
                    default=None, help="weight decay on batch-norm parameters and biases too "
                    "(default off: only conv and linear weights decay)")

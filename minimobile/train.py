@@ -39,6 +39,7 @@ from .ops import softmax_cross_entropy
 from .optim import EMA, SGD, AdamW, RMSprop, default_no_decay
 from .schedules import make_schedule, progressive_resolution
 from .validation import is_int, require
+from .whitening import WHITENING_IMAGES, whiten_stem
 
 # Default (learning rate at batch size 128, weight decay) per optimiser, for CIFAR-10 from
 # scratch. SGD: the common CIFAR recipe, lr 0.1 and decay 5e-4 (CIFAR's 50,000 images need more
@@ -74,7 +75,7 @@ class TrainConfig:
     lr and weight_decay left at None become the optimiser's defaults (OPTIMIZER_DEFAULTS, the
     lr scaled by batch_size / 128, the linear scaling rule); out left at None becomes
     runs/<model>-w<width>; dropout None keeps the model's own default. The fast-CIFAR fields
-    (decay_norm_and_bias, ema, ema_warmup, tta, flip, cutout) default to off, and
+    (decay_norm_and_bias, ema, ema_warmup, tta, flip, cutout, whiten_stem) default to off, and
     decay_depthwise to on (weight decay on the depthwise filters, as before); docs/API.md says
     what each does, RECIPES bundles them. resolution: training and test images are resized
     from 32x32 to resolution x resolution (bilinear, after augmentation and normalisation), the
@@ -121,6 +122,9 @@ class TrainConfig:
     # Random crops from this many px of zero padding (shifts of up to that each way); 4 is
     # the standard CIFAR augmentation, airbench shifts by 2 at most.
     crop_padding: int = 4
+    # Initialise the stem conv's filters to whiten the training images' patches (airbench,
+    # hlb-CIFAR10; minimobile.whitening says why), instead of drawing them at random.
+    whiten_stem: bool = False
     # The resolution multiplier on CIFAR: the network sees resolution x resolution images.
     resolution: int = 32
     # Progressive resizing (schedules.progressive_resolution): training starts at
@@ -183,6 +187,8 @@ class TrainConfig:
         require(self.dropout is None or 0 <= self.dropout < 1, "dropout",
                "None or a value in [0, 1)", self.dropout)
         require(0 <= self.ema < 1, "ema", "a decay in [0, 1) (0: off)", self.ema)
+        require(isinstance(self.whiten_stem, bool), "whiten_stem", "True or False",
+               self.whiten_stem)
 
     @classmethod
     def from_dict(cls, d):
@@ -670,11 +676,19 @@ def training_resolution(config, epoch):
                                   config.resolution, *config.resolution_ramp)
 
 
+def _whitening_images(x_train, config):
+    """The images the stem's whitening is estimated from: the first WHITENING_IMAGES training
+    images, normalised and resized as training batches are (no augmentation)."""
+    images = normalize(x_train[:WHITENING_IMAGES])
+    return resize(images, config.resolution)
+
+
 def fit(config, model=None, data=None, resume=False, progress=True, log=None, on_epoch=None):
     """Train for config.epochs epochs; returns the history (one dict per epoch, HISTORY_FIELDS).
 
     model defaults to build_model(config...), data to load_cifar10(config.data); pass either to
-    train something else. resume=True continues from config.out/last.npz exactly (bit for bit
+    train something else (with config.whiten_stem, a fresh run overwrites the stem filters of
+    either model: minimobile.whitening). resume=True continues from config.out/last.npz exactly (bit for bit
     on the same machine and NumPy build, whose BLAS may sum in another order). Ctrl-C keeps
     the last completed epoch's checkpoint and re-raises KeyboardInterrupt; a non-finite loss
     raises NonFiniteError (epoch, step, lr) and leaves the checkpoints untouched. progress
@@ -707,6 +721,9 @@ def fit(config, model=None, data=None, resume=False, progress=True, log=None, on
     if built:
         model = build_model(config.model, config.width, config.cifar, NUM_CLASSES,
                             config.dropout, config.seed, config.dtype)
+    if config.whiten_stem and not resume:
+        # Before the EMA copies the weights; a resumed run restores its own below.
+        whiten_stem(model, _whitening_images(x_train, config))
     model.train()
     optimizer = make_optimizer(config, model)
     ema = EMA(model, config.ema, config.ema_warmup) if config.ema else None
