@@ -49,8 +49,9 @@ The fast-CIFAR techniques are off by default: --ema (weight averaging; the avera
 the one tested and kept as best.npz), --tta (test-time augmentation; --tta-final-only keeps
 it to the last epoch's test), --flip alternate, --cutout, --schedule linear,
 --start-resolution (progressive resizing: cheaper early epochs on smaller images),
---whiten-stem (stem filters that whiten the images' 3x3 patches, airbench's initialisation)
-and --decay-norm-and-bias (to measure what skipping it buys);
+--whiten-stem (stem filters that whiten the images' 3x3 patches, airbench's initialisation),
+--prune (InfoBatch's data pruning: fewer well-learned images per epoch, the same expected
+gradient) and --decay-norm-and-bias (to measure what skipping it buys);
 --no-decay-depthwise spares the depthwise filters from weight decay.
 --recipe NAME sets a named bundle of them; options given explicitly override the bundle
 (literature defaults, measured since: results/ablation/ and README.md, "Towards 90 %"):
@@ -249,6 +250,14 @@ def _add_train(sub):
     p.add_argument("--crop-padding", type=_crop_padding, metavar="PX",
                    help="random crops from PX px of zero padding, shifts of up to PX each way "
                    "(default 4, the standard CIFAR augmentation; airbench shifts by 2)")
+    p.add_argument("--prune", type=_float(0, 1), metavar="R",
+                   help="dynamic data pruning (InfoBatch): each epoch, drop the fraction R of "
+                   "the training images whose last loss is below the mean, and weigh the "
+                   "rest of those 1/(1-R), so the expected gradient is unchanged; InfoBatch "
+                   "uses 0.5 (default 0: off)")
+    p.add_argument("--prune-until", type=_float(0, 1, high_open=False), metavar="F",
+                   help="with --prune: prune in the first fraction F of the epochs only, so "
+                   "the last ones see every image (default 0.875, InfoBatch's)")
     p.add_argument("--whiten-stem", action=argparse.BooleanOptionalAction, default=None,
                    help="initialise the stem conv's filters as +-v/sqrt(lambda + 5e-4) for the "
                    "eigenvectors v of the covariance of 3x3 patches of 5000 training images "

@@ -556,6 +556,10 @@ class Batches:
     ways in any two consecutive epochs. The parity comes from `self.epoch`, the number of
     epochs already done, which each iteration increments; a resumed run sets it (and must
     rebuild its Batches from the same seed).
+
+    Setting `self.order` (an index array) makes the next epoch take those images in that
+    order instead of a permutation of all of them (the trainer's data pruning); while an epoch
+    runs, `self.batch_indices` holds the indices of the batch last yielded.
     """
 
     def __init__(self, x, y, batch_size, *, augment=False, shuffle=True, drop_last=False,
@@ -578,6 +582,9 @@ class Batches:
         self.augment, self.shuffle, self.drop_last, self.rng = augment, shuffle, drop_last, rng
         self.flip, self.cutout, self.epoch = flip, int(cutout), 0
         self.resolution, self.crop_padding = resolution, int(crop_padding)
+        # The next epoch's image indices in order, if set (data pruning: minimobile.pruning);
+        # used once, then the epochs go back to shuffling all of x.
+        self.order, self.batch_indices = None, None
         # Drawn only in this mode, so the default's random stream is what it always was.
         self.flip_first = (rng.random(len(x)) < 0.5 if augment and flip == "alternate"
                            else None)
@@ -587,11 +594,17 @@ class Batches:
         return full if self.drop_last or rest == 0 else full + 1
 
     def __iter__(self):
-        batches = minibatch_indices(len(self.x), self.batch_size, self.rng, self.shuffle,
-                                    self.drop_last)
+        if self.order is not None:  # this epoch's images, in order, chosen by the caller
+            order, self.order = self.order, None
+            stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
+            batches = [order[i:i + self.batch_size] for i in range(0, stop, self.batch_size)]
+        else:
+            batches = minibatch_indices(len(self.x), self.batch_size, self.rng, self.shuffle,
+                                        self.drop_last)
         odd = self.epoch % 2 == 1
         self.epoch += 1
         for idx in batches:
+            self.batch_indices = idx  # which images the batch being yielded holds
             xb, yb = self.x[idx], self.y[idx]
             if self.augment:
                 flip = True if self.flip_first is None else self.flip_first[idx] ^ odd

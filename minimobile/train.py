@@ -37,6 +37,7 @@ from .layers import DepthwiseConv2d, no_grad
 from .models import MAX_WIDTH, MODELS, build_model  # noqa: F401
 from .ops import softmax_cross_entropy
 from .optim import EMA, SGD, AdamW, RMSprop, default_no_decay
+from .pruning import DataPruning, sample_losses
 from .schedules import make_schedule, progressive_resolution
 from .validation import is_int, require
 from .whitening import WHITENING_IMAGES, whiten_stem
@@ -62,9 +63,11 @@ RESUMABLE_CHANGES = ("epochs", "eval_every", "tta_final_only", "data", "out", "l
 LAST, BEST, HISTORY = "last.npz", "best.npz", "history.csv"
 RUN_FILES = (LAST, BEST, HISTORY)
 HISTORY_FIELDS = ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
-                  "epoch_seconds", "images_per_second", "resolution", "test_tta")
+                  "epoch_seconds", "images_per_second", "resolution", "test_tta",
+                  "train_images")
 OPTIMIZER_PREFIX = "optimizer/"
 EMA_UPDATES = "ema_updates"
+PRUNING_SCORES = "pruning/scores"
 CHECKPOINT_KIND = "minimobile.train"
 
 
@@ -125,6 +128,11 @@ class TrainConfig:
     # Initialise the stem conv's filters to whiten the training images' patches (airbench,
     # hlb-CIFAR10; minimobile.whitening says why), instead of drawing them at random.
     whiten_stem: bool = False
+    # Dynamic data pruning (InfoBatch; minimobile.pruning): each epoch drops this fraction of
+    # the training images whose last loss is below the mean, and up-weights the rest of those,
+    # in the first prune_until of the epochs. 0: every image, every epoch.
+    prune: float = 0.0
+    prune_until: float = 0.875
     # The resolution multiplier on CIFAR: the network sees resolution x resolution images.
     resolution: int = 32
     # Progressive resizing (schedules.progressive_resolution): training starts at
@@ -189,6 +197,9 @@ class TrainConfig:
         require(0 <= self.ema < 1, "ema", "a decay in [0, 1) (0: off)", self.ema)
         require(isinstance(self.whiten_stem, bool), "whiten_stem", "True or False",
                self.whiten_stem)
+        require(0 <= self.prune < 1, "prune", "a fraction in [0, 1) (0: off)", self.prune)
+        require(0 <= self.prune_until <= 1, "prune_until", "a fraction of the epochs in [0, 1]",
+               self.prune_until)
 
     @classmethod
     def from_dict(cls, d):
@@ -390,12 +401,17 @@ class EpochStats(NamedTuple):
 
 
 def train_one_epoch(model, optimizer, schedule, batches, step, label_smoothing=0.0, bar=None,
-                    ema=None):
+                    ema=None, pruning=None, weights=None):
     """One pass over `batches` starting at global step `step`: per minibatch forward, loss,
     backward, optimizer.lr = schedule(step), optimizer.step(), then ema.update() if an EMA
     (optim.EMA) is given. Layers overwrite their
     gradients, so there is nothing to zero. A NaN or infinite loss raises NonFiniteError naming
-    the step and lr. Returns EpochStats; `bar` (tqdm) shows loss, accuracy and images/s."""
+    the step and lr. Returns EpochStats; `bar` (tqdm) shows loss, accuracy and images/s.
+
+    With a pruning (pruning.DataPruning), each image's loss is recorded as its score
+    (batches.batch_indices says which images a batch holds), and with per-image `weights`
+    (n,) the gradient is that of mean(weights * losses); the reported loss stays the plain
+    mean, comparable with an unpruned run's."""
     dtype = _param_dtype(model)
     loss_sum, correct, seen, lr = 0.0, 0, 0, float("nan")
     start = time.perf_counter()
@@ -406,6 +422,11 @@ def train_one_epoch(model, optimizer, schedule, batches, step, label_smoothing=0
             loss, dlogits = softmax_cross_entropy(logits, yb, label_smoothing)
         except NonFiniteError as e:
             raise NonFiniteError(f"non-finite loss at step {step} (lr {lr:.4g}): {e}") from e
+        if pruning is not None:
+            idx = batches.batch_indices
+            pruning.record(idx, sample_losses(logits, yb, label_smoothing))
+            if weights is not None:
+                dlogits *= weights[idx].astype(dlogits.dtype)[:, None]  # rows of the mean
         model.backward(dlogits)
         optimizer.lr = lr
         optimizer.step()
@@ -440,7 +461,8 @@ def _history_value(name, text):
     if name == "test_tta":
         require(text in TTA_MODES, "test_tta", f"one of {list(TTA_MODES)}", text)
         return text
-    return int(text) if name in ("epoch", "step", "resolution") else float(text)
+    return (int(text) if name in ("epoch", "step", "resolution", "train_images")
+            else float(text))
 
 
 def read_history(path):
@@ -522,9 +544,11 @@ def check_resumable(saved, config):
                          "start a new run in another --out folder.")
 
 
-def _checkpoint_state(config, model, optimizer, data_rng, epoch, step, history, ema=None):
+def _checkpoint_state(config, model, optimizer, data_rng, epoch, step, history, ema=None,
+                      pruning=None):
     """(arrays, meta) for checkpoint.save: everything the next epoch depends on. With an EMA,
-    its averaged weights and buffers go under checkpoint.EMA_PREFIX beside the live ones."""
+    its averaged weights and buffers go under checkpoint.EMA_PREFIX beside the live ones; with
+    data pruning, every training image's score under PRUNING_SCORES."""
     arrays = {checkpoint.MODEL_PREFIX + k: v for k, v in model.state_dict().items()}
     arrays.update({OPTIMIZER_PREFIX + k: v for k, v in optimizer.state_dict().items()})
     meta = {"kind": CHECKPOINT_KIND, "epoch": epoch, "step": step, "config": asdict(config),
@@ -534,10 +558,12 @@ def _checkpoint_state(config, model, optimizer, data_rng, epoch, step, history, 
         state = ema.state_dict()
         meta[EMA_UPDATES] = state.pop("num_updates")
         arrays.update({checkpoint.EMA_PREFIX + k: v for k, v in state.items()})
+    if pruning is not None:
+        arrays[PRUNING_SCORES] = pruning.state_dict()["scores"]
     return arrays, meta
 
 
-def _restore(path, config, model, optimizer, data_rng, ema=None):
+def _restore(path, config, model, optimizer, data_rng, ema=None, pruning=None):
     """Load a trainer checkpoint into the run's objects; returns (epoch, step, history)."""
     if not path.is_file():
         raise FileNotFoundError(f"cannot resume: {path} does not exist (no epoch of this run "
@@ -572,10 +598,21 @@ def _restore(path, config, model, optimizer, data_rng, ema=None):
             ema.load_state_dict({"num_updates": meta[EMA_UPDATES],
                                  **{k[len(checkpoint.EMA_PREFIX):]: v for k, v in arrays.items()
                                     if k.startswith(checkpoint.EMA_PREFIX)}})
+        if pruning is not None:
+            pruning.load_state_dict({"scores": arrays[PRUNING_SCORES]})
     except (TypeError, ValueError, KeyError) as e:
         raise CheckpointMismatchError(f"cannot resume from {path}: its optimiser or random "
                                       f"generator state does not fit this run ({e})") from None
     return meta["epoch"], meta["step"], meta["history"]
+
+
+def _pruned_schedule(schedule, epoch, full_steps, first_step, steps):
+    """The lr of a data-pruning run's steps: step first_step + i of epoch `epoch`, which has
+    `steps` steps, takes the lr of the unpruned run at the same fraction of that epoch (step
+    (epoch - 1) * full_steps + i * full_steps // steps of `schedule`), so the schedule over
+    epochs is the same however many images each epoch keeps."""
+    return lambda s: schedule((epoch - 1) * full_steps
+                              + (s - first_step) * full_steps // max(1, steps))
 
 
 def _subset(x, y, limit):
@@ -736,9 +773,12 @@ def fit(config, model=None, data=None, resume=False, progress=True, log=None, on
                       drop_last=True, rng=data_rng, flip=config.flip, cutout=config.cutout,
                       resolution=config.resolution, crop_padding=config.crop_padding)
     schedule = make_lr_schedule(config, len(batches))
+    pruning = (DataPruning(len(x_train), config.prune, config.prune_until, config.epochs)
+               if config.prune else None)
     done, step, history = 0, 0, []
     if resume:
-        done, step, history = _restore(out / LAST, config, model, optimizer, data_rng, ema)
+        done, step, history = _restore(out / LAST, config, model, optimizer, data_rng, ema,
+                                       pruning)
         _write(out / HISTORY, out, done, lambda: write_history(out / HISTORY, history))
         if log:
             tqdm.write(f"resuming {out} after epoch {done} (step {step})"
@@ -756,10 +796,17 @@ def fit(config, model=None, data=None, resume=False, progress=True, log=None, on
             start = time.perf_counter()
             batches.epoch = epoch - 1  # the alternating flips' parity
             batches.resolution = training_resolution(config, epoch - 1)
-            with tqdm(total=len(batches), desc=f"epoch {epoch}/{config.epochs}", unit="batch",
+            epoch_schedule, weights, steps = schedule, None, len(batches)
+            if pruning is not None:
+                # Drawn from the data's generator where the epoch's permutation would be.
+                batches.order, weights = pruning.epoch_order(epoch - 1, data_rng)
+                steps = len(batches.order) // config.batch_size  # drop_last
+                epoch_schedule = _pruned_schedule(schedule, epoch, len(batches), step, steps)
+                weights = weights if pruning.prunes(epoch - 1) else None
+            with tqdm(total=steps, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
                       leave=False, disable=not progress, dynamic_ncols=True) as bar:
-                stats = train_one_epoch(model, optimizer, schedule, batches, step,
-                                        config.label_smoothing, bar, ema)
+                stats = train_one_epoch(model, optimizer, epoch_schedule, batches, step,
+                                        config.label_smoothing, bar, ema, pruning, weights)
             train_seconds = time.perf_counter() - start
             step = stats.step
             test = None
@@ -779,9 +826,10 @@ def fit(config, model=None, data=None, resume=False, progress=True, log=None, on
                 "epoch_seconds": time.perf_counter() - start,
                 "images_per_second": stats.images / train_seconds,
                 "resolution": batches.resolution, "test_tta": None if test is None else tta,
+                "train_images": stats.images,
             })
             arrays, meta = _checkpoint_state(config, model, optimizer, data_rng, epoch, step,
-                                             history, ema)
+                                             history, ema, pruning)
             is_best = test is not None and test.accuracy > best
             # best before last: if interrupted between the two, the resumed run redoes this
             # epoch and rewrites best.npz identically, so best.npz is never an epoch behind.
