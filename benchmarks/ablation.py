@@ -59,6 +59,8 @@ VARIANTS = [
      "32x32", ["--start-resolution", "24", "--resolution-ramp", "0.6,0.6"]),
     ("whiten-stem", "stem filters initialised to whiten 3x3 patches (airbench)",
      ["--whiten-stem"]),
+    ("prune-0.5", "InfoBatch's data pruning: half the well-learned images dropped each epoch",
+     ["--prune", "0.5"]),
     ("recipe-fast", "all of --recipe fast, at this budget", ["--recipe", "fast"]),
 ]
 EVALUATED = {"tta-flip", "tta-flip-translate"}  # evaluations of the baseline, not trainings

@@ -68,7 +68,8 @@ class DataPruning:
     def epoch_order(self, epoch_index, rng):
         """(order, weights) for the epoch with this 0-based index: the indices of the images
         to train on, shuffled, and every image's loss weight, (n,) float64 (1 for all but the
-        kept well-learned images, 1 / (1 - ratio) for those). An epoch that does not prune
+        kept well-learned images, 1 / (the fraction of them kept), about 1 / (1 - ratio), for
+        those). An epoch that does not prune
         draws rng.permutation(n), as minibatch_indices does, so it is the unpruned run's
         epoch; one that prunes draws a choice and then a permutation."""
         weights = np.ones(self.n)
@@ -79,7 +80,9 @@ class DataPruning:
         well_learned = np.flatnonzero(self.scores < mean)  # never true for an unseen image
         kept = rng.choice(well_learned, size=round((1 - self.ratio) * len(well_learned)),
                           replace=False)
-        weights[kept] = 1 / (1 - self.ratio)
+        # Each well-learned image is kept with probability len(kept) / len(well_learned),
+        # about 1 - ratio (InfoBatch weighs by 1 / (1 - ratio), off by the rounding).
+        weights[kept] = len(well_learned) / max(1, len(kept))
         keep = self.scores >= mean
         keep[kept] = True
         return rng.permutation(np.flatnonzero(keep)), weights

@@ -363,13 +363,14 @@ def test_train_help_lists_the_recipes_and_the_techniques(capsys):
     assert all(option in text for option in ("--ema DECAY", "--tta", "--flip", "--cutout SIZE",
                                              "--decay-norm-and-bias", "--decay-depthwise",
                                              "--crop-padding PX", "--tta-final-only",
-                                             "--whiten-stem"))
+                                             "--whiten-stem", "--prune R", "--prune-until F"))
 
 
 @pytest.mark.parametrize("argv", [["--cutout", "33"], ["--cutout", "-1"], ["--ema", "1"],
                                   ["--crop-padding", "17"], ["--crop-padding", "-1"],
                                   ["--tta", "rotate"], ["--flip", "sometimes"],
-                                  ["--recipe", "slowest"], ["--schedule", "triangle"]])
+                                  ["--recipe", "slowest"], ["--schedule", "triangle"],
+                                  ["--prune", "1"], ["--prune-until", "1.5"]])
 def test_bad_technique_options_are_usage_errors_in_one_line(argv, capsys):
     assert main(["train", *argv]) == 2
     err = capsys.readouterr().err
@@ -379,11 +380,12 @@ def test_bad_technique_options_are_usage_errors_in_one_line(argv, capsys):
 def test_a_recipe_sets_its_bundle_and_explicit_options_override_it(fake_data, tmp_path, capsys):
     out = tmp_path / "fast"
     assert main(["train", "--recipe", "fast", *TINY_RUN, "--cutout", "4", "--tta-final-only",
-                 "--whiten-stem", "--data", str(fake_data), "--out", str(out)]) == 0
+                 "--whiten-stem", "--prune", "0.3", "--data", str(fake_data), "--out",
+                 str(out)]) == 0
     config = train.read_config(out / "last.npz")
     assert (config.model, config.width, config.epochs, config.cutout) == ("v1", 0.25, 1, 4)
     assert config.tta_final_only  # the one epoch is the last, so it is tested with the TTA
-    assert config.whiten_stem
+    assert config.whiten_stem and config.prune == 0.3
     assert (config.ema, config.tta, config.flip, config.schedule, config.label_smoothing) == (
         0.999, "flip,translate", "alternate", "linear", 0.2)
     assert any(key.startswith("ema/") for key in checkpoint.load(out / "last.npz")[0])

@@ -118,10 +118,11 @@ def test_fit_lowers_the_loss_and_writes_checkpoints_and_history(tmp_path):
 
 # Every technique that carries state across epochs: the EMA's average and update count, the
 # alternating flips' parity, cutout's draws, and an evaluation with TTA; progressive resizing
-# from 16x16 to 32x32 in the third epoch, after the interruption.
+# from 16x16 to 32x32 in the third epoch, after the interruption; data pruning's scores (the
+# interrupted second epoch prunes).
 FAST_TECHNIQUES = {"ema": 0.9, "flip": "alternate", "cutout": 8, "tta": "flip,translate",
                    "schedule": "linear", "label_smoothing": 0.2, "start_resolution": 16,
-                   "resolution_ramp": (0.6, 0.6)}
+                   "resolution_ramp": (0.6, 0.6), "prune": 0.5}
 
 
 @pytest.mark.parametrize("techniques", [{}, FAST_TECHNIQUES], ids=["defaults", "techniques"])
@@ -143,6 +144,7 @@ def test_resume_after_ctrl_c_ends_bit_for_bit_where_an_uninterrupted_run_ends(tm
     b, meta_b = checkpoint.load(tmp_path / "resumed" / "last.npz")
     assert set(a) == set(b) and any(k.startswith("optimizer/momentum_buffer") for k in a)
     assert any(k.startswith("ema/") for k in a) == bool(techniques)
+    assert (train.PRUNING_SCORES in a) == bool(techniques)
     for key in a:
         assert np.array_equal(a[key], b[key]), key
     for key in ("epoch", "step", "data_rng", "model_rngs", "ema_updates"):
