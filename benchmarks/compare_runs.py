@@ -1,6 +1,8 @@
 """Finished training runs side by side, from their history.csv files: a markdown table of each
 run's final test accuracy, its difference from the first run's (the reference), its final
-training loss and its median seconds per epoch.
+training loss and its median seconds per epoch; with --images, also the training images each
+run passed through (the sum of history.csv's train_images column, which data pruning makes
+smaller than epochs x the training set: runs of equal cost have equal counts).
 
     python benchmarks/compare_runs.py runs/base/history.csv runs/lr0.4/history.csv
     python benchmarks/compare_runs.py results/ablation/recipe16/*-history.csv --reference base
@@ -42,12 +44,15 @@ def summary(path):
     seconds = [r["epoch_seconds"] for r in rows if r.get("epoch_seconds") is not None]
     return {"run": run_name(path), "epochs": last["epoch"], "final_test_acc": last["test_acc"],
             "final_train_loss": last["train_loss"],
-            "median_epoch_s": statistics.median(seconds) if seconds else None}
+            "median_epoch_s": statistics.median(seconds) if seconds else None,
+            # Histories written before the column existed leave it out: the total is unknown.
+            "train_images": (sum(r["train_images"] for r in rows)
+                             if all(r.get("train_images") is not None for r in rows) else None)}
 
 
-def table(paths, reference=None):
+def table(paths, reference=None, images=False):
     """The markdown lines of the table; delta is against the run named `reference` (default:
-    the first)."""
+    the first); images adds the train_images column (blank where a history lacks it)."""
     runs = [summary(p) for p in paths]
     names = [r["run"] for r in runs]
     if len(set(names)) != len(names):
@@ -56,12 +61,14 @@ def table(paths, reference=None):
     if reference not in names:
         raise ValueError(f"--reference: expected one of {names}, got {reference!r}")
     base = runs[names.index(reference)]["final_test_acc"]
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    columns = COLUMNS + (("train_images",) if images else ())
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in runs:
         seconds = "" if r["median_epoch_s"] is None else f"{r['median_epoch_s']:.0f}"
         lines.append(f"| {r['run']} | {r['epochs']} | {r['final_test_acc']:.4f} | "
                      f"{r['final_test_acc'] - base:+.4f} | {r['final_train_loss']:.4f} | "
-                     f"{seconds} |")
+                     f"{seconds} |" + ("" if not images else
+                                       f" {'' if r['train_images'] is None else r['train_images']} |"))
     return lines
 
 
@@ -70,9 +77,11 @@ def main(argv=None):
     parser.add_argument("histories", nargs="+", help="history.csv files of finished runs")
     parser.add_argument("--reference", help="the run the deltas are taken against "
                         "(default: the first)")
+    parser.add_argument("--images", action="store_true", help="add the number of training "
+                        "images each run passed through (history.csv's train_images)")
     args = parser.parse_args(argv)
     try:
-        lines = table(args.histories, args.reference)
+        lines = table(args.histories, args.reference, args.images)
     except (OSError, ValueError) as e:
         print(f"compare_runs: {e}", file=sys.stderr)
         return 1

@@ -45,3 +45,16 @@ def test_an_untested_last_epoch_or_an_unknown_reference_is_refused(tmp_path, cap
     assert "expected one of ['a'], got 'zzz'" in capsys.readouterr().err
     assert compare_runs.main([str(tmp_path / "missing.csv")]) == 1
     assert "missing.csv" in capsys.readouterr().err
+
+
+def test_images_adds_the_training_images_each_run_passed_through(tmp_path, capsys):
+    pruned = history(tmp_path / "pruned-history.csv",
+                     [{**epoch(1, None), "train_images": 500},
+                      {**epoch(2, 0.8), "train_images": 320}])
+    old = history(tmp_path / "old-history.csv", [epoch(1, 0.7)])  # written before the column
+    assert compare_runs.main([str(pruned), str(old), "--images"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("| median_epoch_s | train_images |")
+    assert lines[2].endswith("| 10 | 820 |") and lines[3].endswith("| 10 |  |")
+    assert compare_runs.main([str(pruned)]) == 0  # without --images, the table as it was
+    assert "train_images" not in capsys.readouterr().out
