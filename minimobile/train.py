@@ -78,9 +78,9 @@ class TrainConfig:
     lr and weight_decay left at None become the optimiser's defaults (OPTIMIZER_DEFAULTS, the
     lr scaled by batch_size / 128, the linear scaling rule); out left at None becomes
     runs/<model>-w<width>; dropout None keeps the model's own default. The fast-CIFAR fields
-    (decay_norm_and_bias, ema, ema_warmup, tta, flip, cutout, whiten_stem) default to off, and
-    decay_depthwise to on (weight decay on the depthwise filters, as before); docs/API.md says
-    what each does, RECIPES bundles them. resolution: training and test images are resized
+    (decay_norm_and_bias, ema, ema_warmup, tta, flip, cutout, whiten_stem, prune) default to
+    off, and decay_depthwise to on (weight decay on the depthwise filters, as before);
+    docs/API.md says what each does, RECIPES bundles them. resolution: training and test images are resized
     from 32x32 to resolution x resolution (bilinear, after augmentation and normalisation), the
     V1 paper's resolution multiplier; 32 changes nothing. Bad values raise ValueError at
     construction, not mid-run.
