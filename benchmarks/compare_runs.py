@@ -50,6 +50,10 @@ def summary(path):
                              if all(r.get("train_images") is not None for r in rows) else None)}
 
 
+def _blank_if_none(value):
+    return "" if value is None else value
+
+
 def table(paths, reference=None, images=False):
     """The markdown lines of the table; delta is against the run named `reference` (default:
     the first); images adds the train_images column (blank where a history lacks it)."""
@@ -67,8 +71,8 @@ def table(paths, reference=None, images=False):
         seconds = "" if r["median_epoch_s"] is None else f"{r['median_epoch_s']:.0f}"
         lines.append(f"| {r['run']} | {r['epochs']} | {r['final_test_acc']:.4f} | "
                      f"{r['final_test_acc'] - base:+.4f} | {r['final_train_loss']:.4f} | "
-                     f"{seconds} |" + ("" if not images else
-                                       f" {'' if r['train_images'] is None else r['train_images']} |"))
+                     f"{seconds} |" + (f" {_blank_if_none(r['train_images'])} |" if images
+                                       else ""))
     return lines
 
 

@@ -80,10 +80,10 @@ class TrainConfig:
     runs/<model>-w<width>; dropout None keeps the model's own default. The fast-CIFAR fields
     (decay_norm_and_bias, ema, ema_warmup, tta, flip, cutout, whiten_stem, prune) default to
     off, and decay_depthwise to on (weight decay on the depthwise filters, as before);
-    docs/API.md says what each does, RECIPES bundles them. resolution: training and test images are resized
-    from 32x32 to resolution x resolution (bilinear, after augmentation and normalisation), the
-    V1 paper's resolution multiplier; 32 changes nothing. Bad values raise ValueError at
-    construction, not mid-run.
+    docs/API.md says what each does, RECIPES bundles them. resolution: training and test
+    images are resized from 32x32 to resolution x resolution (bilinear, after augmentation and
+    normalisation), the V1 paper's resolution multiplier; 32 changes nothing. Bad values
+    raise ValueError at construction, not mid-run.
     """
 
     model: str = "v2"
@@ -725,8 +725,9 @@ def fit(config, model=None, data=None, resume=False, progress=True, log=None, on
 
     model defaults to build_model(config...), data to load_cifar10(config.data); pass either to
     train something else (with config.whiten_stem, a fresh run overwrites the stem filters of
-    either model: minimobile.whitening). resume=True continues from config.out/last.npz exactly (bit for bit
-    on the same machine and NumPy build, whose BLAS may sum in another order). Ctrl-C keeps
+    either model: minimobile.whitening). resume=True continues from config.out/last.npz
+    exactly (bit for bit on the same machine and NumPy build, whose BLAS may sum in another
+    order). Ctrl-C keeps
     the last completed epoch's checkpoint and re-raises KeyboardInterrupt; a non-finite loss
     raises NonFiniteError (epoch, step, lr) and leaves the checkpoints untouched. progress
     shows progress bars; log (default: as progress) prints one line per epoch, and notes.
