@@ -53,6 +53,8 @@ it to the last epoch's test), --flip alternate, --cutout, --schedule linear,
 --prune (InfoBatch's data pruning: fewer well-learned images per epoch, the same expected
 gradient) and --decay-norm-and-bias (to measure what skipping it buys);
 --no-decay-depthwise spares the depthwise filters from weight decay.
+--time-budget MINUTES sizes the run to the machine: after the first epoch it sets --epochs
+(at most the one given) so that training and the final evaluation end inside the budget.
 --recipe NAME sets a named bundle of them; options given explicitly override the bundle
 (literature defaults, measured since: results/ablation/ and README.md, "Towards 90 %"):
 {recipes}
@@ -268,6 +270,13 @@ def _add_train(sub):
     p.add_argument("--decay-depthwise", action=argparse.BooleanOptionalAction, default=None,
                    help="weight decay on the depthwise filters (default on; the MobileNet "
                    "paper puts little or none on them)")
+    p.add_argument("--time-budget", type=_float(0, low_open=True), metavar="MINUTES",
+                   help="size the run to this much wall time: after the first epoch, train "
+                   "the most epochs (up to --epochs) whose training and evaluations, the "
+                   "final test-time-augmented one included, end within MINUTES of the start; "
+                   "the run is then the same as one given that --epochs, which it prints "
+                   "(needs --schedule linear or cosine with --warmup-epochs 1 or more, or "
+                   "constant)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last.npz")
     p.add_argument("--overwrite", action="store_true",

@@ -140,6 +140,9 @@ class TrainConfig:
     # the two fractions of the epochs in resolution_ramp. Evaluation is always at `resolution`.
     start_resolution: int = 0
     resolution_ramp: Tuple[float, float] = (0.5, 0.75)
+    # A budget of wall time in minutes (plan_epochs): after the first epoch, the run is sized
+    # to the most epochs, up to `epochs`, whose training and evaluations end inside it.
+    time_budget: Optional[float] = None
 
     def __post_init__(self):
         require(self.model in MODELS, "model", f"one of {list(MODELS)}", self.model)
@@ -200,6 +203,11 @@ class TrainConfig:
         require(0 <= self.prune < 1, "prune", "a fraction in [0, 1) (0: off)", self.prune)
         require(0 <= self.prune_until <= 1, "prune_until", "a fraction of the epochs in [0, 1]",
                self.prune_until)
+        require(self.time_budget is None or (isinstance(self.time_budget, (int, float))
+                                             and self.time_budget > 0),
+                "time_budget", "None or a number of minutes > 0", self.time_budget)
+        if self.time_budget is not None:
+            _check_sizable(self)
 
     @classmethod
     def from_dict(cls, d):
@@ -234,6 +242,59 @@ RECIPES = {
              "ema": 0.999, "flip": "alternate", "cutout": 8, "tta": "flip,translate",
              "eval_every": 4},
 }
+
+
+# plan_epochs assumes later epochs take this much longer than the first: on this 2-core machine
+# the median epoch of a two-hour run was 2-8 % slower than its first (issue 20's tenth attempt:
+# 159-169 s for the first ten epochs, median 179 s over the run; the twelfth: 177 s first,
+# median 180 s).
+TIME_BUDGET_MARGIN = 0.08
+# Test images timed to estimate an evaluation's cost (scaled to the whole test set).
+TIME_BUDGET_EVAL_SAMPLE = 500
+
+
+def _check_sizable(config):
+    """A run with a time budget is sized after its first epoch, so nothing in that epoch may
+    depend on the run's length: then it is the same run as one given the planned --epochs."""
+    fixed_first_epoch = (config.schedule == "constant" or (
+        config.schedule in ("linear", "cosine") and config.warmup_epochs >= 1))
+    if not fixed_first_epoch:
+        raise ConfigError(
+            f"a time budget sizes the run after its first epoch, but schedule={config.schedule!r}"
+            f" with warmup_epochs={config.warmup_epochs:g} makes that epoch depend on the run's"
+            " length: use --schedule linear or cosine with --warmup-epochs 1 or more, or "
+            "--schedule constant")
+    for name, value, off in (("prune", config.prune, 0.0),
+                             ("start_resolution", config.start_resolution, 0)):
+        if value != off:
+            raise ConfigError(f"a time budget cannot be combined with {name}={value!r}: it "
+                              "depends on the run's length from the first epoch on")
+
+
+def plan_epochs(budget_seconds, elapsed, done, max_epochs, epoch_seconds, eval_seconds,
+                final_eval_seconds, eval_every, margin=TIME_BUDGET_MARGIN):
+    """The most epochs n, from done + 1 to max_epochs, such that `elapsed` seconds so far, plus
+    n - done more epochs of `epoch_seconds` * (1 + margin) each, plus an evaluation of
+    `eval_seconds` at each multiple of eval_every before n, plus the final evaluation, fit in
+    budget_seconds. done + 1 if none does (the run then overruns, and says so)."""
+    best = done + 1
+    for n in range(done + 1, max_epochs + 1):
+        evaluations = sum(1 for e in range(done + 1, n) if e % eval_every == 0)
+        needed = (elapsed + (n - done) * epoch_seconds * (1 + margin)
+                  + evaluations * eval_seconds + final_eval_seconds)
+        if needed > budget_seconds:
+            break
+        best = n
+    return best
+
+
+def _evaluation_seconds(model, x_test, y_test, config, tta):
+    """Seconds one evaluation of the whole test set takes, from timing a slice of it."""
+    n = min(len(x_test), TIME_BUDGET_EVAL_SAMPLE)
+    start = time.perf_counter()
+    evaluate(model, x_test[:n], y_test[:n], config.batch_size, tta=tta,
+             resolution=config.resolution)
+    return (time.perf_counter() - start) * len(x_test) / n
 
 
 def recipe_config(name, **settings):
@@ -740,7 +801,10 @@ def fit(config, model=None, data=None, resume=False, progress=True, log=None, on
     (resuming from weights that do not fit). Temporary files left in config.out by a killed
     write are removed at the start.
     """
+    started = time.perf_counter()
     log = progress if log is None else log
+    # A copy: a time budget changes its epochs, and the caller's config stays as it was.
+    config = dataclasses.replace(config)
     out = prepare_out(config.out)
     for path in checkpoint.remove_temporary_files(out, RUN_FILES):
         if log:
@@ -791,9 +855,11 @@ def fit(config, model=None, data=None, resume=False, progress=True, log=None, on
         warm_up(model, config, x_train, y_train, log)
     best = max((row["test_acc"] for row in history if row["test_acc"] is not None),
                default=-math.inf)
-    epoch = done + 1
+    sizing = config.time_budget is not None and done == 0
+    epoch = done
     try:
-        for epoch in range(done + 1, config.epochs + 1):
+        while epoch < config.epochs:
+            epoch += 1
             start = time.perf_counter()
             batches.epoch = epoch - 1  # the alternating flips' parity
             batches.resolution = training_resolution(config, epoch - 1)
@@ -829,6 +895,10 @@ def fit(config, model=None, data=None, resume=False, progress=True, log=None, on
                 "resolution": batches.resolution, "test_tta": None if test is None else tta,
                 "train_images": stats.images,
             })
+            if sizing:  # before the first checkpoint, so a resumed run keeps the plan
+                sizing = False
+                schedule = _size_to_budget(config, model, x_test, y_test, len(batches),
+                                           started, train_seconds, log)
             arrays, meta = _checkpoint_state(config, model, optimizer, data_rng, epoch, step,
                                              history, ema, pruning)
             is_best = test is not None and test.accuracy > best
@@ -871,6 +941,30 @@ def fit(config, model=None, data=None, resume=False, progress=True, log=None, on
                              "the learning rate (--lr) or lengthen the warm-up "
                              "(--warmup-epochs), then start again.") from e
     return history
+
+
+def _size_to_budget(config, model, x_test, y_test, steps_per_epoch, started, train_seconds,
+                    log):
+    """Set config.epochs from the time budget (plan_epochs), after the first epoch; returns
+    the lr schedule over the new length."""
+    final_tta = config.tta
+    other_tta = "none" if config.tta_final_only else config.tta
+    with no_grad():
+        final_eval = _evaluation_seconds(model, x_test, y_test, config, final_tta)
+        other_eval = (final_eval if other_tta == final_tta else
+                      _evaluation_seconds(model, x_test, y_test, config, other_tta))
+    budget = config.time_budget * 60
+    elapsed = time.perf_counter() - started
+    epochs = max(2, plan_epochs(budget, elapsed, 1, config.epochs, train_seconds, other_eval,
+                                final_eval, config.eval_every))
+    if log:
+        tqdm.write(f"time budget {config.time_budget:g} min: {epochs} epochs (at most "
+                   f"{config.epochs}); epoch 1 trained in {train_seconds:.0f} s, the final "
+                   f"evaluation takes about {final_eval:.0f} s, and {elapsed:.0f} s have gone; "
+                   f"the same training as --epochs {epochs} without --time-budget")
+        sys.stdout.flush()
+    config.epochs = epochs
+    return make_lr_schedule(config, steps_per_epoch)
 
 
 def _kept(out, done):
