@@ -844,6 +844,13 @@ def fit(config, model=None, data=None, resume=False, progress=True, log=None, on
     if resume:
         done, step, history = _restore(out / LAST, config, model, optimizer, data_rng, ema,
                                        pruning)
+        if config.time_budget is not None:
+            # The plan made after epoch 1 is in the checkpoint; --epochs is then only its cap,
+            # so the command that started the run, given again with --resume, keeps the plan.
+            planned = read_config(out / LAST).epochs
+            if planned < config.epochs:
+                config.epochs = planned
+                schedule = make_lr_schedule(config, len(batches))
         _write(out / HISTORY, out, done, lambda: write_history(out / HISTORY, history))
         if log:
             tqdm.write(f"resuming {out} after epoch {done} (step {step})"

@@ -78,3 +78,21 @@ def test_the_budget_must_be_positive_minutes():
     with pytest.raises(ValueError, match="time_budget"):
         TrainConfig(time_budget=0, schedule="constant")
     assert replace(TrainConfig(schedule="constant"), time_budget=1.5).time_budget == 1.5
+
+
+def test_the_starting_command_given_again_with_resume_keeps_the_plan(tmp_path, monkeypatch):
+    data = colour_data()
+    monkeypatch.setattr(train, "plan_epochs", lambda *args, **kwargs: 3)
+    config = tiny_config(tmp_path / "run", seed=2, epochs=8, schedule="linear",
+                         warmup_epochs=1, time_budget=30.0)
+    straight = fit(replace(config, out=str(tmp_path / "straight")), model=tiny_model(0),
+                   data=data, progress=False)
+
+    def stop(row):
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, model=tiny_model(0), data=data, progress=False, on_epoch=stop)
+    # The same config (cap 8, budget 30) again, resumed: 3 epochs, as planned.
+    resumed = fit(config, model=tiny_model(99), data=data, resume=True, progress=False)
+    assert len(resumed) == 3
+    assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in straight]
