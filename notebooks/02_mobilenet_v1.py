@@ -56,7 +56,7 @@ print(model.features[1])  # the first depthwise separable block
 # ## The cost, block by block
 #
 # `mm.cost.profile` runs one 224×224 image through the network and records every leaf layer's
-# output shape, parameters and multiply-adds: 89 rows for V1 (`minimobile summary v1` prints
+# output shape, parameters and multiply-adds: 85 rows for V1 (`minimobile summary v1` prints
 # them all). Summed per block, with each block's depthwise and pointwise parts apart, they
 # read more easily:
 
@@ -154,8 +154,8 @@ print(f"V1 width 0.5, CIFAR variant, 32x32: {cifar.params:,} parameters, {cifar.
 # patch of the input one output value depends on, by $(K - 1)$ times the spacing of its inputs
 # in image pixels (which doubles at every stride 2). `ex.receptive_fields` walks the convs in
 # order. V1's five stride-2 layers take 224 to 7. The same strides on a 32×32 image end at
-# 1×1: the last six blocks, which hold most of the parameters, then work on a single pixel
-# per channel. The CIFAR variant runs the stem at stride 1 and ends at 2×2. Dropping a stride
+# 1×1: the five 512-channel blocks work on 2×2 maps, and the last two blocks, which hold more
+# than a third of the parameters, on a single pixel per channel. The CIFAR variant runs the stem at stride 1 and ends at 2×2. Dropping a stride
 # keeps the maps from collapsing; it does not keep the receptive field inside a 32×32 image
 # (the printed ratios: in both 32×32 cases the last layers' fields are several times the image,
 # mostly padding):

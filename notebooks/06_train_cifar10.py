@@ -166,7 +166,8 @@ for name, width in NETWORKS:
 #   the average of the last few thousand steps' weights sits nearer the centre of the valley
 #   than any single step's; it is the model evaluated and saved.
 # - **Test-time augmentation** (`--tta flip,translate`): the logits of each test image averaged
-#   with its mirror and two 1-pixel shifts, six forward passes, so evaluation costs more.
+#   with its mirror's, and with both shifted 1 pixel diagonally each way: six forward passes,
+#   so evaluation costs more.
 # - **Alternating flips** (`--flip alternate`): each image is mirrored in every other epoch
 #   instead of at random, so two epochs always see both versions.
 # - **Cutout 8 x 8** (`--cutout 8`): one square of each training image is blanked, a

@@ -73,9 +73,10 @@ ex.show_source(depthwise.depthwise_conv2d_forward_fast)
 # ## Climbing it: each rung timed at CIFAR shapes
 #
 # Forward and backward of one layer, through `mm.ops` with every op on one rung
-# (`mm.kernels.use`), at shapes of V2 (width 0.5) on 32×32 images. The loops rung is pure
-# Python, thousands of times slower, so it is timed on one image and reported per image like
-# the others.
+# (`mm.kernels.use`), at shapes like a CIFAR MobileNet's: the first two are V2 0.5's on 32×32
+# images, and the rest go on as every MobileNet does, more channels on smaller maps, down to
+# 2×2. The loops rung is pure Python, thousands of times slower, so it is timed on one image
+# and reported per image like the others.
 
 # %%
 N = 4 if QUICK else 64
