@@ -23,7 +23,7 @@
 # input and output have the same shape, a residual connection adds the input to the output,
 # between the thin ends: the *inverted* residual (ResNet's bottleneck joins the wide ends).
 #
-# **Exercise**: [`exercises/ex03_mobilenet_v2.py`](../exercises/ex03_mobilenet_v2.py) (the inverted residual block, its backward, and V2). Check your answers with `pytest exercises -m ex03`.
+# **Exercise**: [`exercises/ex03_mobilenet_v2.py`](../exercises/ex03_mobilenet_v2.py) (ReLU6, the inverted residual block and its backward). Check your answers with `pytest exercises -m ex03`.
 
 # %%
 # %load_ext autoreload

@@ -444,6 +444,10 @@ PLANTED = [
      checks02.check_depthwise_separable,
      [("bn = dict(activation=activation, bn_eps", "bn = dict(activation=ReLU, bn_eps")],
      ["activation=Hardswish", ".forward: out"]),
+    ("V1 block with a skip", EX02, checks02.check_depthwise_separable,
+     [("        self.use_res_connect = False", "        self.use_res_connect = True")],
+     ["ex02 DepthwiseSeparable(", "use_res_connect is True; expected False",
+      "V1's block has no skip connection"]),
     ("MobileNetV1 with int() channel counts", EX02, checks02.check_mobilenet_v1,
      [("out_channels = make_divisible(c * width_mult)", "out_channels = int(c * width_mult)"),
       ("channels = make_divisible(V1_STEM_CHANNELS * width_mult)",
@@ -712,6 +716,17 @@ def test_full_hints_only_on_request(monkeypatch):
     assert "MINIMOBILE_HINTS=full" in format_hint(hint)
     monkeypatch.setenv("MINIMOBILE_HINTS", "full")
     assert "recipe: the recipe" in format_hint(hint)
+
+
+def test_a_failure_points_to_its_own_exercises_recipe(monkeypatch):
+    from exercises.checks.common import Hint, fail
+    monkeypatch.delenv("MINIMOBILE_HINTS", raising=False)
+    with pytest.raises(AssertionError) as caught:
+        fail("ex03 relu6_forward: out differs", Hint("first", "the recipe"))
+    assert "python -m exercises hint ex03)" in str(caught.value)
+    with pytest.raises(AssertionError) as caught:
+        fail("a message without an exercise", Hint("first", "the recipe"))
+    assert "python -m exercises hint exNN)" in str(caught.value)
 
 
 def test_a_forward_that_returns_only_out_is_caught(planted_folder):

@@ -12,6 +12,9 @@ from .common import FORWARD_TOL, Hint, assert_close, call, fail
 SKIP_HINT = Hint("the skip x + f(x) needs f(x) to have x's shape (channels and size)",
                  "use_res_connect = stride == 1 and in_channels == out_channels; add x only when "
                  "it is True")
+# V1's block never adds its input: the first tier of SKIP_HINT would point a learner at a skip.
+NO_SKIP_HINT = Hint("V1's block has no skip connection: out = pw(dw(x)), whatever the shapes",
+                    "set self.use_res_connect = False and never add x")
 BLOCK_GRAD_TOL = 1e-6  # sampled entries through several batch norms, as tests/test_blocks.py
 
 
@@ -41,7 +44,8 @@ def _forbid(module, child, what):
 
 
 def check_block(what, make_mine, make_library, x_shape, expect_skip, structure_hint,
-                forward_hint, backward_hint, seed=0, numeric_samples=6, written_out=None):
+                forward_hint, backward_hint, seed=0, numeric_samples=6, written_out=None,
+                skip_hint=SKIP_HINT):
     """Build both blocks (float64) with make_*(rng), compare them, and check mine's gradients:
     against the library's, and at `numeric_samples` entries of dx against central differences
     (0 for whole networks, whose blocks were checked that way already). After the training-mode
@@ -49,13 +53,15 @@ def check_block(what, make_mine, make_library, x_shape, expect_skip, structure_h
 
     what: e.g. 'ex03 InvertedResidual(6, 6, stride=2, expand_ratio=6)'. written_out: the name
     of a Sequential child whose backward the learner must write out rather than call.
+    skip_hint: the hint when use_res_connect is wrong, or when a forward that should not add
+    its input raises (NO_SKIP_HINT for a block that never has a skip).
     """
     rng = np.random.default_rng(seed)
     mine = call(f"{what}.__init__", make_mine, np.random.default_rng(seed))
     library = randomize_batchnorm(make_library(np.random.default_rng(seed)), rng)
     skip = getattr(mine, "use_res_connect", None)
     if skip is not expect_skip:
-        fail(f"{what}: use_res_connect is {skip!r}; expected {expect_skip}", SKIP_HINT)
+        fail(f"{what}: use_res_connect is {skip!r}; expected {expect_skip}", skip_hint)
     differences = _state_dict_differences(mine, library)
     if differences:
         fail(f"{what}: the state dict's names or shapes differ from the library's block:\n"
@@ -65,7 +71,7 @@ def check_block(what, make_mine, make_library, x_shape, expect_skip, structure_h
     library.train()
     x = rng.standard_normal(x_shape)
     where = f"on x of shape {x.shape} (the library's block with the same weights as reference)"
-    out = call(f"{what}.forward", mine.forward, x, hint=SKIP_HINT if expect_skip is False
+    out = call(f"{what}.forward", mine.forward, x, hint=skip_hint if expect_skip is False
                else forward_hint)
     expected = library.forward(x)
     assert_close(out, expected, f"{what}.forward: out", where, FORWARD_TOL, forward_hint)

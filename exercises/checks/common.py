@@ -11,6 +11,7 @@ printed only on request, with MINIMOBILE_HINTS=full (or `python -m exercises hin
 
 import importlib
 import os
+import re
 import traceback
 from pathlib import Path
 
@@ -51,7 +52,9 @@ class Hint(tuple):
         return super().__new__(cls, (first, full))
 
 
-def format_hint(hint):
+def format_hint(hint, exercise="exNN"):
+    """The hint's text under a failure message; `exercise` (e.g. "ex03") names the exercise in
+    the pointer to its full recipe."""
     if not hint:
         return ""
     if isinstance(hint, Hint):
@@ -59,12 +62,15 @@ def format_hint(hint):
         if os.environ.get(HINTS_VARIABLE, "").lower() == "full":
             return f"\n  hint: {first}\n  recipe: {full}"
         return (f"\n  hint: {first}\n  (the full recipe: {HINTS_VARIABLE}=full python -m pytest "
-                "..., or python -m exercises hint exNN)")
+                f"..., or python -m exercises hint {exercise})")
     return f"\n  hint: {hint}"
 
 
 def fail(message, hint=None):
-    raise ExerciseFailure(message + format_hint(hint))
+    """Raise the check's verdict. Every check's message starts with its exercise, "ex03 ...",
+    which the hint's pointer to the full recipe repeats."""
+    named = re.match(r"ex\d\d\b", message)
+    raise ExerciseFailure(message + format_hint(hint, named.group(0) if named else "exNN"))
 
 
 def _where_in_learner_code(error):

@@ -296,7 +296,7 @@ def _check_threads_agree(ex):
             if not np.array_equal(a, b, equal_nan=True):
                 kernel = "forward" if name == "out" else "backward"
                 differ = int((a != b).sum())
-                fail(f"ex01 depthwise_conv2d_{kernel}_kernel: {name} with {threads} threads "
+                fail(f"ex01 depthwise_conv2d_{kernel}_simple: {name} with {threads} threads "
                      f"differs from the one-thread run in {differ} of {a.size} entries {where}",
                      Hint("a race: two prange steps write the same element (or share a "
                           "scratch array), and with several threads updates get lost",

@@ -182,7 +182,8 @@ def check_depthwise_separable(ex):
             "self.dw = ConvBNActivation(in, in, 3, stride, groups=in, activation=activation, "
             "...) and self.pw = ConvBNActivation(in, out, 1, activation=activation, ...)",
             "dw then pw; V1 has no skip connection",
-            "the backward runs in reverse: self.dw.backward(self.pw.backward(dout))")
+            "the backward runs in reverse: self.dw.backward(self.pw.backward(dout))",
+            skip_hint=blocks.NO_SKIP_HINT)
 
 
 # (width_mult, cifar): the CIFAR variant (stem at stride 1) and the ImageNet one (stride 2),

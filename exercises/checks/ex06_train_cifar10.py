@@ -129,9 +129,13 @@ def check_training(ex, tmp_path):
     if not isinstance(result, tuple) or len(result) != 2:
         fail(f"{what} returned {type(result).__name__} {where}", "return (model, losses)")
     model, losses = result
-    if not isinstance(model, MobileNetV2) or not built:
-        fail(f"{what} returned a {type(model).__name__} as the model {where}",
-             "build it with mobilenet_v2(..., block=InvertedResidual), by that name")
+    if not isinstance(model, MobileNetV2):
+        fail(f"{what} returned a {type(model).__name__} as the model {where}; expected a "
+             "MobileNetV2", "build it with mobilenet_v2(..., block=InvertedResidual), by that name")
+    if not built:
+        fail(f"{what} returned a MobileNetV2 that was not built by calling mobilenet_v2 {where}",
+             "call mobilenet_v2(..., block=InvertedResidual) by that name (the check watches "
+             "the call to see its arguments)")
     mine = [m for m in model.features if isinstance(m, ex.InvertedResidual)]
     expected_blocks = sum(n for _, _, n, _ in V2_SETTING)
     if len(mine) != expected_blocks:

@@ -42,8 +42,8 @@ def train_mobilenet_v2(data_root, steps=200, batch_size=64, width_mult=0.5, lr=0
     images if limit is given; Batches(x, y, batch_size, augment=augment, drop_last=True,
     rng=np.random.default_rng(seed)), one epoch per iteration, as many epochs as it takes;
     softmax_cross_entropy for the loss; SGD(model.named_parameters(), lr, momentum=0.9,
-    nesterov=True, weight_decay=5e-4). Call mobilenet_v2 and Batches by those names (the check
-    watches them). With print_every, print the mean loss of the last print_every steps every
+    nesterov=True, weight_decay=5e-4). Call mobilenet_v2 by that name (the check watches
+    the call). With print_every, print the mean loss of the last print_every steps every
     print_every steps, as training goes.
     """
     data = load_cifar10(data_root, download=False)
