@@ -467,12 +467,22 @@ def test_ema_state_dict_round_trips_and_refuses_a_mismatch():
     from minimobile.optim import EMA
     model = _bn()
     ema = EMA(model, decay=0.99)
-    model.params["weight"][...] = 1.0
+    # Values a fresh EMA does not hold (batch norm starts at weight 1, mean 0, var 1), so that
+    # only a real load makes the other EMA's shadow equal to this one's.
+    model.params["weight"][...] = 4.0
+    model.params["bias"][...] = -2.0
+    model.buffers["running_mean"][...] = 3.0
+    ema.update()
     ema.update()
     other = EMA(_bn(), decay=0.99)
+    fresh = {key: value.copy() for key, value in other.shadow.items()}
     other.load_state_dict(ema.state_dict())
-    assert other.num_updates == 1 and other.current_decay() == ema.current_decay()
-    np.testing.assert_array_equal(other.shadow["weight"], ema.shadow["weight"])
+    assert other.num_updates == 2 and other.current_decay() == ema.current_decay()
+    assert set(other.shadow) == set(ema.shadow)
+    for key in ema.shadow:
+        np.testing.assert_array_equal(other.shadow[key], ema.shadow[key], err_msg=key)
+    for key in ("weight", "bias", "running_mean"):
+        assert not np.array_equal(other.shadow[key], fresh[key]), key
     with pytest.raises(ValueError, match="missing keys.*weight"):
         other.load_state_dict({"num_updates": 0})
     with pytest.raises(ValueError, match="decay"):

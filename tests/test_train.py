@@ -81,11 +81,16 @@ def test_build_model_maps_every_name_to_its_mobilenet():
 
 
 @pytest.mark.parametrize("schedule", train.SCHEDULE_NAMES)
-def test_every_schedule_starts_near_lr_and_never_exceeds_it(schedule):
+def test_every_schedule_warms_up_to_lr_and_never_exceeds_it(schedule):
     config = tiny_config("unused", schedule=schedule, epochs=4, warmup_epochs=1)
     lr_at = train.make_lr_schedule(config, steps_per_epoch=10)
     lrs = np.array([lr_at(step) for step in range(40)])
     assert lrs.max() <= 0.1 + 1e-12 and lrs.min() > 0
+    assert lrs[:12].max() == pytest.approx(0.1), lrs[:12]  # at lr by the end of the warm-up
+    if schedule in ("cosine", "linear", "onecycle"):  # these rise from near 0 over the warm-up
+        assert lrs[0] < 0.02 and np.all(np.diff(lrs[:10]) > 0), lrs[:12]
+    else:  # step and constant start at lr
+        assert lrs[0] == pytest.approx(0.1), lrs[:12]
     if schedule in ("cosine", "step"):
         assert lrs[-1] < 0.02
 
@@ -97,7 +102,15 @@ def test_confusion_matrix_counts_true_rows_against_predicted_columns():
 
 def test_evaluate_runs_in_eval_mode_and_restores_training_mode():
     model, data = tiny_model(0), colour_data(n_train=32, n_test=40)
+    bn = model[1]
+    before = {key: value.copy() for key, value in bn.buffers.items()}
+    seen = []
+    forward = bn.forward
+    bn.forward = lambda x: (seen.append(bn.training), forward(x))[1]
     result = train.evaluate(model, data.x_test, data.y_test, batch_size=16)
+    assert seen == [False] * 3  # 40 images in batches of 16, every one in eval mode
+    for key, value in bn.buffers.items():  # a training-mode forward would move them
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
     assert model.training and model[0]._cache is None
     assert result.predictions.shape == (40,)
     assert result.accuracy == np.mean(result.predictions == data.y_test)
