@@ -149,9 +149,13 @@ def _read_meta(path, npz):
     if META_KEY not in npz.files:
         return {}
     try:
-        return json.loads(npz[META_KEY].tobytes().decode("utf-8"))
+        meta = json.loads(npz[META_KEY].tobytes().decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise CorruptCheckpointError(f"{path}: the {META_KEY} entry is not valid JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise CorruptCheckpointError(f"{path}: expected the {META_KEY} entry to be a JSON object "
+                                     f"of settings, got a JSON {type(meta).__name__}")
+    return meta
 
 
 def load(path):

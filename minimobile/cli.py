@@ -712,8 +712,15 @@ def plot_confusion_matrix(cm, classes, path, title=""):
             dark = cm[i, j] > cm.max() / 2
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
                     color="white" if dark else "black")
-    fig.savefig(path, dpi=120)
+    _save_png(fig, path)
     return Path(path)
+
+
+def _save_png(fig, path):
+    """A figure as a PNG at `path`, written atomically (an interruption leaves the old file or
+    none, never a truncated one)."""
+    with checkpoint.atomic_open(path) as f:
+        fig.savefig(f, dpi=120, format="png")
 
 
 def plot_history(history, out_dir, title=""):
@@ -739,7 +746,7 @@ def plot_history(history, out_dir, title=""):
         ax.grid(alpha=0.3)
         ax.legend()
         path = out_dir / f"{label}.png"
-        fig.savefig(path, dpi=120)
+        _save_png(fig, path)
         paths.append(path)
     return paths
 

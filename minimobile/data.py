@@ -329,7 +329,11 @@ def _read_batch(path):
     batch = _unpickle(path)
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise CorruptDataError(f"{path}: expected a dict with keys b'data' and b'labels'")
-    x = np.asarray(batch[b"data"])
+    try:
+        x = np.asarray(batch[b"data"])
+    except ValueError as e:  # rows of different lengths, say
+        raise CorruptDataError(f"{path}: b'data' is not an array of images, expected uint8 of "
+                               f"shape (n, {ROW_LENGTH}) ({e})") from None
     if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != ROW_LENGTH:
         raise CorruptDataError(f"{path}: b'data' is {x.dtype} of shape {x.shape}, expected "
                                f"uint8 of shape (n, {ROW_LENGTH}) (one 3x32x32 image per row)")
@@ -354,9 +358,16 @@ def _read_classes(path):
     """The 10 class names from batches.meta, decoded to str."""
     meta = _unpickle(path)
     names = meta.get(b"label_names") if isinstance(meta, dict) else None
-    if names is None or len(names) != NUM_CLASSES:
-        raise CorruptDataError(f"{path}: expected b'label_names' with {NUM_CLASSES} names")
-    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+    if not isinstance(names, (list, tuple)) or len(names) != NUM_CLASSES:
+        got = (f"{len(names)} names" if isinstance(names, (list, tuple)) else
+               "no such entry" if names is None else type(names).__name__)
+        raise CorruptDataError(f"{path}: expected b'label_names', a list of {NUM_CLASSES} names, "
+                               f"got {got}")
+    try:
+        return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+    except UnicodeDecodeError as e:
+        raise CorruptDataError(f"{path}: the class names in b'label_names' are not UTF-8 text "
+                               f"({e}); replace the file with the official one") from None
 
 
 def write_fake_cifar10(root, n_train_per_batch=20, n_test=20, seed=0, as_archive=False):

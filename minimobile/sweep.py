@@ -81,12 +81,18 @@ def load_grid(path, **overrides):
     try:
         with open(path, "rb") as f:
             values = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not valid TOML ({e})") from None
     unknown = sorted(set(values) - set(GRID_KEYS))
     if unknown:
         raise ConfigError(f"{path}: unknown keys {', '.join(unknown)}; a grid file holds "
                           f"{', '.join(GRID_KEYS)}")
+    if not isinstance(values.get("options", {}), dict):
+        raise ConfigError(f"{path}: expected options to be a table ([options] with one "
+                          f"TrainConfig field per line), got {values['options']!r}")
+    if not isinstance(values.get("recipe", ""), str):
+        raise ConfigError(f"{path}: expected recipe to be a name, one of {', '.join(RECIPES)}; "
+                          f"got {values['recipe']!r}")
     options = {**values.pop("options", {}), **overrides.pop("options", {})}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Grid(**values, options=options)
@@ -109,7 +115,7 @@ def trial_configs(grid, out):
 
     def points(part):  # one cross product's (model, width, resolution, seed), checked
         models = as_list("models", part.get("models", grid.models))
-        bad = [m for m in models if m not in MODELS]
+        bad = [m for m in models if not isinstance(m, str) or m not in MODELS]
         if bad:
             raise ConfigError(f"unknown network {bad[0]!r}: expected one of {', '.join(MODELS)}")
         widths = as_list("widths", part.get("widths", grid.widths))
@@ -405,7 +411,8 @@ def plot_results(rows, path):
     ax.grid(alpha=0.3, which="both")
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
-    fig.savefig(path, dpi=120)
+    with checkpoint.atomic_open(path) as f:  # never a truncated plot
+        fig.savefig(f, dpi=120, format="png")
     return Path(path)
 
 

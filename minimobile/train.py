@@ -39,7 +39,7 @@ from .ops import softmax_cross_entropy
 from .optim import EMA, SGD, AdamW, RMSprop, default_no_decay
 from .pruning import DataPruning, sample_losses
 from .schedules import make_schedule, progressive_resolution
-from .validation import is_int, require
+from .validation import is_int, is_number, require
 from .whitening import WHITENING_IMAGES, whiten_stem
 
 # Default (learning rate at batch size 128, weight decay) per optimiser, for CIFAR-10 from
@@ -144,7 +144,28 @@ class TrainConfig:
     # to the most epochs, up to `epochs`, whose training and evaluations end inside it.
     time_budget: Optional[float] = None
 
+    # The fields checked for their kind first, so that a string or a list where a number or a
+    # name belongs gets a ValueError that names the field, not a TypeError from a comparison.
+    NAME_FIELDS = ("model", "optimizer", "schedule", "dtype", "tta", "flip")
+    NUMBER_FIELDS = ("width", "momentum", "warmup_epochs", "label_smoothing", "ema", "prune",
+                     "prune_until")
+    OPTIONAL_NUMBER_FIELDS = ("lr", "weight_decay", "dropout", "time_budget")
+    SWITCH_FIELDS = ("nesterov", "augment", "cifar", "decay_norm_and_bias", "decay_depthwise",
+                     "ema_warmup", "tta_final_only", "whiten_stem")
+
     def __post_init__(self):
+        for name in self.NAME_FIELDS:
+            value = getattr(self, name)
+            require(isinstance(value, str), name, "a name (a string)", value)
+        for name in self.NUMBER_FIELDS:
+            value = getattr(self, name)
+            require(is_number(value), name, "a finite number", value)
+        for name in self.OPTIONAL_NUMBER_FIELDS:
+            value = getattr(self, name)
+            require(value is None or is_number(value), name, "None or a finite number", value)
+        for name in self.SWITCH_FIELDS:
+            value = getattr(self, name)
+            require(isinstance(value, (bool, np.bool_)), name, "True or False", value)
         require(self.model in MODELS, "model", f"one of {list(MODELS)}", self.model)
         require(self.optimizer in OPTIMIZER_DEFAULTS, "optimizer",
                f"one of {list(OPTIMIZER_DEFAULTS)}", self.optimizer)
@@ -427,6 +448,9 @@ def evaluate(model, x, y, batch_size=256, label_smoothing=0.0, progress=False, t
     no layer keeps a cache; the model's previous mode is restored afterwards.
     """
     require(tta in TTA_MODES, "tta", f"one of {list(TTA_MODES)}", tta)
+    require(is_int(batch_size) and batch_size >= 1, "batch_size", "an integer >= 1", batch_size)
+    if len(x) != len(y):
+        raise ValueError(f"evaluate: expected as many labels as images ({len(x)}), got {len(y)}")
     was_training = model.training
     total_loss, predictions = 0.0, []
     model.eval()
@@ -449,7 +473,15 @@ def evaluate(model, x, y, batch_size=256, label_smoothing=0.0, progress=False, t
 
 def confusion_matrix(y_true, y_pred, num_classes=NUM_CLASSES):
     """counts[i, j] = number of images of class i predicted as class j; (classes, classes)."""
-    index = np.asarray(y_true, np.int64) * num_classes + np.asarray(y_pred, np.int64)
+    y_true, y_pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
+    if y_true.shape != y_pred.shape or y_true.ndim != 1:
+        raise ValueError(f"confusion_matrix: expected y_true and y_pred of one and the same "
+                         f"length, got shapes {y_true.shape} and {y_pred.shape}")
+    for name, labels in (("y_true", y_true), ("y_pred", y_pred)):
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            raise ValueError(f"confusion_matrix: expected {name} in 0..{num_classes - 1}, got "
+                             f"values from {labels.min()} to {labels.max()}")
+    index = y_true * num_classes + y_pred
     return np.bincount(index, minlength=num_classes ** 2).reshape(num_classes, num_classes)
 
 

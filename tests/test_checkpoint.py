@@ -164,3 +164,12 @@ def test_model_arrays_prefer_the_ema_of_a_trainer_checkpoint_unless_told_otherwi
     assert set(model_arrays({"model/w": np.zeros(2)})) == {"w"}
     plain = {"w": np.zeros(2)}
     assert model_arrays(plain) is plain
+
+
+def test_meta_that_is_not_a_json_object_is_a_corrupt_checkpoint(tmp_path):
+    import json
+    path = tmp_path / "c.npz"
+    np.savez(path, w=np.zeros(3), **{checkpoint.META_KEY: np.frombuffer(
+        json.dumps([1, 2]).encode(), dtype=np.uint8)})
+    with pytest.raises(CorruptCheckpointError, match="expected the .* entry to be a JSON object"):
+        checkpoint.load(path)

@@ -678,3 +678,20 @@ def test_batches_resize_after_augmenting_and_normalising_with_the_same_random_st
     np.testing.assert_array_equal(same[0], plain)
     with pytest.raises(ValueError, match="resolution must be"):
         Batches(x, y, 4, rng=np.random.default_rng(0), resolution=7)
+
+
+def test_ragged_image_rows_and_bad_class_names_get_errors_that_name_the_file(tmp_path):
+    path = write_fake_cifar10(tmp_path) / "data_batch_1"
+    rewrite_batch(path, data=[np.zeros(3072, np.uint8), np.zeros(3000, np.uint8)])
+    with pytest.raises(CorruptDataError, match="not an array of images") as info:
+        load_cifar10(tmp_path, download=False)
+    assert str(path) in str(info.value)
+    for names, message in ((5, "got int"), ([b"\xff\xfe"] * 10, "not UTF-8"),
+                           ([b"cat"] * 9, "got 9 names")):
+        folder = write_fake_cifar10(tmp_path / message.replace(" ", "_"))
+        meta = folder / "batches.meta"
+        with open(meta, "wb") as f:
+            pickle.dump({b"label_names": names}, f)
+        with pytest.raises(CorruptDataError, match=message) as info:
+            load_cifar10(folder.parent, download=False)
+        assert str(meta) in str(info.value)

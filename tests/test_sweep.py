@@ -225,3 +225,16 @@ def test_a_sweep_interrupted_by_ctrl_c_resumes_its_unfinished_trials_from_their_
         assert info["resumed"] or r["overhead_seconds"] is not None
     assert any(json.loads((out / r["folder"] / sweep.TRIAL_INFO).read_text())["resumed"]
                for r in rows)
+
+
+def test_grid_files_with_values_of_the_wrong_kind_get_one_line_errors(tmp_path):
+    path = tmp_path / "grid.toml"
+    for text, message in (("options = 5\n", "expected options to be a table"),
+                          ('recipe = ["fast"]\n', "expected recipe to be a name"),
+                          ('models = [["v1"]]\n', "unknown network")):
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            sweep.trial_configs(sweep.load_grid(path), tmp_path / "out")
+    path.write_bytes(b"models = ['v1']\n\xff\xfe\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        sweep.load_grid(path)

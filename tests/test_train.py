@@ -1,5 +1,6 @@
 from dataclasses import replace
 from types import SimpleNamespace
+import re
 
 import numpy as np
 import pytest
@@ -648,3 +649,24 @@ def test_fit_calls_on_epoch_with_each_rows_once_it_is_on_disk(tmp_path):
     history = fit(tiny_config(tmp_path, epochs=2), model=tiny_model(0), data=colour_data(64, 16),
                   progress=False, on_epoch=on_epoch)
     assert rows == history
+
+
+@pytest.mark.parametrize("field, value", [
+    ("width", "0.5"), ("lr", float("inf")), ("weight_decay", float("nan")), ("momentum", None),
+    ("label_smoothing", "0.1"), ("nesterov", "false"), ("augment", "no"), ("cifar", 1),
+    ("model", ["v1"]), ("schedule", 3), ("time_budget", "60")])
+def test_a_setting_of_the_wrong_kind_is_named_with_what_came(field, value):
+    with pytest.raises(ValueError, match=f"^{field}: expected .*got {re.escape(repr(value))}$"):
+        TrainConfig(**{field: value})
+
+
+def test_evaluate_and_confusion_matrix_refuse_bad_arguments_by_name():
+    model, data = tiny_model(0), colour_data(n_train=32, n_test=40)
+    with pytest.raises(ValueError, match="batch_size: expected an integer >= 1, got 0"):
+        train.evaluate(model, data.x_test, data.y_test, batch_size=0)
+    with pytest.raises(ValueError, match="as many labels as images \\(40\\), got 39"):
+        train.evaluate(model, data.x_test, data.y_test[:39])
+    with pytest.raises(ValueError, match="y_true in 0..9, got values from 0 to 12"):
+        train.confusion_matrix([0, 12], [0, 1])
+    with pytest.raises(ValueError, match="shapes \\(1,\\) and \\(2,\\)"):
+        train.confusion_matrix([0], [0, 1])
