@@ -73,6 +73,7 @@ except ImportError:
 
 import minimobile as mm  # noqa: E402
 from minimobile import deploy, experiments, parallel  # noqa: E402
+from minimobile.checkpoint import atomic_open  # noqa: E402
 from minimobile.models import build_model  # noqa: E402
 
 try:
@@ -264,7 +265,7 @@ def main(argv=None):
                    paper_source=source if resolution == 224 else "")
         rows.append(row)
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
+        with atomic_open(args.csv, "w") as f:  # an interrupted write keeps the old file
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)

@@ -438,9 +438,11 @@ def crop_flip(x, dy, dx, flipped, padding=4):
     dy, dx = np.asarray(dy, dtype=np.int64), np.asarray(dx, dtype=np.int64)
     flipped = np.asarray(flipped, dtype=np.bool_)
     if not dy.shape == dx.shape == flipped.shape == (len(x),):
-        raise ValueError(f"dy, dx and flipped need shape ({len(x)},)")
+        raise ValueError(f"crop_flip: dy, dx and flipped need shape ({len(x)},), got "
+                         f"{dy.shape}, {dx.shape} and {flipped.shape}")
     if len(x) and (min(dy.min(), dx.min()) < 0 or max(dy.max(), dx.max()) > 2 * padding):
-        raise ValueError(f"crop offsets must lie in 0..{2 * padding}")
+        raise ValueError(f"crop_flip: crop offsets must lie in 0..{2 * padding}, got dy in "
+                         f"{dy.min()}..{dy.max()} and dx in {dx.min()}..{dx.max()}")
     out = np.empty_like(x)
     crop_flip_kernel(out, x, dy, dx, flipped, padding)
     return out
@@ -514,6 +516,12 @@ def resize(x, resolution):
     already R x R, so resolution 32 on CIFAR changes nothing, bit for bit. Downsampling is not
     antialiased (PyTorch's default), which is harmless at CIFAR's mild factors (32 to 24).
     """
+    if np.ndim(x) != 4:
+        raise ValueError(f"resize: expected images of shape (N, C, H, W), got shape "
+                         f"{np.shape(x)}")
+    if not (isinstance(resolution, (int, np.integer)) and resolution >= 1):
+        raise ValueError(f"resize: expected a resolution that is an integer >= 1, "
+                         f"got {resolution!r}")
     N, C, H, W = x.shape
     if H == W == resolution:
         return x
@@ -531,8 +539,8 @@ def iterate_minibatches(x, y, batch_size, rng=None, shuffle=True, drop_last=Fals
     """
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if shuffle and rng is None:
         raise ValueError("shuffle=True needs an explicit rng=np.random.default_rng(seed)")
     return ((x[idx], y[idx]) for idx in minibatch_indices(len(x), batch_size, rng, shuffle,
@@ -589,6 +597,10 @@ class Batches:
                 and MIN_RESOLUTION <= resolution <= MAX_RESOLUTION):
             raise ValueError(f"resolution must be None or an integer from {MIN_RESOLUTION} to "
                              f"{MAX_RESOLUTION}, got {resolution!r}")
+        if len(x) != len(y):
+            raise ValueError(f"Batches: x has {len(x)} images but y has {len(y)} labels")
+        if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
+            raise ValueError(f"Batches: batch_size must be an integer >= 1, got {batch_size!r}")
         self.x, self.y, self.batch_size = x, y, batch_size
         self.augment, self.shuffle, self.drop_last, self.rng = augment, shuffle, drop_last, rng
         self.flip, self.cutout, self.epoch = flip, int(cutout), 0

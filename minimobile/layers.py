@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from . import ops
+from .validation import is_int, is_number, require
 
 _grad_enabled = True
 
@@ -54,6 +55,16 @@ def deferral_enabled():
 
 def _rng(rng):
     return rng if rng is not None else np.random.default_rng()
+
+
+def _check_sizes(layer, **sizes):
+    """Channel counts and kernel sizes are positive integers, strides too, and paddings are
+    integers >= 0 (a zero would otherwise surface later as a ZeroDivisionError in the
+    initialisation, a negative one as an array error far from the layer that was built)."""
+    for name, value in sizes.items():
+        low = 0 if name == "padding" else 1
+        require(is_int(value) and value >= low, f"{layer}: {name}",
+                f"an integer >= {low}", value)
 
 
 def kaiming_normal_fan_out(shape, rng, dtype):
@@ -247,6 +258,8 @@ class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False,
                  rng=None, dtype=np.float32):
         super().__init__()
+        _check_sizes("Conv2d", in_channels=in_channels, out_channels=out_channels,
+                     kernel_size=kernel_size, stride=stride, padding=padding)
         self.stride, self.padding = stride, padding
         shape = (out_channels, in_channels, kernel_size, kernel_size)
         self.add_param("weight", kaiming_normal_fan_out(shape, _rng(rng), dtype))
@@ -280,6 +293,8 @@ class DepthwiseConv2d(Module):
     def __init__(self, channels, kernel_size=3, stride=1, padding=None, bias=False, rng=None,
                  dtype=np.float32):
         super().__init__()
+        _check_sizes("DepthwiseConv2d", channels=channels, kernel_size=kernel_size,
+                     stride=stride, **({} if padding is None else {"padding": padding}))
         self.stride = stride
         self.padding = kernel_size // 2 if padding is None else padding
         shape = (channels, 1, kernel_size, kernel_size)
@@ -312,6 +327,7 @@ class PointwiseConv2d(Module):
 
     def __init__(self, in_channels, out_channels, bias=False, rng=None, dtype=np.float32):
         super().__init__()
+        _check_sizes("PointwiseConv2d", in_channels=in_channels, out_channels=out_channels)
         shape = (out_channels, in_channels, 1, 1)
         self.add_param("weight", kaiming_normal_fan_out(shape, _rng(rng), dtype))
         if bias:
@@ -344,6 +360,10 @@ class BatchNorm2d(Module):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32):
         super().__init__()
+        _check_sizes("BatchNorm2d", num_features=num_features)
+        require(is_number(eps) and eps > 0, "BatchNorm2d: eps", "a finite number > 0", eps)
+        require(is_number(momentum) and 0 <= momentum <= 1, "BatchNorm2d: momentum",
+                "a number in [0, 1]", momentum)
         self.eps, self.momentum = eps, momentum
         self.add_param("weight", np.ones(num_features, dtype=dtype))
         self.add_param("bias", np.zeros(num_features, dtype=dtype))
@@ -459,6 +479,7 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, rng=None, dtype=np.float32):
         super().__init__()
+        _check_sizes("Linear", in_features=in_features, out_features=out_features)
         bound = 1 / np.sqrt(in_features)
         rng = _rng(rng)
         self.add_param("weight", rng.uniform(-bound, bound, (out_features, in_features))
@@ -488,8 +509,7 @@ class Dropout(Module):
 
     def __init__(self, p=0.5, rng=None):
         super().__init__()
-        if not 0 <= p < 1:
-            raise ValueError(f"Dropout: expected 0 <= p < 1, got p={p}")
+        require(is_number(p) and 0 <= p < 1, "Dropout: p", "a number with 0 <= p < 1", p)
         self.p = p
         self.rng = _rng(rng)
 
@@ -517,6 +537,8 @@ class SqueezeExcitation(Module):
 
     def __init__(self, input_channels, squeeze_channels, rng=None, dtype=np.float32):
         super().__init__()
+        _check_sizes("SqueezeExcitation", input_channels=input_channels,
+                     squeeze_channels=squeeze_channels)
         rng = _rng(rng)
         self.avgpool = GlobalAvgPool2d()
         self.fc1 = PointwiseConv2d(input_channels, squeeze_channels, bias=True, rng=rng,

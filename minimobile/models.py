@@ -13,6 +13,7 @@ from .blocks import (Bneck, ConvBNActivation, DepthwiseSeparable, InvertedResidu
                      make_divisible, mark_deferred_outputs)
 from .layers import (Dropout, Flatten, GlobalAvgPool2d, Hardswish, Linear, Module, ReLU, ReLU6,
                      Sequential, deferred_normalization)
+from .validation import is_int, is_number, require
 
 __all__ = ["make_divisible", "MobileNet", "MobileNetV1", "MobileNetV2", "MobileNetV3",
            "mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
@@ -243,11 +244,30 @@ class MobileNetV3(MobileNet):
 def _make_rng(rng, seed):
     if rng is not None and seed is not None:
         raise ValueError("give either rng or seed, not both")
+    require(seed is None or (is_int(seed) and seed >= 0), "seed",
+            "None or an integer >= 0", seed)
     return rng if rng is not None else np.random.default_rng(seed)
 
 
 def _classes(num_classes, cifar):
     return num_classes if num_classes is not None else (10 if cifar else 1000)
+
+
+def _check_arguments(builder, num_classes, width_mult, dropout, dtype):
+    """What every builder takes, checked before a layer is built, so that a bad multiplier
+    or dtype is named here rather than as an error from deep inside a layer."""
+    require(num_classes is None or (is_int(num_classes) and num_classes >= 1),
+            f"{builder}: num_classes", "None or an integer >= 1", num_classes)
+    require(is_number(width_mult) and width_mult > 0, f"{builder}: width_mult",
+            "a finite number > 0", width_mult)
+    require(is_number(dropout) and 0 <= dropout < 1, f"{builder}: dropout",
+            "a number with 0 <= dropout < 1", dropout)
+    try:
+        kind = np.dtype(dtype)
+    except TypeError:
+        kind = None
+    require(kind in (np.float32, np.float64), f"{builder}: dtype",
+            "float32 or float64", dtype)
 
 
 def mobilenet_v1(num_classes=None, width_mult=1.0, cifar=False, dropout=0.0, rng=None,
@@ -258,6 +278,7 @@ def mobilenet_v1(num_classes=None, width_mult=1.0, cifar=False, dropout=0.0, rng
     at the paper's multipliers 0.25, 0.5, 0.75 every count is already a multiple of 8, so this
     equals the paper's plain scaling. Weights come from rng, or default_rng(seed).
     """
+    _check_arguments("mobilenet_v1", num_classes, width_mult, dropout, dtype)
     return MobileNetV1(_classes(num_classes, cifar), width_mult, cifar, dropout,
                        _make_rng(rng, seed), dtype)
 
@@ -270,6 +291,7 @@ def mobilenet_v2(num_classes=None, width_mult=1.0, cifar=False, dropout=0.2, rng
     is called as InvertedResidual is, block(in_channels, out_channels, stride, expand_ratio,
     rng=rng, dtype=dtype), so a learner's own block can run inside the network (exercise 06).
     """
+    _check_arguments("mobilenet_v2", num_classes, width_mult, dropout, dtype)
     return MobileNetV2(_classes(num_classes, cifar), width_mult, cifar, dropout,
                        _make_rng(rng, seed), dtype, block)
 
@@ -280,6 +302,7 @@ def mobilenet_v3_large(num_classes=None, width_mult=1.0, cifar=False, dropout=0.
     cifar=True: stem and the first stride-2 block (row 2) at stride 1, so 32x32 ends at 4x4.
     Weights come from rng, or default_rng(seed).
     """
+    _check_arguments("mobilenet_v3_large", num_classes, width_mult, dropout, dtype)
     return MobileNetV3(V3_LARGE_SETTING, V3_LARGE_LAST_CHANNEL, _classes(num_classes, cifar),
                        width_mult, cifar, dropout, _make_rng(rng, seed), dtype)
 
@@ -291,6 +314,7 @@ def mobilenet_v3_small(num_classes=None, width_mult=1.0, cifar=False, dropout=0.
     C_in == C_out at stride 1, so it gains a residual connection). Weights come from rng, or
     default_rng(seed).
     """
+    _check_arguments("mobilenet_v3_small", num_classes, width_mult, dropout, dtype)
     return MobileNetV3(V3_SMALL_SETTING, V3_SMALL_LAST_CHANNEL, _classes(num_classes, cifar),
                        width_mult, cifar, dropout, _make_rng(rng, seed), dtype)
 

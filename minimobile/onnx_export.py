@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .blocks import Bneck, DepthwiseSeparable, InvertedResidual
+from .data import MAX_RESOLUTION, MIN_RESOLUTION
 from .layers import (BatchNorm2d, Conv2d, DepthwiseConv2d, Dropout, Flatten, GlobalAvgPool2d,
                      Hardsigmoid, Hardswish, Identity, Linear, PointwiseConv2d, ReLU, ReLU6,
                      Sequential, SqueezeExcitation)
@@ -160,6 +161,10 @@ def to_onnx(model, resolution=None, fuse=True, opset=OPSET):
     from . import deploy
     if resolution is None:
         resolution = 32 if getattr(model, "cifar", False) else 224
+    if not (isinstance(resolution, (int, np.integer)) and not isinstance(resolution, bool)
+            and MIN_RESOLUTION <= resolution <= MAX_RESOLUTION):
+        raise ValueError(f"to_onnx: expected resolution None or an integer from "
+                         f"{MIN_RESOLUTION} to {MAX_RESOLUTION}, got {resolution!r}")
     if fuse:
         model = deploy.fuse(model)
     dtype = _model_dtype(model)

@@ -13,6 +13,7 @@ import numpy as np
 
 from . import kernels
 from .errors import NonFiniteError
+from .validation import is_number
 from .kernels import batchnorm as bn_kernels
 from .kernels import depthwise, elementwise, matmul
 
@@ -35,15 +36,32 @@ def _check_float(op, name, a, ndim=None):
     return np.ascontiguousarray(a)
 
 
-def _check_same_dtype(op, x, **others):
+def _check_same_dtype(op, x, reference="x", **others):
     for name, a in others.items():
         if a is not None and a.dtype != x.dtype:
-            raise ValueError(f"{op}: expected {name} of dtype {x.dtype} like x, got {a.dtype}")
+            raise ValueError(f"{op}: expected {name} of dtype {x.dtype} like {reference}, "
+                             f"got {a.dtype}")
 
 
 def _check_shape(op, name, a, expected):
     if a.shape != tuple(expected):
         raise ValueError(f"{op}: expected {name} of shape {tuple(expected)}, got {a.shape}")
+
+
+def _check_normalized(op, normalized):
+    """A NormalizedMap's input, checked with its constants: the kernels read scale[c] and
+    shift[c] for every channel of x, so constants of another length would read past their
+    end, and an unknown activation has no code."""
+    x = _check_float(op, "the NormalizedMap's x", normalized.x, 4)
+    C = x.shape[1]
+    for name in ("scale", "shift"):
+        a = _check_float(op, f"the NormalizedMap's {name}", getattr(normalized, name), 1)
+        _check_same_dtype(op, x, "the NormalizedMap's x", **{name: a})
+        _check_shape(op, f"the NormalizedMap's {name}", a, (C,))
+    if normalized.activation not in bn_kernels.ACTIVATION_CODES:
+        raise ValueError(f"{op}: expected the NormalizedMap's activation to be None or one of "
+                         f"{FUSABLE_ACTIVATIONS}, got {normalized.activation!r}")
+    return x
 
 
 def _check_dout(op, dout, expected_shape, dtype):
@@ -175,7 +193,7 @@ def depthwise_conv2d_forward(x, w, stride=1, padding=1):
     op = "depthwise_conv2d"
     normalized = x if isinstance(x, NormalizedMap) else None
     if normalized is not None:
-        x = normalized.x
+        x = _check_normalized(op, normalized)
     x = _check_float(op, "x", x, 4)
     w = _check_float(op, "w", w, 4)
     _check_same_dtype(op, x, w=w)
@@ -274,7 +292,7 @@ def pointwise_conv2d_forward(x, w, b=None):
         x = x.x
     normalized = x if isinstance(x, NormalizedMap) else None
     if normalized is not None:
-        x = x.x
+        x = _check_normalized(op, normalized)
     x = _check_float(op, "x", x, 4)
     w = _check_float(op, "w", w, 4)
     _check_same_dtype(op, x, w=w)
@@ -348,9 +366,14 @@ def add_channel_bias(out, b):
     """out[:, c] += b[c], in place, for a conv's bias; out (N, C, H, W), b (C,). Its gradient
     is channel_sum(dout)."""
     op = "add_channel_bias"
+    if not (isinstance(out, np.ndarray) and out.ndim == 4 and out.flags.c_contiguous):
+        raise ValueError(f"{op}: expected out to be a C-contiguous numpy array of rank 4 "
+                         f"(it is added to in place), got "
+                         f"{getattr(out, 'shape', type(out).__name__)}")
+    out = _check_float(op, "out", out, 4)
     b = _check_float(op, "b", b, 1)
     _check_shape(op, "b", b, out.shape[1:2])
-    _check_same_dtype(op, out, b=b)
+    _check_same_dtype(op, out, "out", b=b)
     N, C = out.shape[:2]
     kernels.pick(elementwise, "add_channel_bias")(out.reshape(N, C, -1), b)
     return out
@@ -451,8 +474,8 @@ def _batchnorm2d_forward(op, x, gamma, beta, eps, activation, defer=False):
     if N * H * W < 2:
         raise ValueError(f"{op}: expected more than one value per channel in training mode, "
                          f"got input of shape {x.shape}")
-    if not eps > 0:
-        raise ValueError(f"{op}: expected eps > 0, got {eps}")
+    if not (is_number(eps) and eps > 0):
+        raise ValueError(f"{op}: expected a finite number eps > 0, got {eps!r}")
     out = np.empty_like(x)  # with defer, never written: untouched pages cost no memory
     mean = np.empty(C)
     var = np.empty(C)
@@ -486,6 +509,8 @@ def batchnorm2d_inference_forward(x, gamma, beta, running_mean, running_var, eps
     for name, a in (("running_mean", running_mean), ("running_var", running_var)):
         a = _check_float(op, name, a, 1)
         _check_shape(op, name, a, (C,))
+    if not (is_number(eps) and eps > 0):
+        raise ValueError(f"{op}: expected a finite number eps > 0, got {eps!r}")
     mean = running_mean.astype(np.float64)
     invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
     scale = gamma * invstd
@@ -591,8 +616,11 @@ def global_avg_pool_forward(x):
     AdaptiveAvgPool2d(1). Caches only the input shape. x may be a NormalizedMap (V3's
     squeeze-excite): the mean of act(x.x * scale + shift), made a row at a time as it is read."""
     normalized = x if isinstance(x, NormalizedMap) else None
-    x = _check_float("global_avg_pool", "x", x.x if normalized is not None else x, 4)
+    op = "global_avg_pool"
+    x = _check_normalized(op, x) if normalized is not None else _check_float(op, "x", x, 4)
     N, C, H, W = x.shape
+    if H * W == 0:
+        raise ValueError(f"{op}: expected a map of at least 1x1 pixels, got shape {x.shape}")
     out = np.empty((N, C, 1, 1), dtype=x.dtype)
     if normalized is None:
         kernels.pick(elementwise, "global_avg_pool_forward")(out.reshape(N, C),
@@ -629,7 +657,7 @@ def scale_channels_forward(x, s, defer=False):
     backward makes each row of act(x.x * scale + shift) as it reads it."""
     op = "scale_channels"
     normalized = x if isinstance(x, NormalizedMap) else None
-    x = _check_float(op, "x", x.x if normalized is not None else x, 4)
+    x = _check_normalized(op, x) if normalized is not None else _check_float(op, "x", x, 4)
     s = _check_float(op, "s", s, 4)
     _check_same_dtype(op, x, s=s)
     _check_shape(op, "s", s, x.shape[:2] + (1, 1))
@@ -710,8 +738,11 @@ def dropout_forward(x, p, rng, training=True):
     evaluation needs no rescaling. rng is an explicit np.random.Generator. Caches the mask."""
     op = "dropout"
     x = _check_float(op, "x", x)
-    if not 0 <= p < 1:
-        raise ValueError(f"{op}: expected 0 <= p < 1, got p={p}")
+    if not (is_number(p) and 0 <= p < 1):
+        raise ValueError(f"{op}: expected a number p with 0 <= p < 1, got p={p!r}")
+    if training and p > 0 and not isinstance(rng, np.random.Generator):
+        raise ValueError(f"{op}: expected rng to be a np.random.Generator "
+                         f"(np.random.default_rng(seed)), got {type(rng).__name__}")
     if not training or p == 0:
         return x, DropoutCache(None)
     u = rng.random(x.shape, dtype=x.dtype)
@@ -753,8 +784,9 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0):
     if labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(f"{op}: expected labels in [0, {num_classes}), got values from "
                          f"{labels.min()} to {labels.max()}")
-    if not 0 <= label_smoothing < 1:
-        raise ValueError(f"{op}: expected 0 <= label_smoothing < 1, got {label_smoothing}")
+    if not (is_number(label_smoothing) and 0 <= label_smoothing < 1):
+        raise ValueError(f"{op}: expected a number with 0 <= label_smoothing < 1, "
+                         f"got {label_smoothing!r}")
     if not np.isfinite(logits).all():
         raise NonFiniteError(f"{op}: logits contain NaN or inf "
                              f"({np.count_nonzero(~np.isfinite(logits))} of {logits.size})")

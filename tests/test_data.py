@@ -695,3 +695,27 @@ def test_ragged_image_rows_and_bad_class_names_get_errors_that_name_the_file(tmp
         with pytest.raises(CorruptDataError, match=message) as info:
             load_cifar10(folder.parent, download=False)
         assert str(meta) in str(info.value)
+
+
+def test_crop_flip_resize_and_batches_name_what_came():
+    x = np.zeros((2, 3, 8, 8), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"crop_flip: crop offsets must lie in 0\.\.4, got dy "
+                                         r"in 0\.\.5 and dx in -1\.\.0"):
+        crop_flip(x, [0, 5], [-1, 0], [False, False], padding=2)
+    with pytest.raises(ValueError, match=r"crop_flip: dy, dx and flipped need shape \(2,\), "
+                                         r"got \(3,\), \(2,\) and \(2,\)"):
+        crop_flip(x, [0, 0, 0], [0, 0], [False, False])
+    images = np.zeros((2, 3, 8, 8), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"resize: expected a resolution that is an integer "
+                                         r">= 1, got 0"):
+        data.resize(images, 0)
+    with pytest.raises(ValueError, match=r"resize: expected images of shape \(N, C, H, W\), "
+                                         r"got shape \(3, 8, 8\)"):
+        data.resize(images[0], 4)
+    labels = np.zeros(2, dtype=np.int64)
+    with pytest.raises(ValueError, match=r"Batches: batch_size must be an integer >= 1, got 0"):
+        Batches(x, labels, 0, shuffle=False)
+    with pytest.raises(ValueError, match=r"Batches: x has 2 images but y has 1 labels"):
+        Batches(x, labels[:1], 1, shuffle=False)
+    with pytest.raises(ValueError, match=r"batch_size must be an integer >= 1, got 2\.0"):
+        iterate_minibatches(x, labels, 2.0, shuffle=False)

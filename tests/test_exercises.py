@@ -127,6 +127,24 @@ def test_the_stub_markers_match_the_shipped_files():
     counts = {name[:4]: _stub_markers(name) for name in EXERCISES}
     over = {k: v for k, v in counts.items() if v > STUB_MARKERS[k]}
     assert not over, f"more stub markers than STUB_MARKERS says: {over}"
+    if _exercises_as_committed():
+        # No learner has started here (CI's clean clone): then a count below STUB_MARKERS
+        # means a stub was removed without updating it, and a learner's partly solved file
+        # would later pass for one that was never started.
+        under = {k: v for k, v in counts.items() if v < STUB_MARKERS[k]}
+        assert not under, f"fewer stub markers than STUB_MARKERS says: {under}"
+
+
+def _exercises_as_committed():
+    """True when git says the exercise files are as committed; False if they changed, or
+    if this is not a git checkout (an unpacked copy may be a learner's, started)."""
+    files = [str(Path("exercises") / f"{name}.py") for name in EXERCISES]
+    try:
+        status = subprocess.run(["git", "status", "--porcelain", "--", *files], cwd=ROOT,
+                                capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return status.returncode == 0 and status.stdout.strip() == ""
 
 
 def test_failures_are_one_concise_message(exercise_runs):

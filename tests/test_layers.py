@@ -148,3 +148,34 @@ def test_dropout_layer_is_identity_in_eval_mode(rng):
     layer.eval()
     assert np.array_equal(layer.forward(x), x)
     assert np.array_equal(layer.backward(np.ones_like(x)), np.ones_like(x))
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: mm.Conv2d(3, 0, 3), r"Conv2d: out_channels: expected an integer >= 1, got 0"),
+    (lambda: mm.Conv2d(3, 8, 3, stride=0), r"Conv2d: stride: expected an integer >= 1, got 0"),
+    (lambda: mm.Conv2d(3, 8, 3, padding=-1),
+     r"Conv2d: padding: expected an integer >= 0, got -1"),
+    (lambda: mm.DepthwiseConv2d(8, kernel_size=0),
+     r"DepthwiseConv2d: kernel_size: expected an integer >= 1, got 0"),
+    (lambda: mm.DepthwiseConv2d(8.0), r"DepthwiseConv2d: channels: expected an integer >= 1, "
+                                      r"got 8\.0"),
+    (lambda: mm.PointwiseConv2d(0, 8),
+     r"PointwiseConv2d: in_channels: expected an integer >= 1, got 0"),
+    (lambda: mm.BatchNorm2d(-1), r"BatchNorm2d: num_features: expected an integer >= 1, got -1"),
+    (lambda: mm.BatchNorm2d(4, eps=0), r"BatchNorm2d: eps: expected a finite number > 0, got 0"),
+    (lambda: mm.BatchNorm2d(4, momentum=1.5),
+     r"BatchNorm2d: momentum: expected a number in \[0, 1\], got 1\.5"),
+    (lambda: mm.Linear(0, 10), r"Linear: in_features: expected an integer >= 1, got 0"),
+    (lambda: mm.Dropout("0.2"), r"Dropout: p: expected a number with 0 <= p < 1, got '0\.2'"),
+    (lambda: mm.SqueezeExcitation(16, 0),
+     r"SqueezeExcitation: squeeze_channels: expected an integer >= 1, got 0"),
+])
+def test_layers_refuse_bad_sizes_when_built_naming_the_argument(build, message):
+    # Before these checks, a zero size surfaced as a ZeroDivisionError in the initialisation
+    # and a negative one as a numpy error with no layer named.
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_layers_accept_numpy_integer_sizes():
+    assert mm.PointwiseConv2d(np.int64(3), np.int32(4)).params["weight"].shape == (4, 3, 1, 1)

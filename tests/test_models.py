@@ -454,3 +454,27 @@ def test_deferral_marks_only_maps_one_conv_alone_reads():
         assert isinstance(gates[0].forward(y), ops.ScaledMap)
         v3.eval()
         assert isinstance(gates[0].forward(y), np.ndarray)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(width_mult=0), r"mobilenet_v1: width_mult: expected a finite number > 0, got 0"),
+    (dict(width_mult=-1.0), r"mobilenet_v1: width_mult: expected a finite number > 0, got -1\.0"),
+    (dict(width_mult="1.0"), r"mobilenet_v1: width_mult: expected a finite number > 0, "
+                             r"got '1\.0'"),
+    (dict(dtype=np.int32), r"mobilenet_v1: dtype: expected float32 or float64, got "),
+    (dict(dtype="banana"), r"mobilenet_v1: dtype: expected float32 or float64, got 'banana'"),
+    (dict(seed=-1), r"seed: expected None or an integer >= 0, got -1"),
+    (dict(num_classes=0), r"mobilenet_v1: num_classes: expected None or an integer >= 1, got 0"),
+    (dict(dropout=1.0), r"mobilenet_v1: dropout: expected a number with 0 <= dropout < 1, "
+                        r"got 1\.0"),
+])
+def test_builders_name_a_bad_argument_before_building_a_layer(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        mobilenet_v1(cifar=True, **kwargs)
+
+
+@pytest.mark.parametrize("builder", [mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large])
+def test_every_builder_checks_its_width(builder):
+    with pytest.raises(ValueError, match=rf"{builder.__name__}: width_mult: expected a finite "
+                                         rf"number > 0, got 0"):
+        builder(cifar=True, width_mult=0)

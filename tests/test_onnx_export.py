@@ -90,3 +90,12 @@ def test_export_refuses_nan_weights_and_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match=r"NaN or infinite weights \(features.0.1.running_var\)"):
         onnx_export.export(model, tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_to_onnx_refuses_a_resolution_no_network_takes(tmp_path):
+    model = mm.mobilenet_v1(width_mult=0.25, cifar=True, seed=0)
+    for resolution in (0, 7, 32.0, True):
+        with pytest.raises(ValueError, match=rf"to_onnx: expected resolution None or an integer "
+                                             rf"from 8 to 1024, got {resolution!r}"):
+            onnx_export.export(model, tmp_path / "m.onnx", resolution=resolution)
+    assert not (tmp_path / "m.onnx").exists()

@@ -199,6 +199,40 @@ def test_non_finite_logits_are_reported_not_carried_on():
      r"softmax_cross_entropy: expected labels in \[0, 3\), got values from 0 to 3"),
     (lambda: ops.depthwise_conv2d_forward(np.zeros((1, 1, 2, 2)), np.zeros((1, 1, 5, 5)), 1, 0),
      r"depthwise_conv2d: kernel 5x5 does not fit input 2x2"),
+    # A NormalizedMap's constants are read once per channel: a short one would read past its end.
+    (lambda: ops.depthwise_conv2d_forward(
+        ops.NormalizedMap(np.zeros((1, 3, 4, 4)), np.ones(2), np.zeros(3), "relu"),
+        np.zeros((3, 1, 3, 3))),
+     r"depthwise_conv2d: expected the NormalizedMap's scale of shape \(3,\), got \(2,\)"),
+    (lambda: ops.pointwise_conv2d_forward(
+        ops.NormalizedMap(np.zeros((1, 3, 4, 4)), np.ones(3), np.zeros(5), None),
+        np.zeros((2, 3, 1, 1))),
+     r"pointwise_conv2d: expected the NormalizedMap's shift of shape \(3,\), got \(5,\)"),
+    (lambda: ops.global_avg_pool_forward(
+        ops.NormalizedMap(np.zeros((1, 3, 4, 4)), np.ones(3), np.zeros(3), "gelu")),
+     r"global_avg_pool: expected the NormalizedMap's activation to be None or one of .*"
+     r"got 'gelu'"),
+    (lambda: ops.scale_channels_forward(
+        ops.NormalizedMap(np.zeros((1, 3, 4, 4)), np.ones(3, np.float32), np.zeros(3), None),
+        np.ones((1, 3, 1, 1))),
+     r"scale_channels: expected scale of dtype float64 like the NormalizedMap's x, got float32"),
+    (lambda: ops.global_avg_pool_forward(np.zeros((2, 3, 0, 0))),
+     r"global_avg_pool: expected a map of at least 1x1 pixels, got shape \(2, 3, 0, 0\)"),
+    (lambda: ops.add_channel_bias(np.zeros((2, 3, 4, 4)), np.zeros(3, np.float32)),
+     r"add_channel_bias: expected b of dtype float64 like out, got float32"),
+    (lambda: ops.add_channel_bias(np.zeros((2, 3, 4, 4))[:, :, ::2], np.zeros(3)),
+     r"add_channel_bias: expected out to be a C-contiguous numpy array of rank 4"),
+    (lambda: ops.batchnorm2d_forward(np.zeros((2, 3, 5, 5)), np.ones(3), np.zeros(3), eps="1e-5"),
+     r"batchnorm2d: expected a finite number eps > 0, got '1e-5'"),
+    (lambda: ops.batchnorm2d_inference_forward(np.zeros((2, 3, 5, 5)), np.ones(3), np.zeros(3),
+                                               np.zeros(3), np.ones(3), eps=-1.0),
+     r"batchnorm2d_inference: expected a finite number eps > 0, got -1.0"),
+    (lambda: ops.dropout_forward(np.zeros((2, 3)), 0.5, None),
+     r"dropout: expected rng to be a np.random.Generator .*got NoneType"),
+    (lambda: ops.dropout_forward(np.zeros((2, 3)), "0.5", np.random.default_rng(0)),
+     r"dropout: expected a number p with 0 <= p < 1, got p='0.5'"),
+    (lambda: ops.softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 1]), label_smoothing=None),
+     r"softmax_cross_entropy: expected a number with 0 <= label_smoothing < 1, got None"),
 ])
 def test_bad_input_raises_value_error_naming_op_and_shapes(call, message):
     with pytest.raises(ValueError, match=message):
