@@ -56,7 +56,7 @@ gradient) and --decay-norm-and-bias (to measure what skipping it buys);
 --time-budget MINUTES sizes the run to the machine: after the first epoch it sets --epochs
 (at most the one given) so that training and the final evaluation end inside the budget.
 --recipe NAME sets a named bundle of them; options given explicitly override the bundle
-(literature defaults, measured since: results/ablation/ and README.md, "Towards 90 %"):
+(literature defaults, measured since: results/ablation/ and docs/TOWARDS90.md):
 {recipes}
 
 Ctrl-C keeps the checkpoint of the last completed epoch (exit code 130); run the same command
