@@ -32,7 +32,8 @@ from .data import FLIP_MODES
 from .train import (DTYPES, HISTORY, LAST, OPTIMIZER_DEFAULTS, RECIPES, SCHEDULE_NAMES,
                     TTA_MODES, TrainConfig,
                     check_resumable, confusion_matrix, evaluate, existing_run_files, fit,
-                    model_from_checkpoint, prepare_out, read_config, read_history)
+                    model_from_checkpoint, prepare_out, read_config, read_history,
+                    write_history)
 
 TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
@@ -477,6 +478,19 @@ def given_train_settings(args):
     return given
 
 
+def _rewrite_history(out, history):
+    """history.csv rewritten from last.npz's copy of the history, for a finished run given
+    --resume: the one way to repair a history.csv that was edited or cut short (an unfinished
+    run's resume rewrites it too, in fit). Returns what to add to the message."""
+    if not (isinstance(history, list) and all(isinstance(row, dict) for row in history)):
+        return ""
+    try:
+        write_history(out / HISTORY, history)
+    except OSError as e:
+        raise CommandError(f"could not rewrite {out / HISTORY} ({e.strerror or e})") from None
+    return f" ({HISTORY} rewritten from {LAST})"
+
+
 def _train(args):
     given = given_train_settings(args)
     error = args.command_parser.error
@@ -498,10 +512,13 @@ def _train(args):
             check_resumable(saved, config)
         except ValueError as e:
             error(str(e))
-        done = checkpoint.load_meta(last).get("epoch")
+        meta = checkpoint.load_meta(last)
+        done = meta.get("epoch")
         if isinstance(done, int) and done >= config.epochs:
-            print(f"minimobile: {out} already finished epoch {done} of {done}: nothing to do. "
-                  f"Give --epochs N with N above {done} to train it longer.", file=sys.stderr)
+            rewritten = _rewrite_history(out, meta.get("history"))
+            print(f"minimobile: {out} already finished epoch {done} of {done}: nothing to do"
+                  f"{rewritten}. Give --epochs N with N above {done} to train it longer.",
+                  file=sys.stderr)
             return 0
     else:
         existing = existing_run_files(out)
@@ -643,7 +660,8 @@ def _sweep(args):
     try:
         sweep.require_ray()
     except ImportError as e:
-        print(f"minimobile sweep: {e}", file=sys.stderr)
+        # One line without the usage: the arguments are not what is wrong.
+        print(f"minimobile sweep: error: {e}", file=sys.stderr)
         return 2
     options = dict(args.settings)
     if args.data is not None:
@@ -674,7 +692,13 @@ def _sweep(args):
         print(f"minimobile: sweep interrupted with {unfinished} trial{'s' * (unfinished > 1)} "
               "unfinished; run the same command again to resume it", file=sys.stderr)
         return 130
-    return 1 if any(row["status"] == "error" for row in rows) else 0
+    failed = [row["folder"] for row in rows if row["status"] == "error"]
+    if failed:
+        print(f"minimobile: error: {len(failed)} of {len(rows)} trials failed "
+              f"({', '.join(failed)}, under {out}; Ray printed each one's error above); run "
+              "the same command again to retry them", file=sys.stderr)
+        return 1
+    return 0
 
 
 def format_confusion_matrix(cm, classes):

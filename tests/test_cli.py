@@ -7,7 +7,7 @@ import pytest
 
 from minimobile import checkpoint, cli, data, train
 from minimobile.cli import main
-from minimobile.errors import NonFiniteError
+from minimobile.errors import CorruptHistoryError, NonFiniteError
 
 REPO = Path(__file__).resolve().parents[1]  # subprocesses run this checkout's minimobile
 
@@ -317,6 +317,19 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_do(trained_run, tmp_pa
     out = copy_run(trained_run, tmp_path / "run")
     assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
     assert "already finished epoch 1 of 1: nothing to do" in capsys.readouterr().err
+
+
+def test_resuming_a_finished_run_repairs_a_cut_history(trained_run, tmp_path, capsys):
+    """The advice of read_history's error, taken: last.npz's copy of the history replaces an
+    edited or cut history.csv, and the run is not trained further."""
+    out = copy_run(trained_run, tmp_path / "run")
+    whole = (out / "history.csv").read_text()
+    (out / "history.csv").write_text(whole[:len(whole) - 20])
+    with pytest.raises(CorruptHistoryError):
+        train.read_history(out / "history.csv")
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert "history.csv rewritten from last.npz" in capsys.readouterr().err
+    assert (out / "history.csv").read_text() == whole
 
 
 def test_no_progress_still_prints_one_line_per_epoch(fake_data, tmp_path, capsys):

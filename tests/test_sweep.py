@@ -238,3 +238,20 @@ def test_grid_files_with_values_of_the_wrong_kind_get_one_line_errors(tmp_path):
     path.write_bytes(b"models = ['v1']\n\xff\xfe\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         sweep.load_grid(path)
+
+
+def test_failed_trials_end_in_one_error_line_that_names_them(monkeypatch, tmp_path, capsys):
+    """Ray prints each failed trial's traceback as it happens; the command then ends as every
+    other failure does, in one `minimobile: error:` line, with the failed folders named."""
+    rows = [{"folder": "trials/v1-w0.25-r32-s0", "status": "done"},
+            {"folder": "trials/v1-w0.5-r32-s0", "status": "error"}]
+    monkeypatch.setattr(sweep, "require_ray", lambda: None)
+    monkeypatch.setattr(sweep, "run", lambda *args, **kwargs: rows)
+    monkeypatch.setattr(sweep, "format_results", lambda rows: "the results table")
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--models", "v1", "--widths", "0.25,0.5", "--epochs", "1",
+                 "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"minimobile: error: 1 of 2 trials failed (trials/v1-w0.5-r32-s0, under "
+                   f"{out}; Ray printed each one's error above); run the same command again "
+                   "to retry them"]
