@@ -2,7 +2,7 @@
 
     python notebooks/run_notebooks.py                 # every notebooks/NN_*.py, full mode
     python notebooks/run_notebooks.py 01 05           # only those whose names start so
-    python notebooks/run_notebooks.py --quick         # quick mode (MINIMOBILE_QUICK=1)
+    python notebooks/run_notebooks.py --quick         # quick mode (MINIMOBILE_QUICK=1): a check
 
 Each notebook's source is `notebooks/NN_name.py` (Jupytext percent format); the `.ipynb` beside
 it is the same cells with the outputs the last run saved. To change only text or code without
@@ -44,6 +44,10 @@ def kernel_environment(quick):
     env = {k: v for k, v in os.environ.items() if k != "MINIMOBILE_QUICK"}
     if quick:
         env["MINIMOBILE_QUICK"] = "1"
+    if env.get("MINIMOBILE_DATA"):
+        # The kernels run in notebooks/, so a path relative to where this runner was started
+        # (MINIMOBILE_DATA=../shared/... from the repository) is made absolute here.
+        env["MINIMOBILE_DATA"] = str(Path(env["MINIMOBILE_DATA"]).expanduser().resolve())
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
 
@@ -67,11 +71,15 @@ def read_source(source):
     return nb
 
 
-def execute_in_place(source, quick, cell_timeout):
-    """Execute `source` (NN_name.py) and write the result to NN_name.ipynb beside it."""
+def execute_in_place(source, quick, cell_timeout, save=True):
+    """Execute `source` (NN_name.py) and write the result to NN_name.ipynb beside it (unless
+    not `save`: quick mode's outputs come from small sizes and fake data, and must never
+    replace the real ones)."""
     source = Path(source)
     nb = read_source(source)
     seconds = execute(nb, quick, cell_timeout, workdir=source.parent)
+    if not save:
+        return seconds
     fd, tmp = tempfile.mkstemp(suffix=".ipynb", dir=source.parent)
     os.close(fd)
     try:
@@ -86,7 +94,9 @@ def execute_in_place(source, quick, cell_timeout):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("prefixes", nargs="*", help="run only notebooks whose names start so")
-    parser.add_argument("--quick", action="store_true", help="quick mode (MINIMOBILE_QUICK=1)")
+    parser.add_argument("--quick", action="store_true",
+                        help="quick mode (MINIMOBILE_QUICK=1): small sizes and fake data, a "
+                        "check that every cell runs; the .ipynb files are left as they are")
     parser.add_argument("--cell-timeout", type=int, default=None,
                         help="seconds per cell (default: none; 06 trains for a long time)")
     args = parser.parse_args(argv)
@@ -98,12 +108,14 @@ def main(argv=None):
     for path in paths:
         print(f"{path.stem} ({'quick' if args.quick else 'full'} mode) ...", flush=True)
         try:
-            seconds = execute_in_place(path, args.quick, args.cell_timeout)
+            seconds = execute_in_place(path, args.quick, args.cell_timeout,
+                                       save=not args.quick)
         except CellExecutionError as e:
             print(f"  FAILED, left unchanged:\n{e}", file=sys.stderr)
             failed.append(path.name)
             continue
-        print(f"  done in {seconds / 60:.1f} min ({seconds:.0f} s)", flush=True)
+        print(f"  done in {seconds / 60:.1f} min ({seconds:.0f} s)"
+              + (", outputs not saved (quick mode)" if args.quick else ""), flush=True)
     if failed:
         print("failed:", ", ".join(failed), file=sys.stderr)
         return 1

@@ -74,6 +74,16 @@ def test_notebook_runs_in_quick_mode(path):
         pytest.fail(_failure(path, nb, e), pytrace=False)
 
 
+def test_the_kernels_get_an_absolute_data_path(monkeypatch, tmp_path):
+    """The kernels run in notebooks/: a MINIMOBILE_DATA relative to where the runner started
+    (the README's ../shared/cifar-10-batches-py) would point elsewhere from there."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MINIMOBILE_DATA", "data/cifar-10-batches-py")
+    env = runner.kernel_environment(quick=False)
+    assert env["MINIMOBILE_DATA"] == str(tmp_path / "data" / "cifar-10-batches-py")
+    assert "MINIMOBILE_QUICK" not in env
+
+
 @pytest.mark.slow
 def test_runner_saves_outputs_in_place_and_leaves_a_failing_notebook_untouched(tmp_path):
     environment = dict(os.environ)
