@@ -13,9 +13,18 @@ import numpy as np
 
 from .layers import (BatchNorm2d, Conv2d, DepthwiseConv2d, Hardswish, Module, PointwiseConv2d,
                      ReLU, ReLU6, Sequential, SqueezeExcitation, _rng, deferral_enabled)
+from .validation import is_int, is_number
 
 # V3's tables name activations by the paper's abbreviations.
 ACTIVATIONS = {"RE": ReLU, "HS": Hardswish}
+
+
+def _check_activation(block, activation):
+    """A layer class (ReLU6, not ReLU6() or "RE"), or None: the block makes one per use."""
+    if not (activation is None or (isinstance(activation, type)
+                                   and issubclass(activation, Module))):
+        raise ValueError(f"{block}: expected activation to be a layer class such as ReLU6 "
+                         f"(not an instance or a name), or None, got {activation!r}")
 
 
 def make_divisible(v, divisor=8, min_value=None):
@@ -43,6 +52,7 @@ class ConvBNActivation(Sequential):
 
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, groups=1,
                  activation=ReLU6, bn_eps=1e-5, bn_momentum=0.1, rng=None, dtype=np.float32):
+        _check_activation("ConvBNActivation", activation)
         rng = _rng(rng)
         padding = (kernel_size - 1) // 2
         if groups == 1 and kernel_size == 1 and stride == 1:
@@ -187,6 +197,10 @@ class InvertedResidual(Module):
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f"InvertedResidual: expected stride 1 or 2, got {stride}")
+        _check_activation("InvertedResidual", activation)
+        if not (is_number(expand_ratio) and round(in_channels * expand_ratio) >= 1):
+            raise ValueError(f"InvertedResidual: expected an expand_ratio > 0 that leaves at "
+                             f"least one hidden channel of {in_channels}, got {expand_ratio!r}")
         rng = _rng(rng)
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum, rng=rng, dtype=dtype)
         hidden = int(round(in_channels * expand_ratio))
@@ -251,6 +265,11 @@ class Bneck(Module):
             raise ValueError(f"Bneck: expected stride 1 or 2, got {stride}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"Bneck: expected activation 'RE' or 'HS', got {activation!r}")
+        if not (is_int(kernel_size) and kernel_size % 2 == 1):
+            # Padding (K - 1) // 2 keeps the size only for odd K; an even one would shrink the
+            # map and break the residual sum at the first forward, far from here.
+            raise ValueError(f"Bneck: expected an odd kernel_size (3 or 5 in the paper), got "
+                             f"{kernel_size!r}")
         rng = _rng(rng)
         act = ACTIVATIONS[activation]
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum, rng=rng, dtype=dtype)

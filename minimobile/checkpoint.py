@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,6 +30,10 @@ EMA_PREFIX = "ema/"
 def atomic_open(path, mode="wb"):
     """Open a temporary file beside `path` for writing; on success fsync it and rename it onto
     `path`, on any exception delete it and leave `path` as it was. Yields the open file."""
+    if mode not in ("w", "wb"):
+        # The file is replaced whole by what was written, so "a" would keep only the appended
+        # text and "r" would empty it.
+        raise ValueError(f"atomic_open: expected mode 'w' or 'wb', got {mode!r}")
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "is a folder; give a file name", str(path))
@@ -100,6 +105,12 @@ def save(path, arrays, meta=None):
     Atomic: the file at `path` is either the previous one or the complete new one. Scalars come
     back from `load` as 0-d arrays. Object arrays are refused, since `load` never unpickles.
     """
+    if not isinstance(arrays, Mapping):
+        raise ValueError(f"save: expected arrays as a mapping of names to arrays (a model's "
+                         f"state_dict(), or save_model for a model), got {type(arrays).__name__}")
+    if not (meta is None or isinstance(meta, Mapping)):
+        # load() refuses a file whose metadata is not a JSON object: refuse to write one.
+        raise ValueError(f"save: expected meta to be a dict or None, got {type(meta).__name__}")
     payload = {}
     for key, value in arrays.items():
         if key == META_KEY:

@@ -81,6 +81,11 @@ def profile(model, input_size=(3, 224, 224)):
     temporarily wrapped to record its input and output shapes; the model's mode, running
     statistics and methods are as before afterwards. Returns a Profile.
     """
+    if not (isinstance(input_size, (tuple, list)) and len(input_size) == 3
+            and all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1
+                    for n in input_size)):
+        raise ValueError(f"profile: expected input_size as one image's (C, H, W), three "
+                         f"integers >= 1, got {input_size!r}")
     params = [p for _, p, _ in model.named_parameters()]
     dtype = params[0].dtype if params else np.float32
     leaves = [(name, m) for name, m in model.named_modules() if not m._modules]

@@ -33,6 +33,13 @@ def fold_batchnorm(w, b, gamma, beta, running_mean, running_var, eps=1e-5):
         if a is not None and np.shape(a) != (C,):
             raise ValueError(f"fold_batchnorm: expected {name} of shape ({C},) for w of shape "
                              f"{w.shape}, got {np.shape(a)}")
+    if w.dtype.kind != "f":
+        # The folded weights come back in w's dtype: integers would truncate them.
+        raise ValueError(f"fold_batchnorm: expected float weights w, got {w.dtype}")
+    variance = np.asarray(running_var, np.float64) + eps
+    if not (np.isfinite(variance).all() and (variance > 0).all()):
+        raise ValueError(f"fold_batchnorm: expected running_var + eps > 0 and finite in every "
+                         f"channel, got {variance.min():g} at its least")
     scale = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(running_var, np.float64) + eps)
     b64 = np.zeros(C) if b is None else np.asarray(b, np.float64)
     w_folded = w.astype(np.float64) * scale.reshape((C,) + (1,) * (w.ndim - 1))

@@ -18,7 +18,8 @@ import numpy as np
 
 from .cost import profile
 from .gradcheck import check_gradient, sample_indices
-from .layers import (Conv2d, DepthwiseConv2d, Linear, PointwiseConv2d, Sequential, no_grad)
+from .layers import (Conv2d, DepthwiseConv2d, Dropout, Linear, PointwiseConv2d, Sequential,
+                     no_grad)
 
 # Howard et al. 2017 (MobileNets, arXiv:1704.04861).
 # Table 2 "Resource Per Layer Type": (share of Mult-Adds %, share of parameters %).
@@ -320,6 +321,15 @@ def gradient_check_module(module, x, rng, count=20, h=1e-6):
     no cache behind, but like any training-mode forward they move batch norm's running
     statistics (which the training-mode output does not read).
     """
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"gradient_check_module: expected rng to be a np.random.Generator "
+                         f"(np.random.default_rng(seed)), got {type(rng).__name__}")
+    dropouts = [path for path, m in module.named_modules() if isinstance(m, Dropout) and m.p > 0]
+    if dropouts:
+        # Each probe's forward would draw a new mask: the differences would measure noise
+        # and blame a correct backward.
+        raise ValueError(f"gradient_check_module: the Dropout at {dropouts[0]} makes every "
+                         "forward random; set its p to 0 or check a part without it")
     module.train()
     out = module.forward(x)
     dout = rng.standard_normal(out.shape)
@@ -503,6 +513,10 @@ def receptive_fields(model, input_size):
     """Every spatial conv of `model` in forward order, with the receptive field after it:
     field += (K - 1) * jump, then jump *= stride (1x1 convs change neither). Assumes the
     convs run in the order named_modules lists them, as in minimobile's sequential models."""
+    if not (isinstance(input_size, (int, np.integer)) and not isinstance(input_size, bool)
+            and input_size >= 1):
+        raise ValueError(f"receptive_fields: expected input_size as the image's side in pixels, "
+                         f"an integer >= 1, got {input_size!r}")
     rows, field, jump, size = [], 1, 1, input_size
     for name, module in model.named_modules():
         if isinstance(module, (Conv2d, DepthwiseConv2d)):

@@ -33,9 +33,21 @@ def numerical_gradient(f, x, dout, h=1e-6, indices=None):
     parameter buried inside a layer. `indices` (an iterable of index tuples) limits the probe
     to a sample of entries; the others are returned as NaN.
     """
-    if x.dtype != np.float64:
-        raise ValueError(f"numerical_gradient: expected a float64 array, got {x.dtype}; "
-                         "float32 differences are too coarse for a gradient check")
+    if not isinstance(x, np.ndarray) or x.dtype != np.float64:
+        raise ValueError(f"numerical_gradient: expected a float64 array, got "
+                         f"{getattr(x, 'dtype', type(x).__name__)}; float32 differences are "
+                         "too coarse for a gradient check")
+    if not (isinstance(h, (int, float, np.floating)) and np.isfinite(h) and h > 0):
+        raise ValueError(f"numerical_gradient: expected a step h that is a finite number > 0, "
+                         f"got {h!r}")
+    if indices is not None:
+        indices = [np.atleast_1d(index) for index in indices]
+        bad = [tuple(i.tolist()) for i in indices if i.shape != (x.ndim,)
+               or not all(0 <= v < n for v, n in zip(i, x.shape))]
+        if not indices or bad:
+            raise ValueError(f"numerical_gradient: expected at least one index of {x.ndim} "
+                             f"integers inside shape {x.shape}, got "
+                             f"{bad[0] if bad else 'none'}")
     grad = np.full(x.shape, np.nan) if indices is not None else np.zeros(x.shape)
     probe = indices if indices is not None else np.ndindex(*x.shape)
     for index in probe:
@@ -60,6 +72,11 @@ def sample_indices(shape, count, rng):
 def check_gradient(f, x, analytic, dout, h=1e-6, indices=None):
     """Relative error between an analytic gradient and the central difference at the same
     entries (all, or the sampled `indices`)."""
+    if np.shape(analytic) != x.shape:
+        # With sampled indices the comparison below would pick entries of the wrong array
+        # (or fail with an IndexError) rather than say the shapes differ.
+        raise ValueError(f"check_gradient: expected an analytic gradient of x's shape "
+                         f"{x.shape}, got {np.shape(analytic)}")
     numeric = numerical_gradient(f, x, dout, h=h, indices=indices)
     if indices is None:
         return relative_error(analytic, numeric)

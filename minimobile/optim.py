@@ -14,7 +14,7 @@ import numpy as np
 
 from . import kernels
 from .kernels import updates
-from .validation import require
+from .validation import is_number, require
 
 
 def default_no_decay(name, param):
@@ -48,7 +48,14 @@ class Optimizer:
 
     def __init__(self, params, lr, weight_decay, no_decay):
         self.names, self.params, self.grads = [], [], []
-        for name, param, grad in params:
+        triples = "(name, param, grad) triples, as model.named_parameters() gives"
+        require(hasattr(params, "__iter__") and not isinstance(params, (dict, np.ndarray, str)),
+                "params", triples, type(params).__name__)
+        for item in params:
+            require(isinstance(item, tuple) and len(item) == 3 and isinstance(item[0], str),
+                    "params", triples, f"a tuple of {len(item)}" if isinstance(item, tuple)
+                    else type(item).__name__)
+            name, param, grad = item
             require(isinstance(param, np.ndarray) and param.dtype.kind == "f",
                    f"param {name}", "a float NumPy array", type(param).__name__)
             require(isinstance(grad, np.ndarray) and grad.shape == param.shape
@@ -65,8 +72,9 @@ class Optimizer:
         require(len(self.params) > 0, "params", "at least one (name, param, grad) triple", 0)
         duplicates = sorted({n for n in self.names if self.names.count(n) > 1})
         require(not duplicates, "param names", "unique names", duplicates)
-        require(lr >= 0.0, "lr", ">= 0", lr)
-        require(weight_decay >= 0.0, "weight_decay", ">= 0", weight_decay)
+        require(is_number(lr) and lr >= 0.0, "lr", "a finite number >= 0", lr)
+        require(is_number(weight_decay) and weight_decay >= 0.0, "weight_decay",
+                "a finite number >= 0", weight_decay)
         self.lr = lr
         self.weight_decay = weight_decay
         self.num_steps = 0
@@ -157,7 +165,8 @@ class SGD(Optimizer):
     def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0,
                  no_decay=default_no_decay):
         super().__init__(params, lr, weight_decay, no_decay)
-        require(momentum >= 0.0, "momentum", ">= 0", momentum)
+        require(is_number(momentum) and momentum >= 0.0, "momentum", "a finite number >= 0",
+                momentum)
         require(not nesterov or momentum > 0.0, "nesterov=True", "momentum > 0", momentum)
         self.momentum = momentum
         self.nesterov = bool(nesterov)
@@ -191,9 +200,10 @@ class RMSprop(Optimizer):
     def __init__(self, params, lr, alpha=0.9, eps=0.0316, momentum=0.9, weight_decay=4e-5,
                  centered=False, no_decay=default_no_decay):
         super().__init__(params, lr, weight_decay, no_decay)
-        require(0.0 <= alpha <= 1.0, "alpha", "a value in [0, 1]", alpha)
-        require(eps >= 0.0, "eps", ">= 0", eps)
-        require(momentum >= 0.0, "momentum", ">= 0", momentum)
+        require(is_number(alpha) and 0.0 <= alpha <= 1.0, "alpha", "a value in [0, 1]", alpha)
+        require(is_number(eps) and eps >= 0.0, "eps", "a finite number >= 0", eps)
+        require(is_number(momentum) and momentum >= 0.0, "momentum", "a finite number >= 0",
+                momentum)
         self.alpha, self.eps, self.momentum = alpha, eps, momentum
         self.centered = bool(centered)
         self._add_buffer("square_avg")
@@ -227,9 +237,10 @@ class AdamW(Optimizer):
     def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
                  no_decay=default_no_decay):
         super().__init__(params, lr, weight_decay, no_decay)
-        require(len(betas) == 2 and all(0.0 <= b < 1.0 for b in betas),
+        require(isinstance(betas, (tuple, list)) and len(betas) == 2
+                and all(is_number(b) and 0.0 <= b < 1.0 for b in betas),
                "betas", "two values in [0, 1)", betas)
-        require(eps >= 0.0, "eps", ">= 0", eps)
+        require(is_number(eps) and eps >= 0.0, "eps", "a finite number >= 0", eps)
         self.beta1, self.beta2 = betas
         self.eps = eps
         self._add_buffer("exp_avg")
@@ -265,7 +276,7 @@ class EMA:
     """
 
     def __init__(self, model, decay, warmup=True):
-        require(0.0 < decay < 1.0, "decay", "a value in (0, 1)", decay)
+        require(is_number(decay) and 0.0 < decay < 1.0, "decay", "a value in (0, 1)", decay)
         self.decay, self.warmup, self.num_updates = float(decay), bool(warmup), 0
         # References to the live arrays: layers and optimisers update them in place.
         self.live = {}

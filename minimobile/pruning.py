@@ -28,7 +28,7 @@ docs/API.md.
 
 import numpy as np
 
-from .validation import is_int, require
+from .validation import is_int, is_number, require
 
 # InfoBatch's defaults: half of the well-learned images dropped, in the first 7/8 of training.
 DEFAULT_UNTIL = 0.875
@@ -39,6 +39,15 @@ def sample_losses(logits, labels, label_smoothing=0.0):
     training loss is: target (1 - e) * onehot + e / classes), (N,) float64. The mean of these
     is ops.softmax_cross_entropy's loss, up to rounding (that one sums in float32)."""
     z = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels)
+    require(z.ndim == 2, "sample_losses: logits", "an array (N, classes)", z.shape)
+    require(labels.shape == (len(z),) and labels.dtype.kind in "iu"
+            and (labels.size == 0 or (labels.min() >= 0 and labels.max() < z.shape[1])),
+            "sample_losses: labels", f"{len(z)} integers in [0, {z.shape[1]})",
+            f"{labels.dtype} of shape {labels.shape}" if labels.shape != (len(z),)
+            or labels.dtype.kind not in "iu" else f"values from {labels.min()} to {labels.max()}")
+    require(is_number(label_smoothing) and 0 <= label_smoothing < 1,
+            "sample_losses: label_smoothing", "a number in [0, 1)", label_smoothing)
     z = z - z.max(axis=1, keepdims=True)
     log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))  # (N, classes)
     nll = -log_p[np.arange(len(z)), labels]
@@ -55,14 +64,18 @@ class DataPruning:
 
     def __init__(self, n, ratio, until=DEFAULT_UNTIL, epochs=1):
         require(is_int(n) and n >= 1, "n", "an integer >= 1", n)
-        require(0 <= ratio < 1, "ratio", "a fraction in [0, 1) (0: no pruning)", ratio)
-        require(0 <= until <= 1, "until", "a fraction of the epochs in [0, 1]", until)
+        require(is_number(ratio) and 0 <= ratio < 1, "ratio",
+                "a fraction in [0, 1) (0: no pruning)", ratio)
+        require(is_number(until) and 0 <= until <= 1, "until",
+                "a fraction of the epochs in [0, 1]", until)
         require(is_int(epochs) and epochs >= 1, "epochs", "an integer >= 1", epochs)
         self.n, self.ratio, self.until, self.epochs = int(n), float(ratio), float(until), epochs
         self.scores = np.full(self.n, np.inf)
 
     def prunes(self, epoch_index):
         """True if the epoch with this 0-based index drops images."""
+        require(is_int(epoch_index) and 0 <= epoch_index < self.epochs, "epoch_index",
+                f"an integer in [0, {self.epochs}) (epochs count from 0)", epoch_index)
         return self.ratio > 0 and 1 <= epoch_index < round(self.until * self.epochs)
 
     def epoch_order(self, epoch_index, rng):
@@ -89,6 +102,13 @@ class DataPruning:
 
     def record(self, indices, losses):
         """Store the (unweighted) training losses of the images `indices`."""
+        losses = np.asarray(losses)
+        # A batch's mean loss would broadcast to every image, and a NaN score would leave
+        # its image out of every pruned epoch (it is neither below nor above the mean).
+        require(losses.shape == np.shape(indices), "record: losses",
+                f"one per image, shape {np.shape(indices)}", losses.shape)
+        require(bool(np.isfinite(losses).all()), "record: losses", "finite numbers",
+                "NaN or infinite values")
         self.scores[indices] = losses
 
     def state_dict(self):

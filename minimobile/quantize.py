@@ -43,11 +43,16 @@ def quantize_per_channel(w):
 
 def tensor_scale(max_abs):
     """The per-tensor scale for values in [-max_abs, max_abs] (1 if they were all 0)."""
+    if not (np.isfinite(max_abs) and max_abs >= 0):
+        raise ValueError(f"tensor_scale: expected a finite max_abs >= 0, got {max_abs!r} (NaN "
+                         "or infinite calibration images?)")
     return float(max_abs) / QMAX if max_abs > 0 else 1.0
 
 
 def quantize_tensor(x, scale):
     """x float (any shape) -> int8 of x's shape, x ~ scale * q."""
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"quantize_tensor: expected a finite scale > 0, got {scale!r}")
     out = np.empty(x.shape, np.int8)
     int8.quantize_fast(out.reshape(-1), np.ascontiguousarray(x).reshape(-1),
                                  1.0 / scale)
@@ -69,7 +74,11 @@ class _QuantizedConv(Module):
         self.dtype = w.dtype
         self.buffers["weight_int8"] = q
         self.buffers["weight_scale"] = w_scale
-        self.buffers["bias_int32"] = np.rint(b / out_scale).astype(np.int32)
+        # Saturate rather than wrap: a channel whose weights are all but 0 (a folded batch norm
+        # with gamma near 0) has a tiny scale, and its bias over that scale may pass 2^31.
+        limit = np.iinfo(np.int32).max
+        self.buffers["bias_int32"] = np.clip(np.rint(b / out_scale), -limit, limit).astype(
+            np.int32)
         self.buffers["output_scale"] = out_scale.astype(np.float32)
 
     def _dequantize(self, acc):
@@ -166,8 +175,16 @@ def quantize(model, x_calibration, batch_size=128):
         raise ValueError(f"quantize: the model holds NaN or infinite weights ({', '.join(bad[:3])}"
                          f"{' ...' if len(bad) > 3 else ''}); quantise a checkpoint from before "
                          "the run diverged")
+    x_calibration = np.asarray(x_calibration)
+    if x_calibration.ndim != 4 or x_calibration.dtype.kind != "f":
+        raise ValueError(f"quantize: expected normalised float images (N, 3, H, W) to calibrate "
+                         f"on (data.normalize of uint8 images), got {x_calibration.dtype} of "
+                         f"shape {x_calibration.shape}")
     if len(x_calibration) == 0:
         raise ValueError("quantize: expected at least one calibration image, got none")
+    if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
+        raise ValueError(f"quantize: expected a batch_size that is an integer >= 1, got "
+                         f"{batch_size!r}")
     fused = deploy.fuse(model)
     max_abs = calibrate(fused, x_calibration, batch_size)
     for parent, name, path, conv in _targets(fused):
@@ -225,6 +242,11 @@ def report(model, x_calibration, x_test, y_test, batch_size=256, progress=False)
     the uint8 test images, and weight bytes. x_calibration: uint8 images, normalised here."""
     from .cost import profile
     from .train import evaluate  # the trainer's evaluation: eval mode, batched, no caches
+    if np.asarray(x_calibration).dtype != np.uint8:
+        # normalize() would take float images too, and normalise them a second time:
+        # calibration on nearly constant images, and a wrong report without an error.
+        raise ValueError(f"report: expected uint8 calibration images, as stored (they are "
+                         f"normalised here), got {np.asarray(x_calibration).dtype}")
     dtype = next(p for _, p, _ in model.named_parameters()).dtype
     int8_model = quantize(model, normalize(x_calibration, dtype=dtype))
     before = evaluate(model, x_test, y_test, batch_size, progress=progress).accuracy

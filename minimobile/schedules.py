@@ -10,7 +10,7 @@ hyper-parameters and checks them once, up front, rather than mid-training.
 import functools
 import math
 
-from .validation import is_int, require
+from .validation import is_int, is_number, require
 
 
 def _check_step(step, total_steps=None):
@@ -24,7 +24,7 @@ def _check_step(step, total_steps=None):
 def constant(step, lr):
     """``lr`` at every step; here so "no schedule" goes through the same code path."""
     _check_step(step)
-    require(lr >= 0.0, "lr", ">= 0", lr)
+    require(is_number(lr) and lr >= 0.0, "lr", "a finite number >= 0", lr)
     return float(lr)
 
 
@@ -40,8 +40,9 @@ def cosine_with_warmup(step, total_steps, base_lr, warmup_steps=0, min_lr=0.0):
            total_steps)
     require(is_int(warmup_steps) and 0 <= warmup_steps <= total_steps, "warmup_steps",
            f"an integer in [0, total_steps={total_steps}]", warmup_steps)
-    require(base_lr > 0.0, "base_lr", "> 0", base_lr)
-    require(0.0 <= min_lr <= base_lr, "min_lr", f"a value in [0, base_lr={base_lr}]", min_lr)
+    require(is_number(base_lr) and base_lr > 0.0, "base_lr", "a finite number > 0", base_lr)
+    require(is_number(min_lr) and 0.0 <= min_lr <= base_lr, "min_lr",
+            f"a value in [0, base_lr={base_lr}]", min_lr)
     _check_step(step, total_steps)
     if step < warmup_steps:
         return base_lr * (step + 1) / (warmup_steps + 1)
@@ -62,8 +63,9 @@ def linear_with_warmup(step, total_steps, base_lr, warmup_steps=0, min_lr=0.0):
            total_steps)
     require(is_int(warmup_steps) and 0 <= warmup_steps <= total_steps, "warmup_steps",
            f"an integer in [0, total_steps={total_steps}]", warmup_steps)
-    require(base_lr > 0.0, "base_lr", "> 0", base_lr)
-    require(0.0 <= min_lr <= base_lr, "min_lr", f"a value in [0, base_lr={base_lr}]", min_lr)
+    require(is_number(base_lr) and base_lr > 0.0, "base_lr", "a finite number > 0", base_lr)
+    require(is_number(min_lr) and 0.0 <= min_lr <= base_lr, "min_lr",
+            f"a value in [0, base_lr={base_lr}]", min_lr)
     _check_step(step, total_steps)
     if step < warmup_steps:
         return base_lr * (step + 1) / (warmup_steps + 1)
@@ -81,11 +83,14 @@ def one_cycle(step, total_steps, max_lr, pct_start=0.3, div_factor=25.0, final_d
     """
     require(is_int(total_steps) and total_steps > 0, "total_steps", "an integer > 0",
            total_steps)
-    require(max_lr > 0.0, "max_lr", "> 0", max_lr)
+    require(is_number(max_lr) and max_lr > 0.0, "max_lr", "a finite number > 0", max_lr)
     # pct_start = 1 would leave no annealing phase (and divide by zero at the last step).
-    require(0.0 <= pct_start < 1.0, "pct_start", "a value in [0, 1)", pct_start)
-    require(div_factor > 0.0, "div_factor", "> 0", div_factor)
-    require(final_div_factor > 0.0, "final_div_factor", "> 0", final_div_factor)
+    require(is_number(pct_start) and 0.0 <= pct_start < 1.0, "pct_start", "a value in [0, 1)",
+            pct_start)
+    require(is_number(div_factor) and div_factor > 0.0, "div_factor", "a finite number > 0",
+            div_factor)
+    require(is_number(final_div_factor) and final_div_factor > 0.0, "final_div_factor",
+            "a finite number > 0", final_div_factor)
     warmup_end = float(pct_start * total_steps) - 1
     # PyTorch divides by the warm-up length here and would raise ZeroDivisionError instead.
     if warmup_end == 0.0:
@@ -105,10 +110,10 @@ def one_cycle(step, total_steps, max_lr, pct_start=0.3, div_factor=25.0, final_d
 
 def step_decay(step, base_lr, step_size, gamma=0.1):
     """``base_lr * gamma ** (step // step_size)``: PyTorch's StepLR."""
-    require(base_lr > 0.0, "base_lr", "> 0", base_lr)
+    require(is_number(base_lr) and base_lr > 0.0, "base_lr", "a finite number > 0", base_lr)
     require(is_int(step_size) and step_size > 0, "step_size", "an integer > 0",
            step_size)
-    require(gamma > 0.0, "gamma", "> 0", gamma)
+    require(is_number(gamma) and gamma > 0.0, "gamma", "a finite number > 0", gamma)
     _check_step(step)
     return base_lr * gamma ** (step // step_size)
 
@@ -131,7 +136,8 @@ def progressive_resolution(epoch, epochs, start, end, ramp_start=0.5, ramp_end=0
             epoch)
     require(is_int(start) and is_int(end) and 0 < start <= end, "start, end",
             "integers with 0 < start <= end", (start, end))
-    require(0.0 <= ramp_start <= ramp_end <= 1.0, "ramp_start, ramp_end",
+    require(is_number(ramp_start) and is_number(ramp_end)
+            and 0.0 <= ramp_start <= ramp_end <= 1.0, "ramp_start, ramp_end",
             "fractions with 0 <= ramp_start <= ramp_end <= 1", (ramp_start, ramp_end))
     require(is_int(multiple) and multiple > 0, "multiple", "an integer > 0", multiple)
     done = epoch / epochs

@@ -21,7 +21,7 @@ batch norm after the stem makes their scale irrelevant to the forward pass.
 
 import numpy as np
 
-from .validation import require
+from .validation import is_number, require
 
 # airbench94's eps (its images are normalised as ours are): it caps the gain of the weakest
 # directions at 1 / sqrt(eps), about 45, so pixel noise is not blown up into unit variance.
@@ -68,6 +68,11 @@ def patch_whitening_filters(images, kernel_size, count, eps=WHITENING_EPS):
     filters [count//2, 2*(count//2)) are their negatives; an odd count ends with v_{count//2}.
     count may be at most 2 * C * K * K (each direction twice)."""
     require(np.ndim(images) == 4, "images", "a float array (N, C, H, W)", np.shape(images))
+    # Raw 0..255 pixels would pass every shape check and whiten the wrong input (the mean
+    # colour dominating, eps no longer a cap): the stem is made for normalised images.
+    require(np.asarray(images).dtype.kind == "f", "images",
+            "normalised float images (data.normalize)", str(np.asarray(images).dtype))
+    require(is_number(eps) and eps >= 0, "eps", "a finite number >= 0", eps)
     D = np.shape(images)[1] * kernel_size ** 2
     require(isinstance(count, (int, np.integer)) and 1 <= count <= 2 * D, "count",
             f"an integer from 1 to {2 * D} (each of the {D} patch directions twice)", count)

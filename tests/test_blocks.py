@@ -218,3 +218,20 @@ def test_block_backward_drops_its_caches():
     x = rng.standard_normal((2, 8, 5, 5))
     block.backward(np.ones_like(block.forward(x)))
     assert all(m._cache is None for _, m in block.named_modules())
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: ConvBNActivation(8, 8, 3, activation=ReLU6()),
+     r"ConvBNActivation: expected activation to be a layer class such as ReLU6 \(not an "
+     r"instance or a name\), or None, got ReLU6\(\)"),
+    (lambda: InvertedResidual(8, 8, 1, 6, activation="RE"),
+     r"InvertedResidual: expected activation to be a layer class .* got 'RE'"),
+    (lambda: InvertedResidual(8, 8, 1, 0),
+     r"InvertedResidual: expected an expand_ratio > 0 that leaves at least one hidden channel "
+     r"of 8, got 0"),
+    (lambda: Bneck(16, 4, 64, 16, False, "RE", 1),
+     r"Bneck: expected an odd kernel_size \(3 or 5 in the paper\), got 4"),
+])
+def test_blocks_name_a_bad_argument_when_built(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()

@@ -173,3 +173,20 @@ def test_meta_that_is_not_a_json_object_is_a_corrupt_checkpoint(tmp_path):
         json.dumps([1, 2]).encode(), dtype=np.uint8)})
     with pytest.raises(CorruptCheckpointError, match="expected the .* entry to be a JSON object"):
         checkpoint.load(path)
+
+
+def test_save_refuses_what_load_would_refuse_and_atomic_open_only_writes(tmp_path):
+    path = tmp_path / "c.npz"
+    with pytest.raises(ValueError, match=r"save: expected meta to be a dict or None, got str"):
+        checkpoint.save(path, {"w": np.zeros(2)}, meta="a note")
+    with pytest.raises(ValueError, match=r"save: expected arrays as a mapping .* got "
+                                         r"MobileNetV1"):
+        checkpoint.save(path, mm.mobilenet_v1(width_mult=0.25, cifar=True, seed=0))
+    assert not path.exists()
+    path.write_text("kept")
+    for mode in ("a", "r", "rb"):
+        with pytest.raises(ValueError, match=rf"atomic_open: expected mode 'w' or 'wb', got "
+                                             rf"'{mode}'"):
+            with checkpoint.atomic_open(path, mode):
+                pass
+    assert path.read_text() == "kept"

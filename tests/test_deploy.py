@@ -115,3 +115,12 @@ def test_fused_containers_are_plain_sequentials_that_run_in_either_mode(rng):
     assert "features.1.pw.0.bias" in fused.state_dict()
     x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
     np.testing.assert_array_equal(fused.forward(x), fused.train().forward(x))
+
+
+def test_fold_batchnorm_refuses_integer_weights_and_a_variance_it_cannot_divide_by():
+    ones = np.ones(2)
+    with pytest.raises(ValueError, match=r"fold_batchnorm: expected float weights w, got int64"):
+        deploy.fold_batchnorm(np.ones((2, 3), np.int64), None, ones, ones, ones, ones)
+    with pytest.raises(ValueError, match=r"fold_batchnorm: expected running_var \+ eps > 0 and "
+                                         r"finite in every channel, got -1 at its least"):
+        deploy.fold_batchnorm(np.ones((2, 3)), None, ones, ones, ones, np.array([1.0, -1.00001]))

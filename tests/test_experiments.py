@@ -211,3 +211,14 @@ def test_paper_beside_sweep_matches_widths_exactly_and_resolutions_largest_first
                                  "resolution")[-1] == (None, None, row(1.0, 16))
     with pytest.raises(ValueError, match="table"):
         ex.paper_beside_sweep(rows, "depth")
+
+
+def test_gradient_check_module_refuses_random_forwards_and_a_seed_for_a_generator():
+    block = mm.Sequential(mm.PointwiseConv2d(3, 4, rng=np.random.default_rng(0)),
+                          mm.Dropout(0.2)).astype(np.float64)
+    x = np.random.default_rng(1).standard_normal((2, 3, 4, 4))
+    with pytest.raises(ValueError, match=r"gradient_check_module: the Dropout at 1 makes every "
+                                         r"forward random"):
+        ex.gradient_check_module(block, x, np.random.default_rng(2))
+    with pytest.raises(ValueError, match=r"expected rng to be a np.random.Generator .* got int"):
+        ex.gradient_check_module(block, x, 0)

@@ -253,3 +253,23 @@ def test_ops_accept_non_contiguous_input(rng):
     out, _ = ops.depthwise_conv2d_forward(x, w)
     expected, _ = ops.depthwise_conv2d_forward(np.ascontiguousarray(x), w)
     assert np.array_equal(out, expected)
+
+
+def test_gradient_checks_name_a_wrong_shape_step_or_index(rng):
+    from minimobile.gradcheck import sample_indices
+    x = rng.standard_normal((3, 4))
+    dout = rng.standard_normal((3, 4))
+    f = lambda: x * 2.0  # noqa: E731
+    indices = sample_indices(x.shape, 5, rng)
+    # A transposed gradient: before, an IndexError or a comparison of the wrong entries.
+    with pytest.raises(ValueError, match=r"check_gradient: expected an analytic gradient of "
+                                         r"x's shape \(3, 4\), got \(4, 3\)"):
+        check_gradient(f, x, (2.0 * dout).T, dout, indices=indices)
+    with pytest.raises(ValueError, match=r"expected a step h that is a finite number > 0, got 0"):
+        check_gradient(f, x, 2.0 * dout, dout, h=0)
+    with pytest.raises(ValueError, match=r"expected at least one index of 2 integers inside "
+                                         r"shape \(3, 4\), got none"):
+        check_gradient(f, x, 2.0 * dout, dout, indices=[])
+    with pytest.raises(ValueError, match=r"inside shape \(3, 4\), got \(3, 0\)"):
+        check_gradient(f, x, 2.0 * dout, dout, indices=[(0, 0), (3, 0)])
+    assert check_gradient(f, x, 2.0 * dout, dout, indices=indices) < 1e-8

@@ -311,12 +311,20 @@ def test_load_state_dict_rejects_a_non_integer_step():
 
 
 @pytest.mark.parametrize("make, match", [
-    (lambda ps: SGD(ps, lr=-1.0), r"lr: expected >= 0, got -1.0"),
+    (lambda ps: SGD(ps, lr=-1.0), r"lr: expected a finite number >= 0, got -1.0"),
+    (lambda ps: SGD(ps, lr="0.1"), r"lr: expected a finite number >= 0, got '0.1'"),
+    (lambda ps: SGD(ps, lr=0.1, momentum=float("nan")),
+     r"momentum: expected a finite number >= 0, got nan"),
+    (lambda ps: RMSprop(ps, lr=0.1, eps=float("inf")),
+     r"eps: expected a finite number >= 0, got inf"),
+    (lambda ps: AdamW(ps, lr=0.1, betas=0.9), r"betas: expected two values in \[0, 1\)"),
     (lambda ps: SGD(ps, lr=0.1, nesterov=True), r"nesterov=True: expected momentum > 0, got 0.0"),
     (lambda ps: RMSprop(ps, lr=0.1, alpha=1.5), r"alpha: expected a value in \[0, 1\], got 1.5"),
     (lambda ps: AdamW(ps, lr=0.1, betas=(0.9, 1.0)), r"betas: expected two values in \[0, 1\)"),
-    (lambda ps: AdamW(ps, lr=0.1, weight_decay=-0.1), r"weight_decay: expected >= 0, got -0.1"),
-], ids=["negative_lr", "nesterov_without_momentum", "alpha", "betas", "weight_decay"])
+    (lambda ps: AdamW(ps, lr=0.1, weight_decay=-0.1),
+     r"weight_decay: expected a finite number >= 0, got -0.1"),
+], ids=["negative_lr", "string_lr", "nan_momentum", "inf_eps", "betas_not_a_pair",
+        "nesterov_without_momentum", "alpha", "betas", "weight_decay"])
 def test_optimisers_reject_invalid_hyper_parameters(make, match):
     with pytest.raises(ValueError, match=match):
         make(FakeModel().named_parameters())
@@ -328,6 +336,19 @@ def test_optimisers_reject_grads_that_do_not_match_their_params():
         SGD([("w", p, np.zeros((3, 2)))], lr=0.1)
     with pytest.raises(ValueError, match=r"param names: expected unique names, got \['w'\]"):
         SGD([("w", p, np.zeros_like(p)), ("w", p, np.zeros_like(p))], lr=0.1)
+
+
+def test_optimisers_want_named_triples_not_bare_arrays():
+    """PyTorch's habit, SGD([weight]), would otherwise unpack a weight of 3 rows as a name, a
+    param and a grad, and train silently wrong."""
+    w = np.zeros((3, 4))
+    with pytest.raises(ValueError, match=r"params: expected \(name, param, grad\) triples, as "
+                                         r"model.named_parameters\(\) gives, got 'ndarray'"):
+        SGD([w], lr=0.1)
+    with pytest.raises(ValueError, match=r"params: expected .* got 'dict'"):
+        SGD({"w": w}, lr=0.1)
+    with pytest.raises(ValueError, match=r"params: expected .* got 'a tuple of 2'"):
+        SGD([("w", w)], lr=0.1)
 
 
 def test_optimisers_accept_a_one_shot_generator_of_params():
@@ -396,9 +417,13 @@ def test_make_schedule_checks_its_arguments_before_training_starts():
      r"pct_start: expected a value in \[0, 1\), got 1.0"),
     (lambda: step_decay(-1, base_lr=0.1, step_size=3), r"step: expected an integer >= 0, got -1"),
     (lambda: step_decay(2.0, base_lr=0.1, step_size=3), r"step: expected an integer, got 2.0"),
-    (lambda: constant(0, lr=-0.1), r"lr: expected >= 0, got -0.1"),
+    (lambda: constant(0, lr=-0.1), r"lr: expected a finite number >= 0, got -0.1"),
+    (lambda: cosine_with_warmup(0, total_steps=10, base_lr=float("inf")),
+     r"base_lr: expected a finite number > 0, got inf"),
+    (lambda: one_cycle(0, total_steps=10, max_lr="0.1"),
+     r"max_lr: expected a finite number > 0, got '0.1'"),
 ], ids=["total_steps", "step_past_end", "min_lr", "zero_length_warmup", "pct_start",
-        "negative_step", "float_step", "negative_lr"])
+        "negative_step", "float_step", "negative_lr", "infinite_lr", "string_lr"])
 def test_schedules_reject_bad_arguments_naming_expected_and_got(call, match):
     with pytest.raises(ValueError, match=match):
         call()

@@ -125,3 +125,21 @@ def test_the_pruned_schedule_is_the_plain_one_when_an_epoch_keeps_every_image():
     assert [mapped(s) for s in range(10, 20)] == [schedule(s) for s in range(10, 20)]
     half = train._pruned_schedule(schedule, epoch=2, full_steps=10, first_step=7, steps=5)
     assert [half(s) for s in range(7, 12)] == [schedule(s) for s in (10, 12, 14, 16, 18)]
+
+
+def test_pruning_names_losses_labels_and_epochs_of_the_wrong_kind():
+    pruning = DataPruning(4, 0.5, epochs=3)
+    with pytest.raises(ValueError, match=r"record: losses: expected one per image, shape "
+                                         r"\(2,\), got \(\)"):
+        pruning.record(np.array([0, 1]), 0.7)  # a batch's mean loss, not one per image
+    with pytest.raises(ValueError, match=r"record: losses: expected finite numbers"):
+        pruning.record(np.array([0, 1]), np.array([0.5, np.nan]))
+    with pytest.raises(ValueError, match=r"epoch_index: expected an integer in \[0, 3\)"):
+        pruning.prunes(3)
+    logits = np.zeros((2, 10))
+    with pytest.raises(ValueError, match=r"sample_losses: labels: expected 2 integers in "
+                                         r"\[0, 10\), got 'values from -1 to 3'"):
+        sample_losses(logits, np.array([-1, 3]))
+    with pytest.raises(ValueError, match=r"sample_losses: labels: expected 2 integers .* got "
+                                         r"'int64 of shape \(3,\)'"):
+        sample_losses(logits, np.array([0, 1, 2]))

@@ -157,3 +157,33 @@ def test_quantize_refuses_an_empty_calibration_set():
     model = mm.mobilenet_v1(cifar=True, width_mult=0.25, seed=0)
     with pytest.raises(ValueError, match="at least one calibration image"):
         quantize.quantize(model, np.zeros((0, 3, 32, 32), np.float32))
+
+
+def test_quantize_and_report_name_images_of_the_wrong_kind(rng):
+    model = mm.mobilenet_v1(width_mult=0.25, cifar=True, seed=0)
+    uint8 = rng.integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"quantize: expected normalised float images .* got "
+                                         r"uint8 of shape \(4, 3, 32, 32\)"):
+        quantize.quantize(model, uint8)
+    with pytest.raises(ValueError, match=r"quantize: expected a batch_size that is an integer "
+                                         r">= 1, got 0"):
+        quantize.quantize(model, data.normalize(uint8), batch_size=0)
+    # report normalises its calibration images itself: float ones would be normalised twice.
+    with pytest.raises(ValueError, match=r"report: expected uint8 calibration images.* got "
+                                         r"float32"):
+        quantize.report(model, data.normalize(uint8), uint8, np.zeros(4, np.int64))
+    with pytest.raises(ValueError, match=r"tensor_scale: expected a finite max_abs >= 0, got "
+                                         r"inf"):
+        quantize.tensor_scale(float("inf"))
+    with pytest.raises(ValueError, match=r"quantize_tensor: expected a finite scale > 0, got 0"):
+        quantize.quantize_tensor(np.zeros(3, np.float32), 0.0)
+
+
+def test_a_bias_too_large_for_its_scale_saturates_instead_of_wrapping():
+    conv = mm.PointwiseConv2d(2, 2, bias=True).astype(np.float64)
+    conv.params["weight"][...] = np.array([[1.0, 1.0], [1e-12, 1e-12]]).reshape(2, 2, 1, 1)
+    conv.params["bias"][...] = [0.5, 0.5]
+    layer = quantize.QuantizedPointwiseConv2d(conv, input_scale=1.0)
+    bias = layer.buffers["bias_int32"]
+    assert bias[1] == np.iinfo(np.int32).max  # 0.5 / (1e-12 / 127): far past 2^31
+    assert bias[0] == round(0.5 / (1.0 / 127))

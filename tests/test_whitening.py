@@ -128,3 +128,12 @@ def test_fit_whitens_the_stem_before_the_ema_copies_it_and_not_again_on_resume(t
     assert not np.allclose(stem, expected, atol=1e-2 * np.abs(expected).max())
     monkeypatch.setattr(train, "whiten_stem", lambda *a: pytest.fail("whitened on resume"))
     fit(TrainConfig(**{**vars(config), "epochs": 2}), data=data, resume=True, progress=False)
+
+
+def test_whitening_refuses_raw_pixels_and_a_bad_eps():
+    images = np.random.default_rng(0).integers(0, 256, (8, 3, 8, 8), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"images: expected normalised float images "
+                                         r"\(data.normalize\), got 'uint8'"):
+        patch_whitening_filters(images, 2, 4)
+    with pytest.raises(ValueError, match=r"eps: expected a finite number >= 0, got -1.0"):
+        patch_whitening_filters(images / 255.0, 2, 4, eps=-1.0)
