@@ -362,8 +362,9 @@ else:
 # of `minimobile train`, which writes a `history.csv` (one row per epoch) into its output
 # folder. Small results like these are committed under `results/` at the top of the
 # repository, each listed in `results/README.md` with the exact command that made it; this
-# cell plots every `results/*history*.csv` it finds, and says so when there is none. Twelve
-# of them are the attempts at 90 % in two hours on two cores (README, "Towards 90 %"):
+# cell plots every `results/*history*.csv` it finds, and says so when there is none. Thirteen
+# of them are the attempts at 90 % in two hours on two cores (README, "Towards 90 %"; the
+# story of each in docs/TOWARDS90.md):
 #
 # - `--recipe fast`: V1 0.5 for 80 epochs, with cutout and label smoothing 0.2;
 # - V1 0.75 for 50 epochs without cutout, the width the sweep of notebook 05 favoured;
@@ -393,12 +394,19 @@ else:
 # - the 40-epoch batch-128 run with label smoothing 0.2 instead of 0.1, for 39 epochs
 #   (`v1-w1-e39-b128-ls02`), a stronger regulariser where training accuracy ends highest,
 #   which ends at 89.55 %, the best so far but only 0.03 above it: within the noise, so the
-#   smoothing is not the lever either.
+#   smoothing is not the lever either;
+# - the same settings sized to two hours by `--time-budget 120` on a faster CPU (an AMD EPYC
+#   of the Zen 4 generation), which planned 42 epochs after its first (`v1-w1-t120-b128-ls02`)
+#   and ends at 89.34 %, 0.21 below the 39-epoch run: three more epochs bought nothing.
 #
-# Each run is tested every 4th, 10th, 12th, 17th or 23rd epoch, or once, at its end (its
+# One more is not an attempt: `v1-w1-t70-b128-ls02`, the same settings sized to 70 minutes,
+# which planned 17 epochs on a slower machine and ends at 87.32 %.
+#
+# Each run is tested every 4th, 10th, 12th, 15th, 17th or 23rd epoch, or once, at its end (its
 # history's `test_acc` is blank until the last row), as its `--eval-every` asked, since a
-# test-time-augmented evaluation costs six forward passes (`--tta-final-only`, added after
-# these runs, tests the epochs before the last in one pass instead). For the progressive run the cell
+# test-time-augmented evaluation costs six forward passes (`--tta-final-only`, used by the
+# 42-epoch `--time-budget` run, tests the epochs before the last in one pass instead; its
+# history's `test_tta` column says which). For the progressive run the cell
 # also prints what an epoch cost at each size, from its history's `resolution` and
 # `images_per_second` columns.
 
