@@ -34,6 +34,9 @@ def make_divisible(v, divisor=8, min_value=None):
     instead, so a width multiplier never removes more channels than asked. Every channel count
     of the V2 and V3 models (and of V1 here) goes through it.
     """
+    if not (is_int(divisor) and divisor >= 1):
+        raise ValueError(f"make_divisible: expected a divisor that is an integer >= 1, got "
+                         f"{divisor!r}")
     if min_value is None:
         min_value = divisor
     new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)

@@ -20,6 +20,7 @@ from .cost import profile
 from .gradcheck import check_gradient, sample_indices
 from .layers import (Conv2d, DepthwiseConv2d, Dropout, Linear, PointwiseConv2d, Sequential,
                      no_grad)
+from .validation import is_int, require
 
 # Howard et al. 2017 (MobileNets, arXiv:1704.04861).
 # Table 2 "Resource Per Layer Type": (share of Mult-Adds %, share of parameters %).
@@ -74,6 +75,8 @@ def depthwise_separable_conv(C_in, C_out, K, rng=None, dtype=np.float32):
 
 def theoretical_ratio(C_out, K):
     """(K^2 M D_F^2 + M N D_F^2) / (K^2 M N D_F^2) = 1/N + 1/K^2, as an exact fraction."""
+    require(is_int(C_out) and C_out >= 1 and is_int(K) and K >= 1,
+            "theoretical_ratio: C_out, K", "integers >= 1", (C_out, K))
     return Fraction(1, C_out) + Fraction(1, K * K)
 
 
@@ -170,8 +173,9 @@ def time_callable(fn, repeats=5, warmup=1):
     """Median wall time of fn() over `repeats` calls, after `warmup` untimed calls (which pay
     for Numba compilation and first-touch allocation). The median, not the mean, because one
     call slowed by another process should not move the result."""
-    if repeats < 1:
-        raise ValueError(f"time_callable: expected repeats >= 1, got {repeats}")
+    require(is_int(repeats) and repeats >= 1, "time_callable: repeats", "an integer >= 1",
+            repeats)
+    require(is_int(warmup) and warmup >= 0, "time_callable: warmup", "an integer >= 0", warmup)
     for _ in range(warmup):
         fn()
     samples = []
@@ -211,6 +215,8 @@ class LatencyRow(NamedTuple):
 def measure_latency(model, resolution, repeats=5, warmup=1, seed=0):
     """Median time of one batch-1 inference (eval mode, no_grad) at resolution x resolution;
     the model's mode is restored afterwards. Returns a Timing."""
+    require(is_int(resolution) and resolution >= 1, "measure_latency: resolution",
+            "an integer >= 1", resolution)
     dtype = next(iter(model.named_parameters()))[1].dtype
     x = np.random.default_rng(seed).standard_normal((1, 3, resolution, resolution)).astype(dtype)
     was_training = model.training
@@ -253,6 +259,9 @@ def paper_beside_sweep(rows, table, network="v1", resolution=32, width=1.0):
     `resolution`) or Table 7 (table="resolution": the paper's resolutions at width 1.0 beside
     the sweep's resolutions at `width`, largest beside largest, since 224/192/160/128 have no
     equal on CIFAR). Sweep rows of other settings are left out; unmatched sides get None."""
+    networks = sorted({r["network"] for r in rows})
+    require(not rows or network in networks, "paper_beside_sweep: network",
+            f"a network of the sweep's rows ({', '.join(networks) or 'none'})", network)
     mine = [r for r in rows if r["network"] == network and r["accuracy"] is not None]
     if table == "width":
         paper = V1_TABLE_6
@@ -393,6 +402,8 @@ def copy_bandwidth(nbytes, repeats=5, warmup=1):
     about `nbytes` into another: the ceiling for a layer that only streams its data through.
     Arrays that fit in a cache measure that cache; arrays several times the last-level cache
     measure DRAM."""
+    require(is_int(nbytes) and nbytes >= 1, "copy_bandwidth: nbytes", "an integer >= 1",
+            nbytes)
     src = np.ones(max(nbytes // 4, 1), dtype=np.float32)
     dst = np.empty_like(src)
     timing = time_callable(lambda: np.copyto(dst, src), repeats, warmup)
@@ -406,6 +417,10 @@ def fit_overhead_and_work(macs, ms):
     multiply-add. Returns (a in ms, b in ms per million MACs, largest |residual| in ms)."""
     macs_m = np.asarray(macs, dtype=np.float64) / 1e6
     ms = np.asarray(ms, dtype=np.float64)
+    require(macs_m.shape == ms.shape and macs_m.ndim == 1 and len(np.unique(macs_m)) >= 2,
+            "fit_overhead_and_work", "as many times as MAC counts, with at least two distinct "
+            "counts (a line needs two points)", f"{len(np.unique(macs_m))} distinct counts and "
+            f"{ms.size} times")
     b, a = np.polyfit(macs_m, ms, 1)
     return float(a), float(b), float(np.abs(ms - (a + b * macs_m)).max())
 

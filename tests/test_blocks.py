@@ -235,3 +235,9 @@ def test_block_backward_drops_its_caches():
 def test_blocks_name_a_bad_argument_when_built(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_make_divisible_names_a_divisor_of_zero():
+    with pytest.raises(ValueError, match=r"make_divisible: expected a divisor that is an integer "
+                                         r">= 1, got 0"):
+        make_divisible(24, divisor=0)

@@ -55,7 +55,7 @@ def test_time_callable_takes_the_median_and_rejects_zero_repeats():
     timing = ex.time_callable(lambda: calls.append(1), repeats=3, warmup=2)
     assert len(calls) == 5 and len(timing.samples) == 3
     assert timing.median == np.median(timing.samples)
-    with pytest.raises(ValueError, match="repeats >= 1"):
+    with pytest.raises(ValueError, match=r"time_callable: repeats: expected an integer >= 1"):
         ex.time_callable(lambda: None, repeats=0)
 
 
@@ -222,3 +222,25 @@ def test_gradient_check_module_refuses_random_forwards_and_a_seed_for_a_generato
         ex.gradient_check_module(block, x, np.random.default_rng(2))
     with pytest.raises(ValueError, match=r"expected rng to be a np.random.Generator .* got int"):
         ex.gradient_check_module(block, x, 0)
+
+
+def test_the_measuring_helpers_name_a_bad_size_count_or_network():
+    with pytest.raises(ValueError, match=r"theoretical_ratio: C_out, K: expected integers >= 1, "
+                                         r"got \(0, 3\)"):
+        ex.theoretical_ratio(0, 3)
+    with pytest.raises(ValueError, match=r"time_callable: repeats: expected an integer >= 1, "
+                                         r"got 2.5"):
+        ex.time_callable(lambda: None, repeats=2.5)
+    with pytest.raises(ValueError, match=r"copy_bandwidth: nbytes: expected an integer >= 1, "
+                                         r"got 64000000.0"):
+        ex.copy_bandwidth(64e6)
+    with pytest.raises(ValueError, match=r"measure_latency: resolution: expected an integer "
+                                         r">= 1, got 224.0"):
+        ex.measure_latency(mm.mobilenet_v1(width_mult=0.25, cifar=True, seed=0), 224.0)
+    with pytest.raises(ValueError, match=r"fit_overhead_and_work: expected .* at least two "
+                                         r"distinct counts"):
+        ex.fit_overhead_and_work([5e6], [1.0])
+    rows = [dict(network="v1", width=1.0, resolution=32, accuracy=0.7)]
+    with pytest.raises(ValueError, match=r"paper_beside_sweep: network: expected a network of "
+                                         r"the sweep's rows \(v1\), got 'mobilenet_v1'"):
+        ex.paper_beside_sweep(rows, "width", network="mobilenet_v1")
