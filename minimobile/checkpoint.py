@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CorruptCheckpointError  # noqa: F401 (re-exported for callers)
+from .validation import require
 
 META_KEY = "__meta__"
 # The trainer's checkpoints hold more than a model; their model arrays carry this key prefix.
@@ -60,6 +61,7 @@ def atomic_open(path, mode="wb"):
 def temporary_files(folder, names):
     """The temporary files that atomic_open left in `folder` for the given target names when
     its process was killed mid-write (a kill -9 or a power cut skips its clean-up)."""
+    _check_names(names, "temporary_files")
     folder = Path(folder)
     return sorted(p for name in names for p in folder.glob(f".{name}.*.tmp") if p.is_file())
 
@@ -67,6 +69,7 @@ def temporary_files(folder, names):
 def remove_temporary_files(folder, names):
     """Delete what `temporary_files` finds; returns the paths removed. Call it only when no
     other process writes into `folder` (the trainer does, at the start of a run)."""
+    _check_names(names, "remove_temporary_files")
     removed = []
     for path in temporary_files(folder, names):
         try:
@@ -75,6 +78,12 @@ def remove_temporary_files(folder, names):
         except FileNotFoundError:
             pass
     return removed
+
+
+def _check_names(names, caller):
+    # One name given bare would be read letter by letter and find nothing, with no error.
+    require(not isinstance(names, (str, bytes, Path)), f"{caller}: names",
+            "a list of file names, such as ['last.npz']", names)
 
 
 def _fsync_folder(folder):

@@ -232,6 +232,10 @@ def latency_sweep(build, network, widths=(), resolutions=(), repeats=5, warmup=1
     """LatencyRows of `build(width_mult=w)` for each width at 224, then each resolution at
     width 1.0 (the V1 paper's Tables 6 and 7, with time added). `build` is one of
     minimobile.models' builders; `network` is the name put in the rows."""
+    require(callable(build) and _takes_width_mult(build), "latency_sweep: build",
+            "a builder that takes width_mult and seed (mobilenet_v1, mobilenet_v2, "
+            "mobilenet_v3_small or mobilenet_v3_large; build_model wants a name and `width`)",
+            getattr(build, "__name__", build))
     settings = [(w, 224) for w in widths] + [(1.0, r) for r in resolutions]
     rows = []
     for width, resolution in settings:
@@ -241,6 +245,18 @@ def latency_sweep(build, network, widths=(), resolutions=(), repeats=5, warmup=1
         rows.append(LatencyRow(network, width, resolution, cost.macs, cost.params, timing.ms,
                                tuple(1e3 * t for t in timing.samples)))
     return rows
+
+
+def _takes_width_mult(build):
+    """Whether `build(width_mult=..., seed=...)` can bind; build_model, which wants the
+    network's name first and calls the multiplier `width`, cannot."""
+    try:
+        inspect.signature(build).bind(width_mult=1.0, seed=0)
+    except TypeError:
+        return False
+    except ValueError:      # a builtin without a signature: let the call say what is wrong
+        return True
+    return True
 
 
 # -- accuracy against the multipliers: the V1 paper's Tables 6 and 7 beside a sweep -------------

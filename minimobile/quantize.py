@@ -65,6 +65,7 @@ class _QuantizedConv(Module):
 
     def __init__(self, conv, input_scale):
         super().__init__()
+        self.training = False  # born in eval mode: it has no other
         w, b = conv.params["weight"], conv.params.get("bias")
         if b is None:
             b = np.zeros(w.shape[0], w.dtype)
@@ -80,6 +81,13 @@ class _QuantizedConv(Module):
         self.buffers["bias_int32"] = np.clip(np.rint(b / out_scale), -limit, limit).astype(
             np.int32)
         self.buffers["output_scale"] = out_scale.astype(np.float32)
+
+    def _check_eval_mode(self):
+        # In training mode the layers before hand over deferred maps (a ScaledMap) and dropout
+        # acts: neither means anything to an int8 conv, and numpy's error would name neither.
+        if self.training:
+            raise RuntimeError(f"{type(self).__name__} is for inference only: the int8 model "
+                               "runs in eval mode (call model.eval() after model.train())")
 
     def _dequantize(self, acc):
         N, C = acc.shape[:2]
@@ -97,6 +105,7 @@ class QuantizedPointwiseConv2d(_QuantizedConv):
     """A 1x1 conv in int8: out = s_x s_w[o] (q_w @ q_x + q_b)[o]."""
 
     def forward(self, x):
+        self._check_eval_mode()
         N, C, H, W = x.shape
         q = self.buffers["weight_int8"]
         x_q = quantize_tensor(x, self.input_scale).reshape(N, C, H * W)
@@ -114,6 +123,7 @@ class QuantizedDepthwiseConv2d(_QuantizedConv):
         self.stride, self.padding = conv.stride, conv.padding
 
     def forward(self, x):
+        self._check_eval_mode()
         N, C, H, W = x.shape
         q = self.buffers["weight_int8"]  # (C, 1, K, K)
         K = q.shape[2]

@@ -156,6 +156,15 @@ def test_temporary_files_left_by_a_killed_write_are_found_and_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.txt.tmp", "last.npz"]
 
 
+@pytest.mark.parametrize("find", [checkpoint.temporary_files, checkpoint.remove_temporary_files])
+def test_temporary_files_want_a_list_of_names_not_one_bare_name(find, tmp_path):
+    (tmp_path / ".last.npz.abc123.tmp").write_bytes(b"PK")
+    with pytest.raises(ValueError, match=rf"{find.__name__}: names: expected a list of file "
+                                         r"names, such as \['last.npz'\], got 'last.npz'"):
+        find(tmp_path, "last.npz")  # read letter by letter, it would find nothing
+    assert (tmp_path / ".last.npz.abc123.tmp").exists()
+
+
 def test_model_arrays_prefer_the_ema_of_a_trainer_checkpoint_unless_told_otherwise():
     from minimobile.checkpoint import model_arrays
     arrays = {"model/w": np.zeros(2), "ema/w": np.ones(2), "optimizer/step": np.array(3)}

@@ -87,6 +87,13 @@ def test_latency_sweep_counts_macs_like_profile():
     assert rows[0].params == pytest.approx(0.47e6, rel=0.02)
 
 
+def test_latency_sweep_names_build_model_given_in_place_of_a_builder():
+    from minimobile.models import build_model
+    with pytest.raises(ValueError, match=r"latency_sweep: build: expected a builder that takes "
+                                         r"width_mult and seed .* got 'build_model'"):
+        ex.latency_sweep(build_model, "v1", widths=[0.25])
+
+
 def test_linear_roundtrip_loses_nothing_and_relu_in_two_dimensions_loses_much():
     points = ex.spiral(200)
     T = ex.random_embedding(2, np.random.default_rng(0))

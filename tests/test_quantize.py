@@ -126,6 +126,16 @@ def test_the_int8_network_agrees_with_the_float_one(builder, rng):
     assert relative_error(expected, logits) < 0.1
 
 
+def test_the_int8_network_in_training_mode_says_it_runs_in_eval_mode(rng):
+    model = mm.mobilenet_v3_small(cifar=True, width_mult=0.35, seed=0)
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    int8_model = quantize.quantize(model, x)
+    int8_model.train()
+    with pytest.raises(RuntimeError, match=r"inference only.*call model.eval\(\)"):
+        int8_model.forward(x)
+    assert int8_model.eval().forward(x).shape == (2, 10)
+
+
 def test_the_report_measures_accuracy_and_weight_bytes(tmp_path, rng):
     fake = data.load_cifar10(data.write_fake_cifar10(tmp_path, n_train_per_batch=8, n_test=24),
                              download=False)
