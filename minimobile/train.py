@@ -297,7 +297,10 @@ def plan_epochs(budget_seconds, elapsed, done, max_epochs, epoch_seconds, eval_s
     """The most epochs n, from done + 1 to max_epochs, such that `elapsed` seconds so far, plus
     n - done more epochs of `epoch_seconds` * (1 + margin) each, plus an evaluation of
     `eval_seconds` at each multiple of eval_every before n, plus the final evaluation, fit in
-    budget_seconds. done + 1 if none does (the run then overruns, and says so)."""
+    budget_seconds. done + 1 if none does (the run then overruns, and says so); done if
+    max_epochs leaves nothing to plan."""
+    if max_epochs <= done:
+        return done
     best = done + 1
     for n in range(done + 1, max_epochs + 1):
         evaluations = sum(1 for e in range(done + 1, n) if e % eval_every == 0)
@@ -994,8 +997,8 @@ def _size_to_budget(config, model, x_test, y_test, steps_per_epoch, started, tra
                       _evaluation_seconds(model, x_test, y_test, config, other_tta))
     budget = config.time_budget * 60
     elapsed = time.perf_counter() - started
-    epochs = max(2, plan_epochs(budget, elapsed, 1, config.epochs, train_seconds, other_eval,
-                                final_eval, config.eval_every))
+    epochs = plan_epochs(budget, elapsed, 1, config.epochs, train_seconds, other_eval,
+                         final_eval, config.eval_every)
     if log:
         tqdm.write(f"time budget {config.time_budget:g} min: {epochs} epochs (at most "
                    f"{config.epochs}); epoch 1 trained in {train_seconds:.0f} s, the final "

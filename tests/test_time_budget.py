@@ -21,6 +21,7 @@ def test_plan_takes_the_most_epochs_that_fit_with_their_evaluations():
     assert plan_epochs(100 + 20 + 10 * 10.8 - 0.01, **plan) == 10
     assert plan_epochs(10_000, **plan) == 50  # never more than asked for
     assert plan_epochs(50, **plan) == 2  # nothing fits: one more epoch, and an overrun
+    assert plan_epochs(50, **{**plan, "max_epochs": 1}) == 1  # --epochs 1: nothing to plan
     # An evaluation of 5 s every 4th epoch: epochs 4 and 8 before the last.
     with_evals = {**plan, "eval_seconds": 5, "eval_every": 4}
     assert plan_epochs(100 + 20 + 9 * 10.8 + 2 * 5, **with_evals) == 10
@@ -61,6 +62,15 @@ def test_the_real_plan_runs_and_a_generous_budget_keeps_every_epoch(tmp_path):
                          time_budget=600.0, tta="flip", tta_final_only=True)
     history = fit(config, model=tiny_model(0), data=colour_data(), progress=False)
     assert len(history) == 3 and history[-1]["test_tta"] == "flip"
+
+
+def test_a_budget_never_trains_more_epochs_than_asked_for(tmp_path, capsys):
+    # A budget of one minute that the first epoch already overruns, with --epochs 1: before,
+    # the plan's "one more epoch" made it 2, beyond the cap the help and docs/API.md promise.
+    config = tiny_config(tmp_path / "run", epochs=1, schedule="constant", time_budget=1e-4)
+    history = fit(config, model=tiny_model(0), data=colour_data(), progress=False, log=True)
+    assert len(history) == 1
+    assert "1 epochs (at most 1)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("settings, message", [
