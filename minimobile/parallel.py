@@ -5,8 +5,9 @@ A training step alternates Numba kernels and BLAS matrix products many times. Bo
 threads spinning for a while after each call, so with two pools on a two-core machine each
 call starts by waiting for the other pool's spinning threads to yield: measured here, a V1
 width-0.5 CIFAR step took 928 ms with both pools at 2 threads and 318 ms with BLAS at 1
-(`benchmarks/bench_train_step.py`). So on import minimobile limits BLAS to one thread, unless
-the environment variable MINIMOBILE_BLAS_THREADS says otherwise.
+(`benchmarks/bench_train_step.py`, 2026-11-25; not committed as a table). So on import
+minimobile limits BLAS to one thread, unless the environment variable MINIMOBILE_BLAS_THREADS
+says otherwise.
 
 The big products still use every core: the conv kernels call BLAS (SciPy's, through np.dot in
 nopython mode) from inside Numba's parallel loops, one single-threaded product per thread. So
@@ -29,7 +30,8 @@ def configure_waiting():
     about a millisecond (GOMP_SPINCOUNT=300000) at the end of every parallel loop, waiting for
     the next. On a quiet machine that saves a wake-up; on a busy one the spinning thread holds
     a core that another process needs, and both crawl: a V1 0.5 training step fell from 412-559
-    to 57-62 images/s beside a second process. libgomp reads its environment once, when it is
+    to 57-62 images/s beside a second process (benchmarks/bench_contention.py, 2026-11-29, not
+    committed as a table). libgomp reads its environment once, when it is
     loaded, which is at the first parallel kernel, so this runs on import. Returns the spin
     count set, or None when the environment already says (OMP_WAIT_POLICY or GOMP_SPINCOUNT
     set by the user wins).
