@@ -1,16 +1,18 @@
 """The fast depthwise conv, 3x3 filters: the nine taps of each output pixel summed in
 registers, against nine passes. On large maps (kernels/depthwise.py, 3a, phase planes) the
-forward, and the backward's dx gathered from its nine taps at stride 1, against nine passes
-over a wide grid; on small maps (3b, channels last) the forward, against nine passes over
-each output pixel's row of channels.
+forward, and the backward (dx gathered from its taps, `_gather_3x3` at stride 1 and
+`_gather_3x3_stride2` at stride 2, and dw's nine sums in registers, `_tap_sums_3x3`),
+against nine passes over a wide grid; on small maps (3b, channels last) the forward, against
+nine passes over each output pixel's row of channels.
 
-Both give the same bits (tests/test_kernels.py checks the order of the sum), so the only
-question is time. Each round times the two ways back to back on the same arrays (forward,
-then backward; the backward at stride 2 is the same code both ways), at batch
-128, on the depthwise layers of MobileNet's CIFAR variants whose outputs take the
-phase-plane path (more than tuning.DEPTHWISE_CHANNELS_LAST_MAX_PIXELS pixels), and prints
-the median of each and of their ratio, with the range of the ratio over rounds: this
-machine is shared, and single timings move by 10-25 %.
+The forward and dx give the same bits both ways (tests/test_kernels.py checks the order of
+the sum); dw's sums in registers are reordered (fastmath's "reassoc"), so dw agrees with the
+passes' up to float32 rounding. Each round times the two ways back to back on the same
+arrays (forward, then backward, at stride 1 and 2), at batch 128, on the depthwise layers
+of MobileNet's CIFAR variants whose outputs take the phase-plane path (more than
+tuning.DEPTHWISE_CHANNELS_LAST_MAX_PIXELS pixels), and prints the median of
+each and of their ratio, with the range of the ratio over rounds: this machine is shared,
+and single timings move by 10-25 %.
 
     python benchmarks/bench_depthwise_taps.py [--rounds 9] [--repeats 5]
 """

@@ -214,7 +214,7 @@ class RMSprop(Optimizer):
 
     def _update(self, i, p, g, lr, wd):
         # The rule above in one pass over p, g and the buffers (kernels/updates.py), the same
-        # bits as the NumPy expressions d = g + wd*p; v *= alpha; v += (1-alpha)*d*d; ...
+        # bits as the NumPy expressions d = g + wd*p; v *= alpha; v += d*d*(1-alpha); ...
         # (centered, m += (1-alpha)*(d - m) is PyTorch's lerp_).
         v = self.buffers["square_avg"][i]
         buf = self.buffers["momentum_buffer"][i] if self.momentum > 0.0 else p  # p: unread

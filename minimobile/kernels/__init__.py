@@ -32,13 +32,16 @@ Conventions, stated once for every kernel:
 - `prange` runs only over disjoint writes: thread c alone writes channel c. A sum over the
   batch is cut into a fixed number of shares (`tuning.SUM_TASKS`), each summed by one task and
   added in task order, so every result is the same bits on every run and for any thread count.
-- No `fastmath`, but for two sums that are vectorised only if their additions may be
-  reordered (fastmath's "reassoc" alone, on one small function each: the depthwise conv's
-  `_tap_sums_3x3` and batch norm's `_row_sums`). The order is then the compiled code's, the
-  same on every run and for any thread count; float64 gradient checks still pass at 1e-10.
+- No `fastmath`, but for sums that are vectorised only if their additions may be reordered
+  (fastmath's "reassoc" alone, on five small functions: the depthwise conv's
+  `_tap_sums_3x3`, batch norm's `_row_sums` and `_shifted_row_sums`, and elementwise.py's
+  `_row_means` (pooling) and `_gate_rows_backward` (squeeze-excite's gate)). The order is
+  then the compiled code's, the same on every run and for any thread count; float64 gradient
+  checks still pass at 1e-10.
 - Tuned numbers (thresholds between loop orders, task counts) live in `minimobile.tuning`,
-  each with its measurement; the `_fast` dispatchers read them at call time and pass them in,
-  so a cached compiled kernel never holds a stale one.
+  each with its measurement or, where none was made, its reasoning; the `_fast` dispatchers
+  read them at call time and pass them in, so a cached compiled kernel never holds a stale
+  one.
 
 Debugging: `NUMBA_DISABLE_JIT=1 python -m pytest -x tests/test_kernels.py` runs every kernel
 as plain Python (pdb and print work inside), or call `kernel.py_func(...)` on small arrays.

@@ -208,11 +208,12 @@ def channel_affine_fast(out, x, scale, shift):
 # - One pass for the statistics instead of two: sums of d = x - k0 and d*d, shifted by one of
 #   the channel's own values k0 so that var = E[d^2] - E[d]^2 does not cancel (x read twice in
 #   the forward instead of three times: V2 0.5's step went from 787 to 652 ms, 867 to 825 in a
-#   second pair of runs).
+#   second pair of runs, timed alternately against the commit before on 2026-11-26, as commit
+#   376af77 records; not committed as a table).
 # - Sums go into vectors of lanes, one per position, reduced at the end: LLVM vectorises the
 #   accumulation without reordering additions (rung 2's scalar sum cannot be vectorised
-#   without fastmath). The backward's sums on all but the smallest maps later moved into
-#   registers, with reordering allowed in that one loop (see _row_sums below).
+#   without fastmath). The sums on all but the smallest maps later moved into registers, with
+#   reordering allowed in those loops alone (see _row_sums and _shifted_row_sums below).
 # - The activation is applied in the same pass as the normalisation, and the backward
 #   recomputes bn(x) from x (one multiply-add) instead of keeping it: no intermediate tensor
 #   is written or read. The branch on the activation code sits outside each row loop, so every
@@ -225,10 +226,13 @@ def channel_affine_fast(out, x, scale, shift):
 #   per-channel constants spread out to one per position, and the sums go into `sum_tasks`
 #   fixed partial sums (per position) added in task order. Forward+backward at batch 128 and
 #   V1 0.5's channel counts: 1.3x faster at 16x16, 3.6x at 8x8, 10x at 4x4, 15-18x at 2x2.
-# Both orders give the same result on every run and for any thread count. Against rung 2,
-# forward+backward at N=128, C=96, 16x16 (bench_ops.py --rungs, 2026-11-29): 5.95 against
-# 3.40 ms, 1.75x; with the sums in registers (below), 2.5x (8.73 against 3.46 ms on the AMD
-# EPYC, 2026-11-30).
+# Each order gives the same bits on every run and for any thread count; the two agree up to
+# float32 rounding (by image, rows of fewer than tuning.BN_ROW_SUMS_MIN_PIXELS values are
+# summed in float64 lanes, where by channel rounds each row's sum to x's dtype; and the images
+# are added in sum_tasks shares). Against rung 2, forward+backward at N=128, C=96, 16x16
+# (bench_ops.py --rungs, 2026-11-29; the ratio is in docs/PERFORMANCE.md, the times only
+# here): 5.95 against 3.40 ms, 1.75x; with the sums in registers
+# (below), 2.5x (8.73 against 3.46 ms on the AMD EPYC, 2026-11-30).
 # ---------------------------------------------------------------------------------------------
 
 
@@ -326,8 +330,10 @@ def no_prologue(x):
 # forward computed y: slopes at the kinks are PyTorch's, as in the standalone activation
 # kernels of kernels/elementwise.py, and the branch on the activation sits outside each row
 # loop, so every loop stays branch-free. The second pass (dx, _input_gradient_row) makes g
-# inside its own loop and never stores it (a scratch row read back cost a quarter more there,
-# 2026-11-30, session 18).
+# inside its own loop and never stores it: with g in a scratch row read back in both passes,
+# the backward with an activation took about a quarter more time by channel (recomputing g
+# took 0.77-0.80 of it at 96x32x32 and 48x32x32; 2026-11-30, docs/PERFORMANCE.md, "Small
+# maps and batch norm's backward").
 # The first pass's sums, of g and of g * (x - mean), went into lanes, one float64 per
 # position: a load and a store of two lanes per value, in L2 once a lane outgrew L1. Now
 # (session 19) each row, one channel of one image, makes its g in a scratch row
@@ -545,9 +551,11 @@ def _per_channel_total(lanes, C, P):
 @njit(cache=True, parallel=True)
 def batchnorm2d_forward_by_image(out, mean, var, scale, shift, x, gamma, beta, eps, kind,
                                  sum_tasks, row_sums_min_pixels):
-    """By image: the same result as batchnorm2d_forward_by_channel, for small maps. x (N, C, P).
-    Rows of fewer than row_sums_min_pixels values are summed in float64 lanes, one per
-    position, instead of row by row in registers (_shifted_row_sums)."""
+    """By image, for small maps: the same bits on every run and for any thread count, and
+    batchnorm2d_forward_by_channel's result up to float32 rounding. x (N, C, P). Rows of
+    fewer than row_sums_min_pixels values are summed in float64 lanes, one per position,
+    instead of row by row in registers (_shifted_row_sums, which rounds each row's sum to x's
+    dtype, as by channel does)."""
     N, C, P = x.shape
     M = N * P
     xs = x.reshape(N, C * P)
@@ -591,9 +599,11 @@ def batchnorm2d_forward_by_image(out, mean, var, scale, shift, x, gamma, beta, e
 @njit(cache=True, parallel=True)
 def batchnorm2d_backward_by_image(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale,
                                   shift, kind, sum_tasks, row_sums_min_pixels):
-    """By image: the same result as batchnorm2d_backward_by_channel, for small maps. Rows of
-    fewer than row_sums_min_pixels values are summed in float64 lanes, one per position,
-    instead of row by row in registers (_row_sums)."""
+    """By image, for small maps: the same bits on every run and for any thread count, and
+    batchnorm2d_backward_by_channel's result up to float32 rounding. Rows of fewer than
+    row_sums_min_pixels values are summed in float64 lanes, one per position, instead of row
+    by row in registers (_row_sums, which rounds each row's sum to x's dtype, as by channel
+    does)."""
     N, C, P = x.shape
     M = N * P
     xs, douts, dxs = x.reshape(N, C * P), dout.reshape(N, C * P), dx.reshape(N, C * P)

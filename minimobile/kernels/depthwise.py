@@ -67,8 +67,9 @@ def depthwise_conv2d_backward_loops(dx, dw, dout, x, w, stride, pad):
 # ---------------------------------------------------------------------------------------------
 # Rung 2, simple: the same loops compiled by Numba, each (n, c) plane (forward) or each channel
 # (backward: thread c alone writes dw[c] and dx[:, c]) on one thread. Compiled, the loops run
-# about a hundred times faster than rung 1; the index tests in the innermost loop and the
-# walk of one small plane at a time are what rung 3 removes.
+# about a thousand times faster than rung 1 (637-1190x forward+backward on the depthwise rows
+# of docs/PERFORMANCE.md, "The staircase, rung by rung"); the index tests in the innermost
+# loop and the walk of one small plane at a time are what rung 3 removes.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -232,9 +233,10 @@ def _copy_from_phases(plane, xp, s, row_start, col_first, col_count):
 # so Numba adds no wrap-around test for a negative index. The sum runs in the same tap order
 # from the same first product: the bits of the passes. benchmarks/bench_depthwise_taps.py
 # times the forward both ways (taps_in_registers=False runs the passes), paired, on the
-# phase-plane layers of V1 and V2 at batch 128 (AMD EPYC, 2026-11-30, 7 rounds, twice):
-# 0.71-0.86 of the passes' time at stride 1, 0.91-0.94 at stride 2, where copying into the
-# phases takes a larger share.
+# phase-plane layers of V1 and V2 at batch 128 (AMD EPYC, 2026-11-30, 7 rounds;
+# docs/PERFORMANCE.md, "Squeeze-excite's output scaled on reading, and 3x3 taps in
+# registers"): 0.71-0.81 of the passes' time at stride 1, 0.93-0.94 at stride 2, where copying
+# into the phases takes a larger share.
 @njit(cache=True)
 def _taps_3x3(o, xp, w, tap_start, Wh):
     """o[i, j] = sum over the taps k = 0..8 in order of w[k // 3, k % 3] *
@@ -366,12 +368,14 @@ def _gather_3x3(plane, gz, w, tap_start, row_start, front):
 # of fastmath): each plane's sum runs in vector lanes, in an order fixed by the compiled code,
 # so the bits still do not depend on the thread count or the run, but they are not the
 # passes' bits (both are checked against the loops). The junk columns of the wide grid
-# hold zeros in gw and add nothing. bench_depthwise_taps.py times the backwards both ways.
+# hold zeros in gw and add nothing. bench_depthwise_taps.py times the 3x3 backward both ways.
 # A 5x5 filter's 25 taps go through the same function in three groups of nine (the last
 # padded with repeats, whose sums are dropped): 25 sums at once would not fit in the 16
-# vector registers. In process against the lanes (AMD EPYC, 2026-11-30, hard-swish, paired
-# medians of 9 rounds): the 5x5 backward took 0.66-0.84 of the time at stride 1 (120 and 240
-# channels at 16x16, 96 at 32x32) and 0.89 at stride 2 (72 channels from 32x32).
+# vector registers. That script does not time 5x5 filters; a scratch script, not committed,
+# did, in process against the lanes (AMD EPYC, 2026-11-30, hard-swish, paired medians of 9
+# rounds; docs/PERFORMANCE.md, "Sums in vector lanes", 5x5 filters): the 5x5 backward took
+# 0.66-0.84 of the time at stride 1 (120 and 240 channels at 16x16, 96 at 32x32) and 0.89 at
+# stride 2 (72 channels from 32x32).
 @njit(cache=True, fastmath={"reassoc"})
 def _tap_sums_3x3(gw, xp, tap_start):
     """The nine sums over q of gw[q] * xp[tap_start[k] + q], k = 0..8, q < gw.size."""
@@ -533,13 +537,17 @@ def depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, pad, bloc
 # 3b. Channels last (small maps). What changes against 3a: at 4x4 and 2x2 a plane is a handful
 # of pixels, and 3a's passes spend their time on per-plane setup (copies, slices, loop
 # starts), not on arithmetic: a 2x2 layer was 5x slower than a 16x16 one with 16 times the
-# pixels. Here each image is turned channels last in per-thread scratch, (pixels, C),
+# pixels (timed when this rung was written, 2026-11-29; not committed as a table). Here
+# each image is turned channels last in per-thread scratch, (pixels, C),
 # zero-padded, so every tap of every output pixel is one vectorised pass over the C channels:
-# 2-6x faster than 3a for 4x4 and 2x2 outputs at batch 128, and against rung 2 1.8x for a
-# stride-2 16x16 -> 8x8 layer (8.4 against 4.6 ms, C=96) and 3.6x for a 5x5 on 8x8 maps
-# (19.9 against 5.5 ms, C=120; bench_ops.py --rungs). The forward sums the taps in the
-# same order as 3a, so its result is the same bit for bit. The backward sums each image's dw,
-# then adds it into `sum_tasks` fixed float64 partial sums, added in task order.
+# 2-6x faster than 3a for 4x4 and 2x2 outputs at batch 128 (docs/PERFORMANCE.md, "Ops
+# against PyTorch", small maps). Against rung 2, with the later steps below, forward+backward
+# runs 3.1x faster for a stride-2 16x16 -> 8x8 layer (18.61 against 5.96 ms, C=96) and 7.5x
+# for a 5x5 on 8x8 maps (63.70 against 7.92 ms, C=120; bench_ops.py --rungs, AMD EPYC,
+# 2026-11-30: docs/PERFORMANCE.md, "The staircase, rung by rung"). The forward sums
+# the taps in the same order as 3a, so its result is the same bit for bit. The backward sums
+# each image's dw, then adds it into `sum_tasks` fixed float64 partial sums, added in task
+# order.
 # Later steps on the same loop order (2026-11-30; docs/PERFORMANCE.md, "Small maps and batch
 # norm's backward"): each task zeroes its scratch image once for all of its images; a small
 # image read as batch norm's output is normalised as it is transposed, not one tiny plane at
@@ -742,8 +750,8 @@ def _taps_onto(p, K, stride, n_out):
 @njit(cache=True, parallel=True)
 def depthwise_conv2d_backward_channels_last(dx, dw, dout, x, w, stride, pad,
                                             pixel_order_max, sum_tasks, scale, shift, kind):
-    """The same result as depthwise_conv2d_backward_phase_planes (up to the order of dw's sum), for
-    small maps. Parallel over sum_tasks fixed shares of the batch.
+    """The same result as depthwise_conv2d_backward_phase_planes (up to the order of dw's and
+    dx's sums), for small maps. Parallel over sum_tasks fixed shares of the batch.
 
     dx is gathered: each input pixel sums w * dout over the outputs that read it, in one
     L1-resident row of C, where scattering every output's taps into a padded dx took a

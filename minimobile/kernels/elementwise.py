@@ -28,6 +28,7 @@ the engine is not running them at all: batch norm applies them in its own pass
 import numpy as np
 from numba import get_num_threads, njit, prange
 
+from .. import tuning
 from . import threads_for
 from .batchnorm import affine_activate_plane, normalized_input
 
@@ -495,8 +496,9 @@ def _scale_channels_normalized_images(dx, ds, dout, x, s, scale, shift, kind, nt
 
 
 def _image_tasks(x):
-    """Tasks for the image kernels: a few per thread, each with one scratch image."""
-    return max(1, min(x.shape[0], 4 * get_num_threads()))
+    """Tasks for the image kernels: tuning.GATE_TASKS_PER_THREAD per thread, each with one
+    scratch image."""
+    return max(1, min(x.shape[0], tuning.GATE_TASKS_PER_THREAD * get_num_threads()))
 
 
 def global_avg_pool_normalized_forward_fast(out, x, scale, shift, kind):

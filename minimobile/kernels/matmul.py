@@ -779,7 +779,8 @@ def _image_group(x):
 
 def _pointwise_conv2d_forward_fast(out, x, w, scale, shift, kind):
     if _per_image(x):
-        matmul_per_image(out, w, x, 4 * get_num_threads(), scale, shift, kind)
+        matmul_per_image(out, w, x, tuning.POINTWISE_TASKS_PER_THREAD * get_num_threads(),
+                         scale, shift, kind)
     elif tuning.POINTWISE_SMALL_MAPS == "groups":
         matmul_image_groups(out, w, x, _image_group(x), scale, shift, kind)
     else:

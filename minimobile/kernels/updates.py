@@ -2,11 +2,11 @@
 
     sgd_update      d = g + wd * p;  buf = m * buf + d (buf = d on the first step);
                     d = d + m * buf (Nesterov) or d = buf;  p -= lr * d
-    rmsprop_update  d = g + wd * p;  v = alpha * v + (1 - alpha) * d * d;
+    rmsprop_update  d = g + wd * p;  v = alpha * v + d * d * (1 - alpha);
                     s = sqrt(v) + eps, or centered s = sqrt(v - m * m) + eps after
                     m += (1 - alpha) * (d - m);  buf = mom * buf + d / s;  p -= lr * buf
                     (p -= d / s * lr without momentum)
-    adamw_update    p *= 1 - lr * wd;  m += (1 - b1) * (g - m);  v = b2 * v + (1 - b2) * g * g;
+    adamw_update    p *= 1 - lr * wd;  m += (1 - b1) * (g - m);  v = b2 * v + g * g * (1 - b2);
                     p -= m / (sqrt(v) / bias_correction2_sqrt + eps) * step_size
     ema_update      shadow += w * (live - shadow)
 
@@ -23,9 +23,9 @@ Why a kernel at all: NumPy runs the SGD step as eight array operations, each a p
 p-sized memory on one thread, RMSprop's as up to thirteen, AdamW's as fourteen, and the EMA
 as three, with two temporary arrays. Once per training step that is small against a batch's
 work, but it runs on one core while the other waits: V1 1.0's 3.2 million parameters took
-8.7 ms for SGD and 4.6 ms for the EMA (2026-11-29, thread time, batch 2, benchmarks in the
-commit that adds this module). One fused pass, split over Numba's threads, reads and writes
-each array once.
+8.7 ms for SGD and 4.6 ms for the EMA (cProfile on one thread, a rough profile of V1 1.0's
+step at batch 1: docs/PERFORMANCE.md, "What a step pays once, whatever the batch"). One
+fused pass, split over Numba's threads, reads and writes each array once.
 
 The staircase: `_loops` is the formula element by element; `_simple` is the same loop in
 Numba, parallel over elements (each element's update is independent, so any split gives the
