@@ -3,8 +3,8 @@ run: does a smaller batch, whose maps stay in the CPU's caches, train faster per
 batch 128, whose 32x32 maps do not? (Issue 20: the two-hour budget buys epochs at the step's
 speed per image, whatever the batch.)
 
-Each batch size gets its own copy of the network (the engine's buffers are kept per shape),
-and each round times one step of every batch size in turn, so that a change of load on this
+Each batch size gets its own network and optimiser, built from the same seed (so one size's
+updates do not change the weights another size steps from), and each round times one step of every batch size in turn, so that a change of load on this
 shared machine falls on all of them alike. Prints, per batch size, the median ms per step over
 the rounds, the images per second that gives, and the ratio of each round's images per second
 to batch 128's in the same round (median and range). glibc keeps freed memory, as in
