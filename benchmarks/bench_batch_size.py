@@ -4,12 +4,13 @@ batch 128, whose 32x32 maps do not? (Issue 20: the two-hour budget buys epochs a
 speed per image, whatever the batch.)
 
 Each batch size gets its own network and optimiser, built from the same seed (so one size's
-updates do not change the weights another size steps from), and each round times one step of every batch size in turn, so that a change of load on this
-shared machine falls on all of them alike. Prints, per batch size, the median ms per step over
-the rounds, the images per second that gives, and the ratio of each round's images per second
-to batch 128's in the same round (median and range). glibc keeps freed memory, as in
-`minimobile train` (minimobile.memory). Random images and labels: the time of a
-step does not depend on what the images show.
+updates do not change the weights another size steps from), and each round times one step of
+every batch size in turn, so that a change of load on this shared machine falls on all of
+them alike. Prints, per batch size, the median ms per step over the rounds, the images per
+second that gives, and the ratio of each round's images per second to batch 128's in the same
+round (median and range). glibc keeps freed memory, as in `minimobile train`
+(minimobile.memory). Random images and labels: the time of a step does not depend on what
+the images show.
 
     python benchmarks/bench_batch_size.py [--model v1:1.0] [--batch-sizes 32,64,128,256]
         [--rounds 7] [--warmup 2]

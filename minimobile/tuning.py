@@ -35,9 +35,10 @@ Process-wide settings, made once and listed here so there is one place to look:
 # maps) are cut into this many fixed shares of the images, each summed by one task and added
 # in task order, so the result does not depend on how many threads ran the tasks. 4 rests
 # on reasoning, not a measurement: it keeps two cores busy at little extra memory (a partial
-# sum per task). The one recorded timing of another value: SUM_TASKS=2 took 0.95 of today's V1
-# 1.0 step (pairs 0.88-1.13, within that machine's noise) with benchmarks/bench_tuning.py on
-# the AMD EPYC (docs/PERFORMANCE.md, "On another CPU").
+# sum per task). The recorded timings of another value, with benchmarks/bench_tuning.py:
+# SUM_TASKS=2 took 0.95 of today's V1 1.0 step (pairs 0.88-1.13) on the Zen 3 EPYC
+# (docs/PERFORMANCE.md, "On another CPU"), and 0.99 (V1 1.0) and 0.91 (V1 0.5) on the Zen 4
+# EPYC ("On a Zen 4 EPYC"), each within its machine's noise.
 SUM_TASKS = 4
 
 # Depthwise conv: outputs of at most this many pixels (8x8 and smaller) run channels last,

@@ -65,7 +65,7 @@ def test_the_real_plan_runs_and_a_generous_budget_keeps_every_epoch(tmp_path):
 
 
 def test_a_budget_never_trains_more_epochs_than_asked_for(tmp_path, capsys):
-    # A budget of one minute that the first epoch already overruns, with --epochs 1: before,
+    # A budget of 6 ms (1e-4 min) that the first epoch already overruns, with --epochs 1: before,
     # the plan's "one more epoch" made it 2, beyond the cap the help and docs/API.md promise.
     config = tiny_config(tmp_path / "run", epochs=1, schedule="constant", time_budget=1e-4)
     history = fit(config, model=tiny_model(0), data=colour_data(), progress=False, log=True)

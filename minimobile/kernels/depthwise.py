@@ -542,8 +542,9 @@ def depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, pad, bloc
 # zero-padded, so every tap of every output pixel is one vectorised pass over the C channels:
 # 2-6x faster than 3a for 4x4 and 2x2 outputs at batch 128 (docs/PERFORMANCE.md, "Ops
 # against PyTorch", small maps). Against rung 2, with the later steps below, forward+backward
-# runs 3.1x faster for a stride-2 16x16 -> 8x8 layer (18.61 against 5.96 ms, C=96) and 7.5x
-# for a 5x5 on 8x8 maps (63.70 against 7.92 ms, C=120; bench_ops.py --rungs, AMD EPYC,
+# runs 3.1x faster for a stride-2 16x16 -> 8x8 layer (medians 18.61 against 5.96 ms, C=96)
+# and 7.5x for a 5x5 on 8x8 maps (63.70 against 7.92 ms, C=120); the ratios are medians of
+# back-to-back pairs, so they differ from the medians' ratio (bench_ops.py --rungs, AMD EPYC,
 # 2026-11-30: docs/PERFORMANCE.md, "The staircase, rung by rung"). The forward sums
 # the taps in the same order as 3a, so its result is the same bit for bit. The backward sums
 # each image's dw, then adds it into `sum_tasks` fixed float64 partial sums, added in task
