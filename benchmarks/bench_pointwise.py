@@ -10,7 +10,11 @@ start to win; batch 128, float32, the real layers' shapes):
 - per_image       one product per image anyway (no copy, short products);
 - channel_major   the whole batch copied to (C, N*H*W), one product split by rows, copied back;
 - groups:COLS     each task copies COLS / (H*W) images side by side into a scratch matrix that
-                  stays in its cache, makes one product and copies the result back.
+                  stays in its cache, makes one product and copies the result back;
+- torch, torch_cl PyTorch's own 1x1 convolution and its backward (the two calls its autograd
+                  makes, on the same threads), on NCHW or channels-last tensors: the peer's
+                  kernels for the same layer, to tell whether a gap in a whole step comes from
+                  these products or from around them. Needs PyTorch (the `torch` extra).
 
 All variants of a layer are timed in turn inside each round, so a slow spell of this shared
 machine hits them alike; the table gives each one's best round and its ratio to the first
@@ -22,7 +26,7 @@ which is about as fast as this BLAS multiplies. --max-pixels 1024 covers every 1
 CIFAR network (the per_image variant is then what the fast rung runs on large maps).
 
     python benchmarks/bench_pointwise.py [--models v1:0.5,v2:0.5,v3-small:1.0] [--rounds 7]
-        [--variants channel_major,groups:128,groups:256,groups:512,per_image] [--gflops]
+        [--variants channel_major,groups:128,groups:256,groups:512,per_image,torch_cl] [--gflops]
 """
 
 import argparse
@@ -31,6 +35,7 @@ import os
 import sys
 import time
 
+import numba
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -39,6 +44,13 @@ from minimobile import ops, tuning  # noqa: E402
 from minimobile.kernels.matmul import matmul_rows  # noqa: E402
 from minimobile.layers import PointwiseConv2d  # noqa: E402
 from minimobile.models import build_model  # noqa: E402
+
+try:
+    import torch
+except ImportError:
+    torch = None
+
+TORCH_VARIANTS = ("torch", "torch_cl")  # NCHW, channels-last
 
 
 def small_map_layers(model_name, width, max_pixels):
@@ -64,6 +76,11 @@ def apply_variant(variant):
     """Set tuning for one variant; returns the values to restore."""
     saved = (tuning.PER_IMAGE_MIN_PIXELS, tuning.POINTWISE_SMALL_MAPS,
              tuning.POINTWISE_GROUP_COLUMNS)
+    if variant in TORCH_VARIANTS:
+        if torch is None:
+            raise SystemExit(f"--variants {variant}: needs PyTorch, which is not installed "
+                             f"(pip install -e '.[torch]')")
+        return saved  # PyTorch's layer: minimobile's tuning plays no part
     tuning.PER_IMAGE_MIN_PIXELS = 1 if variant == "per_image" else 10**9
     if variant == "channel_major":
         tuning.POINTWISE_SMALL_MAPS = "channel_major"
@@ -72,8 +89,8 @@ def apply_variant(variant):
         tuning.POINTWISE_GROUP_COLUMNS = int(variant[len("groups:"):])
     elif variant != "per_image":
         restore(saved)
-        raise SystemExit(f"--variants: expected per_image, channel_major or groups:COLS, "
-                         f"got {variant!r}")
+        raise SystemExit(f"--variants: expected per_image, channel_major, groups:COLS, torch "
+                         f"or torch_cl, got {variant!r}")
     return saved
 
 
@@ -87,6 +104,21 @@ def forward_backward(x, w, dout):
     ops.pointwise_conv2d_backward(dout, cache)
 
 
+def torch_forward_backward(x, w, dout):
+    """PyTorch's 1x1 conv forward and the backward its autograd calls (dx and dw, no bias),
+    on tensors already in the layout to time."""
+    torch.nn.functional.conv2d(x, w)
+    torch.ops.aten.convolution_backward(dout, x, w, None, [1, 1], [0, 0], [1, 1], False,
+                                        [0, 0], 1, [True, True, False])
+
+
+def torch_tensors(variant, x, w, dout):
+    """x, w and dout as PyTorch tensors, channels-last for torch_cl (w too, as a model moved
+    to channels-last holds it)."""
+    layout = torch.channels_last if variant == "torch_cl" else torch.contiguous_format
+    return [torch.from_numpy(a).contiguous(memory_format=layout) for a in (x, w, dout)]
+
+
 def time_layer(shape, batch, variants, rounds, rng):
     """Best forward+backward seconds of each variant on one layer shape."""
     C_in, C_out, H, W = shape
@@ -94,12 +126,15 @@ def time_layer(shape, batch, variants, rounds, rng):
     w = rng.standard_normal((C_out, C_in, 1, 1)).astype(np.float32)
     dout = rng.standard_normal((batch, C_out, H, W)).astype(np.float32)
     best = {v: float("inf") for v in variants}
+    arguments = {v: torch_tensors(v, x, w, dout) if v in TORCH_VARIANTS else (x, w, dout)
+                 for v in variants}
     for round_ in range(rounds + 1):  # round 0 compiles and warms up
         for variant in variants:
             saved = apply_variant(variant)
+            run = torch_forward_backward if variant in TORCH_VARIANTS else forward_backward
             try:
                 start = time.perf_counter()
-                forward_backward(x, w, dout)
+                run(*arguments[variant])
                 elapsed = time.perf_counter() - start
             finally:
                 restore(saved)
@@ -131,6 +166,20 @@ def reference_gflops(rounds, rng, m=512, k=512, n=2048):
     return 2 * m * k * n / best / 1e9
 
 
+def torch_reference_gflops(rounds, rng, m=512, k=512, n=2048):
+    """The same large product by PyTorch (torch.mm on its own threads), best of `rounds`."""
+    a, b = (torch.from_numpy(rng.standard_normal(s).astype(np.float32))
+            for s in ((m, k), (k, n)))
+    out = torch.empty((m, n))
+    best = float("inf")
+    for round_ in range(rounds + 1):
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        if round_:
+            best = min(best, time.perf_counter() - start)
+    return 2 * m * k * n / best / 1e9
+
+
 def _cell(seconds, first, work, gflops):
     second = work / seconds / 1e9 if gflops else seconds / first
     return f"{1e3 * seconds:8.2f} {second:5.{0 if gflops else 2}f} "
@@ -151,6 +200,8 @@ def main(argv=None):
     variants = args.variants.split(",")
     for variant in variants:
         restore(apply_variant(variant))  # rejects a bad name before any timing
+    if any(v in TORCH_VARIANTS for v in variants):
+        torch.set_num_threads(numba.get_num_threads())  # the same threads as minimobile's
     rng = np.random.default_rng(0)
     print(f"1x1 conv forward + backward, batch {args.batch}, float32, best of {args.rounds} "
           f"rounds (ms); " + ("then GFLOP/s" if args.gflops else
@@ -158,6 +209,9 @@ def main(argv=None):
     if args.gflops:
         print(f"one large product (512 x 512 @ 512 x 2048) on the same threads: "
               f"{reference_gflops(args.rounds, rng):.0f} GFLOP/s")
+        if any(v in TORCH_VARIANTS for v in variants):
+            print(f"the same product by PyTorch {torch.__version__} (torch.mm): "
+                  f"{torch_reference_gflops(args.rounds, rng):.0f} GFLOP/s")
     header = f"{'layer':<26}" + "".join(f"{v:>15}" for v in variants)
     timed = {}
     totals = {}

@@ -3,9 +3,10 @@
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from minimobile import tuning
+from minimobile import ops, tuning
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_pointwise  # noqa: E402
@@ -39,7 +40,7 @@ def test_each_variant_sets_tuning_and_restore_puts_it_back(variant, expected):
 @pytest.mark.parametrize("variant", ["groups:", "groups:many", "rows"])
 def test_a_bad_variant_name_is_refused_with_the_names_it_takes(variant):
     before = (tuning.PER_IMAGE_MIN_PIXELS, tuning.POINTWISE_SMALL_MAPS)
-    with pytest.raises(SystemExit, match="per_image, channel_major or groups:COLS"):
+    with pytest.raises(SystemExit, match="per_image, channel_major, groups:COLS, torch or torch_cl"):
         bench_pointwise.apply_variant(variant)
     assert (tuning.PER_IMAGE_MIN_PIXELS, tuning.POINTWISE_SMALL_MAPS) == before
 
@@ -66,3 +67,47 @@ def test_gflops_prints_the_reference_and_a_rate_per_cell(capsys):
     assert float(reference.split(":")[1].split()[0]) > 0
     total = lines[-1].split()
     assert total[0] == "total" and float(total[1]) > 0 and float(total[2]) > 0
+
+
+@pytest.mark.parametrize("variant", bench_pointwise.TORCH_VARIANTS)
+def test_a_torch_variant_leaves_tuning_alone_or_says_pytorch_is_missing(variant):
+    before = (tuning.PER_IMAGE_MIN_PIXELS, tuning.POINTWISE_SMALL_MAPS,
+              tuning.POINTWISE_GROUP_COLUMNS)
+    if bench_pointwise.torch is None:
+        with pytest.raises(SystemExit, match="needs PyTorch"):
+            bench_pointwise.apply_variant(variant)
+    else:
+        bench_pointwise.restore(bench_pointwise.apply_variant(variant))
+    assert (tuning.PER_IMAGE_MIN_PIXELS, tuning.POINTWISE_SMALL_MAPS,
+            tuning.POINTWISE_GROUP_COLUMNS) == before
+
+
+def test_torch_computes_the_same_layer_as_minimobile():
+    # The torch variants time PyTorch's conv and backward: check that they are this layer's.
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 8, 2, 2)).astype(np.float32)
+    w = rng.standard_normal((16, 8, 1, 1)).astype(np.float32)
+    dout = rng.standard_normal((3, 16, 2, 2)).astype(np.float32)
+    out, cache = ops.pointwise_conv2d_forward(x, w)
+    dx, dw, _ = ops.pointwise_conv2d_backward(dout, cache)
+    for variant in bench_pointwise.TORCH_VARIANTS:
+        xt, wt, dt = bench_pointwise.torch_tensors(variant, x, w, dout)
+        if variant == "torch_cl":
+            assert xt.is_contiguous(memory_format=torch.channels_last)
+        np.testing.assert_allclose(torch.nn.functional.conv2d(xt, wt).numpy(), out,
+                                   rtol=1e-5, atol=1e-5)
+        tdx, tdw, _ = torch.ops.aten.convolution_backward(
+            dt, xt, wt, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, True, False])
+        np.testing.assert_allclose(tdx.numpy(), dx, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(tdw.numpy(), dw, rtol=1e-5, atol=1e-5)
+
+
+def test_a_tiny_run_with_torch_prints_its_column_and_reference(capsys):
+    pytest.importorskip("torch")
+    bench_pointwise.main(["--models", "v1:0.25", "--rounds", "1", "--batch", "3",
+                          "--max-pixels", "4", "--variants", "groups:8,torch_cl", "--gflops"])
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("the same product by PyTorch") for line in lines)
+    total = lines[-1].split()
+    assert total[0] == "total" and len(total) == 1 + 2 * 2 and float(total[4]) > 0
