@@ -22,8 +22,12 @@ variant, and the last rows the sum over each network's layers (a layer repeated 
 counts as often as it appears). --gflops shows each cell's rate instead of its ratio
 (GFLOP/s, 6 * N * C_in * C_out * H * W floating-point operations for forward + backward)
 beside a reference: one large product (512 x 512 @ 512 x 2048) on the same threads and BLAS,
-which is about as fast as this BLAS multiplies. --max-pixels 1024 covers every 1x1 conv of a
-CIFAR network (the per_image variant is then what the fast rung runs on large maps).
+which is about as fast as this BLAS multiplies (and, with a torch variant, the same product
+by torch.mm). --max-pixels 1024 covers every 1x1 conv of a CIFAR network (the per_image
+variant is then what the fast rung runs on large maps). With a torch variant, PyTorch runs on
+as many threads as Numba for the run and gets its own count back after it; its thread pool
+and Numba's both spin a while after their work, so their variants alternate as the others
+do and a slow first call after a switch shows in a round, not in the best one.
 
     python benchmarks/bench_pointwise.py [--models v1:0.5,v2:0.5,v3-small:1.0] [--rounds 7]
         [--variants channel_major,groups:128,groups:256,groups:512,per_image,torch_cl] [--gflops]
@@ -106,10 +110,11 @@ def forward_backward(x, w, dout):
 
 def torch_forward_backward(x, w, dout):
     """PyTorch's 1x1 conv forward and the backward its autograd calls (dx and dw, no bias),
-    on tensors already in the layout to time."""
-    torch.nn.functional.conv2d(x, w)
-    torch.ops.aten.convolution_backward(dout, x, w, None, [1, 1], [0, 0], [1, 1], False,
-                                        [0, 0], 1, [True, True, False])
+    on tensors already in the layout to time; returns (out, dx, dw)."""
+    out = torch.nn.functional.conv2d(x, w)
+    dx, dw, _ = torch.ops.aten.convolution_backward(dout, x, w, None, [1, 1], [0, 0], [1, 1],
+                                                    False, [0, 0], 1, [True, True, False])
+    return out, dx, dw
 
 
 def torch_tensors(variant, x, w, dout):
@@ -167,7 +172,8 @@ def reference_gflops(rounds, rng, m=512, k=512, n=2048):
 
 
 def torch_reference_gflops(rounds, rng, m=512, k=512, n=2048):
-    """The same large product by PyTorch (torch.mm on its own threads), best of `rounds`."""
+    """The same large product by PyTorch (torch.mm, on as many threads as Numba's), best of
+    `rounds`."""
     a, b = (torch.from_numpy(rng.standard_normal(s).astype(np.float32))
             for s in ((m, k), (k, n)))
     out = torch.empty((m, n))
@@ -200,8 +206,19 @@ def main(argv=None):
     variants = args.variants.split(",")
     for variant in variants:
         restore(apply_variant(variant))  # rejects a bad name before any timing
+    torch_threads = None
     if any(v in TORCH_VARIANTS for v in variants):
+        torch_threads = torch.get_num_threads()
         torch.set_num_threads(numba.get_num_threads())  # the same threads as minimobile's
+    try:
+        print_tables(args, variants)
+    finally:
+        if torch_threads is not None:  # as it was: a caller in the same process keeps its own
+            torch.set_num_threads(torch_threads)
+
+
+def print_tables(args, variants):
+    """The reference line(s), then a table per network: each layer's cells and the total."""
     rng = np.random.default_rng(0)
     print(f"1x1 conv forward + backward, batch {args.batch}, float32, best of {args.rounds} "
           f"rounds (ms); " + ("then GFLOP/s" if args.gflops else

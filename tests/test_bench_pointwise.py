@@ -3,6 +3,7 @@
 import sys
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
@@ -76,10 +77,13 @@ def test_a_torch_variant_leaves_tuning_alone_or_says_pytorch_is_missing(variant)
     if bench_pointwise.torch is None:
         with pytest.raises(SystemExit, match="needs PyTorch"):
             bench_pointwise.apply_variant(variant)
+        during = before
     else:
-        bench_pointwise.restore(bench_pointwise.apply_variant(variant))
-    assert (tuning.PER_IMAGE_MIN_PIXELS, tuning.POINTWISE_SMALL_MAPS,
-            tuning.POINTWISE_GROUP_COLUMNS) == before
+        saved = bench_pointwise.apply_variant(variant)
+        during = (tuning.PER_IMAGE_MIN_PIXELS, tuning.POINTWISE_SMALL_MAPS,
+                  tuning.POINTWISE_GROUP_COLUMNS)
+        bench_pointwise.restore(saved)
+    assert during == before
 
 
 def test_torch_computes_the_same_layer_as_minimobile():
@@ -95,18 +99,24 @@ def test_torch_computes_the_same_layer_as_minimobile():
         xt, wt, dt = bench_pointwise.torch_tensors(variant, x, w, dout)
         if variant == "torch_cl":
             assert xt.is_contiguous(memory_format=torch.channels_last)
-        np.testing.assert_allclose(torch.nn.functional.conv2d(xt, wt).numpy(), out,
-                                   rtol=1e-5, atol=1e-5)
-        tdx, tdw, _ = torch.ops.aten.convolution_backward(
-            dt, xt, wt, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, True, False])
+        tout, tdx, tdw = bench_pointwise.torch_forward_backward(xt, wt, dt)  # what is timed
+        np.testing.assert_allclose(tout.numpy(), out, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(tdx.numpy(), dx, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(tdw.numpy(), dw, rtol=1e-5, atol=1e-5)
 
 
-def test_a_tiny_run_with_torch_prints_its_column_and_reference(capsys):
-    pytest.importorskip("torch")
-    bench_pointwise.main(["--models", "v1:0.25", "--rounds", "1", "--batch", "3",
-                          "--max-pixels", "4", "--variants", "groups:8,torch_cl", "--gflops"])
+def test_a_tiny_run_with_torch_prints_its_column_and_gives_its_threads_back(capsys):
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if numba.get_num_threads() != 1 else 2)  # one the run changes
+    mine = torch.get_num_threads()
+    try:
+        bench_pointwise.main(["--models", "v1:0.25", "--rounds", "1", "--batch", "3",
+                              "--max-pixels", "4", "--variants", "groups:8,torch_cl",
+                              "--gflops"])
+        assert torch.get_num_threads() == mine
+    finally:
+        torch.set_num_threads(threads)
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith("the same product by PyTorch") for line in lines)
     total = lines[-1].split()
