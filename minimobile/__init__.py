@@ -7,8 +7,13 @@ runs every op on its readable rung; `minimobile.tuning` holds every tuned number
 """
 
 from . import parallel
+from .errors import SettingError
 
-parallel.configure_blas_threads()  # before any kernel runs: see minimobile/parallel.py
+try:
+    parallel.configure_blas_threads()  # before any kernel runs: see minimobile/parallel.py
+    _blas_setting_error = None
+except SettingError as error:  # raised by the first kernel call, not here (errors.SettingError)
+    _blas_setting_error = error
 parallel.configure_waiting()
 
 from . import blocks, checkpoint, cost, data, gradcheck, layers, models, ops, optim  # noqa: E402
@@ -20,6 +25,9 @@ from .layers import (BatchNorm2d, Conv2d, DepthwiseConv2d, Dropout, Flatten,  # 
 from .models import (mobilenet_v1, mobilenet_v2, mobilenet_v3_large,  # noqa: E402
                      mobilenet_v3_small)
 from .parallel import get_num_threads, set_num_threads  # noqa: E402
+
+if _blas_setting_error is not None:
+    kernels.defer_setting_error(_blas_setting_error)
 
 __version__ = "0.1.0"
 

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, checkpoint, parallel
+from . import __version__, checkpoint, kernels, parallel
 from .data import MAX_RESOLUTION, MIN_RESOLUTION, load_cifar10
 from .errors import (CheckpointMismatchError, ConfigError, CorruptCheckpointError,
-                     CorruptDataError, CorruptHistoryError, NonFiniteError)
+                     CorruptDataError, CorruptHistoryError, NonFiniteError, SettingError)
 from .models import MAX_WIDTH, MODELS, build_model
 from .data import FLIP_MODES
 from .train import (DTYPES, HISTORY, LAST, OPTIMIZER_DEFAULTS, RECIPES, SCHEDULE_NAMES,
@@ -821,9 +821,13 @@ def _main(argv):
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        kernels.check_settings()  # a bad MINIMOBILE_KERNELS or _BLAS_THREADS: errors.SettingError
         return args.run(args)
     except SystemExit as e:  # argparse: --help and --version (0), bad arguments (2)
         return _exit_code(e)
+    except SettingError as e:  # a bad environment variable: a usage error, like bad arguments
+        print(f"minimobile: error: {e}", file=sys.stderr)
+        return 2
     except BrokenPipeError:
         # The reader went away (`minimobile summary v2 | head`): not an error of ours.
         sys.stdout = open(os.devnull, "w")

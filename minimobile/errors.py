@@ -31,6 +31,13 @@ class CorruptHistoryError(ValueError):
     """A history.csv that is not the one `minimobile train` writes."""
 
 
+class SettingError(ValueError):
+    """An environment variable that minimobile reads on import (MINIMOBILE_KERNELS,
+    MINIMOBILE_BLAS_THREADS) holds a value it cannot use. `import minimobile` does not raise
+    it: the first kernel call does, and the command line prints it as one line (exit code 2)
+    before it runs anything, so a typo in the environment is never a traceback."""
+
+
 class ConfigError(ValueError):
     """Settings that cannot work together or with the data (a batch larger than the training
     set): a usage error, found only once the data is loaded."""

@@ -21,6 +21,7 @@ import numba
 from threadpoolctl import threadpool_limits
 
 from . import tuning
+from .errors import SettingError
 
 
 def configure_waiting():
@@ -43,14 +44,17 @@ def configure_waiting():
 
 
 def configure_blas_threads():
-    """Apply MINIMOBILE_BLAS_THREADS (default 1) to every BLAS library loaded in the process."""
+    """Apply MINIMOBILE_BLAS_THREADS (default 1) to every BLAS library loaded in the process;
+    a value that is not a positive integer raises SettingError and changes nothing."""
     value = os.environ.get("MINIMOBILE_BLAS_THREADS", "1")
     try:
         threads = int(value)
     except ValueError:
-        raise ValueError(f"MINIMOBILE_BLAS_THREADS: expected a positive integer, got {value!r}")
+        raise SettingError(f"MINIMOBILE_BLAS_THREADS: expected a positive integer, got "
+                           f"{value!r}") from None
     if threads < 1:
-        raise ValueError(f"MINIMOBILE_BLAS_THREADS: expected a positive integer, got {threads}")
+        raise SettingError(f"MINIMOBILE_BLAS_THREADS: expected a positive integer, got "
+                           f"{threads}")
     import scipy.linalg.cython_blas  # noqa: F401  the BLAS that np.dot calls inside kernels
 
     threadpool_limits(limits=threads, user_api="blas")

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -441,3 +442,26 @@ def test_train_at_resolution_24_and_eval_takes_the_runs_resolution(fake_data, tm
     assert main(["eval", str(out / "last.npz"), "--data", str(fake_data),
                  "--resolution", "32"]) == 0
     assert "at 24x24" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("MINIMOBILE_KERNELS", "quick", "MINIMOBILE_KERNELS: expected one of loops, simple, fast, "
+                                    "got 'quick'"),
+    ("MINIMOBILE_BLAS_THREADS", "two", "MINIMOBILE_BLAS_THREADS: expected a positive integer, "
+                                       "got 'two'"),
+    ("MINIMOBILE_BLAS_THREADS", "0", "MINIMOBILE_BLAS_THREADS: expected a positive integer, "
+                                     "got 0"),
+])
+def test_a_bad_environment_variable_is_one_line_exit_2_before_any_work(variable, value, message,
+                                                                      tmp_path):
+    env = dict(os.environ, **{variable: value})
+    done = subprocess.run([sys.executable, "-m", "minimobile", "train", "--limit-train", "8",
+                           "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True, env=env, timeout=120, cwd=REPO)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == f"minimobile: error: {message}\n"
+    assert not (tmp_path / "r").exists()
+    # --help still works: the check runs once the command line is parsed.
+    helped = subprocess.run([sys.executable, "-m", "minimobile", "--help"], capture_output=True,
+                            text=True, env=env, timeout=120, cwd=REPO)
+    assert helped.returncode == 0 and "usage" in helped.stdout, helped.stderr

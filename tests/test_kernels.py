@@ -775,8 +775,23 @@ def test_the_environment_variable_selects_the_rung(value, ok):
         assert result.returncode == 0 and result.stdout.strip() == value
     else:
         assert result.returncode != 0
-        assert "MINIMOBILE_KERNELS: expected one of loops, simple, fast, got 'quick'" in \
-            result.stderr
+        assert "SettingError: MINIMOBILE_KERNELS: expected one of loops, simple, fast, got " \
+            "'quick'" in result.stderr
+
+
+@pytest.mark.parametrize("variable, value", [("MINIMOBILE_KERNELS", "quick"),
+                                             ("MINIMOBILE_BLAS_THREADS", "-1")])
+def test_a_bad_environment_variable_lets_the_import_pass_and_stops_the_first_kernel(variable,
+                                                                                    value):
+    """`import minimobile` must not fail (the command line could not then report it in one
+    line); the first op must, before it runs on a rung or BLAS setting nobody asked for."""
+    script = ("import numpy as np, minimobile as mm\n"
+              "print('imported', flush=True)\n"
+              "mm.ops.relu_forward(np.ones(3, np.float32))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=dict(os.environ, **{variable: value}))
+    assert result.stdout == "imported\n"
+    assert result.returncode != 0 and f"SettingError: {variable}: expected" in result.stderr
 
 
 def test_small_arrays_run_on_one_thread_and_the_count_comes_back(monkeypatch):

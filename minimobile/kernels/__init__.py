@@ -55,6 +55,7 @@ import os
 import numba
 
 from .. import tuning
+from ..errors import SettingError
 
 RUNGS = ("loops", "simple", "fast")
 
@@ -62,16 +63,41 @@ RUNGS = ("loops", "simple", "fast")
 def _rung_from_environment():
     value = os.environ.get("MINIMOBILE_KERNELS", "fast")
     if value not in RUNGS:
-        raise ValueError(f"MINIMOBILE_KERNELS: expected one of {', '.join(RUNGS)}, got "
-                         f"{value!r}")
+        raise SettingError(f"MINIMOBILE_KERNELS: expected one of {', '.join(RUNGS)}, got "
+                           f"{value!r}")
     return value
 
 
-_rung = _rung_from_environment()
+# A bad environment variable is kept here and raised by the first kernel call (check_settings),
+# not on import: the command line can then print it as one line instead of a traceback.
+_setting_error = None
+
+
+def defer_setting_error(error):
+    """Keep a SettingError found on import, to be raised by check_settings (the first one
+    found wins)."""
+    global _setting_error
+    if _setting_error is None:
+        _setting_error = error
+
+
+def check_settings():
+    """Raise SettingError if MINIMOBILE_KERNELS or MINIMOBILE_BLAS_THREADS held a value that
+    cannot be used when minimobile was imported; every kernel call runs this first."""
+    if _setting_error is not None:
+        raise SettingError(str(_setting_error))
+
+
+try:
+    _rung = _rung_from_environment()
+except SettingError as error:
+    _rung = "fast"  # never runs: check_settings stops every kernel call first
+    defer_setting_error(error)
 
 
 def current():
     """The rung every op runs on now: "loops", "simple" or "fast"."""
+    check_settings()
     return _rung
 
 
@@ -112,10 +138,12 @@ def threads_for(elements):
 
 def pick(module, op):
     """The function `<op>_<rung>` of a kernel module, for the current rung."""
+    check_settings()
     return getattr(module, f"{op}_{_rung}")
 
 
 from . import batchnorm, depthwise, elementwise, int8, matmul, updates  # noqa: E402
 
-__all__ = ["RUNGS", "current", "set_rung", "use", "pick", "threads_for",
+__all__ = ["RUNGS", "current", "set_rung", "use", "pick", "threads_for", "check_settings",
+           "defer_setting_error",
            "batchnorm", "depthwise", "elementwise", "int8", "matmul", "updates"]
