@@ -18,7 +18,7 @@ parallel.configure_waiting()
 
 from . import blocks, checkpoint, cost, data, gradcheck, layers, models, ops, optim  # noqa: E402
 from . import kernels, schedules, train, tuning  # noqa: E402
-from .errors import NonFiniteError  # noqa: E402
+from .errors import NonFiniteError  # noqa: E402  (SettingError is imported above)
 from .layers import (BatchNorm2d, Conv2d, DepthwiseConv2d, Dropout, Flatten,  # noqa: E402
                      GlobalAvgPool2d, Hardsigmoid, Hardswish, Identity, Linear, Module,
                      PointwiseConv2d, ReLU, ReLU6, Sequential, SqueezeExcitation, no_grad)
@@ -27,14 +27,14 @@ from .models import (mobilenet_v1, mobilenet_v2, mobilenet_v3_large,  # noqa: E4
 from .parallel import get_num_threads, set_num_threads  # noqa: E402
 
 if _blas_setting_error is not None:
-    kernels.defer_setting_error(_blas_setting_error)
+    kernels._defer_setting_error(_blas_setting_error)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "blocks", "checkpoint", "cost", "data", "gradcheck", "layers", "models", "ops", "optim",
     "kernels", "parallel", "schedules", "train", "tuning",
-    "NonFiniteError", "no_grad", "get_num_threads", "set_num_threads",
+    "NonFiniteError", "SettingError", "no_grad", "get_num_threads", "set_num_threads",
     "Module", "Sequential", "Identity", "Conv2d", "DepthwiseConv2d", "PointwiseConv2d",
     "BatchNorm2d", "ReLU", "ReLU6", "Hardswish", "Hardsigmoid", "SqueezeExcitation",
     "GlobalAvgPool2d", "Flatten", "Linear", "Dropout",

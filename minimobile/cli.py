@@ -3,7 +3,8 @@
 
 Exit codes: 0 done; 1 an error explained in one line (data not found, unreadable checkpoint,
 an output that cannot be written, a run that diverged); 2 bad arguments, with the usage and
-one line saying what is wrong; 130 interrupted by Ctrl-C. No user mistake ends in a traceback
+one line saying what is wrong, or a bad MINIMOBILE_KERNELS or MINIMOBILE_BLAS_THREADS, in one
+line without the usage; 130 interrupted by Ctrl-C. No user mistake ends in a traceback
 (docs/TROUBLESHOOTING.md lists the messages and what to do). Ctrl-C during `train` keeps the
 last completed epoch's checkpoint, and `minimobile train --out DIR --resume` continues from it
 exactly; `train` refuses a folder that already holds a run unless told --resume or

@@ -1,7 +1,8 @@
 """Exceptions that minimobile raises on purpose.
 
 Each names a mistake the user can fix; the command line prints its message as one line (exit
-code 1, or 2 for ConfigError, a setting that cannot work) and never a traceback.
+code 1, or 2 for ConfigError and SettingError, settings that cannot work) and never a
+traceback.
 """
 
 

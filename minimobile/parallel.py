@@ -54,7 +54,7 @@ def configure_blas_threads():
                            f"{value!r}") from None
     if threads < 1:
         raise SettingError(f"MINIMOBILE_BLAS_THREADS: expected a positive integer, got "
-                           f"{threads}")
+                           f"{value!r}")
     import scipy.linalg.cython_blas  # noqa: F401  the BLAS that np.dot calls inside kernels
 
     threadpool_limits(limits=threads, user_api="blas")

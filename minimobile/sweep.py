@@ -25,7 +25,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import checkpoint
+from . import checkpoint, kernels
 from .data import MAX_RESOLUTION, MIN_RESOLUTION, find_cifar10
 from .errors import ConfigError
 from .models import MAX_WIDTH, MODELS, build_model
@@ -245,6 +245,7 @@ def run(grid, out, cpus_per_trial=1, address=None, scheduler="fifo", num_cpus=No
     existing Ray cluster ("auto" or "HOST:6379"), else a local instance with num_cpus cores
     (default all). scheduler: "fifo" runs every trial to the end, "asha" stops weak ones."""
     require_ray()
+    kernels.check_settings()  # a bad environment variable: one error, before Ray starts
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     if scheduler not in SCHEDULERS:

@@ -26,7 +26,7 @@ from typing import NamedTuple, Optional, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from . import checkpoint, memory
+from . import checkpoint, kernels, memory
 from .data import (FLIP_MODES, MAX_RESOLUTION, MIN_RESOLUTION, NUM_CLASSES, Batches,
                    load_cifar10, normalize, random_crop_flip, resize)
 from .errors import (CheckpointMismatchError, ConfigError, CorruptCheckpointError,
@@ -836,6 +836,7 @@ def fit(config, model=None, data=None, resume=False, progress=True, log=None, on
     (resuming from weights that do not fit). Temporary files left in config.out by a killed
     write are removed at the start.
     """
+    kernels.check_settings()  # a bad MINIMOBILE_KERNELS: before the folder, data and whitening
     started = time.perf_counter()
     log = progress if log is None else log
     # A copy: a time budget changes its epochs, and the caller's config stays as it was.

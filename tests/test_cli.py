@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minimobile import checkpoint, cli, data, train
+from minimobile import checkpoint, cli, data, kernels, train
 from minimobile.cli import main
-from minimobile.errors import CorruptHistoryError, NonFiniteError
+from minimobile.errors import CorruptHistoryError, NonFiniteError, SettingError
 
 REPO = Path(__file__).resolve().parents[1]  # subprocesses run this checkout's minimobile
 
@@ -450,7 +450,7 @@ def test_train_at_resolution_24_and_eval_takes_the_runs_resolution(fake_data, tm
     ("MINIMOBILE_BLAS_THREADS", "two", "MINIMOBILE_BLAS_THREADS: expected a positive integer, "
                                        "got 'two'"),
     ("MINIMOBILE_BLAS_THREADS", "0", "MINIMOBILE_BLAS_THREADS: expected a positive integer, "
-                                     "got 0"),
+                                     "got '0'"),
 ])
 def test_a_bad_environment_variable_is_one_line_exit_2_before_any_work(variable, value, message,
                                                                       tmp_path):
@@ -459,9 +459,26 @@ def test_a_bad_environment_variable_is_one_line_exit_2_before_any_work(variable,
                            "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")],
                           capture_output=True, text=True, env=env, timeout=120, cwd=REPO)
     assert done.returncode == 2, done.stderr
-    assert done.stderr == f"minimobile: error: {message}\n"
+    assert done.stderr.splitlines()[-1] == f"minimobile: error: {message}"
+    assert "Traceback" not in done.stderr
     assert not (tmp_path / "r").exists()
     # --help still works: the check runs once the command line is parsed.
     helped = subprocess.run([sys.executable, "-m", "minimobile", "--help"], capture_output=True,
                             text=True, env=env, timeout=120, cwd=REPO)
     assert helped.returncode == 0 and "usage" in helped.stdout, helped.stderr
+
+
+def test_a_kept_setting_error_stops_train_fit_before_the_data(fake_data, tmp_path, monkeypatch,
+                                                              capsys):
+    """The same check, in process: the command line and train.fit stop before any work (the
+    data, the run folder), the command line with exit code 2 in one line."""
+    def never(*args, **kwargs):
+        raise AssertionError("the data was loaded before the settings were checked")
+    monkeypatch.setattr(kernels, "_setting_error", SettingError("MINIMOBILE_KERNELS: bad"))
+    monkeypatch.setattr(cli, "load_cifar10", never)
+    monkeypatch.setattr(train, "load_cifar10", never)
+    assert main(["train", *TINY_RUN, "--data", str(fake_data), "--out", str(tmp_path / "r")]) == 2
+    assert one_line_error(capsys) == "minimobile: error: MINIMOBILE_KERNELS: bad"
+    with pytest.raises(SettingError, match="MINIMOBILE_KERNELS: bad"):
+        train.fit(train.TrainConfig(out=str(tmp_path / "r2"), data=str(fake_data)))
+    assert not (tmp_path / "r").exists() and not (tmp_path / "r2").exists()

@@ -73,9 +73,9 @@ def _rung_from_environment():
 _setting_error = None
 
 
-def defer_setting_error(error):
-    """Keep a SettingError found on import, to be raised by check_settings (the first one
-    found wins)."""
+def _defer_setting_error(error):
+    """Keep a SettingError found on import (here, or by minimobile/__init__.py for
+    MINIMOBILE_BLAS_THREADS), to be raised by check_settings; the first one found wins."""
     global _setting_error
     if _setting_error is None:
         _setting_error = error
@@ -83,16 +83,22 @@ def defer_setting_error(error):
 
 def check_settings():
     """Raise SettingError if MINIMOBILE_KERNELS or MINIMOBILE_BLAS_THREADS held a value that
-    cannot be used when minimobile was imported; every kernel call runs this first."""
+    cannot be used when minimobile was imported. pick and current run it first, so every op
+    does; so do the command line, train.fit and sweep.run, before any other work. The
+    variables are read once: fix the value and start Python again."""
     if _setting_error is not None:
+        # A new exception each time: re-raising the kept one would pile every earlier
+        # caller's traceback onto it.
         raise SettingError(str(_setting_error))
 
 
 try:
     _rung = _rung_from_environment()
 except SettingError as error:
-    _rung = "fast"  # never runs: check_settings stops every kernel call first
-    defer_setting_error(error)
+    # A valid rung all the same, so that use() and set_rung keep working; no op runs on it,
+    # as check_settings stops them first.
+    _rung = "fast"
+    _defer_setting_error(error)
 
 
 def current():
@@ -145,5 +151,4 @@ def pick(module, op):
 from . import batchnorm, depthwise, elementwise, int8, matmul, updates  # noqa: E402
 
 __all__ = ["RUNGS", "current", "set_rung", "use", "pick", "threads_for", "check_settings",
-           "defer_setting_error",
            "batchnorm", "depthwise", "elementwise", "int8", "matmul", "updates"]
