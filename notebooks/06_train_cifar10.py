@@ -387,7 +387,7 @@ else:
 #   at 88.68 %, and 25 s over two hours;
 # - the 40-epoch V1 1.0 run at batch 128 instead of 256 (`v1-w1-e40-b128`: twice the
 #   optimiser steps per epoch, at no cost in speed on this CPU), at 89.52 %,
-#   0.07 above the 42-epoch run: within the noise, so the batch is not the lever either.
+#   0.07 above the 42-epoch run: within the noise, so the batch is not the lever either;
 # - the same for 52 epochs with InfoBatch's data pruning (`v1-w1-e52-b128-prune0.5`:
 #   `--prune 0.5`, the section above), which trained on 34.4 epochs' worth of images in
 #   1 h 45 min and ends 0.72 points below it, at 88.80 %;
@@ -399,8 +399,8 @@ else:
 #   of the Zen 4 generation), which planned 42 epochs after its first (`v1-w1-t120-b128-ls02`)
 #   and ends at 89.34 %, 0.21 below the 39-epoch run: three more epochs bought nothing;
 # - the same with cutout of 12x12 pixels (`v1-w1-t120-b128-ls02-co12`, 38 epochs), against the
-#   overfitting of the last epochs: its training accuracy ends at 92.6 % instead of 97.8 %, but
-#   its test accuracy where the others' did, at 89.51 %.
+#   overfitting of the last epochs: its training accuracy (on the cut-out images) ends at
+#   92.6 % instead of 97.8 %, but its test accuracy ends where the others' did, at 89.51 %.
 #
 # Three more are not attempts: `v1-w0.5-recipe-fast-e30`, the fast recipe for 30 epochs (the
 # run whose per-class accuracy the last section quotes); `v1-w1-t70-b128-ls02`, the twelfth
