@@ -13,7 +13,8 @@ integers, as an int8 engine does:
 The stem conv and the classifier stay in float32 (a few percent of the multiply-adds: the
 report gives the share that runs in int8); activations, pooling and skip additions run in
 float between the integer convs. Batch norms are
-folded first (`minimobile.deploy.fuse`). The kernels are in `minimobile.kernels.int8`.
+folded first (`minimobile.deploy.fuse`). The kernels are in `minimobile.kernels.int8`, and
+run on the rung that `MINIMOBILE_KERNELS` or `minimobile.kernels.use` picks, as every op does.
 
 `minimobile quantize CHECKPOINT --data PATH` (or `python -m minimobile.quantize ...`) reports
 accuracy and weight size before and after; `notebooks/07_deploy.ipynb` walks through it.
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import deploy
+from . import deploy, kernels
 from .data import normalize
 from .kernels import int8
 from .kernels.int8 import QMAX
@@ -54,8 +55,8 @@ def quantize_tensor(x, scale):
     if not (np.isfinite(scale) and scale > 0):
         raise ValueError(f"quantize_tensor: expected a finite scale > 0, got {scale!r}")
     out = np.empty(x.shape, np.int8)
-    int8.quantize_fast(out.reshape(-1), np.ascontiguousarray(x).reshape(-1),
-                                 1.0 / scale)
+    kernels.pick(int8, "quantize")(out.reshape(-1), np.ascontiguousarray(x).reshape(-1),
+                                   1.0 / scale)
     return out
 
 
@@ -92,8 +93,8 @@ class _QuantizedConv(Module):
     def _dequantize(self, acc):
         N, C = acc.shape[:2]
         out = np.empty(acc.shape, self.dtype)
-        int8.dequantize_fast(out.reshape(N, C, -1), acc.reshape(N, C, -1),
-                                       self.buffers["output_scale"])
+        kernels.pick(int8, "dequantize")(out.reshape(N, C, -1), acc.reshape(N, C, -1),
+                                         self.buffers["output_scale"])
         return out
 
     def backward(self, dout):
@@ -110,8 +111,8 @@ class QuantizedPointwiseConv2d(_QuantizedConv):
         q = self.buffers["weight_int8"]
         x_q = quantize_tensor(x, self.input_scale).reshape(N, C, H * W)
         acc = np.empty((N, q.shape[0], H * W), np.int32)
-        int8.pointwise_int8_fast(acc, x_q, q.reshape(q.shape[0], C),
-                                           self.buffers["bias_int32"])
+        kernels.pick(int8, "pointwise_int8")(acc, x_q, q.reshape(q.shape[0], C),
+                                             self.buffers["bias_int32"])
         return self._dequantize(acc).reshape(N, q.shape[0], H, W)
 
 
@@ -130,9 +131,9 @@ class QuantizedDepthwiseConv2d(_QuantizedConv):
         Ho = (H + 2 * self.padding - K) // self.stride + 1
         Wo = (W + 2 * self.padding - K) // self.stride + 1
         acc = np.empty((N, C, Ho, Wo), np.int32)
-        int8.depthwise_int8_fast(acc, quantize_tensor(x, self.input_scale),
-                                           q.reshape(C, K, K), self.buffers["bias_int32"],
-                                           self.stride, self.padding)
+        kernels.pick(int8, "depthwise_int8")(acc, quantize_tensor(x, self.input_scale),
+                                             q.reshape(C, K, K), self.buffers["bias_int32"],
+                                             self.stride, self.padding)
         return self._dequantize(acc)
 
 

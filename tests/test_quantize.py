@@ -126,6 +126,37 @@ def test_the_int8_network_agrees_with_the_float_one(builder, rng):
     assert relative_error(expected, logits) < 0.1
 
 
+@pytest.mark.parametrize("conv", ["pointwise", "depthwise"])
+def test_a_quantized_conv_runs_on_the_rung_kernels_use_picks(conv, monkeypatch, rng):
+    # The int8 convs once called their kernels' fast rung directly, so MINIMOBILE_KERNELS=loops
+    # left them on Numba. On the loops rung no Numba int8 kernel may run, and as the sums are
+    # integers, every rung gives the same bits.
+    if conv == "pointwise":
+        layer = mm.PointwiseConv2d(16, 8, bias=True, rng=rng)
+        x = rng.standard_normal((2, 16, 5, 5)).astype(np.float32)
+        q = quantize.QuantizedPointwiseConv2d(layer, quantize.tensor_scale(np.abs(x).max()))
+    else:
+        layer = mm.DepthwiseConv2d(8, 3, stride=2, padding=1, bias=True, rng=rng)
+        x = rng.standard_normal((2, 8, 9, 9)).astype(np.float32)
+        q = quantize.QuantizedDepthwiseConv2d(layer, quantize.tensor_scale(np.abs(x).max()))
+    fast = q.forward(x)
+    with mm.kernels.use("simple"):
+        simple = q.forward(x)
+
+    def numba_kernel(*args):
+        raise AssertionError("a Numba int8 kernel ran on the loops rung")
+
+    for op in ("quantize", "pointwise_int8", "depthwise_int8", "dequantize"):
+        for rung in ("simple", "fast"):
+            monkeypatch.setattr(int8_kernels, f"{op}_{rung}", numba_kernel)
+    with mm.kernels.use("loops"):
+        loops = q.forward(x)
+    np.testing.assert_array_equal(simple, fast)
+    np.testing.assert_array_equal(loops, fast)
+    with pytest.raises(AssertionError, match="loops rung"):
+        q.forward(x)  # the guard is live: the default rung reaches the patched kernels
+
+
 def test_the_int8_network_in_training_mode_says_it_runs_in_eval_mode(rng):
     model = mm.mobilenet_v3_small(cifar=True, width_mult=0.35, seed=0)
     x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
