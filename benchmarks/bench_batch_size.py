@@ -53,29 +53,31 @@ def parse_batch_sizes(text):
     return sizes
 
 
-def make_step(name, width, batch_size, seed=0):
-    """One training step of `name` at `width` on a fixed random batch, as a function."""
+def make_step(name, width, batch_size, seed=0, resolution=32):
+    """One training step of `name` at `width` on a fixed random batch of resolution x
+    resolution images, as a function."""
     model = build_model(name, width, seed=seed)
     model.train()
     optimizer = SGD(model.named_parameters(), lr=0.01, momentum=0.9, nesterov=True,
                     weight_decay=5e-4)  # as bench_train_step.py
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((batch_size, 3, 32, 32)).astype(np.float32)
+    x = rng.standard_normal((batch_size, 3, resolution, resolution)).astype(np.float32)
     y = rng.integers(0, 10, batch_size)
     return lambda: minimobile_step(model, optimizer, x, y)
 
 
 def measure(steps, rounds, warmup):
-    """{batch: [seconds of one step, per round]}, the batch sizes taking turns each round."""
+    """{key: [seconds of one step, per round]} for steps {key: step}, which take turns each
+    round (the keys are batch sizes here, networks in bench_resolution.py)."""
     for step in steps.values():
         for _ in range(warmup):
             step()
-    times = {batch: [] for batch in steps}
+    times = {key: [] for key in steps}
     for _ in range(rounds):
-        for batch, step in steps.items():
+        for key, step in steps.items():
             start = time.perf_counter()
             step()
-            times[batch].append(time.perf_counter() - start)
+            times[key].append(time.perf_counter() - start)
     return times
 
 
