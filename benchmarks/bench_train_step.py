@@ -12,6 +12,10 @@ convs read it), timed in the same alternation: what normalising on reading gains
 bench_train_memory.py, which runs every network and configuration in a process of its own.
 
     python benchmarks/bench_train_step.py [--models v1:0.5,v3-small:1.0] [--steps 10] [--plain]
+        [--resolution 32]
+
+--resolution R times the step on R x R images (the trainer's --resolution, CIFAR-10 resized),
+for a recipe that trains at another resolution than the stored 32x32.
 """
 
 import argparse
@@ -26,6 +30,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 
 from minimobile import memory, ops  # noqa: E402
+from minimobile.data import MAX_RESOLUTION, MIN_RESOLUTION  # noqa: E402
 from minimobile.optim import SGD  # noqa: E402
 from minimobile.models import build_model  # noqa: E402
 
@@ -173,6 +178,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--resolution", type=int, default=32,
+                        help="the images' height and width (default 32, CIFAR-10's own)")
     parser.add_argument("--only", choices=["mm", "torch"], default=None)
     parser.add_argument("--torch-configs", default="auto",
                         help="PyTorch configurations to time, e.g. pt,ptCL,ptBF. auto (the "
@@ -192,6 +199,9 @@ def main(argv=None):
                              "(minimobile/memory.py); default: glibc's own settings. Either "
                              "way both frameworks run under the same allocator.")
     args = parser.parse_args(argv)
+    if not MIN_RESOLUTION <= args.resolution <= MAX_RESOLUTION:
+        raise SystemExit(f"--resolution: expected {MIN_RESOLUTION}-{MAX_RESOLUTION}, got "
+                         f"{args.resolution}")
     malloc = "glibc, freed memory kept" if (args.malloc == "keep" and
                                             memory.keep_freed_memory()) else "as started"
     numba.set_num_threads(args.threads)
@@ -201,9 +211,10 @@ def main(argv=None):
     if use_torch:
         torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((args.batch_size, 3, 32, 32)).astype(np.float32)
+    x = rng.standard_normal((args.batch_size, 3, args.resolution, args.resolution)).astype(
+        np.float32)
     y = rng.integers(0, 10, args.batch_size)
-    print(f"batch {args.batch_size}, 32x32 CIFAR variants, {args.threads} threads, float32, "
+    print(f"batch {args.batch_size}, {args.resolution}x{args.resolution} CIFAR variants, {args.threads} threads, float32, "
           f"median of {args.steps} steps; torch "
           f"{torch.__version__ if use_torch else 'not run'}; LD_PRELOAD="
           f"{os.environ.get('LD_PRELOAD', '(unset)')}; malloc {malloc}")

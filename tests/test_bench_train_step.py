@@ -27,6 +27,23 @@ def test_the_row_has_minimobile_and_no_torch_columns(capsys):
     assert fields[4:] == ["-", "-", "-", "-", "-"]  # no PyTorch, so no best and no ratio
 
 
+def test_the_step_runs_on_images_of_the_resolution_asked_for(capsys, monkeypatch):
+    shapes = []
+    real_step = bench_train_step.minimobile_step
+
+    def recording_step(model, optimizer, x, y):
+        shapes.append(x.shape)
+        return real_step(model, optimizer, x, y)
+
+    monkeypatch.setattr(bench_train_step, "minimobile_step", recording_step)
+    bench_train_step.main(["--only", "mm", "--models", "v1:0.25", "--steps", "1",
+                           "--batch-size", "2", "--resolution", "40", "--no-breakdown"])
+    assert set(shapes) == {(2, 3, 40, 40)}
+    assert capsys.readouterr().out.startswith("batch 2, 40x40 CIFAR variants")
+    with pytest.raises(SystemExit, match="--resolution: expected 8-1024, got 4"):
+        bench_train_step.main(["--only", "mm", "--resolution", "4"])
+
+
 def test_the_breakdown_by_type_names_each_kind_of_layer_once(capsys):
     _, rows = _breakdown(capsys)
     keys = [" ".join(r) for r in rows]
