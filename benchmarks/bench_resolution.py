@@ -64,13 +64,13 @@ def format_table(times, batch_size):
     """One row per network: ms per step, images/s, epoch seconds, cost against the first."""
     first = next(iter(times))
     lines = [f"{'network':<14} {'ms/step':>8} {'img/s':>6} {'epoch s':>8} "
-             f"{'vs first':>8}  range"]
+             f"{'vs first':>9}  range"]
     for network, seconds in times.items():
         seconds = np.array(seconds)
         median = np.median(seconds)
         ratio = seconds / np.array(times[first])  # round by round: the same load on both
         lines.append(f"{label(network):<14} {1e3 * median:8.1f} {batch_size / median:6.0f} "
-                     f"{TRAIN_IMAGES * median / batch_size:8.0f} {np.median(ratio):8.2f}  "
+                     f"{TRAIN_IMAGES * median / batch_size:8.0f} {np.median(ratio):9.2f}  "
                      f"{ratio.min():.2f}-{ratio.max():.2f}")
     return "\n".join(lines)
 
