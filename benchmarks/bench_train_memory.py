@@ -7,6 +7,10 @@ PyTorch figure (mm/least). --plain adds minimobile with MobileNet.defer_normaliz
 its backward): the memory that normalising on reading saves.
 
     python benchmarks/bench_train_memory.py [--models v1:0.5,v3-small:1.0] [--steps 3] [--plain]
+        [--resolution 32]
+
+--resolution R measures the step on R x R images (the trainer's --resolution), as
+bench_train_step.py times it: activations grow with the square of R.
 
 What is measured: every (network, configuration) runs in a process of its own, so nothing
 one leaves behind counts against the next. The process imports its framework, makes the
@@ -63,7 +67,7 @@ def step_function(config, name, width, x, y):
                                bfloat16=config == "ptBF")
 
 
-def measure(config, spec, batch_size, steps, threads, malloc):
+def measure(config, spec, batch_size, steps, threads, malloc, resolution=32):
     """Runs in the child process: the step's peak memory in MB, as the docstring says."""
     sys.path.insert(0, BENCHMARKS)
     import numba
@@ -78,7 +82,7 @@ def measure(config, spec, batch_size, steps, threads, malloc):
         torch.set_num_threads(threads)
     name, width = spec.split(":")
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((batch_size, 3, 32, 32)).astype(np.float32)
+    x = rng.standard_normal((batch_size, 3, resolution, resolution)).astype(np.float32)
     y = rng.integers(0, 10, batch_size)
     warm = step_function(config, name, float(width), x[:2].copy(), y[:2].copy())
     warm()
@@ -98,7 +102,8 @@ def child_figures(config, spec, args):
     """Run one measurement in a fresh process; its figures, or None if it failed."""
     argv = [sys.executable, os.path.abspath(__file__), "--child", config, "--models", spec,
             "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-            "--threads", str(args.threads), "--malloc", args.malloc]
+            "--threads", str(args.threads), "--malloc", args.malloc,
+            "--resolution", str(args.resolution)]
     done = subprocess.run(argv, capture_output=True, text=True)
     if done.returncode != 0:
         print(f"  {spec} {config} failed (exit {done.returncode}): "
@@ -122,21 +127,27 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--malloc", choices=["keep", "default"], default="keep")
+    parser.add_argument("--resolution", type=int, default=32,
+                        help="the images' height and width (default 32, CIFAR-10's own)")
     parser.add_argument("--plain", action="store_true",
                         help="also measure minimobile with defer_normalization off")
     parser.add_argument("--child", choices=CONFIGS + (PLAIN,), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    sys.path.insert(0, BENCHMARKS)
+    from minimobile.data import MAX_RESOLUTION, MIN_RESOLUTION
+    if not MIN_RESOLUTION <= args.resolution <= MAX_RESOLUTION:
+        raise SystemExit(f"--resolution: expected {MIN_RESOLUTION}-{MAX_RESOLUTION}, got "
+                         f"{args.resolution}")
     if args.child:
         print(json.dumps(measure(args.child, args.models, args.batch_size, args.steps,
-                                 args.threads, args.malloc)))
+                                 args.threads, args.malloc, args.resolution)))
         return 0
     configs = (CONFIGS if torch_available() else ("mm",)) + ((PLAIN,) if args.plain else ())
     print(f"peak memory of a training step, MB above the process's base (see the docstring); "
-          f"batch {args.batch_size}, 32x32 CIFAR variants, {args.threads} threads, "
+          f"batch {args.batch_size}, {args.resolution}x{args.resolution} CIFAR variants, {args.threads} threads, "
           f"{args.steps} steps after 2 of warm-up, one process per cell; malloc "
           f"{'glibc, freed memory kept' if args.malloc == 'keep' else 'glibc default'}"
           + ("" if len(configs) > 1 else "; torch not installed: minimobile only"))
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench_train_step import cpu_description, cpu_line
     # PyTorch's bfloat16 step keeps another amount of memory where oneDNN emulates bfloat16
     # (on an AMD EPYC without AMX, V1 1.0 250-267 MB, against 339 on a CPU with it).
