@@ -408,21 +408,21 @@ else:
 #   points short of 90 %;
 # - the same settings for 52 epochs by `--epochs` (`v3s-w1-e52-b128-ls02`), 7 of the epochs
 #   the unspent minutes held, which ends 0.28 points lower, at 89.56 %, in 1 h 56 min: more
-#   epochs did not lift this recipe for V3-Small either.
+#   epochs did not bring these settings to 90 % on V3-Small either.
 #
 # Three more are not attempts: `v1-w0.5-recipe-fast-e30`, the fast recipe for 30 epochs (the
 # run whose per-class accuracy the last section quotes); `v1-w1-t70-b128-ls02`, the twelfth
 # attempt's settings sized to 70 minutes, which planned 17 epochs on a slower machine and
 # ends at 87.32 %; and `v1-w1-e60-b128-ls02`, the same settings for 60 epochs (about 2 h 50
 # min of training, to ask whether more epochs than two hours hold would reach 90 %), which
-# ends at 89.85 %, the best of all these curves (by 0.01 over V3-Small's attempt), but only
-# 0.30 above the 39-epoch run and still short of 90 %.
+# ends at 89.85 %, the best of all these curves (by 0.01 over V3-Small's 45-epoch attempt),
+# but only 0.30 above the 39-epoch run and still short of 90 %.
 #
-# Each run is tested every 4th, 10th, 12th, 13th, 15th, 17th or 23rd epoch, or once, at its end (its
-# history's `test_acc` is blank until the last row), as its `--eval-every` asked, since a
-# test-time-augmented evaluation costs six forward passes (`--tta-final-only`, used by the
-# two-hour `--time-budget` attempts and the 60-epoch run, tests the epochs before the last in
-# one pass instead; a history's `test_tta` column says which). For the progressive run the cell
+# Each run is tested every 4th, 10th, 12th, 13th, 15th, 17th or 23rd epoch, or once, at its
+# end (its history's `test_acc` is blank until the last row), as its `--eval-every` asked,
+# since a test-time-augmented evaluation costs six forward passes (`--tta-final-only`, used by
+# the two-hour `--time-budget` attempts, V3-Small's 52 epochs and the 60-epoch run, tests the
+# epochs before the last in one pass instead; a history's `test_tta` column says which). For the progressive run the cell
 # also prints what an epoch cost at each size, from its history's `resolution` and
 # `images_per_second` columns.
 
