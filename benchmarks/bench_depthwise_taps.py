@@ -3,7 +3,9 @@ registers, against nine passes. On large maps (kernels/depthwise.py, 3a, phase p
 forward, and the backward (dx gathered from its taps, `_gather_3x3` at stride 1 and
 `_gather_3x3_stride2` at stride 2, and dw's nine sums in registers, `_tap_sums_3x3`),
 against nine passes over a wide grid; on small maps (3b, channels last) the forward, against
-nine passes over each output pixel's row of channels.
+nine passes over each output pixel's row of channels, and the backward (dw's sums four
+output pixels at a time, `_tap_sums_channels_last`, and dx at stride 1 summed in a register,
+`_gather_3x3_channels_last`), against its sums pixel by pixel.
 
 The forward and dx give the same bits both ways (tests/test_kernels.py checks the order of
 the sum); dw's sums in registers are reordered (fastmath's "reassoc"), so dw agrees with the
@@ -89,10 +91,11 @@ def main():
         print(row, flush=True)
 
     print()
-    print("3x3 depthwise conv channels last (small maps), forward (the backward has one way)")
-    print(f"{'':>14}{'forward':^39}")
+    print("3x3 depthwise conv channels last (small maps); the backward's 'passes' are its sums "
+          "pixel by pixel")
+    print(f"{'':>14}{'forward':^39}{'backward':^39}")
     print(f"{'C':>4} {'map':>6} {'s':>2}" + f" {'passes':>8} {'registers':>10} {'ratio':>7} "
-          f"{'range':>11}")
+          f"{'range':>11}" * 2)
     for C, H, s in CHANNELS_LAST_LAYERS:
         x = rng.standard_normal((args.batch, C, H, H)).astype(np.float32)
         w = rng.standard_normal((C, 1, 3, 3)).astype(np.float32)
@@ -100,12 +103,21 @@ def main():
         out = np.empty((args.batch, C, Ho, Ho), np.float32)
         ntasks = min(args.batch, tuning.DEPTHWISE_TASKS_PER_THREAD * get_num_threads())
         plain = depthwise.no_prologue(x)
+        dout = rng.standard_normal(out.shape).astype(np.float32)
+        dx, dw = np.empty_like(x), np.empty_like(w)
 
         def forward(registers):
             depthwise.depthwise_conv2d_forward_channels_last(
                 out, x, w, s, 1, ntasks, tuning.PIXEL_ORDER_MAX_PIXELS, *plain, registers)
-        print(f"{C:>4} {H:>3}x{H:<2} {s:>2}" + _timed_pairs(forward, args.rounds, args.repeats),
-              flush=True)
+
+        def backward(registers):
+            depthwise.depthwise_conv2d_backward_channels_last(
+                dx, dw, dout, x, w, s, 1, tuning.PIXEL_ORDER_MAX_PIXELS, tuning.SUM_TASKS,
+                *plain, registers, tuning.DEPTHWISE_GATHER_MIN_PIXELS)
+        row = f"{C:>4} {H:>3}x{H:<2} {s:>2}"
+        for fn in (forward, backward):
+            row += _timed_pairs(fn, args.rounds, args.repeats)
+        print(row, flush=True)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,16 @@ DEPTHWISE_CHANNELS_LAST_MAX_PIXELS = 64
 # docs/PERFORMANCE.md, "Ops against PyTorch", the stride-2 depthwise conv).
 PIXEL_ORDER_MAX_PIXELS = 64
 
+# Depthwise conv, channels-last backward of a 3x3 filter at stride 1: dx is summed in a
+# register from a copy of dout inside a border of zeros (kernels/depthwise.py,
+# _gather_3x3_channels_last) on maps of at least this many pixels (8x8), and in a row in
+# memory, over the real taps only, on smaller ones. The border gives every pixel nine terms:
+# at 2x2 nine where four are real, and the backward of V1 1.0's 1024-channel 2x2 layer took
+# 1.10x the in-memory sums' time with it (1.00-1.17 over 5 rounds), at 4x4 0.95-0.99 against
+# 0.88-0.95 without it, at 8x8 0.87-0.90 with it (python benchmarks/bench_depthwise_taps.py
+# --rounds 5 --repeats 3, Zen 4 EPYC, 2026-12-02; two runs a minute apart on a noisy machine).
+DEPTHWISE_GATHER_MIN_PIXELS = 64
+
 # Depthwise conv forward: the N*C planes (plane path) or the N images (channels-last path) are
 # cut into this many tasks per thread. Chosen by reasoning, not measured: more tasks than
 # threads evens out the load, and each task zeroes one scratch plane or image once.

@@ -1,5 +1,5 @@
 """benchmarks/bench_depthwise_taps.py: a tiny run prints a row per layer, forward and
-backward both ways timed on phase planes, the forward both ways channels last."""
+backward both ways timed on phase planes and channels last."""
 
 import os
 import subprocess
@@ -19,7 +19,7 @@ def test_a_tiny_run_prints_both_timings_and_their_ratio_for_every_layer():
     sys.path.insert(0, str(REPO / "benchmarks"))
     import bench_depthwise_taps
     for text, layers, ways in ((planes, bench_depthwise_taps.LAYERS, 2),
-                               (channels_last, bench_depthwise_taps.CHANNELS_LAST_LAYERS, 1)):
+                               (channels_last, bench_depthwise_taps.CHANNELS_LAST_LAYERS, 2)):
         rows = [line.split() for line in text.splitlines()[3:] if line]
         assert len(rows) == len(layers)
         for row, (C, H, s) in zip(rows, layers):

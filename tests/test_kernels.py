@@ -183,6 +183,36 @@ def test_channels_last_forward_gives_the_bits_of_the_phase_planes(rng, dtype, st
                     np.testing.assert_array_equal(out, expected)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("K,stride", [(3, 1), (3, 2), (5, 1), (5, 2)])
+@pytest.mark.parametrize("H,W", [(4, 4), (2, 2), (9, 8), (1, 3), (3, 5)])
+def test_channels_last_backward_sums_in_registers_match_the_lanes(rng, dtype, K, stride, H, W):
+    """3b's backward with taps_in_registers (dw's sums four output pixels at a time, a 3x3
+    filter's dx at stride 1 gathered in a register) against its pixel-by-pixel sums: the
+    same bits for dx, dw to the dtype's rounding (its additions come in another order);
+    plain and normalising on reading, transposing either way, with 1 and 3 sum tasks."""
+    N, C, pad = 5, 37, K // 2
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((C, 1, K, K)).astype(dtype)
+    Ho, Wo = (H + 2 * pad - K) // stride + 1, (W + 2 * pad - K) // stride + 1
+    dout = rng.standard_normal((N, C, Ho, Wo)).astype(dtype)
+    scale, shift = np.linspace(0.5, 2, C).astype(dtype), np.full(C, -0.1, dtype)
+    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    for prologue in (depthwise.no_prologue(x), (scale, shift, 2), (scale, shift, 3)):
+        for pixel_order_max in (0, 10**9):
+            for sum_tasks in (1, 3):
+                results = []
+                for registers in (False, True):
+                    dx, dw = np.full_like(x, np.nan), np.full_like(w, np.nan)
+                    depthwise.depthwise_conv2d_backward_channels_last(
+                        dx, dw, dout, x, w, stride, pad, pixel_order_max, sum_tasks, *prologue,
+                        registers)
+                    results.append((dx, dw))
+                (dx_l, dw_l), (dx_r, dw_r) = results
+                np.testing.assert_array_equal(dx_r, dx_l)
+                np.testing.assert_allclose(dw_r, dw_l, rtol=tolerance, atol=tolerance)
+
+
 @pytest.mark.parametrize("pixel_order", [True, False])
 def test_depthwise_channels_last_transposes_either_way(rng, monkeypatch, pixel_order):
     """Small planes are turned channels last pixel by pixel, larger ones plane by plane."""

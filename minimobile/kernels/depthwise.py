@@ -748,9 +748,106 @@ def _taps_onto(p, K, stride, n_out):
     return max(0, (p - K + stride) // stride), min(n_out - 1, p // stride)
 
 
+# The backward's sums, fewer loads and stores per multiply (2026-12-02, session 34).
+# benchmarks/bench_depthwise_taps.py times both ways (--rounds 7 --repeats 3, Zen 4 EPYC,
+# batch 128, medians of the paired ratios): the 3x3 backwards at 8x8 took 0.87-0.90 of the
+# pixel-by-pixel sums' time, the stride-2 16x16 -> 8x8 one 0.97, and at 4x4 and 2x2 (where
+# dx stays in memory, tuning.DEPTHWISE_GATHER_MIN_PIXELS) 0.94-1.04, within that day's noise:
+# - dw: each output pixel adds its K*K products into the image's K*K lane rows, a load and a
+#   store of a lane per product. _tap_sums_channels_last takes four pixels per pass over a
+#   lane row and adds their products to each other before the lane: one load and one store
+#   of it per four products. The order of dw's additions changes (the four first), so
+#   dw agrees with the pixel-by-pixel sums to the dtype's rounding, not to the bit; the order
+#   is still fixed, so the bits do not depend on the thread count or the run.
+# - dx, 3x3 filters at stride 1 (pad 1): each input pixel summed its up to nine terms into a
+#   row of C in memory, zeroed first (a load and a store of it per term).
+#   _gather_3x3_channels_last reads dout from a copy with a border of one zero pixel, so every
+#   pixel has all nine terms (the border's add nothing), sums them in a register in the same
+#   order from the same zero, and stores once: the same bits, as _gather_3x3 on the phase
+#   planes.
+
+
+@njit(cache=True)
+def _tap_sums_channels_last(lanes, gt, xt, K, stride, Wp, Ho, Wo, gpad, Wg):
+    """lanes[k, c] += the sum over output pixels (i, j) of dout[c] * xt[(i*stride + k // K)*Wp
+    + j*stride + k % K, c], dout = gt[(i + gpad)*Wg + j + gpad]: four pixels per pass
+    over a lane's row (written out, so that their offsets stay in registers), their
+    products added to each other first. Every read goes
+    through one flat array per operand with unsigned offsets (see _taps_3x3), so LLVM
+    vectorises the channel loop; the lane row is the one array it stores to."""
+    C = lanes.shape[1]
+    gp, xp = gt.shape[1], xt.shape[1]
+    g = gt.reshape(gt.size)
+    x = xt.reshape(xt.size)
+    P = Ho * Wo
+    full = P - P % 4
+    for p in range(0, full, 4):
+        g0 = uint64((((p // Wo) + gpad) * Wg + p % Wo + gpad) * gp)
+        g1 = uint64(((((p + 1) // Wo) + gpad) * Wg + (p + 1) % Wo + gpad) * gp)
+        g2 = uint64(((((p + 2) // Wo) + gpad) * Wg + (p + 2) % Wo + gpad) * gp)
+        g3 = uint64(((((p + 3) // Wo) + gpad) * Wg + (p + 3) % Wo + gpad) * gp)
+        x0 = ((p // Wo) * stride * Wp + (p % Wo) * stride) * xp
+        x1 = (((p + 1) // Wo) * stride * Wp + ((p + 1) % Wo) * stride) * xp
+        x2 = (((p + 2) // Wo) * stride * Wp + ((p + 2) % Wo) * stride) * xp
+        x3 = (((p + 3) // Wo) * stride * Wp + ((p + 3) % Wo) * stride) * xp
+        for k in range(K * K):
+            tap = ((k // K) * Wp + k % K) * xp
+            a0, a1 = uint64(x0 + tap), uint64(x1 + tap)
+            a2, a3 = uint64(x2 + tap), uint64(x3 + tap)
+            lane = lanes[k]
+            for c in range(uint64(C)):
+                lane[c] += ((g[g0 + c] * x[a0 + c] + g[g1 + c] * x[a1 + c])
+                            + (g[g2 + c] * x[a2 + c] + g[g3 + c] * x[a3 + c]))
+    for p in range(full, P):
+        g0 = uint64((((p // Wo) + gpad) * Wg + p % Wo + gpad) * gp)
+        x0 = ((p // Wo) * stride * Wp + (p % Wo) * stride) * xp
+        for k in range(K * K):
+            a0 = uint64(x0 + ((k // K) * Wp + k % K) * xp)
+            lane = lanes[k]
+            for c in range(uint64(C)):
+                lane[c] += g[g0 + c] * x[a0 + c]
+
+
+@njit(cache=True)
+def _gather_3x3_channels_last(dxt, gz, wt, W, Wg):
+    """dxt[r*W + q, c] = the sum over the taps k = 8, 7, ..., 0 of wt[k, c] * gz[(r + 2 -
+    k // 3)*Wg + q + 2 - k % 3, c], from zero: dx of a 3x3 filter at stride 1 and pad 1,
+    with gz dout channels last inside a border of one zero pixel (pitch Wg = W + 2). The
+    taps come in the order the output pixels (i, j) = (r + 1 - k // 3, q + 1 - k % 3) do,
+    rows then columns ascending, as the loops' gather added them."""
+    C = dxt.shape[1]
+    gp, wp = gz.shape[1], wt.shape[1]
+    g = gz.reshape(gz.size)
+    w = wt.reshape(wt.size)
+    d = dxt.reshape(dxt.size)
+    zero = dxt.dtype.type(0)
+    t1, t2 = uint64(gp), uint64(2 * gp)
+    t3, t4, t5 = uint64(Wg * gp), uint64((Wg + 1) * gp), uint64((Wg + 2) * gp)
+    t6, t7, t8 = uint64(2 * Wg * gp), uint64((2 * Wg + 1) * gp), uint64((2 * Wg + 2) * gp)
+    w1, w2, w3, w4 = uint64(wp), uint64(2 * wp), uint64(3 * wp), uint64(4 * wp)
+    w5, w6, w7, w8 = uint64(5 * wp), uint64(6 * wp), uint64(7 * wp), uint64(8 * wp)
+    for p in range(dxt.shape[0]):
+        r, q = p // W, p % W
+        base = uint64((r * Wg + q) * gp)
+        dst = d[p * C:]
+        for c in range(uint64(C)):
+            b = base + c
+            v = zero + w[w8 + c] * g[b]
+            v += w[w7 + c] * g[b + t1]
+            v += w[w6 + c] * g[b + t2]
+            v += w[w5 + c] * g[b + t3]
+            v += w[w4 + c] * g[b + t4]
+            v += w[w3 + c] * g[b + t5]
+            v += w[w2 + c] * g[b + t6]
+            v += w[w1 + c] * g[b + t7]
+            v += w[c] * g[b + t8]
+            dst[c] = v
+
+
 @njit(cache=True, parallel=True)
 def depthwise_conv2d_backward_channels_last(dx, dw, dout, x, w, stride, pad,
-                                            pixel_order_max, sum_tasks, scale, shift, kind):
+                                            pixel_order_max, sum_tasks, scale, shift, kind,
+                                            taps_in_registers=True, gather_min_pixels=0):
     """The same result as depthwise_conv2d_backward_phase_planes (up to the order of dw's and
     dx's sums), for small maps. Parallel over sum_tasks fixed shares of the batch.
 
@@ -758,38 +855,58 @@ def depthwise_conv2d_backward_channels_last(dx, dw, dout, x, w, stride, pad,
     L1-resident row of C, where scattering every output's taps into a padded dx took a
     read-modify-write of an L2-resident row per tap and a zeroing pass (gathering was ~10 %
     faster at 16x16, 8x8 and 4x4 when timed; each pixel's terms are added in output order,
-    as the scatter added them, so the bits are the same)."""
+    as the scatter added them, so the bits are the same). With taps_in_registers, dw's sums
+    go four pixels at a time (_tap_sums_channels_last) and a 3x3 filter's dx at
+    stride 1 and pad 1 is summed in a register (_gather_3x3_channels_last) on maps of at least
+    gather_min_pixels pixels: the same dx bits, dw to the dtype's rounding."""
     N, C, H, W = x.shape
     K = w.shape[2]
     Ho, Wo = dout.shape[2], dout.shape[3]
     Wp = W + 2 * pad
     wt = _depthwise_weights_by_tap(w)
+    gather = (taps_in_registers and K == 3 and stride == 1 and pad == 1
+              and H * W >= gather_min_pixels)
+    # dout channels last, inside a border of one zero pixel for the gather
+    gpad = 1 if gather else 0
+    Wg = Wo + 2 * gpad
+    # Rows padded as in the forward (CHANNELS_LAST_ROW_PAD): the sums read several rows of
+    # each operand together, 4 KB apart at 1024 channels without it.
+    wt_padded = np.zeros((K * K, C + CHANNELS_LAST_ROW_PAD), dtype=w.dtype)
+    wt_padded[:, :C] = wt
     partial = np.zeros((sum_tasks, K * K, C))
     for task in prange(sum_tasks):
-        xt = np.zeros(((H + 2 * pad) * Wp, C), dtype=x.dtype)
+        xt = np.zeros(((H + 2 * pad) * Wp, C + CHANNELS_LAST_ROW_PAD), dtype=x.dtype)
         dxt = np.empty((H * W, C), dtype=x.dtype)
-        gt = np.empty((Ho * Wo, C), dtype=x.dtype)
+        # Zeroed once: the images overwrite the interior only, so the border stays zero.
+        gt = np.zeros(((Ho + 2 * gpad) * Wg, C + CHANNELS_LAST_ROW_PAD), dtype=x.dtype)
         # One image's dw in x's dtype (at most Ho*Wo terms per lane, and it vectorises twice
         # as wide), then added into the task's float64 partial sum.
         lanes = np.empty((K * K, C), dtype=x.dtype)
         planes = np.empty((C, H, W) if kind != STATISTICS_ONLY else (0, 0, 0), dtype=x.dtype)
         task_sum = partial[task]
         for n in range(task * N // sum_tasks, (task + 1) * N // sum_tasks):
-            _into_channels_last(gt, dout[n], 0, Wo, pixel_order_max)
+            _into_channels_last(gt, dout[n], gpad, Wg, pixel_order_max)
             _image_into_channels_last(xt, x[n], pad, Wp, pixel_order_max, scale, shift, kind,
                                       planes)
             lanes[:] = 0
-            for i in range(Ho):
-                for j in range(Wo):
-                    gq = gt[i * Wo + j]
-                    for k in range(K * K):
-                        src = xt[(i * stride + k // K) * Wp + j * stride + k % K]
-                        lane = lanes[k]
-                        for c in range(C):
-                            lane[c] += gq[c] * src[c]
+            if taps_in_registers:
+                _tap_sums_channels_last(lanes, gt, xt, K, stride, Wp, Ho, Wo, gpad, Wg)
+            else:
+                for i in range(Ho):
+                    for j in range(Wo):
+                        gq = gt[i * Wo + j]
+                        for k in range(K * K):
+                            src = xt[(i * stride + k // K) * Wp + j * stride + k % K]
+                            lane = lanes[k]
+                            for c in range(C):
+                                lane[c] += gq[c] * src[c]
             for k in range(K * K):
                 for c in range(C):
                     task_sum[k, c] += lanes[k, c]
+            if gather:
+                _gather_3x3_channels_last(dxt, gt, wt_padded, W, Wg)
+                _from_channels_last(dx[n], dxt)
+                continue
             for r in range(H):
                 i_first, i_last = _taps_onto(r + pad, K, stride, Ho)
                 for q in range(W):
@@ -890,7 +1007,8 @@ def _depthwise_conv2d_backward_fast(dx, dw, dout, x, w, stride, pad, scale, shif
     if dout.shape[2] * dout.shape[3] <= tuning.DEPTHWISE_CHANNELS_LAST_MAX_PIXELS:
         depthwise_conv2d_backward_channels_last(dx, dw, dout, x, w, stride, pad,
                                                 tuning.PIXEL_ORDER_MAX_PIXELS, tuning.SUM_TASKS,
-                                                scale, shift, kind)
+                                                scale, shift, kind, True,
+                                                tuning.DEPTHWISE_GATHER_MIN_PIXELS)
     else:
         block = max(1, min(tuning.DEPTHWISE_MAX_CHANNEL_BLOCK,
                            C // (tuning.DEPTHWISE_BLOCKS_PER_THREAD * get_num_threads())))
