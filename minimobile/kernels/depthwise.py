@@ -814,7 +814,8 @@ def _gather_3x3_channels_last(dxt, gz, wt, W, Wg):
     k // 3)*Wg + q + 2 - k % 3, c], from zero: dx of a 3x3 filter at stride 1 and pad 1,
     with gz dout channels last inside a border of one zero pixel (pitch Wg = W + 2). The
     taps come in the order the output pixels (i, j) = (r + 1 - k // 3, q + 1 - k % 3) do,
-    rows then columns ascending, as the loops' gather added them."""
+    rows then columns ascending, as the loops' gather added them. The offsets and the loop
+    are _taps_3x3_channels_last's, written out again for the reason _gather_3x3 gives."""
     C = dxt.shape[1]
     gp, wp = gz.shape[1], wt.shape[1]
     g = gz.reshape(gz.size)
