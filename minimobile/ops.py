@@ -152,6 +152,31 @@ class DepthwiseConv2dCache(NamedTuple):
     scale: Optional[np.ndarray] = None
     shift: Optional[np.ndarray] = None
     activation: Optional[str] = None
+    gradient_sums: Optional["BatchNormGradientSums"] = None  # the NormalizedMap's
+
+
+class BatchNormGradientSums:
+    """Batch norm's backward sums, made by the conv that read its deferred output.
+
+    A batch norm that hands on a NormalizedMap gets its gradient from the one conv that reads
+    it. Where that conv's backward can sum, as it writes the gradient, what the batch norm's
+    first pass would (kernels/batchnorm.py, 3e), it leaves the sums here with the gradient
+    they were made from; batchnorm2d_backward uses them only for that very array, and makes
+    its own otherwise. Made by the forward, emptied by the backward."""
+
+    __slots__ = ("mean", "rows", "dout")
+
+    def __init__(self, mean):
+        self.mean = mean  # (C,) float64, the batch mean
+        # (2, N, C) float64 row sums: kernels.batchnorm.batchnorm2d_backward_from_row_sums
+        self.rows = None
+        self.dout = None  # the gradient they were summed from
+
+    def take(self, dout):
+        """The row sums if they were made from `dout` itself, else None; empties the holder."""
+        rows = self.rows if self.dout is dout else None
+        self.rows = self.dout = None
+        return rows
 
 
 class NormalizedMap(NamedTuple):
@@ -165,6 +190,8 @@ class NormalizedMap(NamedTuple):
     scale: np.ndarray  # (C,), in x's dtype
     shift: np.ndarray
     activation: Optional[str]
+    # Where the reading conv may leave the batch norm's backward sums (BatchNormGradientSums)
+    gradient_sums: Optional[BatchNormGradientSums] = None
 
     @property
     def shape(self):
@@ -211,7 +238,8 @@ def depthwise_conv2d_forward(x, w, stride=1, padding=1):
     scale, shift, activation = normalized.scale, normalized.shift, normalized.activation
     kernels.pick(depthwise, "depthwise_conv2d_normalized_forward")(
         out, x, w, stride, padding, scale, shift, bn_kernels.ACTIVATION_CODES[activation])
-    return out, DepthwiseConv2dCache(x, w, stride, padding, scale, shift, activation)
+    return out, DepthwiseConv2dCache(x, w, stride, padding, scale, shift, activation,
+                                     normalized.gradient_sums)
 
 
 def depthwise_conv2d_backward(dout, cache):
@@ -227,6 +255,13 @@ def depthwise_conv2d_backward(dout, cache):
     if cache.scale is None:
         kernels.pick(depthwise, "depthwise_conv2d_backward")(dx, dw, dout, x, w, cache.stride,
                                                              cache.padding)
+    elif cache.gradient_sums is not None and kernels.current() == "fast":
+        # ... and the batch norm's backward sums, made as dx is written (kernels/depthwise.py, 3d)
+        sums = cache.gradient_sums
+        sums.rows = depthwise.depthwise_conv2d_normalized_backward_with_bn_sums(
+            dx, dw, dout, x, w, cache.stride, cache.padding, cache.scale, cache.shift,
+            bn_kernels.ACTIVATION_CODES[cache.activation], sums.mean)
+        sums.dout = dx
     else:  # dx is the gradient with respect to act(x * scale + shift), the conv's input
         kernels.pick(depthwise, "depthwise_conv2d_normalized_backward")(
             dx, dw, dout, x, w, cache.stride, cache.padding, cache.scale, cache.shift,
@@ -250,6 +285,9 @@ class PointwiseConv2dCache(NamedTuple):
     scale: Optional[np.ndarray] = None
     shift: Optional[np.ndarray] = None
     kind: int = bn_kernels.STATISTICS_ONLY
+    # A NormalizedMap's (read alone, not gated): where the backward may leave its batch
+    # norm's sums
+    gradient_sums: Optional["BatchNormGradientSums"] = None
 
 
 class ScaledMap(NamedTuple):
@@ -320,7 +358,9 @@ def pointwise_conv2d_forward(x, w, b=None):
         scale, shift, kind = _pointwise_prologue(normalized, scaled, N, C)
         kernels.pick(matmul, "pointwise_conv2d_normalized_forward")(out, x3, w2, scale, shift,
                                                                     kind)
-        cache = PointwiseConv2dCache(x3, x.shape, w2, b is not None, scale, shift, kind)
+        # a batch norm's output alone (not gated): dx will be that batch norm's gradient
+        sums = normalized.gradient_sums if scaled is None else None
+        cache = PointwiseConv2dCache(x3, x.shape, w2, b is not None, scale, shift, kind, sums)
     if b is not None:
         kernels.pick(elementwise, "add_channel_bias")(out, b)
     return out.reshape(N, C_out, H, W), cache
@@ -354,12 +394,20 @@ def pointwise_conv2d_backward(dout, cache):
     dw = np.empty((C_out, C), dtype=w2.dtype)
     if cache.scale is None:
         kernels.pick(matmul, "pointwise_conv2d_backward")(dx, dw, d3, cache.x, w2)
+    elif cache.gradient_sums is not None and kernels.current() == "fast":
+        # ... and the batch norm's backward sums, made as dx is written (kernels/matmul.py, 3e)
+        sums = cache.gradient_sums
+        sums.rows = matmul.pointwise_conv2d_normalized_backward_with_bn_sums(
+            dx, dw, d3, cache.x, w2, cache.scale, cache.shift, cache.kind, sums.mean)
+        dx = sums.dout = dx.reshape(N, C, H, W)  # the array the batch norm will be handed
     else:  # dx is the gradient with respect to the conv's input as the forward read it:
         # act(x * scale + shift), x scaled by image (ScaledMap), or both
         kernels.pick(matmul, "pointwise_conv2d_normalized_backward")(
             dx, dw, d3, cache.x, w2, cache.scale, cache.shift, cache.kind)
     db = channel_sum(dout) if cache.has_bias else None
-    return dx.reshape(N, C, H, W), dw.reshape(C_out, C, 1, 1), db
+    if dx.ndim == 3:
+        dx = dx.reshape(N, C, H, W)
+    return dx, dw.reshape(C_out, C, 1, 1), db
 
 
 def add_channel_bias(out, b):
@@ -403,6 +451,7 @@ class BatchNorm2dCache(NamedTuple):
     scale: np.ndarray  # (C,) in x's dtype: bn(x) = x * scale + shift, exactly as the forward
     shift: np.ndarray  # computed it, so the backward recomputes the same bn(x)
     activation: Optional[str]  # None, or the activation fused after the normalisation
+    gradient_sums: Optional[BatchNormGradientSums] = None  # with a deferred output
 
 
 def _check_bn_args(op, x, gamma, beta):
@@ -431,14 +480,19 @@ def batchnorm2d_backward(dout, cache):
     if the cache comes from batchnorm2d_activation_forward)."""
     x = cache.x
     N, C, H, W = x.shape
+    rows = cache.gradient_sums.take(dout) if cache.gradient_sums is not None else None
     dout = _check_dout("batchnorm2d", dout, x.shape, x.dtype)
     dx = np.empty_like(x)
     dgamma = np.empty(C)
     dbeta = np.empty(C)
-    kernels.pick(bn_kernels, "batchnorm2d_backward")(
-        dx.reshape(N, C, H * W), dgamma, dbeta, dout.reshape(N, C, H * W),
-        x.reshape(N, C, H * W), cache.mean, cache.invstd, cache.gamma, cache.scale, cache.shift,
-        bn_kernels.ACTIVATION_CODES[cache.activation])
+    args = (dx.reshape(N, C, H * W), dgamma, dbeta, dout.reshape(N, C, H * W),
+            x.reshape(N, C, H * W), cache.mean, cache.invstd, cache.gamma, cache.scale,
+            cache.shift, bn_kernels.ACTIVATION_CODES[cache.activation])
+    if rows is not None and kernels.current() == "fast":
+        # the first pass's sums were made by the conv that read the output: the second alone
+        bn_kernels.batchnorm2d_backward_from_row_sums(*args[:3], rows, *args[3:])
+    else:
+        kernels.pick(bn_kernels, "batchnorm2d_backward")(*args)
     return dx, dgamma.astype(x.dtype), dbeta.astype(x.dtype)
 
 
@@ -486,9 +540,11 @@ def _batchnorm2d_forward(op, x, gamma, beta, eps, activation, defer=False):
         out.reshape(N, C, H * W), mean, var, scale, shift, x.reshape(N, C, H * W), gamma, beta,
         float(eps), kind)
     invstd = 1.0 / np.sqrt(var + eps)
-    if defer:
-        out = NormalizedMap(x, scale, shift, activation)
-    return out, BatchNorm2dCache(x, gamma, mean, var, invstd, scale, shift, activation)
+    if not defer:
+        return out, BatchNorm2dCache(x, gamma, mean, var, invstd, scale, shift, activation)
+    sums = BatchNormGradientSums(mean)
+    return (NormalizedMap(x, scale, shift, activation, sums),
+            BatchNorm2dCache(x, gamma, mean, var, invstd, scale, shift, activation, sums))
 
 
 class BatchNorm2dInferenceCache(NamedTuple):

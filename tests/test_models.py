@@ -385,9 +385,17 @@ def test_deferring_batch_norm_into_the_next_conv_changes_no_bit(arch, monkeypatc
     """MobileNet.defer_normalization hands each depthwise or 1x1 conv that alone reads a batch
     norm's output a NormalizedMap instead (the map is never written), V3's squeeze-excite its
     depthwise layer's output the same way (counted where it pools it), and V3's projection
-    squeeze-excite's output as a ScaledMap: a training step gives the same logits and
+    squeeze-excite's output as a ScaledMap, and the depthwise convs make such a batch norm's
+    backward sums (kernels/depthwise.py, 3d): a training step gives the same logits and
     gradients, bit for bit, as the plain path."""
-    handed = []
+    handed, sums_made = [], []
+    take = ops.BatchNormGradientSums.take
+
+    def counting_take(self, dout):
+        rows = take(self, dout)
+        sums_made.append(rows is not None)
+        return rows
+    monkeypatch.setattr(ops.BatchNormGradientSums, "take", counting_take)
     for name in ("depthwise_conv2d_forward", "pointwise_conv2d_forward",
                  "global_avg_pool_forward"):
         def counting_forward(x, *args, forward=getattr(ops, name)):
@@ -404,11 +412,14 @@ def test_deferring_batch_norm_into_the_next_conv_changes_no_bit(arch, monkeypatc
         model.backward(np.random.default_rng(2).standard_normal(logits.shape).astype(np.float32))
         grads = {name: g.copy() for name, module in model.named_modules()
                  for name_g, g in module.grads.items() for name in [f"{name}.{name_g}"]}
-        steps.append((logits, grads, sum(handed)))
-    (logits, grads, deferred), (plain_logits, plain_grads, none) = steps
+        steps.append((logits, grads, sum(handed), sum(sums_made)))
+        sums_made.clear()
+    (logits, grads, deferred, made), (plain_logits, plain_grads, none, none_made) = steps
     expected = sum(isinstance(m, (ConvBNActivation, SqueezeExcitation)) and m.defer_output
                    for _, m in model.named_modules())
     assert deferred == expected > 0 and none == 0
+    # and some of the batch norms read by a depthwise conv got their backward sums from it
+    assert made > 0 and none_made == 0
     np.testing.assert_array_equal(logits, plain_logits)
     assert grads.keys() == plain_grads.keys()
     for name in grads:

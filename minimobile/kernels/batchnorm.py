@@ -493,20 +493,27 @@ def batchnorm2d_forward_by_channel(out, mean, var, scale, shift, x, gamma, beta,
 
 @njit(cache=True, parallel=True)
 def batchnorm2d_backward_by_channel(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale,
-                                    shift, kind):
+                                    shift, kind, rows=None):
     """By channel. With g = dout * act'(bn(x)):
     dx = gamma*invstd/M * (M*g - sum(g) - xhat*sum(g*xhat)), xhat and bn(x) recomputed from x,
-    g recomputed in each pass (_upstream_gradient, _input_gradient_row)."""
+    g recomputed in each pass (_upstream_gradient, _input_gradient_row). `rows`, (2, N, C)
+    sums of g and g * (x - mean) over each row (one channel of one image) made where dout was
+    made (see 3e below), replaces the first pass's loop: they are added in image order."""
     N, C, P = x.shape
     M = N * P
     for c in prange(C):
         s, t = scale[c], shift[c]
         mm = x.dtype.type(mean[c])
         sums = np.zeros(2)
-        g = np.empty(P, dtype=x.dtype)
-        for n in range(N):
-            _upstream_gradient(g, dout[n, c], x[n, c], s, t, kind)
-            _row_sums(sums[:1], sums[1:], g if kind != 0 else dout[n, c], x[n, c], mm, P)
+        if rows is None:
+            g = np.empty(P, dtype=x.dtype)
+            for n in range(N):
+                _upstream_gradient(g, dout[n, c], x[n, c], s, t, kind)
+                _row_sums(sums[:1], sums[1:], g if kind != 0 else dout[n, c], x[n, c], mm, P)
+        else:
+            for n in range(N):
+                sums[0] += rows[0, n, c]
+                sums[1] += rows[1, n, c]
         sum_g = sums[0]
         sum_gxhat = sums[1] * invstd[c]
         dbeta[c] = sum_g
@@ -598,12 +605,13 @@ def batchnorm2d_forward_by_image(out, mean, var, scale, shift, x, gamma, beta, e
 
 @njit(cache=True, parallel=True)
 def batchnorm2d_backward_by_image(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale,
-                                  shift, kind, sum_tasks, row_sums_min_pixels):
+                                  shift, kind, sum_tasks, row_sums_min_pixels, rows=None):
     """By image, for small maps: the same bits on every run and for any thread count, and
     batchnorm2d_backward_by_channel's result up to float32 rounding. Rows of fewer than
     row_sums_min_pixels values are summed in float64 lanes, one per position, instead of row
     by row in registers (_row_sums, which rounds each row's sum to x's dtype, as by channel
-    does)."""
+    does). `rows` as by channel (made row by row, so only where P >= row_sums_min_pixels)
+    replaces the first pass's loop: each task adds its images' in order."""
     N, C, P = x.shape
     M = N * P
     xs, douts, dxs = x.reshape(N, C * P), dout.reshape(N, C * P), dx.reshape(N, C * P)
@@ -612,17 +620,26 @@ def batchnorm2d_backward_by_image(dx, dgamma, dbeta, dout, x, mean, invstd, gamm
     by_rows = P >= row_sums_min_pixels
     means = mean.astype(x.dtype)
     m = _spread(mean, P if not by_rows else 0, np.float64)
-    totals_g = np.zeros((sum_tasks, C if by_rows else C * P))
-    totals_gx = np.zeros((sum_tasks, C if by_rows else C * P))
-    for task in prange(sum_tasks):
-        g = np.empty(C * P, dtype=x.dtype)
-        for n in range(task * N // sum_tasks, (task + 1) * N // sum_tasks):
-            _upstream_gradient(g, douts[n], xs[n], s, t, kind)
-            gn = g if kind != 0 else douts[n]
-            if by_rows:
-                _row_sums(totals_g[task], totals_gx[task], gn, xs[n], means, P)
-            else:
-                _add_into_lanes(totals_g[task], totals_gx[task], gn, xs[n], m)
+    if rows is None:
+        totals_g = np.zeros((sum_tasks, C if by_rows else C * P))
+        totals_gx = np.zeros((sum_tasks, C if by_rows else C * P))
+        for task in prange(sum_tasks):
+            g = np.empty(C * P, dtype=x.dtype)
+            for n in range(task * N // sum_tasks, (task + 1) * N // sum_tasks):
+                _upstream_gradient(g, douts[n], xs[n], s, t, kind)
+                gn = g if kind != 0 else douts[n]
+                if by_rows:
+                    _row_sums(totals_g[task], totals_gx[task], gn, xs[n], means, P)
+                else:
+                    _add_into_lanes(totals_g[task], totals_gx[task], gn, xs[n], m)
+    else:
+        by_rows = True
+        totals_g = np.zeros((sum_tasks, C))
+        totals_gx = np.zeros((sum_tasks, C))
+        for task in range(sum_tasks):
+            for n in range(task * N // sum_tasks, (task + 1) * N // sum_tasks):
+                totals_g[task] += rows[0, n]
+                totals_gx[task] += rows[1, n]
     if by_rows:
         sum_g = _sum_rows_in_order(totals_g)
         sum_gxhat = _sum_rows_in_order(totals_gx) * invstd
@@ -661,11 +678,62 @@ def _batchnorm2d_forward_fast(out, mean, var, scale, shift, x, gamma, beta, eps,
 
 
 def _batchnorm2d_backward_fast(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale, shift,
-                               kind):
+                               kind, rows=None):
     if x.shape[2] <= tuning.BN_BY_IMAGE_MAX_PIXELS:
         batchnorm2d_backward_by_image(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale,
                                       shift, kind, tuning.SUM_TASKS,
-                                      tuning.BN_ROW_SUMS_MIN_PIXELS)
+                                      tuning.BN_ROW_SUMS_MIN_PIXELS, rows)
     else:
         batchnorm2d_backward_by_channel(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale,
-                                        shift, kind)
+                                        shift, kind, rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3e. The backward's first pass made where its gradient is made. A batch norm whose output
+# one conv alone reads, normalised as it reads (3c in kernels/depthwise.py and in
+# kernels/matmul.py), gets its gradient from that conv's backward, and its own first pass
+# reads that gradient and x back from memory to sum g and g * (x - mean) over each row (one
+# channel of one image). The conv's backward holds both rows in cache as it writes the
+# gradient, so it makes the rows' sums there (add_row_sums), one pair per row, in any order
+# or thread; the batch norm then adds them in its own order (images in order, by channel or
+# in its SUM_TASKS shares by image) and runs its second pass alone
+# (batchnorm2d_backward_from_row_sums). A row's sum is the one this module's first pass
+# makes, with its helpers, and a float64 total starting from 0 holds it exactly: the same
+# bits as the whole backward. Rows of under tuning.BN_ROW_SUMS_MIN_PIXELS are summed in
+# per-position lanes instead, which the convs do not make (makes_row_sums).
+# ---------------------------------------------------------------------------------------------
+
+
+def makes_row_sums(P):
+    """Whether batch norm's backward on maps of P pixels sums its first pass row by row, so
+    that a conv can make those sums for it (add_row_sums); elsewhere it uses lanes."""
+    return P > tuning.BN_BY_IMAGE_MAX_PIXELS or P >= tuning.BN_ROW_SUMS_MIN_PIXELS
+
+
+def by_channel(P):
+    """Whether batch norm's backward on maps of P pixels goes channel by channel (its
+    _row_sums then reads the channel's mean as a scalar, as add_row_sums must)."""
+    return P > tuning.BN_BY_IMAGE_MAX_PIXELS
+
+
+@njit(cache=True)
+def add_row_sums(rows, n, k, g, dy, src, s, t, mean, kind, channel_order):
+    """rows[0, n, k] and rows[1, n, k] (zeros before) += the sums of one row's g = dy *
+    act'(src * s + t) and of g * (src - mean[k]): batch norm's first pass on row (n, k), as
+    batchnorm2d_backward_by_channel (channel_order) or _by_image makes it. g is scratch of
+    the row's length."""
+    _upstream_gradient(g, dy, src, s, t, kind)
+    gn = g if kind != 0 else dy
+    if channel_order:
+        _row_sums(rows[0, n, k:k + 1], rows[1, n, k:k + 1], gn, src, mean[k], src.size)
+    else:
+        _row_sums(rows[0, n, k:k + 1], rows[1, n, k:k + 1], gn, src, mean[k:k + 1], src.size)
+
+
+def batchnorm2d_backward_from_row_sums(dx, dgamma, dbeta, rows, dout, x, mean, invstd, gamma,
+                                       scale, shift, kind):
+    """batchnorm2d_backward_fast with its first pass's row sums, rows (2, N, C) float64, made
+    by the conv that read the output: the same bits as the whole backward."""
+    with threads_for(x.size):
+        _batchnorm2d_backward_fast(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale,
+                                   shift, kind, rows)

@@ -17,8 +17,8 @@ from numba import get_num_threads, njit, prange, uint64
 
 from .. import tuning
 from . import threads_for
-from .batchnorm import (STATISTICS_ONLY, affine_activate_plane, no_prologue,  # noqa: F401
-                        normalized_input)
+from .batchnorm import (STATISTICS_ONLY, add_row_sums, affine_activate_plane,  # noqa: F401
+                        by_channel, makes_row_sums, no_prologue, normalized_input)
 
 # ---------------------------------------------------------------------------------------------
 # Rung 1, loops: the definition, one output element at a time.
@@ -439,11 +439,17 @@ def _gather_3x3_stride2(plane, gz, w, Wh):
 
 @njit(cache=True, parallel=True)
 def depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, pad, block, scale, shift,
-                                           kind, taps_in_registers=True):
+                                           kind, taps_in_registers=True, bn_rows=None,
+                                           bn_mean=None, bn_by_channel=False):
     """dx = w scattered by dout; dw[c] = sum_n,i,j dout * xpad window. With 3x3 and 5x5
     filters, dw's sums are made in registers (_tap_sums_3x3), and for 3x3 dx is gathered at
     stride 1 (_gather_3x3) and at stride 2 with pad 1 (_gather_3x3_stride2), unless
     taps_in_registers is False.
+
+    With bn_rows, (2, N, C) zeros, and bn_mean (C,) in x's dtype, x read normalised (kind
+    is a batch norm's activation code): each plane of dx, the gradient with respect to that
+    batch norm's output, gets batch norm's first-pass sums as it is written
+    (batchnorm.add_row_sums; bn_by_channel: batchnorm.by_channel of the plane's pixels).
 
     Parallel over blocks of `block` channels: a task walks the images in order and, in each,
     its block's planes, which lie side by side. One channel per task read one 1 KB plane per
@@ -482,6 +488,7 @@ def depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, pad, bloc
                               dtype=x.dtype)
         dw_totals = np.zeros((c_end - c_first, K * K))
         plane = np.empty((H, W), dtype=x.dtype)
+        g_row = np.empty(H * W if bn_rows is not None else 0, dtype=x.dtype)
         for n in range(N):
             for c in range(c_first, c_end):
                 if kind == STATISTICS_ONLY:
@@ -504,25 +511,28 @@ def depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, pad, bloc
                             totals[9 * group + k] += sums[k]
                 if gather:
                     _gather_3x3(dx[n, c], gz, w[c, 0], tap_start, row_start, front)
-                    continue
-                if gather_stride2:
+                elif gather_stride2:
                     _gather_3x3_stride2(dx[n, c], gz, w[c, 0], Wh)
-                    continue
-                dxp[:] = 0
-                for k in range(K * K):
-                    wk = w[c, 0, k // K, k % K]
-                    off = tap_start[k]
-                    dst = dxp[off:]
-                    if sums_in_registers:
-                        for q in range(L):
-                            dst[q] += wk * gw[q]
-                    else:
-                        src = xp[off:]
-                        lanes = channel_lanes[k]
-                        for q in range(L):
-                            dst[q] += wk * gw[q]
-                            lanes[q] += gw[q] * src[q]
-                _copy_from_phases(dx[n, c], dxp, s, row_start, col_first, col_count)
+                else:
+                    dxp[:] = 0
+                    for k in range(K * K):
+                        wk = w[c, 0, k // K, k % K]
+                        off = tap_start[k]
+                        dst = dxp[off:]
+                        if sums_in_registers:
+                            for q in range(L):
+                                dst[q] += wk * gw[q]
+                        else:
+                            src = xp[off:]
+                            lanes = channel_lanes[k]
+                            for q in range(L):
+                                dst[q] += wk * gw[q]
+                                lanes[q] += gw[q] * src[q]
+                    _copy_from_phases(dx[n, c], dxp, s, row_start, col_first, col_count)
+                if bn_rows is not None:  # dx[n, c] and x[n, c] are in cache: sum them now
+                    add_row_sums(bn_rows, n, c, g_row, dx[n, c].reshape(H * W),
+                                 x[n, c].reshape(H * W), scale[c], shift[c], bn_mean, kind,
+                                 bn_by_channel)
         for c in range(c_first, c_end):
             for k in range(K * K):
                 if not sums_in_registers:
@@ -845,10 +855,20 @@ def _gather_3x3_channels_last(dxt, gz, wt, W, Wg):
             dst[c] = v
 
 
+@njit(cache=True)
+def _add_image_row_sums(bn_rows, n, g_row, dx, x, scale, shift, bn_mean, kind, bn_by_channel):
+    """batchnorm.add_row_sums for every channel of image n."""
+    P = x.shape[2] * x.shape[3]
+    for c in range(x.shape[1]):
+        add_row_sums(bn_rows, n, c, g_row, dx[n, c].reshape(P), x[n, c].reshape(P), scale[c],
+                     shift[c], bn_mean, kind, bn_by_channel)
+
+
 @njit(cache=True, parallel=True)
 def depthwise_conv2d_backward_channels_last(dx, dw, dout, x, w, stride, pad,
                                             pixel_order_max, sum_tasks, scale, shift, kind,
-                                            taps_in_registers=True, gather_min_pixels=0):
+                                            taps_in_registers=True, gather_min_pixels=0,
+                                            bn_rows=None, bn_mean=None, bn_by_channel=False):
     """The same result as depthwise_conv2d_backward_phase_planes (up to the order of dw's and
     dx's sums), for small maps. Parallel over sum_tasks fixed shares of the batch.
 
@@ -859,7 +879,9 @@ def depthwise_conv2d_backward_channels_last(dx, dw, dout, x, w, stride, pad,
     as the scatter added them, so the bits are the same). With taps_in_registers, dw's sums
     go four pixels at a time (_tap_sums_channels_last) and a 3x3 filter's dx at
     stride 1 and pad 1 is summed in a register (_gather_3x3_channels_last) on maps of at least
-    gather_min_pixels pixels: the same dx bits, dw to the dtype's rounding."""
+    gather_min_pixels pixels: the same dx bits, dw to the dtype's rounding. bn_rows, bn_mean
+    and bn_by_channel as in depthwise_conv2d_backward_phase_planes: each image's dx gets
+    batch norm's sums as it is turned back to NCHW."""
     N, C, H, W = x.shape
     K = w.shape[2]
     Ho, Wo = dout.shape[2], dout.shape[3]
@@ -884,6 +906,7 @@ def depthwise_conv2d_backward_channels_last(dx, dw, dout, x, w, stride, pad,
         # as wide), then added into the task's float64 partial sum.
         lanes = np.empty((K * K, C), dtype=x.dtype)
         planes = np.empty((C, H, W) if kind != STATISTICS_ONLY else (0, 0, 0), dtype=x.dtype)
+        g_row = np.empty(H * W if bn_rows is not None else 0, dtype=x.dtype)
         task_sum = partial[task]
         for n in range(task * N // sum_tasks, (task + 1) * N // sum_tasks):
             _into_channels_last(gt, dout[n], gpad, Wg, pixel_order_max)
@@ -907,6 +930,9 @@ def depthwise_conv2d_backward_channels_last(dx, dw, dout, x, w, stride, pad,
             if gather:
                 _gather_3x3_channels_last(dxt, gt, wt_padded, W, Wg)
                 _from_channels_last(dx[n], dxt)
+                if bn_rows is not None:  # dx[n] and x[n] are in cache: sum them now
+                    _add_image_row_sums(bn_rows, n, g_row, dx, x, scale, shift, bn_mean, kind,
+                                        bn_by_channel)
                 continue
             for r in range(H):
                 i_first, i_last = _taps_onto(r + pad, K, stride, Ho)
@@ -921,6 +947,9 @@ def depthwise_conv2d_backward_channels_last(dx, dw, dout, x, w, stride, pad,
                             for c in range(C):
                                 acc[c] += wk[c] * gq[c]
             _from_channels_last(dx[n], dxt)
+            if bn_rows is not None:
+                _add_image_row_sums(bn_rows, n, g_row, dx, x, scale, shift, bn_mean, kind,
+                                    bn_by_channel)
     for c in range(C):
         for k in range(K * K):
             total = 0.0
@@ -1003,15 +1032,52 @@ def _depthwise_conv2d_forward_fast(out, x, w, stride, pad, scale, shift, kind):
         depthwise_conv2d_forward_phase_planes(out, x, w, stride, pad, ntasks, scale, shift, kind)
 
 
-def _depthwise_conv2d_backward_fast(dx, dw, dout, x, w, stride, pad, scale, shift, kind):
+def _uses_phase_planes_backward(dout):
+    return dout.shape[2] * dout.shape[3] > tuning.DEPTHWISE_CHANNELS_LAST_MAX_PIXELS
+
+
+def _depthwise_conv2d_backward_fast(dx, dw, dout, x, w, stride, pad, scale, shift, kind,
+                                    bn_rows=None, bn_mean=None, bn_by_channel=False):
     C = x.shape[1]
-    if dout.shape[2] * dout.shape[3] <= tuning.DEPTHWISE_CHANNELS_LAST_MAX_PIXELS:
+    if not _uses_phase_planes_backward(dout):
         depthwise_conv2d_backward_channels_last(dx, dw, dout, x, w, stride, pad,
                                                 tuning.PIXEL_ORDER_MAX_PIXELS, tuning.SUM_TASKS,
                                                 scale, shift, kind, True,
-                                                tuning.DEPTHWISE_GATHER_MIN_PIXELS)
+                                                tuning.DEPTHWISE_GATHER_MIN_PIXELS, bn_rows,
+                                                bn_mean, bn_by_channel)
     else:
         block = max(1, min(tuning.DEPTHWISE_MAX_CHANNEL_BLOCK,
                            C // (tuning.DEPTHWISE_BLOCKS_PER_THREAD * get_num_threads())))
         depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, pad, block, scale,
-                                               shift, kind)
+                                               shift, kind, True, bn_rows, bn_mean,
+                                               bn_by_channel)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3d. Batch norm's backward sums, made here. When x is a batch norm's output read normalised
+# (3c), dx is that batch norm's incoming gradient, and its backward's first pass reads dx and
+# x back from memory to sum g = dx * act'(bn(x)) and g * (x - mean) over each row
+# (kernels/batchnorm.py, 3e). Both loop orders hold those rows in cache as they write dx:
+# the phase planes one plane of dx and x, channels last one image of each. So the rows'
+# sums are made there, with batch norm's own helpers, and batch norm adds them in its order:
+# the same bits, and one pass over two maps fewer. Not on maps whose rows batch norm sums in
+# per-position lanes (under tuning.BN_ROW_SUMS_MIN_PIXELS: 4x4 and 2x2).
+# ---------------------------------------------------------------------------------------------
+
+
+def depthwise_conv2d_normalized_backward_with_bn_sums(dy, dw, dout, x, w, stride, pad, scale,
+                                                      shift, kind, mean):
+    """depthwise_conv2d_normalized_backward_fast, which also returns batch norm's first-pass
+    row sums, (2, N, C) float64 (batchnorm.batchnorm2d_backward_from_row_sums takes them),
+    for the batch norm with batch mean `mean` (C,) whose output act(x * scale + shift) the
+    conv read; or None on maps where it does not make them (see above)."""
+    N, C, H, W = x.shape
+    if not makes_row_sums(H * W):
+        depthwise_conv2d_normalized_backward_fast(dy, dw, dout, x, w, stride, pad, scale, shift,
+                                                  kind)
+        return None
+    rows = np.zeros((2, N, C))
+    with threads_for(x.size):
+        _depthwise_conv2d_backward_fast(dy, dw, dout, x, w, stride, pad, scale, shift, kind,
+                                        rows, mean.astype(x.dtype), by_channel(H * W))
+    return rows

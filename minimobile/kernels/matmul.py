@@ -18,7 +18,8 @@ from numba import get_num_threads, njit, prange
 
 from .. import tuning
 from . import threads_for
-from .batchnorm import (STATISTICS_ONLY, _affine_activate_row, affine_activate_plane, no_prologue,
+from .batchnorm import (STATISTICS_ONLY, _affine_activate_row, add_row_sums,
+                        affine_activate_plane, by_channel, makes_row_sums, no_prologue,
                         normalized_input)
 
 # ---------------------------------------------------------------------------------------------
@@ -365,11 +366,14 @@ def _sum_partials(dw, partial, tall):
 
 
 @njit(cache=True, parallel=True)
-def matmul_per_image_backward(dx, dw, dout, x, wt, sum_tasks, scale, shift, kind):
+def matmul_per_image_backward(dx, dw, dout, x, wt, sum_tasks, scale, shift, kind, bn_rows=None,
+                              bn_mean=None, bn_by_channel=False):
     """The backward of out[n] = w @ x[n]: dw = sum over n of dout[n] @ x[n].T and dx[n] =
     wt @ dout[n]; dout (N, M, P), x (N, K, P), dw (M, K), wt (K, M), dx (N, K, P). Both
     products of an image run back to back, while dout[n] is still in cache. With a prologue,
-    x[n] is read as act(x[n] * scale + shift), and dx is the gradient with respect to that."""
+    x[n] is read as act(x[n] * scale + shift), and dx is the gradient with respect to that.
+    With bn_rows (a batch norm's kind only), each image's dx gets that batch norm's
+    first-pass sums as it is written (3e below)."""
     N, _, P = x.shape
     M, K = dw.shape
     tall = M >= K  # which way round the weight gradient's product is made (see above)
@@ -394,7 +398,19 @@ def matmul_per_image_backward(dx, dw, dout, x, wt, sum_tasks, scale, shift, kind
             if n != lo:
                 _add_into(partial[t], product)
             np.dot(wt, dout[n], dx[n])
+            if bn_rows is not None:
+                _add_image_row_sums(bn_rows, n, dx, x, scale, shift, bn_mean, kind,
+                                    bn_by_channel)
     _sum_partials(dw, partial, tall)
+
+
+@njit(cache=True)
+def _add_image_row_sums(bn_rows, n, dx, x, scale, shift, bn_mean, kind, bn_by_channel):
+    """batchnorm.add_row_sums for every row of image n of dx and x (N, K, P)."""
+    g = np.empty(x.shape[2], dtype=x.dtype)
+    for k in range(x.shape[1]):
+        add_row_sums(bn_rows, n, k, g, dx[n, k], x[n, k], scale[k], shift[k], bn_mean, kind,
+                     bn_by_channel)
 
 
 @njit(cache=True)
@@ -486,15 +502,17 @@ def matmul_image_groups(out, a, b, group, scale, shift, kind):
 
 
 @njit(cache=True, parallel=True)
-def matmul_image_groups_backward(dx, dw, dout, x, wt, group, sum_tasks, scale, shift, kind):
+def matmul_image_groups_backward(dx, dw, dout, x, wt, group, sum_tasks, scale, shift, kind,
+                                 bn_rows=None, bn_mean=None, bn_by_channel=False):
     """The backward of matmul_image_groups(out, w, x, group, ...): per group of images, dw
     gains dout_g @ x_g.T and dx_g = wt @ dout_g, with x_g (normalised, with a prologue) and
     dout_g gathered as in the forward. The groups are cut into sum_tasks fixed shares, each
-    summed by one task in group order."""
+    summed by one task in group order. bn_rows as in matmul_per_image_backward."""
     N, K, P = x.shape
     M = dw.shape[0]
     ngroups = (N + group - 1) // group
     ntasks = min(sum_tasks, ngroups)
+    channel_scale, channel_shift = scale, shift
     scale, shift = _spread_constants(scale, shift, kind, P)
     tall = M >= K  # as in matmul_per_image_backward
     R, S = (M, K) if tall else (K, M)
@@ -522,6 +540,10 @@ def matmul_image_groups_backward(dx, dw, dout, x, wt, group, sum_tasks, scale, s
                 _add_into(partial[t], product)
             np.dot(wt, dcols, cols)  # cols now holds this group's dx
             _scatter_images(dx, cols, lo, hi)
+            if bn_rows is not None:
+                for n in range(lo, hi):
+                    _add_image_row_sums(bn_rows, n, dx, x, channel_scale, channel_shift,
+                                        bn_mean, kind, bn_by_channel)
     _sum_partials(dw, partial, tall)
 
 
@@ -777,6 +799,12 @@ def _image_group(x):
     return max(1, min(N, -(-tuning.POINTWISE_GROUP_COLUMNS // P)))
 
 
+def _makes_bn_row_sums(x, kind):
+    """Whether the fast backward makes a batch norm's row sums for this input (see 3e)."""
+    return (STATISTICS_ONLY < kind < SCALE_BY_IMAGE and makes_row_sums(x.shape[2])
+            and (_per_image(x) or tuning.POINTWISE_SMALL_MAPS == "groups"))
+
+
 def _pointwise_conv2d_forward_fast(out, x, w, scale, shift, kind):
     if _per_image(x):
         matmul_per_image(out, w, x, tuning.POINTWISE_TASKS_PER_THREAD * get_num_threads(),
@@ -791,16 +819,18 @@ def _pointwise_conv2d_forward_fast(out, x, w, scale, shift, kind):
         _from_channel_major(out, product)
 
 
-def _pointwise_conv2d_backward_fast(dx, dw, dout, x, w, scale, shift, kind):
+def _pointwise_conv2d_backward_fast(dx, dw, dout, x, w, scale, shift, kind, bn_rows=None,
+                                    bn_mean=None, bn_by_channel=False):
     # W^T as a view, Fortran-ordered: np.dot hands BLAS the transpose flag instead of a copy.
     # Copying it cost more than it looks: a transposed copy reads with a stride of a row, and
     # V1 1.0's thirteen 1x1 weights (12.6 MB) took 26 ms per step that way, on one thread.
     wt = w.T
     if _per_image(x):
-        matmul_per_image_backward(dx, dw, dout, x, wt, tuning.SUM_TASKS, scale, shift, kind)
+        matmul_per_image_backward(dx, dw, dout, x, wt, tuning.SUM_TASKS, scale, shift, kind,
+                                  bn_rows, bn_mean, bn_by_channel)
     elif tuning.POINTWISE_SMALL_MAPS == "groups":
         matmul_image_groups_backward(dx, dw, dout, x, wt, _image_group(x), tuning.SUM_TASKS,
-                                     scale, shift, kind)
+                                     scale, shift, kind, bn_rows, bn_mean, bn_by_channel)
     else:
         if kind != STATISTICS_ONLY:
             x = _normalized_matrices(x, scale, shift, kind)
@@ -847,3 +877,31 @@ def linear_forward_fast(out, x, w):
 def linear_backward_fast(dx, dw, dout, x, w):
     np.dot(dout, w, out=dx)
     np.dot(dout.T, x, out=dw)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3e. Batch norm's backward sums, made here, as the depthwise conv makes them (see
+# kernels/depthwise.py, 3d, and kernels/batchnorm.py, 3e): when x is a batch norm's output
+# read normalised (3c), dx is that batch norm's incoming gradient. Each image's dx is
+# written by its product (large maps) or copied out of its group's (small maps) while it
+# and the image's x, which the product's prologue has just read, are in cache: the rows'
+# sums are made there, and the batch norm runs its second pass alone. Not for the gate's
+# kinds (3d), whose dx is not a batch norm's gradient, nor on maps whose rows batch norm
+# sums in per-position lanes.
+# ---------------------------------------------------------------------------------------------
+
+
+def pointwise_conv2d_normalized_backward_with_bn_sums(dx, dw, dout, x, w, scale, shift, kind,
+                                                      mean):
+    """pointwise_conv2d_normalized_backward_fast, which also returns batch norm's first-pass
+    row sums, (2, N, C_in) float64 (batchnorm.batchnorm2d_backward_from_row_sums takes them),
+    for the batch norm with batch mean `mean` whose output act(x * scale + shift) the conv
+    read; or None where it does not make them (see above)."""
+    if not _makes_bn_row_sums(x, kind):
+        pointwise_conv2d_normalized_backward_fast(dx, dw, dout, x, w, scale, shift, kind)
+        return None
+    rows = np.zeros((2, x.shape[0], x.shape[1]))
+    with threads_for(max(x.size, dout.size)):
+        _pointwise_conv2d_backward_fast(dx, dw, dout, x, w, scale, shift, kind, rows,
+                                        mean.astype(x.dtype), by_channel(x.shape[2]))
+    return rows

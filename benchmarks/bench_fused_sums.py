@@ -1,0 +1,171 @@
+"""Batch norm's backward sums made by the conv that reads its output, against the batch norm
+making its own (kernels/batchnorm.py, 3e; kernels/depthwise.py, 3d; kernels/matmul.py, 3e).
+
+A batch norm whose output a depthwise or 1x1 conv alone reads, normalised as it reads, gets
+its gradient from that conv's backward. Its own backward then reads the gradient and its input
+back from memory once to sum g = dout * act'(bn(x)) and g * (x - mean) per channel, and once
+more to write dx. The conv's backward can make those sums as it writes each plane or image
+of the gradient, while both are in cache; the batch norm then runs its second pass alone.
+Both ways give the same bits (tests/test_kernels.py).
+
+Three tables, each timing both ways back to back in every round, on the same arrays and the
+same threads, with the medians and the paired ratio's median and range over rounds (this
+machine is shared, and single timings move by 10-25 %):
+
+- the pair of backwards, the conv's then the batch norm's, at batch 128 on the layer shapes
+  of the CIFAR variants where the sums are made (maps of at least
+  tuning.BN_ROW_SUMS_MIN_PIXELS pixels: 32x32 down to 8x8), each with its network's
+  activation: depthwise convs, then 1x1 convs;
+- whole training steps (forward, loss, backward, SGD step) of each network in --models.
+
+    python benchmarks/bench_fused_sums.py [--rounds 9] [--repeats 5] [--models v1:1.0,...]
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+from numba import get_num_threads
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from minimobile import experiments, memory, models, ops, optim  # noqa: E402
+
+# (channels, input size, filter, stride, activation): the batch norm -> depthwise pairs of
+# V1 (the stem's and the pointwise layers' outputs, ReLU), V2 0.5 (the expansions', ReLU6)
+# and V3-Small (ReLU and hard-swish, 3x3 and 5x5), from 32x32 down to 8x8 maps.
+LAYERS = [(32, 32, 3, 1, "relu"), (64, 32, 3, 2, "relu"), (128, 16, 3, 1, "relu"),
+          (128, 16, 3, 2, "relu"), (256, 8, 3, 1, "relu"), (96, 32, 3, 1, "relu6"),
+          (144, 16, 3, 1, "relu6"), (192, 8, 3, 1, "relu6"), (72, 16, 3, 2, "relu"),
+          (96, 16, 5, 1, "hardswish"), (240, 8, 5, 1, "hardswish")]
+# (input channels, output channels, size, activation): the batch norm -> 1x1 pairs of V1 (the
+# depthwise layers' outputs), V2 0.5 (the projections') and V3-Small (ReLU and hard-swish).
+POINTWISE_LAYERS = [(32, 64, 32, "relu"), (64, 128, 16, "relu"), (128, 128, 16, "relu"),
+                    (256, 256, 8, "relu"), (96, 16, 32, "relu6"), (144, 24, 16, "relu6"),
+                    (192, 32, 8, "relu6"), (88, 24, 16, "relu"), (240, 40, 8, "hardswish")]
+MODELS = "v1:0.5,v1:1.0,v2:0.5,v2:1.0,v3-small:1.0,v3-large:1.0"
+
+
+class _Sums:
+    """Switches BatchNormGradientSums.take between its own (the conv's sums are used) and
+    one that refuses them (each batch norm makes its own)."""
+
+    def __init__(self):
+        self.take = ops.BatchNormGradientSums.take
+
+    def use(self, fused):
+        ops.BatchNormGradientSums.take = self.take if fused else (lambda holder, dout: None)
+
+    def restore(self):
+        ops.BatchNormGradientSums.take = self.take
+
+
+def _columns(times):
+    """'own fused ratio range' from times (rounds, 2), own first."""
+    ratios = times[:, 1] / times[:, 0]
+    return (f" {1e3 * np.median(times[:, 0]):>8.2f} {1e3 * np.median(times[:, 1]):>8.2f}"
+            f" {np.median(ratios):>7.2f} {ratios.min():>5.2f}-{ratios.max():<5.2f}")
+
+
+def _pair(rng, sums, batch, C, H, activation, conv, rounds, repeats):
+    """Both ways of batch norm (C channels, H x H) and conv(map) -> (out, backward)."""
+    x = (rng.standard_normal((batch, C, H, H)) * 2 + 0.5).astype(np.float32)
+    gamma = rng.uniform(0.5, 1.5, C).astype(np.float32)
+    beta = rng.standard_normal(C).astype(np.float32)
+    normalized, bn_cache = ops.batchnorm2d_activation_forward(x, gamma, beta, 1e-5, activation,
+                                                              defer=True)
+    out, conv_backward = conv(normalized)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+
+    def backwards():
+        ops.batchnorm2d_backward(conv_backward(dout)[0], bn_cache)
+
+    times = np.empty((rounds, 2))
+    for r in range(rounds):
+        for way in (0, 1) if r % 2 == 0 else (1, 0):
+            sums.use(fused=way == 1)
+            times[r, way] = experiments.time_callable(backwards, repeats, warmup=1).median
+    return times
+
+
+def _steps(spec, sums, batch, rounds):
+    name, width = spec.split(":")
+    model = models.build_model(name, width=float(width), cifar=True, seed=0)
+    model.train()
+    optimizer = optim.SGD(model.named_parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, batch)
+
+    def step():
+        logits = model.forward(x)
+        _, dlogits = ops.softmax_cross_entropy(logits, y)
+        model.backward(dlogits)
+        optimizer.step()
+
+    times = np.empty((rounds, 2))
+    for r in range(rounds):
+        for way in (0, 1) if r % 2 == 0 else (1, 0):
+            sums.use(fused=way == 1)
+            times[r, way] = experiments.time_callable(step, 1, warmup=1 if r == 0 else 0).median
+    return times
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timings of the pair of backwards per way and round")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--models", default=MODELS,
+                        help=f"NAME:WIDTH,... for the whole steps, '' for none (default {MODELS})")
+    args = parser.parse_args()
+    memory.keep_freed_memory()  # as training does (minimobile.train.fit)
+    rng = np.random.default_rng(0)
+    sums = _Sums()
+    try:
+        print(f"depthwise backward then batch norm backward, batch {args.batch}, float32, "
+              f"{get_num_threads()} threads; median of {args.repeats} per way and round, "
+              f"{args.rounds} rounds, the ways alternating first; ms")
+        print(f"{'C':>4} {'map':>6} {'K':>2} {'s':>2} {'activation':>10}"
+              f" {'own':>8} {'fused':>8} {'ratio':>7} {'range':>11}")
+        for C, H, K, stride, activation in LAYERS:
+            w = (rng.standard_normal((C, 1, K, K)) * 0.3).astype(np.float32)
+
+            def depthwise(normalized):
+                out, cache = ops.depthwise_conv2d_forward(normalized, w, stride, K // 2)
+                return out, lambda dout: ops.depthwise_conv2d_backward(dout, cache)
+            times = _pair(rng, sums, args.batch, C, H, activation, depthwise, args.rounds,
+                          args.repeats)
+            print(f"{C:>4} {H:>3}x{H:<2} {K:>2} {stride:>2} {activation:>10}" + _columns(times),
+                  flush=True)
+        print()
+        print("1x1 conv backward then batch norm backward, the same way")
+        print(f"{'C':>4} {'map':>6} {'C_out':>5} {'activation':>10}"
+              f" {'own':>8} {'fused':>8} {'ratio':>7} {'range':>11}")
+        for C, C_out, H, activation in POINTWISE_LAYERS:
+            w = (rng.standard_normal((C_out, C, 1, 1)) * 0.1).astype(np.float32)
+
+            def pointwise(normalized):
+                out, cache = ops.pointwise_conv2d_forward(normalized, w)
+                return out, lambda dout: ops.pointwise_conv2d_backward(dout, cache)
+            times = _pair(rng, sums, args.batch, C, H, activation, pointwise, args.rounds,
+                          args.repeats)
+            print(f"{C:>4} {H:>3}x{H:<2} {C_out:>5} {activation:>10}" + _columns(times),
+                  flush=True)
+        specs = [s for s in args.models.split(",") if s]
+        if specs:
+            print()
+            print(f"training step, batch {args.batch}, one step per way and round, "
+                  f"{args.rounds} rounds; ms")
+            print(f"{'network':<14} {'own':>8} {'fused':>8} {'ratio':>7} {'range':>11}")
+            for spec in specs:
+                times = _steps(spec, sums, args.batch, args.rounds)
+                print(f"{spec.replace(':', ' '):<14}" + _columns(times), flush=True)
+    finally:
+        sums.restore()
+
+
+if __name__ == "__main__":
+    main()

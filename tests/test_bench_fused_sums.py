@@ -1,0 +1,35 @@
+"""benchmarks/bench_fused_sums.py: a tiny run prints a row per layer and per network, each
+with both timings and their ratio."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "bench_fused_sums.py"
+
+
+def test_a_tiny_run_prints_both_ways_for_every_layer_and_network():
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, str(SCRIPT), "--rounds", "1", "--repeats", "1",
+                           "--batch", "2", "--models", "v1:0.25,v3-small:0.25"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    pairs, pointwise_pairs, steps = done.stdout.split("\n\n")
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench_fused_sums
+    pair_rows = [line.split() for line in pairs.splitlines()[2:]]
+    assert [row[:5] for row in pair_rows] == [
+        [str(C), f"{H}x{H}", str(K), str(s), act] for C, H, K, s, act in bench_fused_sums.LAYERS]
+    pointwise_rows = [line.split() for line in pointwise_pairs.splitlines()[2:]]
+    assert [row[:4] for row in pointwise_rows] == [
+        [str(C), f"{H}x{H}", str(C_out), act]
+        for C, C_out, H, act in bench_fused_sums.POINTWISE_LAYERS]
+    step_rows = [line.split() for line in steps.splitlines()[2:]]
+    assert [row[:2] for row in step_rows] == [["v1", "0.25"], ["v3-small", "0.25"]]
+    for row in ([r[5:] for r in pair_rows] + [r[4:] for r in pointwise_rows]
+                + [r[2:] for r in step_rows]):
+        own, fused, ratio, spread = row
+        assert float(own) > 0 and float(fused) > 0 and float(ratio) > 0
+        assert spread == f"{ratio}-{ratio}"  # one round: the range is that ratio
