@@ -2,6 +2,8 @@ import numba
 import numpy as np
 import pytest
 
+from minimobile import ops
+
 
 @pytest.fixture
 def rng():
@@ -17,3 +19,18 @@ def _numba_threads_restored():
     yield
     if numba.get_num_threads() != before:
         numba.set_num_threads(before)
+
+
+@pytest.fixture
+def sums_made(monkeypatch):
+    """A list that gets, for each batch norm backward of the test, whether the conv that read
+    its output made its first-pass sums (ops.BatchNormGradientSums.take found them)."""
+    made = []
+    take = ops.BatchNormGradientSums.take
+
+    def recording(self, dout):
+        rows = take(self, dout)
+        made.append(rows is not None)
+        return rows
+    monkeypatch.setattr(ops.BatchNormGradientSums, "take", recording)
+    return made

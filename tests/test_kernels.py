@@ -390,21 +390,11 @@ def test_normalizing_on_reading_is_bitwise_normalizing_first(rng, depthwise_layo
         np.testing.assert_array_equal(deferred[name], expected, err_msg=name)
 
 
-def _recording_take(monkeypatch, record):
-    """BatchNormGradientSums.take, recording whether each batch norm got its sums made."""
-    take = ops.BatchNormGradientSums.take
-
-    def recording(self, dout):
-        rows = take(self, dout)
-        record.append(rows is not None)
-        return rows
-    monkeypatch.setattr(ops.BatchNormGradientSums, "take", recording)
-
-
 @pytest.mark.parametrize("activation", FUSED)
 @pytest.mark.parametrize("K,stride,H,W", [(3, 1, 9, 8), (3, 2, 9, 8), (5, 1, 6, 7), (3, 2, 16, 16)])
 def test_the_depthwise_backward_makes_batchnorms_sums_with_its_bits(
-        rng, monkeypatch, depthwise_layout, batchnorm_layout, activation, K, stride, H, W):
+        rng, monkeypatch, sums_made, depthwise_layout, batchnorm_layout, activation, K, stride,
+        H, W):
     """3d: the depthwise conv that read a deferred batch norm's output makes that batch norm's
     first-pass sums, row by row, as it writes dx; the batch norm adds them in its order (by
     channel, or by image in SUM_TASKS shares of a batch they do not divide) and runs its
@@ -412,10 +402,8 @@ def test_the_depthwise_backward_makes_batchnorms_sums_with_its_bits(
     of each."""
     monkeypatch.setattr(tuning, "SUM_TASKS", 3)
     x, gamma, beta, w = _normalized_inputs(rng, np.float32, 7, 5, H, W, K)
-    made = []
-    _recording_take(monkeypatch, made)
     fused = _normalized_depthwise_case(x, gamma, beta, activation, w, stride, K // 2)()
-    assert made == [True]
+    assert sums_made == [True]
     monkeypatch.setattr(ops.BatchNormGradientSums, "take", lambda self, dout: None)
     own = _normalized_depthwise_case(x, gamma, beta, activation, w, stride, K // 2)()
     for name, expected in own.items():
@@ -423,18 +411,16 @@ def test_the_depthwise_backward_makes_batchnorms_sums_with_its_bits(
 
 
 def test_batchnorm_makes_its_own_sums_where_the_conv_cannot_or_for_another_gradient(
-        rng, monkeypatch):
+        rng, sums_made):
     """No sums on maps of under BN_ROW_SUMS_MIN_PIXELS pixels (batch norm sums those in
     per-position lanes), on rungs 1 and 2, or when the gradient batch norm gets is not the
     array they were made from (here a copy): the batch norm then makes its own, with the
     same result, and the holder is emptied either way."""
-    made = []
-    _recording_take(monkeypatch, made)
     x, gamma, beta, w = _normalized_inputs(rng, np.float32, 4, 6, 4, 4, 3)
     _normalized_depthwise_case(x, gamma, beta, "relu6", w, 1, 1)()
     with kernels.use("simple"):
         _normalized_depthwise_case(x, gamma, beta, "relu6", w, 1, 1)()
-    assert made == [False, False]
+    assert sums_made == [False, False]
 
     x, gamma, beta, w = _normalized_inputs(rng, np.float32, 4, 6, 12, 12, 3)
     results = []
@@ -446,7 +432,7 @@ def test_batchnorm_makes_its_own_sums_where_the_conv_cannot_or_for_another_gradi
         assert bn_cache.gradient_sums.rows is not None
         results.append(ops.batchnorm2d_backward(dy.copy() if copy else dy, bn_cache))
         assert bn_cache.gradient_sums.rows is None and bn_cache.gradient_sums.dout is None
-    assert made[2:] == [True, False]
+    assert sums_made[2:] == [True, False]
     for given, own in zip(*results):
         np.testing.assert_array_equal(given, own)
 
@@ -469,7 +455,7 @@ def _normalized_pointwise_case(x, gamma, beta, activation, w, defer=True):
 @pytest.mark.parametrize("activation", FUSED)
 @pytest.mark.parametrize("H,W", [(9, 8), (6, 7), (16, 17)])
 def test_the_pointwise_backward_makes_batchnorms_sums_with_its_bits(
-        rng, monkeypatch, pointwise_layout, batchnorm_layout, activation, H, W):
+        rng, monkeypatch, sums_made, pointwise_layout, batchnorm_layout, activation, H, W):
     """kernels/matmul.py, 3e: the 1x1 conv that read a deferred batch norm's output makes
     that batch norm's first-pass sums as it writes each image's dx (per image, or copying a
     group's out), the same bits as the batch norm making its own; the channel-major layout
@@ -477,10 +463,8 @@ def test_the_pointwise_backward_makes_batchnorms_sums_with_its_bits(
     monkeypatch.setattr(tuning, "SUM_TASKS", 3)
     x, gamma, beta, _ = _normalized_inputs(rng, np.float32, 7, 6, H, W, 1)
     w = rng.standard_normal((5, 6, 1, 1)).astype(np.float32)
-    made = []
-    _recording_take(monkeypatch, made)
     fused = _normalized_pointwise_case(x, gamma, beta, activation, w)()
-    assert made == [pointwise_layout != "channel_major"]
+    assert sums_made == [pointwise_layout != "channel_major"]
     monkeypatch.setattr(ops.BatchNormGradientSums, "take", lambda self, dout: None)
     own = _normalized_pointwise_case(x, gamma, beta, activation, w)()
     for name, expected in own.items():
