@@ -1,5 +1,7 @@
 """Batch norm's backward sums made by the conv that reads its output, against the batch norm
-making its own (kernels/batchnorm.py, 3e; kernels/depthwise.py, 3d; kernels/matmul.py, 3e).
+making its own (kernels/batchnorm.py, 3e; kernels/depthwise.py, 3d; kernels/matmul.py, 3e);
+and batch norm's dx made by the conv before it as it reads it, against the batch norm writing
+it (kernels/batchnorm.py, 3f).
 
 A batch norm whose output a depthwise or 1x1 conv alone reads, normalised as it reads, gets
 its gradient from that conv's backward. Its own backward then reads the gradient and its input
@@ -8,7 +10,11 @@ more to write dx. The conv's backward can make those sums as it writes each plan
 of the gradient, while both are in cache; the batch norm then runs its second pass alone.
 Both ways give the same bits (tests/test_kernels.py).
 
-Three tables, each timing both ways back to back in every round, on the same arrays and the
+Inside a conv -> batch norm unit, the batch norm's dx goes to the conv's backward alone; the
+batch norm can stop after its sums and hand the conv its own input and gradient, for the
+conv to make dx as it reads each plane or image (ops.NormalizedGradient).
+
+Four tables, each timing both ways back to back in every round, on the same arrays and the
 same threads, with the medians and the paired ratio's median and range over rounds (this
 machine is shared, and single timings move by 10-25 %):
 
@@ -16,7 +22,10 @@ machine is shared, and single timings move by 10-25 %):
   of the CIFAR variants where the sums are made (maps of at least
   tuning.BN_ROW_SUMS_MIN_PIXELS pixels: 32x32 down to 8x8), each with its network's
   activation: depthwise convs, then 1x1 convs;
-- whole training steps (forward, loss, backward, SGD step) of each network in --models.
+- the pair of backwards, batch norm's then the conv's before it, dx written or made by the
+  conv, on the depthwise and 1x1 convs' output shapes (GRADIENT_LAYERS);
+- whole training steps (forward, loss, backward, SGD step) of each network in --models, with
+  the conv's sums against the batch norm's own (the engine's other fusions as they are).
 
     python benchmarks/bench_fused_sums.py [--rounds 9] [--repeats 5] [--models v1:1.0,...]
 """
@@ -44,6 +53,15 @@ LAYERS = [(32, 32, 3, 1, "relu"), (64, 32, 3, 2, "relu"), (128, 16, 3, 1, "relu"
 POINTWISE_LAYERS = [(32, 64, 32, "relu"), (64, 128, 16, "relu"), (128, 128, 16, "relu"),
                     (256, 256, 8, "relu"), (96, 16, 32, "relu6"), (144, 24, 16, "relu6"),
                     (192, 32, 8, "relu6"), (88, 24, 16, "relu"), (240, 40, 8, "hardswish")]
+# (conv, input channels, output channels, input size, stride, activation after the batch
+# norm): V1's depthwise and 1x1 units from 32x32 to 4x4, and V2 0.5's expansion and
+# projection at 32x32.
+GRADIENT_LAYERS = [("depthwise", 32, 32, 32, 1, "relu"), ("depthwise", 64, 64, 32, 2, "relu"),
+                   ("depthwise", 128, 128, 16, 1, "relu"), ("depthwise", 256, 256, 8, 1, "relu"),
+                   ("depthwise", 512, 512, 4, 1, "relu"), ("pointwise", 32, 64, 32, 1, "relu"),
+                   ("pointwise", 64, 128, 16, 1, "relu"), ("pointwise", 256, 256, 8, 1, "relu"),
+                   ("pointwise", 512, 512, 4, 1, "relu"), ("pointwise", 16, 96, 32, 1, "relu6"),
+                   ("pointwise", 96, 16, 32, 1, None)]
 MODELS = "v1:0.5,v1:1.0,v2:0.5,v2:1.0,v3-small:1.0,v3-large:1.0"
 
 
@@ -86,6 +104,35 @@ def _pair(rng, sums, batch, C, H, activation, conv, rounds, repeats):
         for way in (0, 1) if r % 2 == 0 else (1, 0):
             sums.use(fused=way == 1)
             times[r, way] = experiments.time_callable(backwards, repeats, warmup=1).median
+    return times
+
+
+def _gradient_pair(rng, batch, conv, C, C_out, H, stride, activation, rounds, repeats):
+    """Both ways of conv -> batch norm's backward: dx written, or made by the conv."""
+    x = rng.standard_normal((batch, C, H, H)).astype(np.float32)
+    if conv == "depthwise":
+        w = (rng.standard_normal((C, 1, 3, 3)) * 0.3).astype(np.float32)
+        y, cache = ops.depthwise_conv2d_forward(x, w, stride, 1)
+
+        def conv_backward(dy):
+            ops.depthwise_conv2d_backward(dy, cache)
+    else:
+        w = (rng.standard_normal((C_out, C, 1, 1)) * 0.1).astype(np.float32)
+        y, cache = ops.pointwise_conv2d_forward(x, w)
+
+        def conv_backward(dy):
+            ops.pointwise_conv2d_backward(dy, cache)
+    gamma = rng.uniform(0.5, 1.5, C_out).astype(np.float32)
+    beta = rng.standard_normal(C_out).astype(np.float32)
+    out, bn_cache = ops.batchnorm2d_activation_forward(y, gamma, beta, 1e-5, activation)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    times = np.empty((rounds, 2))
+    for r in range(rounds):
+        for way in (0, 1) if r % 2 == 0 else (1, 0):
+            times[r, way] = experiments.time_callable(
+                lambda: conv_backward((ops.batchnorm2d_backward_deferred if way == 1
+                                       else ops.batchnorm2d_backward)(dout, bn_cache)[0]),
+                repeats, warmup=1).median
     return times
 
 
@@ -154,6 +201,16 @@ def main():
                           args.repeats)
             print(f"{C:>4} {H:>3}x{H:<2} {C_out:>5} {activation:>10}" + _columns(times),
                   flush=True)
+        print()
+        print("batch norm backward then the conv's before it: dx written, or made by the conv "
+              "as it reads (ops.NormalizedGradient)")
+        print(f"{'conv':>9} {'C':>4} {'C_out':>5} {'map':>6} {'s':>2} {'activation':>10}"
+              f" {'written':>8} {'made':>8} {'ratio':>7} {'range':>11}")
+        for conv, C, C_out, H, stride, activation in GRADIENT_LAYERS:
+            times = _gradient_pair(rng, args.batch, conv, C, C_out, H, stride, activation,
+                                   args.rounds, args.repeats)
+            print(f"{conv:>9} {C:>4} {C_out:>5} {H:>3}x{H:<2} {stride:>2} {str(activation):>10}"
+                  + _columns(times), flush=True)
         specs = [s for s in args.models.split(",") if s]
         if specs:
             print()

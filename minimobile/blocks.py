@@ -79,6 +79,7 @@ class ConvBNActivation(Sequential):
         # or model that knows it: mark_deferred_outputs): then, inside layers.deferred_normalization(),
         # the output is handed on as an ops.NormalizedMap, never written.
         self.defer_output = False
+        self._defer_gradient = False
 
     def forward(self, x):
         # In training mode the batch norm applies the activation in its own pass over memory
@@ -90,12 +91,19 @@ class ConvBNActivation(Sequential):
         if not self._fused:
             return super().forward(x)
         defer = self.defer_output and deferral_enabled()
+        # The batch norm's dx goes to the conv alone, which can make it as it reads it
+        # (ops.NormalizedGradient), under the same switch as the forward's deferral. Only the
+        # 1x1 convs do: their products read dout per image, and making it into scratch there
+        # took 0.79-0.96 of the time of writing it on 32x32 and 16x16 maps, where the
+        # depthwise convs' planes, read channel by channel, gained at one shape of five and
+        # lost or held at the others (docs/PERFORMANCE.md, "Batch norm's dx made by the conv").
+        self._defer_gradient = deferral_enabled() and isinstance(self[0], PointwiseConv2d)
         return self[1].forward_with_activation(self[0].forward(x), fused_name, defer)
 
     def backward(self, dout):
         if not self._fused:
             return super().backward(dout)
-        return self[0].backward(self[1].backward(dout))
+        return self[0].backward(self[1].backward(dout, defer=self._defer_gradient))
 
 
 def _is_depthwise(layer):

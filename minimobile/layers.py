@@ -311,6 +311,8 @@ class DepthwiseConv2d(Module):
         return out
 
     def backward(self, dout):
+        if "bias" in self.params and isinstance(dout, ops.NormalizedGradient):
+            dout = dout.materialize()  # the bias's gradient reads it whole
         dx, dw = ops.depthwise_conv2d_backward(dout, self._take())
         self.grads["weight"][...] = dw
         if "bias" in self.params:
@@ -399,12 +401,15 @@ class BatchNorm2d(Module):
         self._keep(cache)
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, defer=False):
+        """defer=True (training mode, fast rung): dx as an ops.NormalizedGradient, for the
+        conv before this batch norm to make as it reads it (ConvBNActivation)."""
         cache = self._take()
         if isinstance(cache, ops.BatchNorm2dInferenceCache):
             dx, dgamma, dbeta = ops.batchnorm2d_inference_backward(dout, cache)
         else:
-            dx, dgamma, dbeta = ops.batchnorm2d_backward(dout, cache)
+            backward = ops.batchnorm2d_backward_deferred if defer else ops.batchnorm2d_backward
+            dx, dgamma, dbeta = backward(dout, cache)
         self.grads["weight"][...] = dgamma
         self.grads["bias"][...] = dbeta
         return dx

@@ -208,6 +208,41 @@ class NormalizedMap(NamedTuple):
         return out
 
 
+class NormalizedGradient(NamedTuple):
+    """A batch norm's dx, described but not computed: what the batch norm of a conv -> batch
+    norm (-> activation) unit hands its conv's backward, on the fast rung, instead of writing
+    dx (batchnorm2d_backward with defer=True). The conv makes dx = a * g - b * (x - mm) + cm,
+    g = dout * act'(x * scale + shift), as it reads each plane or image of it
+    (kernels/batchnorm.py, 3f); `materialize()` makes it whole, for anything else."""
+
+    dout: np.ndarray  # the gradient the batch norm was handed, (N, C, H, W)
+    x: np.ndarray  # the batch norm's input: the conv's output
+    scale: np.ndarray  # (C,) in x's dtype, as in BatchNorm2dCache
+    shift: np.ndarray
+    activation: Optional[str]
+    consts: np.ndarray  # (4, C) in x's dtype: a, b, mm and cm
+
+    @property
+    def shape(self):
+        return self.x.shape
+
+    def prologue(self, shape):
+        """(x, scale, shift, consts, spread, kind) for the kernels' dout_bn, x reshaped to
+        `shape` (kernels.batchnorm.spread_constants makes `spread`)."""
+        P = int(np.prod(self.x.shape[2:]))
+        return (self.x.reshape(shape), self.scale, self.shift, self.consts,
+                bn_kernels.spread_constants(self.scale, self.shift, self.consts, P),
+                bn_kernels.ACTIVATION_CODES[self.activation])
+
+    def materialize(self):
+        N, C = self.x.shape[:2]
+        dx = np.empty_like(self.x)
+        bn_kernels.input_gradient(dx.reshape(N, C, -1), self.dout.reshape(N, C, -1),
+                                  *self.prologue((N, C, -1)))
+        return dx
+
+
+
 def depthwise_conv2d_forward(x, w, stride=1, padding=1):
     """out[n,c] = w[c] (K x K) correlated with x[n,c]; x (N, C, H, W), w (C, 1, K, K).
 
@@ -242,26 +277,47 @@ def depthwise_conv2d_forward(x, w, stride=1, padding=1):
                                      normalized.gradient_sums)
 
 
+def _gradient_prologue(dout, op, whole=False):
+    """(dout, its NormalizedGradient or None): on the fast rung a conv makes a
+    NormalizedGradient's dx as it reads it; elsewhere, or when the caller needs it `whole`,
+    it is made whole first."""
+    if not isinstance(dout, NormalizedGradient):
+        return dout, None
+    if dout.x.shape != dout.dout.shape:
+        raise ValueError(f"{op} backward: expected the NormalizedGradient's x and dout of one "
+                         f"shape, got {dout.x.shape} and {dout.dout.shape}")
+    if whole or kernels.current() != "fast":
+        return dout.materialize(), None
+    return dout.dout, dout
+
+
 def depthwise_conv2d_backward(dout, cache):
-    """Returns (dx, dw)."""
+    """Returns (dx, dw). dout may be a NormalizedGradient (the batch norm after the conv)."""
     x, w = cache.x, cache.w
     N, C, H, W = x.shape
     K = w.shape[2]
     Ho = conv_output_size(H, K, cache.stride, cache.padding)
     Wo = conv_output_size(W, K, cache.stride, cache.padding)
+    dout, dout_bn = _gradient_prologue(dout, "depthwise_conv2d")
     dout = _check_dout("depthwise_conv2d", dout, (N, C, Ho, Wo), x.dtype)
     dx = np.empty_like(x)
     dw = np.empty_like(w)
-    if cache.scale is None:
+    sums = cache.gradient_sums if kernels.current() == "fast" else None
+    if sums is not None or dout_bn is not None:
+        # the fusions (kernels/depthwise.py, 3d and 3e): the batch norm's backward sums made
+        # as dx is written, and the batch norm's dx after the conv made as dout is read
+        scale, shift, kind = ((cache.scale, cache.shift,
+                               bn_kernels.ACTIVATION_CODES[cache.activation])
+                              if cache.scale is not None else bn_kernels.no_prologue(x))
+        rows = depthwise.depthwise_conv2d_backward_fused(
+            dx, dw, dout, x, w, cache.stride, cache.padding, scale, shift, kind,
+            None if sums is None else sums.mean,
+            None if dout_bn is None else dout_bn.prologue((N, C, Ho, Wo)))
+        if sums is not None:
+            sums.rows, sums.dout = rows, dx
+    elif cache.scale is None:
         kernels.pick(depthwise, "depthwise_conv2d_backward")(dx, dw, dout, x, w, cache.stride,
                                                              cache.padding)
-    elif cache.gradient_sums is not None and kernels.current() == "fast":
-        # ... and the batch norm's backward sums, made as dx is written (kernels/depthwise.py, 3d)
-        sums = cache.gradient_sums
-        sums.rows = depthwise.depthwise_conv2d_normalized_backward_with_bn_sums(
-            dx, dw, dout, x, w, cache.stride, cache.padding, cache.scale, cache.shift,
-            bn_kernels.ACTIVATION_CODES[cache.activation], sums.mean)
-        sums.dout = dx
     else:  # dx is the gradient with respect to act(x * scale + shift), the conv's input
         kernels.pick(depthwise, "depthwise_conv2d_normalized_backward")(
             dx, dw, dout, x, w, cache.stride, cache.padding, cache.scale, cache.shift,
@@ -388,18 +444,26 @@ def pointwise_conv2d_backward(dout, cache):
     N, C, H, W = cache.x_shape
     w2 = cache.w
     C_out = w2.shape[0]
+    # the bias's gradient reads dout whole
+    dout, dout_bn = _gradient_prologue(dout, "pointwise_conv2d", whole=cache.has_bias)
     dout = _check_dout("pointwise_conv2d", dout, (N, C_out, H, W), w2.dtype)
     d3 = dout.reshape(N, C_out, H * W)
     dx = np.empty((N, C, H * W), dtype=w2.dtype)
     dw = np.empty((C_out, C), dtype=w2.dtype)
-    if cache.scale is None:
+    sums = cache.gradient_sums if kernels.current() == "fast" else None
+    if sums is not None or dout_bn is not None:
+        # the fusions (kernels/matmul.py, 3e and 3f): the batch norm's backward sums made as
+        # dx is written, and the batch norm's dx after the conv made as dout is read
+        scale, shift, kind = ((cache.scale, cache.shift, cache.kind) if cache.scale is not None
+                              else bn_kernels.no_prologue(cache.x))
+        rows = matmul.pointwise_conv2d_backward_fused(
+            dx, dw, d3, cache.x, w2, scale, shift, kind, None if sums is None else sums.mean,
+            None if dout_bn is None else dout_bn.prologue((N, C_out, H * W)))
+        dx = dx.reshape(N, C, H, W)
+        if sums is not None:
+            sums.rows, sums.dout = rows, dx  # dx: the array the batch norm will be handed
+    elif cache.scale is None:
         kernels.pick(matmul, "pointwise_conv2d_backward")(dx, dw, d3, cache.x, w2)
-    elif cache.gradient_sums is not None and kernels.current() == "fast":
-        # ... and the batch norm's backward sums, made as dx is written (kernels/matmul.py, 3e)
-        sums = cache.gradient_sums
-        sums.rows = matmul.pointwise_conv2d_normalized_backward_with_bn_sums(
-            dx, dw, d3, cache.x, w2, cache.scale, cache.shift, cache.kind, sums.mean)
-        dx = sums.dout = dx.reshape(N, C, H, W)  # the array the batch norm will be handed
     else:  # dx is the gradient with respect to the conv's input as the forward read it:
         # act(x * scale + shift), x scaled by image (ScaledMap), or both
         kernels.pick(matmul, "pointwise_conv2d_normalized_backward")(
@@ -478,17 +542,37 @@ def batchnorm2d_forward(x, gamma, beta, eps=1e-5):
 def batchnorm2d_backward(dout, cache):
     """Returns (dx, dgamma, dbeta), through the batch statistics (and the fused activation,
     if the cache comes from batchnorm2d_activation_forward)."""
+    return _batchnorm2d_backward(dout, cache, False)
+
+
+def batchnorm2d_backward_deferred(dout, cache):
+    """batchnorm2d_backward, which on the fast rung returns dx as a NormalizedGradient, for
+    the conv before the batch norm to make as it reads it (depthwise_conv2d_backward and
+    pointwise_conv2d_backward take one; kernels/batchnorm.py, 3f); on the other rungs, dx."""
+    return _batchnorm2d_backward(dout, cache, True)
+
+
+def _batchnorm2d_backward(dout, cache, defer):
     x = cache.x
     N, C, H, W = x.shape
     rows = cache.gradient_sums.take(dout) if cache.gradient_sums is not None else None
     dout = _check_dout("batchnorm2d", dout, x.shape, x.dtype)
-    dx = np.empty_like(x)
     dgamma = np.empty(C)
     dbeta = np.empty(C)
+    fast = kernels.current() == "fast"
+    if defer and fast:
+        consts = np.empty((4, C), dtype=x.dtype)
+        bn_kernels.batchnorm2d_backward_deferred(
+            dgamma, dbeta, consts, dout.reshape(N, C, H * W), x.reshape(N, C, H * W),
+            cache.mean, cache.invstd, cache.gamma, cache.scale, cache.shift,
+            bn_kernels.ACTIVATION_CODES[cache.activation], rows)
+        dx = NormalizedGradient(dout, x, cache.scale, cache.shift, cache.activation, consts)
+        return dx, dgamma.astype(x.dtype), dbeta.astype(x.dtype)
+    dx = np.empty_like(x)
     args = (dx.reshape(N, C, H * W), dgamma, dbeta, dout.reshape(N, C, H * W),
             x.reshape(N, C, H * W), cache.mean, cache.invstd, cache.gamma, cache.scale,
             cache.shift, bn_kernels.ACTIVATION_CODES[cache.activation])
-    if rows is not None and kernels.current() == "fast":
+    if rows is not None and fast:
         # the first pass's sums were made by the conv that read the output: the second alone
         bn_kernels.batchnorm2d_backward_from_row_sums(*args[:3], rows, *args[3:])
     else:

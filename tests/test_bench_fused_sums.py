@@ -16,7 +16,7 @@ def test_a_tiny_run_prints_both_ways_for_every_layer_and_network():
                            "--batch", "2", "--models", "v1:0.25,v3-small:0.25"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr
-    pairs, pointwise_pairs, steps = done.stdout.split("\n\n")
+    pairs, pointwise_pairs, gradient_pairs, steps = done.stdout.split("\n\n")
     sys.path.insert(0, str(REPO / "benchmarks"))
     import bench_fused_sums
     pair_rows = [line.split() for line in pairs.splitlines()[2:]]
@@ -26,10 +26,14 @@ def test_a_tiny_run_prints_both_ways_for_every_layer_and_network():
     assert [row[:4] for row in pointwise_rows] == [
         [str(C), f"{H}x{H}", str(C_out), act]
         for C, C_out, H, act in bench_fused_sums.POINTWISE_LAYERS]
+    gradient_rows = [line.split() for line in gradient_pairs.splitlines()[2:]]
+    assert [row[:6] for row in gradient_rows] == [
+        [conv, str(C), str(C_out), f"{H}x{H}", str(s), str(act)]
+        for conv, C, C_out, H, s, act in bench_fused_sums.GRADIENT_LAYERS]
     step_rows = [line.split() for line in steps.splitlines()[2:]]
     assert [row[:2] for row in step_rows] == [["v1", "0.25"], ["v3-small", "0.25"]]
     for row in ([r[5:] for r in pair_rows] + [r[4:] for r in pointwise_rows]
-                + [r[2:] for r in step_rows]):
+                + [r[6:] for r in gradient_rows] + [r[2:] for r in step_rows]):
         own, fused, ratio, spread = row
         assert float(own) > 0 and float(fused) > 0 and float(ratio) > 0
         assert spread == f"{ratio}-{ratio}"  # one round: the range is that ratio

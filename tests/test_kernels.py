@@ -471,6 +471,86 @@ def test_the_pointwise_backward_makes_batchnorms_sums_with_its_bits(
         np.testing.assert_array_equal(fused[name], expected, err_msg=name)
 
 
+def _conv_then_batchnorm_case(conv, x, w, gamma, beta, activation, defer_gradient,
+                              stride=1):
+    """A depthwise or 1x1 conv, then batch norm with its activation, then both backwards; with
+    defer_gradient the batch norm hands the conv its dx as a NormalizedGradient."""
+    def run():
+        if conv == "depthwise":
+            y, conv_cache = ops.depthwise_conv2d_forward(x, w, stride, w.shape[2] // 2)
+        else:
+            y, conv_cache = ops.pointwise_conv2d_forward(x, w)
+        out, bn_cache = ops.batchnorm2d_activation_forward(y, gamma, beta, activation=activation)
+        dout = np.random.default_rng(1).standard_normal(out.shape).astype(x.dtype)
+        backward = (ops.batchnorm2d_backward_deferred if defer_gradient
+                    else ops.batchnorm2d_backward)
+        dy, dgamma, dbeta = backward(dout, bn_cache)
+        assert isinstance(dy, ops.NormalizedGradient) == (defer_gradient
+                                                          and kernels.current() == "fast")
+        if conv == "depthwise":
+            dx, dw = ops.depthwise_conv2d_backward(dy, conv_cache)
+        else:
+            dx, dw, _ = ops.pointwise_conv2d_backward(dy, conv_cache)
+        dy_made = dy.materialize() if isinstance(dy, ops.NormalizedGradient) else dy
+        return {"out": out, "dy": dy_made, "dgamma": dgamma, "dbeta": dbeta, "dx": dx, "dw": dw}
+    return run
+
+
+@pytest.mark.parametrize("activation", FUSED)
+@pytest.mark.parametrize("conv,K,stride,H,W", [("depthwise", 3, 1, 9, 8), ("depthwise", 3, 2, 9, 8),
+                                               ("depthwise", 5, 1, 4, 4), ("pointwise", 1, 1, 9, 8),
+                                               ("pointwise", 1, 1, 4, 4)])
+def test_a_conv_makes_the_batchnorm_gradient_after_it_as_it_reads_with_its_bits(
+        rng, monkeypatch, depthwise_layout, batchnorm_layout, activation, conv, K, stride, H, W):
+    """kernels/batchnorm.py, 3f: the batch norm after a depthwise or 1x1 conv stops after its
+    sums and hands the conv a NormalizedGradient, whose dx the conv makes as it reads each
+    plane or image: the same bits as the batch norm writing dx, for either loop order of the
+    conv (the 1x1's per image and in groups, via depthwise_layout's switch of its threshold)
+    and of the batch norm; on rung 2 the batch norm writes dx as before."""
+    monkeypatch.setattr(tuning, "SUM_TASKS", 3)
+    if conv == "pointwise":
+        _force_pointwise_layout(monkeypatch, "per_image" if depthwise_layout == "planes"
+                                else "groups")
+    x = (rng.standard_normal((7, 5, H, W)) * 2).astype(np.float32)
+    w = rng.standard_normal((5, 1, K, K) if conv == "depthwise" else (6, 5, 1, 1))
+    w = w.astype(np.float32)
+    C_out = 5 if conv == "depthwise" else 6
+    gamma = rng.uniform(1, 4, C_out).astype(np.float32)
+    beta = rng.uniform(-2, 4, C_out).astype(np.float32)
+    made = _conv_then_batchnorm_case(conv, x, w, gamma, beta, activation, True, stride)()
+    written = _conv_then_batchnorm_case(conv, x, w, gamma, beta, activation, False, stride)()
+    for name, expected in written.items():
+        np.testing.assert_array_equal(made[name], expected, err_msg=name)
+    with kernels.use("simple"):
+        simple = _conv_then_batchnorm_case(conv, x, w, gamma, beta, activation, True, stride)()
+    np.testing.assert_allclose(simple["dx"], written["dx"], rtol=1e-4, atol=1e-4)
+
+
+def test_a_normalized_gradient_is_made_whole_on_the_lower_rungs(rng):
+    """A NormalizedGradient handed to a conv on rung 1 or 2 is made whole first
+    (materialize), and a 1x1 conv with a bias makes it whole for the bias's gradient."""
+    x = rng.standard_normal((3, 4, 6, 6)).astype(np.float32)
+    w = rng.standard_normal((5, 4, 1, 1)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    gamma, beta = np.ones(5, np.float32), np.zeros(5, np.float32)
+    y, conv_cache = ops.pointwise_conv2d_forward(x, w, b)
+    out, bn_cache = ops.batchnorm2d_activation_forward(y, gamma, beta, activation="relu6")
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    dy, _, _ = ops.batchnorm2d_backward_deferred(dout, bn_cache)
+    assert isinstance(dy, ops.NormalizedGradient)
+    expected = ops.pointwise_conv2d_backward(dy.materialize(), conv_cache)
+    with kernels.use("simple"):
+        lower = ops.pointwise_conv2d_backward(dy, conv_cache)
+    for got, want in zip(lower, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    biased = ops.pointwise_conv2d_backward(dy, conv_cache)
+    for got, want in zip(biased, expected):
+        np.testing.assert_array_equal(got, want)
+    bad = dy._replace(x=dy.x[:, :, :3])
+    with pytest.raises(ValueError, match="NormalizedGradient's x and dout of one shape"):
+        ops.pointwise_conv2d_backward(bad, conv_cache)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", FUSED)
 @pytest.mark.parametrize("N,C,H,W", [(5, 3, 4, 4), (2, 4, 9, 11), (3, 2, 1, 1), (3, 7, 3, 5)])

@@ -493,12 +493,14 @@ def batchnorm2d_forward_by_channel(out, mean, var, scale, shift, x, gamma, beta,
 
 @njit(cache=True, parallel=True)
 def batchnorm2d_backward_by_channel(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale,
-                                    shift, kind, rows=None):
+                                    shift, kind, rows=None, consts=None):
     """By channel. With g = dout * act'(bn(x)):
     dx = gamma*invstd/M * (M*g - sum(g) - xhat*sum(g*xhat)), xhat and bn(x) recomputed from x,
     g recomputed in each pass (_upstream_gradient, _input_gradient_row). `rows`, (2, N, C)
     sums of g and g * (x - mean) over each row (one channel of one image) made where dout was
-    made (see 3e below), replaces the first pass's loop: they are added in image order."""
+    made (see 3e below), replaces the first pass's loop: they are added in image order. With
+    `consts`, (4, C) in x's dtype, the second pass is left to the conv that reads dx (3f
+    below): consts gets its a, b, mm and cm per channel instead, and dx is not written."""
     N, C, P = x.shape
     M = N * P
     for c in prange(C):
@@ -522,8 +524,11 @@ def batchnorm2d_backward_by_channel(dx, dgamma, dbeta, dout, x, mean, invstd, ga
         a = x.dtype.type(k)
         b = x.dtype.type(k * invstd[c] * sum_gxhat / M)  # xhat * b = (x - m) * invstd * ...
         cm = x.dtype.type(-k * sum_g / M)
-        for n in range(N):
-            _input_gradient_row(dx[n, c], dout[n, c], x[n, c], s, t, a, b, mm, cm, kind)
+        if consts is None:
+            for n in range(N):
+                _input_gradient_row(dx[n, c], dout[n, c], x[n, c], s, t, a, b, mm, cm, kind)
+        else:
+            consts[0, c], consts[1, c], consts[2, c], consts[3, c] = a, b, mm, cm
 
 
 @njit(cache=True)
@@ -605,13 +610,15 @@ def batchnorm2d_forward_by_image(out, mean, var, scale, shift, x, gamma, beta, e
 
 @njit(cache=True, parallel=True)
 def batchnorm2d_backward_by_image(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale,
-                                  shift, kind, sum_tasks, row_sums_min_pixels, rows=None):
+                                  shift, kind, sum_tasks, row_sums_min_pixels, rows=None,
+                                  consts=None):
     """By image, for small maps: the same bits on every run and for any thread count, and
     batchnorm2d_backward_by_channel's result up to float32 rounding. Rows of fewer than
     row_sums_min_pixels values are summed in float64 lanes, one per position, instead of row
     by row in registers (_row_sums, which rounds each row's sum to x's dtype, as by channel
     does). `rows` as by channel (made row by row, so only where P >= row_sums_min_pixels)
-    replaces the first pass's loop: each task adds its images' in order."""
+    replaces the first pass's loop: each task adds its images' in order; `consts` as by
+    channel."""
     N, C, P = x.shape
     M = N * P
     xs, douts, dxs = x.reshape(N, C * P), dout.reshape(N, C * P), dx.reshape(N, C * P)
@@ -649,6 +656,13 @@ def batchnorm2d_backward_by_image(dx, dgamma, dbeta, dout, x, mean, invstd, gamm
     dbeta[:] = sum_g
     dgamma[:] = sum_gxhat
     k = gamma * invstd
+    if consts is not None:  # the values _spread gives every position of a channel
+        for c in range(C):
+            consts[0, c] = k[c]
+            consts[1, c] = k[c] * invstd[c] * sum_gxhat[c] / M
+            consts[2, c] = mean[c]
+            consts[3, c] = -k[c] * sum_g[c] / M
+        return
     a = _spread(k, P, x.dtype)
     b = _spread(k * invstd * sum_gxhat / M, P, x.dtype)
     cm = _spread(-k * sum_g / M, P, x.dtype)
@@ -678,14 +692,14 @@ def _batchnorm2d_forward_fast(out, mean, var, scale, shift, x, gamma, beta, eps,
 
 
 def _batchnorm2d_backward_fast(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale, shift,
-                               kind, rows=None):
+                               kind, rows=None, consts=None):
     if x.shape[2] <= tuning.BN_BY_IMAGE_MAX_PIXELS:
         batchnorm2d_backward_by_image(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale,
                                       shift, kind, tuning.SUM_TASKS,
-                                      tuning.BN_ROW_SUMS_MIN_PIXELS, rows)
+                                      tuning.BN_ROW_SUMS_MIN_PIXELS, rows, consts)
     else:
         batchnorm2d_backward_by_channel(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale,
-                                        shift, kind, rows)
+                                        shift, kind, rows, consts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -737,3 +751,69 @@ def batchnorm2d_backward_from_row_sums(dx, dgamma, dbeta, rows, dout, x, mean, i
     with threads_for(x.size):
         _batchnorm2d_backward_fast(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale,
                                    shift, kind, rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3f. The backward's second pass made where its result is read. Inside a conv -> batch norm
+# (-> activation) unit, batch norm's dx goes to that conv's backward and nowhere else, and
+# the depthwise and 1x1 backwards copy their dout, a plane or an image at a time, into
+# scratch that stays in cache (phase planes, channels last, the 1x1's groups) or read it
+# straight from memory (the 1x1's products per image). So the batch norm can stop after its
+# sums (batchnorm2d_backward_deferred: its constants a, b, mm and cm per channel) and hand
+# the conv the gradient it was given with its input, for the conv to make dx = a * g - b *
+# (x - mm) + cm as it reads each plane or image (input_gradient_rows): dx is never written
+# to memory and read back. The operations are the second pass's, in its order, with the
+# same constants, so the same bits.
+# ---------------------------------------------------------------------------------------------
+
+
+def batchnorm2d_backward_deferred(dgamma, dbeta, consts, dout, x, mean, invstd, gamma, scale,
+                                  shift, kind, rows=None):
+    """batchnorm2d_backward_fast up to its second pass: dgamma, dbeta, and consts (4, C) in
+    x's dtype, the a, b, mm and cm with which input_gradient_rows makes dx from dout and x.
+    rows as in batchnorm2d_backward_from_row_sums (None: the first pass runs here)."""
+    with threads_for(x.size):
+        # dx's place holds dout, which the kernels do not write when given consts
+        _batchnorm2d_backward_fast(dout, dgamma, dbeta, dout, x, mean, invstd, gamma, scale,
+                                   shift, kind, rows, consts)
+
+
+@njit(cache=True)
+def input_gradient_rows(d, dy, src, scale, shift, consts, kind, first):
+    """d[r] = batch norm's dx for rows r of dy and src (R, P), channel first + r of its
+    constants (scale, shift (C,), consts (4, C) as batchnorm2d_backward_deferred made them):
+    the second pass's operations, in its order."""
+    for r in range(src.shape[0]):
+        c = first + r
+        _input_gradient_row(d[r], dy[r], src[r], scale[c], shift[c], consts[0, c],
+                            consts[1, c], consts[2, c], consts[3, c], kind)
+
+
+@njit(cache=True)
+def input_gradient_image(d, dy, src, scale, shift, consts, spread, kind):
+    """input_gradient_rows for one image's rows (C, P). With `spread` (6, C*P), the constants
+    spread over the image's positions (scale, shift, a, b, mm, cm), as
+    batchnorm2d_backward_by_image reads them, the image is one pass: on small maps a call per
+    row of a few pixels costs more than the row. The same operations either way."""
+    C, P = src.shape
+    if spread.shape[1] == C * P:
+        _input_gradient_row(d.reshape(C * P), dy.reshape(C * P), src.reshape(C * P), spread[0],
+                            spread[1], spread[2], spread[3], spread[4], spread[5], kind)
+    else:
+        input_gradient_rows(d, dy, src, scale, shift, consts, kind, 0)
+
+
+@njit(cache=True, parallel=True)
+def input_gradient(dx, dy, x, scale, shift, consts, spread, kind):
+    """dx (N, C, P) = batch norm's whole second pass from its constants: what a conv that
+    cannot make it as it reads gets (ops.NormalizedGradient.materialize)."""
+    for n in prange(x.shape[0]):
+        input_gradient_image(dx[n], dy[n], x[n], scale, shift, consts, spread, kind)
+
+
+def spread_constants(scale, shift, consts, P):
+    """The (6, C*P) `spread` of input_gradient_image for maps of P pixels, where batch norm's
+    backward goes by image (tuning.BN_BY_IMAGE_MAX_PIXELS); (6, 0) on larger maps."""
+    if P > tuning.BN_BY_IMAGE_MAX_PIXELS:
+        return np.empty((6, 0), dtype=scale.dtype)
+    return np.stack([np.repeat(v, P) for v in (scale, shift, *consts)])

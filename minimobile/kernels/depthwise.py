@@ -18,7 +18,8 @@ from numba import get_num_threads, njit, prange, uint64
 from .. import tuning
 from . import threads_for
 from .batchnorm import (STATISTICS_ONLY, add_row_sums, affine_activate_plane,  # noqa: F401
-                        by_channel, makes_row_sums, no_prologue, normalized_input)
+                        by_channel, input_gradient_image, input_gradient_rows, makes_row_sums,
+                        no_prologue, normalized_input)
 
 # ---------------------------------------------------------------------------------------------
 # Rung 1, loops: the definition, one output element at a time.
@@ -440,7 +441,7 @@ def _gather_3x3_stride2(plane, gz, w, Wh):
 @njit(cache=True, parallel=True)
 def depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, pad, block, scale, shift,
                                            kind, taps_in_registers=True, bn_rows=None,
-                                           bn_mean=None, bn_by_channel=False):
+                                           bn_mean=None, bn_by_channel=False, dout_bn=None):
     """dx = w scattered by dout; dw[c] = sum_n,i,j dout * xpad window. With 3x3 and 5x5
     filters, dw's sums are made in registers (_tap_sums_3x3), and for 3x3 dx is gathered at
     stride 1 (_gather_3x3) and at stride 2 with pad 1 (_gather_3x3_stride2), unless
@@ -450,6 +451,11 @@ def depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, pad, bloc
     is a batch norm's activation code): each plane of dx, the gradient with respect to that
     batch norm's output, gets batch norm's first-pass sums as it is written
     (batchnorm.add_row_sums; bn_by_channel: batchnorm.by_channel of the plane's pixels).
+
+    With dout_bn = (y, scale, shift, consts, spread, kind), dout is the gradient a batch norm
+    with input y (the conv's output) was handed, and the conv's gradient is that batch norm's
+    dx, made from them plane by plane as it is read (batchnorm.input_gradient_rows; consts
+    from batchnorm2d_backward_deferred, spread from batchnorm.spread_constants).
 
     Parallel over blocks of `block` channels: a task walks the images in order and, in each,
     its block's planes, which lie side by side. One channel per task read one 1 KB plane per
@@ -489,6 +495,7 @@ def depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, pad, bloc
         dw_totals = np.zeros((c_end - c_first, K * K))
         plane = np.empty((H, W), dtype=x.dtype)
         g_row = np.empty(H * W if bn_rows is not None else 0, dtype=x.dtype)
+        dout_plane = np.empty((Ho, Wo) if dout_bn is not None else (0, 0), dtype=x.dtype)
         for n in range(N):
             for c in range(c_first, c_end):
                 if kind == STATISTICS_ONLY:
@@ -497,6 +504,11 @@ def depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, pad, bloc
                     affine_activate_plane(plane, x[n, c], scale[c], shift[c], kind)
                     _copy_into_phases(xp, plane, s, row_start, col_first, col_count)
                 g = dout[n, c]
+                if dout_bn is not None:  # batch norm's dx, made as it is read
+                    input_gradient_rows(dout_plane.reshape(1, Ho * Wo), g.reshape(1, Ho * Wo),
+                                        dout_bn[0][n, c].reshape(1, Ho * Wo), dout_bn[1],
+                                        dout_bn[2], dout_bn[3], dout_bn[5], c)
+                    g = dout_plane
                 for i in range(Ho):
                     row = gw[i * Wh:]
                     src = g[i]
@@ -868,7 +880,8 @@ def _add_image_row_sums(bn_rows, n, g_row, dx, x, scale, shift, bn_mean, kind, b
 def depthwise_conv2d_backward_channels_last(dx, dw, dout, x, w, stride, pad,
                                             pixel_order_max, sum_tasks, scale, shift, kind,
                                             taps_in_registers=True, gather_min_pixels=0,
-                                            bn_rows=None, bn_mean=None, bn_by_channel=False):
+                                            bn_rows=None, bn_mean=None, bn_by_channel=False,
+                                            dout_bn=None):
     """The same result as depthwise_conv2d_backward_phase_planes (up to the order of dw's and
     dx's sums), for small maps. Parallel over sum_tasks fixed shares of the batch.
 
@@ -881,7 +894,8 @@ def depthwise_conv2d_backward_channels_last(dx, dw, dout, x, w, stride, pad,
     stride 1 and pad 1 is summed in a register (_gather_3x3_channels_last) on maps of at least
     gather_min_pixels pixels: the same dx bits, dw to the dtype's rounding. bn_rows, bn_mean
     and bn_by_channel as in depthwise_conv2d_backward_phase_planes: each image's dx gets
-    batch norm's sums as it is turned back to NCHW."""
+    batch norm's sums as it is turned back to NCHW; dout_bn as there, image by image before
+    dout is turned channels last."""
     N, C, H, W = x.shape
     K = w.shape[2]
     Ho, Wo = dout.shape[2], dout.shape[3]
@@ -907,9 +921,16 @@ def depthwise_conv2d_backward_channels_last(dx, dw, dout, x, w, stride, pad,
         lanes = np.empty((K * K, C), dtype=x.dtype)
         planes = np.empty((C, H, W) if kind != STATISTICS_ONLY else (0, 0, 0), dtype=x.dtype)
         g_row = np.empty(H * W if bn_rows is not None else 0, dtype=x.dtype)
+        dout_image = np.empty((C, Ho, Wo) if dout_bn is not None else (0, 0, 0), dtype=x.dtype)
         task_sum = partial[task]
         for n in range(task * N // sum_tasks, (task + 1) * N // sum_tasks):
-            _into_channels_last(gt, dout[n], gpad, Wg, pixel_order_max)
+            g = dout[n]
+            if dout_bn is not None:  # batch norm's dx, made as it is read
+                input_gradient_image(dout_image.reshape(C, Ho * Wo), g.reshape(C, Ho * Wo),
+                                     dout_bn[0][n].reshape(C, Ho * Wo), dout_bn[1], dout_bn[2],
+                                     dout_bn[3], dout_bn[4], dout_bn[5])
+                g = dout_image
+            _into_channels_last(gt, g, gpad, Wg, pixel_order_max)
             _image_into_channels_last(xt, x[n], pad, Wp, pixel_order_max, scale, shift, kind,
                                       planes)
             lanes[:] = 0
@@ -1037,20 +1058,21 @@ def _uses_phase_planes_backward(dout):
 
 
 def _depthwise_conv2d_backward_fast(dx, dw, dout, x, w, stride, pad, scale, shift, kind,
-                                    bn_rows=None, bn_mean=None, bn_by_channel=False):
+                                    bn_rows=None, bn_mean=None, bn_by_channel=False,
+                                    dout_bn=None):
     C = x.shape[1]
     if not _uses_phase_planes_backward(dout):
         depthwise_conv2d_backward_channels_last(dx, dw, dout, x, w, stride, pad,
                                                 tuning.PIXEL_ORDER_MAX_PIXELS, tuning.SUM_TASKS,
                                                 scale, shift, kind, True,
                                                 tuning.DEPTHWISE_GATHER_MIN_PIXELS, bn_rows,
-                                                bn_mean, bn_by_channel)
+                                                bn_mean, bn_by_channel, dout_bn)
     else:
         block = max(1, min(tuning.DEPTHWISE_MAX_CHANNEL_BLOCK,
                            C // (tuning.DEPTHWISE_BLOCKS_PER_THREAD * get_num_threads())))
         depthwise_conv2d_backward_phase_planes(dx, dw, dout, x, w, stride, pad, block, scale,
                                                shift, kind, True, bn_rows, bn_mean,
-                                               bn_by_channel)
+                                               bn_by_channel, dout_bn)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1062,22 +1084,28 @@ def _depthwise_conv2d_backward_fast(dx, dw, dout, x, w, stride, pad, scale, shif
 # sums are made there, with batch norm's own helpers, and batch norm adds them in its order:
 # the same bits, and one pass over two maps fewer. Not on maps whose rows batch norm sums in
 # per-position lanes (under tuning.BN_ROW_SUMS_MIN_PIXELS: 4x4 and 2x2).
+# 3e. Its dout made as it is read: when the conv is followed by a batch norm (the unit conv ->
+# batch norm -> activation), its dout is that batch norm's dx, which the batch norm can leave
+# unmade (kernels/batchnorm.py, 3f); both loop orders copy dout into scratch, a plane or an
+# image at a time, and make it there instead: never written to memory and read back.
 # ---------------------------------------------------------------------------------------------
 
 
-def depthwise_conv2d_normalized_backward_with_bn_sums(dy, dw, dout, x, w, stride, pad, scale,
-                                                      shift, kind, mean):
-    """depthwise_conv2d_normalized_backward_fast, which also returns batch norm's first-pass
-    row sums, (2, N, C) float64 (batchnorm.batchnorm2d_backward_from_row_sums takes them),
-    for the batch norm with batch mean `mean` (C,) whose output act(x * scale + shift) the
-    conv read; or None on maps where it does not make them (see above)."""
+def depthwise_conv2d_backward_fused(dx, dw, dout, x, w, stride, pad, scale, shift, kind,
+                                    mean=None, dout_bn=None):
+    """depthwise_conv2d_normalized_backward_fast (kind STATISTICS_ONLY: the plain backward)
+    with either fusion or both. With `mean` (C,), the batch mean of the batch norm whose
+    output act(x * scale + shift) the conv read, it returns that batch norm's first-pass row
+    sums, (2, N, C) float64 (batchnorm.batchnorm2d_backward_from_row_sums takes them), or
+    None on maps where it does not make them (see above). With dout_bn = (y, scale, shift,
+    consts, spread, kind), dout is the gradient handed to the batch norm after the conv,
+    whose dx the conv makes as it reads (3f in kernels/batchnorm.py)."""
     N, C, H, W = x.shape
-    if not makes_row_sums(H * W):
-        depthwise_conv2d_normalized_backward_fast(dy, dw, dout, x, w, stride, pad, scale, shift,
-                                                  kind)
-        return None
-    rows = np.zeros((2, N, C))
+    rows = None
+    if mean is not None and makes_row_sums(H * W):
+        rows = np.zeros((2, N, C))
     with threads_for(x.size):
-        _depthwise_conv2d_backward_fast(dy, dw, dout, x, w, stride, pad, scale, shift, kind,
-                                        rows, mean.astype(x.dtype), by_channel(H * W))
+        _depthwise_conv2d_backward_fast(dx, dw, dout, x, w, stride, pad, scale, shift, kind,
+                                        rows, None if rows is None else mean.astype(x.dtype),
+                                        by_channel(H * W), dout_bn)
     return rows

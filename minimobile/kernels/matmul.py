@@ -19,8 +19,8 @@ from numba import get_num_threads, njit, prange
 from .. import tuning
 from . import threads_for
 from .batchnorm import (STATISTICS_ONLY, _affine_activate_row, add_row_sums,
-                        affine_activate_plane, by_channel, makes_row_sums, no_prologue,
-                        normalized_input)
+                        affine_activate_plane, by_channel, input_gradient, input_gradient_image,
+                        makes_row_sums, no_prologue, normalized_input)
 
 # ---------------------------------------------------------------------------------------------
 # Rung 1, loops.
@@ -367,13 +367,15 @@ def _sum_partials(dw, partial, tall):
 
 @njit(cache=True, parallel=True)
 def matmul_per_image_backward(dx, dw, dout, x, wt, sum_tasks, scale, shift, kind, bn_rows=None,
-                              bn_mean=None, bn_by_channel=False):
+                              bn_mean=None, bn_by_channel=False, dout_bn=None):
     """The backward of out[n] = w @ x[n]: dw = sum over n of dout[n] @ x[n].T and dx[n] =
     wt @ dout[n]; dout (N, M, P), x (N, K, P), dw (M, K), wt (K, M), dx (N, K, P). Both
     products of an image run back to back, while dout[n] is still in cache. With a prologue,
     x[n] is read as act(x[n] * scale + shift), and dx is the gradient with respect to that.
     With bn_rows (a batch norm's kind only), each image's dx gets that batch norm's
-    first-pass sums as it is written (3e below)."""
+    first-pass sums as it is written (3e below). With dout_bn = (y, scale, shift, consts,
+    spread, kind), dout[n] is made from the gradient handed to the batch norm after the conv
+    first, into scratch (3f below)."""
     N, _, P = x.shape
     M, K = dw.shape
     tall = M >= K  # which way round the weight gradient's product is made (see above)
@@ -382,6 +384,7 @@ def matmul_per_image_backward(dx, dw, dout, x, wt, sum_tasks, scale, shift, kind
     for t in prange(sum_tasks):
         product = np.empty((R, S), dtype=dw.dtype)
         image = np.empty((K, P) if kind != STATISTICS_ONLY else (0, 0), dtype=x.dtype)
+        dout_image = np.empty((M, P) if dout_bn is not None else (0, 0), dtype=dout.dtype)
         lo, hi = t * N // sum_tasks, (t + 1) * N // sum_tasks
         if hi == lo:
             partial[t][:] = 0
@@ -390,14 +393,19 @@ def matmul_per_image_backward(dx, dw, dout, x, wt, sum_tasks, scale, shift, kind
             if kind != STATISTICS_ONLY:
                 _normalize_image(image, xn, n, scale, shift, kind)
                 xn = image
+            dn = dout[n]
+            if dout_bn is not None:  # batch norm's dx, made before both products read it
+                input_gradient_image(dout_image, dn, dout_bn[0][n], dout_bn[1], dout_bn[2],
+                                     dout_bn[3], dout_bn[4], dout_bn[5])
+                dn = dout_image
             target = partial[t] if n == lo else product
             if tall:
-                np.dot(dout[n], xn.T, target)
+                np.dot(dn, xn.T, target)
             else:
-                np.dot(xn, dout[n].T, target)
+                np.dot(xn, dn.T, target)
             if n != lo:
                 _add_into(partial[t], product)
-            np.dot(wt, dout[n], dx[n])
+            np.dot(wt, dn, dx[n])
             if bn_rows is not None:
                 _add_image_row_sums(bn_rows, n, dx, x, scale, shift, bn_mean, kind,
                                     bn_by_channel)
@@ -503,11 +511,12 @@ def matmul_image_groups(out, a, b, group, scale, shift, kind):
 
 @njit(cache=True, parallel=True)
 def matmul_image_groups_backward(dx, dw, dout, x, wt, group, sum_tasks, scale, shift, kind,
-                                 bn_rows=None, bn_mean=None, bn_by_channel=False):
+                                 bn_rows=None, bn_mean=None, bn_by_channel=False, dout_bn=None):
     """The backward of matmul_image_groups(out, w, x, group, ...): per group of images, dw
     gains dout_g @ x_g.T and dx_g = wt @ dout_g, with x_g (normalised, with a prologue) and
     dout_g gathered as in the forward. The groups are cut into sum_tasks fixed shares, each
-    summed by one task in group order. bn_rows as in matmul_per_image_backward."""
+    summed by one task in group order. bn_rows and dout_bn as in matmul_per_image_backward
+    (dout_bn's dx made image by image as the group is gathered)."""
     N, K, P = x.shape
     M = dw.shape[0]
     ngroups = (N + group - 1) // group
@@ -529,7 +538,14 @@ def matmul_image_groups_backward(dx, dw, dout, x, wt, group, sum_tasks, scale, s
             cols = cols_buffer[:K * width].reshape(K, width)
             dcols = dcols_buffer[:M * width].reshape(M, width)
             _gather_images(cols, x, lo, hi, scale, shift, kind)
-            _gather_images(dcols, dout, lo, hi, scale[:0], shift[:0], STATISTICS_ONLY)
+            if dout_bn is None:
+                _gather_images(dcols, dout, lo, hi, scale[:0], shift[:0], STATISTICS_ONLY)
+            else:  # batch norm's dx, made as it is gathered
+                dout_image = np.empty((M, P), dtype=dout.dtype)
+                for n in range(lo, hi):
+                    input_gradient_image(dout_image, dout[n], dout_bn[0][n], dout_bn[1],
+                                         dout_bn[2], dout_bn[3], dout_bn[4], dout_bn[5])
+                    _copy_image_into(dcols, dout_image, (n - lo) * P)
             first = g == t * ngroups // ntasks
             target = partial[t] if first else product
             if tall:
@@ -820,18 +836,22 @@ def _pointwise_conv2d_forward_fast(out, x, w, scale, shift, kind):
 
 
 def _pointwise_conv2d_backward_fast(dx, dw, dout, x, w, scale, shift, kind, bn_rows=None,
-                                    bn_mean=None, bn_by_channel=False):
+                                    bn_mean=None, bn_by_channel=False, dout_bn=None):
     # W^T as a view, Fortran-ordered: np.dot hands BLAS the transpose flag instead of a copy.
     # Copying it cost more than it looks: a transposed copy reads with a stride of a row, and
     # V1 1.0's thirteen 1x1 weights (12.6 MB) took 26 ms per step that way, on one thread.
     wt = w.T
     if _per_image(x):
         matmul_per_image_backward(dx, dw, dout, x, wt, tuning.SUM_TASKS, scale, shift, kind,
-                                  bn_rows, bn_mean, bn_by_channel)
+                                  bn_rows, bn_mean, bn_by_channel, dout_bn)
     elif tuning.POINTWISE_SMALL_MAPS == "groups":
         matmul_image_groups_backward(dx, dw, dout, x, wt, _image_group(x), tuning.SUM_TASKS,
-                                     scale, shift, kind, bn_rows, bn_mean, bn_by_channel)
+                                     scale, shift, kind, bn_rows, bn_mean, bn_by_channel, dout_bn)
     else:
+        if dout_bn is not None:  # this path reads dout whole: make batch norm's dx first
+            made = np.empty_like(dout)
+            input_gradient(made, dout, *dout_bn)
+            dout = made
         if kind != STATISTICS_ONLY:
             x = _normalized_matrices(x, scale, shift, kind)
         dc = _to_channel_major(dout)  # (C_out, N*P)
@@ -891,17 +911,19 @@ def linear_backward_fast(dx, dw, dout, x, w):
 # ---------------------------------------------------------------------------------------------
 
 
-def pointwise_conv2d_normalized_backward_with_bn_sums(dx, dw, dout, x, w, scale, shift, kind,
-                                                      mean):
-    """pointwise_conv2d_normalized_backward_fast, which also returns batch norm's first-pass
-    row sums, (2, N, C_in) float64 (batchnorm.batchnorm2d_backward_from_row_sums takes them),
-    for the batch norm with batch mean `mean` whose output act(x * scale + shift) the conv
-    read; or None where it does not make them (see above)."""
-    if not _makes_bn_row_sums(x, kind):
-        pointwise_conv2d_normalized_backward_fast(dx, dw, dout, x, w, scale, shift, kind)
-        return None
-    rows = np.zeros((2, x.shape[0], x.shape[1]))
+def pointwise_conv2d_backward_fused(dx, dw, dout, x, w, scale, shift, kind, mean=None,
+                                    dout_bn=None):
+    """pointwise_conv2d_normalized_backward_fast (kind STATISTICS_ONLY: the plain backward)
+    with either fusion or both: `mean` and the row sums it returns as in
+    depthwise.depthwise_conv2d_backward_fused (None where they are not made, see above), and
+    dout_bn = (y, scale, shift, consts, spread, kind) with dout the gradient handed to the
+    batch norm after the conv, whose dx the conv makes as it reads (3f in
+    kernels/batchnorm.py)."""
+    rows = None
+    if mean is not None and _makes_bn_row_sums(x, kind):
+        rows = np.zeros((2, x.shape[0], x.shape[1]))
     with threads_for(max(x.size, dout.size)):
         _pointwise_conv2d_backward_fast(dx, dw, dout, x, w, scale, shift, kind, rows,
-                                        mean.astype(x.dtype), by_channel(x.shape[2]))
+                                        None if rows is None else mean.astype(x.dtype),
+                                        by_channel(x.shape[2]), dout_bn)
     return rows
