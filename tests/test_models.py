@@ -385,10 +385,16 @@ def test_deferring_batch_norm_into_the_next_conv_changes_no_bit(arch, monkeypatc
     """MobileNet.defer_normalization hands each depthwise or 1x1 conv that alone reads a batch
     norm's output a NormalizedMap instead (the map is never written), V3's squeeze-excite its
     depthwise layer's output the same way (counted where it pools it), and V3's projection
-    squeeze-excite's output as a ScaledMap, and the depthwise convs make such a batch norm's
-    backward sums (kernels/depthwise.py, 3d): a training step gives the same logits and
-    gradients, bit for bit, as the plain path."""
-    handed = []
+    squeeze-excite's output as a ScaledMap, the depthwise and 1x1 convs make such a batch
+    norm's backward sums (kernels/batchnorm.py, 3e), and each 1x1 conv makes its own batch
+    norm's dx (3f): a training step gives the same logits and gradients, bit for bit, as the
+    plain path."""
+    handed, gradients = [], []
+
+    def counting_backward(dout, cache, backward=ops.batchnorm2d_backward_deferred):
+        gradients.append(1)
+        return backward(dout, cache)
+    monkeypatch.setattr(ops, "batchnorm2d_backward_deferred", counting_backward)
     for name in ("depthwise_conv2d_forward", "pointwise_conv2d_forward",
                  "global_avg_pool_forward"):
         def counting_forward(x, *args, forward=getattr(ops, name)):
@@ -405,14 +411,21 @@ def test_deferring_batch_norm_into_the_next_conv_changes_no_bit(arch, monkeypatc
         model.backward(np.random.default_rng(2).standard_normal(logits.shape).astype(np.float32))
         grads = {name: g.copy() for name, module in model.named_modules()
                  for name_g, g in module.grads.items() for name in [f"{name}.{name_g}"]}
-        steps.append((logits, grads, sum(handed), sum(sums_made)))
+        steps.append((logits, grads, sum(handed), sum(sums_made), len(gradients)))
         sums_made.clear()
-    (logits, grads, deferred, made), (plain_logits, plain_grads, none, none_made) = steps
+        gradients.clear()
+    ((logits, grads, deferred, made, deferred_gradients),
+     (plain_logits, plain_grads, none, none_made, no_gradients)) = steps
     expected = sum(isinstance(m, (ConvBNActivation, SqueezeExcitation)) and m.defer_output
                    for _, m in model.named_modules())
     assert deferred == expected > 0 and none == 0
-    # and some of the batch norms read by a depthwise conv got their backward sums from it
+    # and some of the batch norms read by a depthwise conv got their backward sums from it,
+    # and every 1x1 conv's batch norm left its dx to the conv (ops.NormalizedGradient)
     assert made > 0 and none_made == 0
+    assert deferred_gradients == sum(isinstance(m, ConvBNActivation)
+                                     and isinstance(m[0], PointwiseConv2d)
+                                     for _, m in model.named_modules()) > 0
+    assert no_gradients == 0
     np.testing.assert_array_equal(logits, plain_logits)
     assert grads.keys() == plain_grads.keys()
     for name in grads:
