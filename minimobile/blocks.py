@@ -94,9 +94,10 @@ class ConvBNActivation(Sequential):
         # The batch norm's dx goes to the conv alone, which can make it as it reads it
         # (ops.NormalizedGradient), under the same switch as the forward's deferral. Only the
         # 1x1 convs do: their products read dout per image, and making it into scratch there
-        # took 0.79-0.96 of the time of writing it on 32x32 and 16x16 maps, where the
-        # depthwise convs' planes, read channel by channel, gained at one shape of five and
-        # lost or held at the others (docs/PERFORMANCE.md, "Batch norm's dx made by the conv").
+        # took 0.90-0.92 of the time of writing it on three of four layers of 32x32 and 16x16
+        # maps (0.79-0.96 in an earlier, ad-hoc run), where the depthwise convs' planes, read
+        # channel by channel, held or lost (0.96-1.13; docs/PERFORMANCE.md, "Batch norm's dx
+        # made by the conv"). One run each, on a noisy machine.
         self._defer_gradient = deferral_enabled() and isinstance(self[0], PointwiseConv2d)
         return self[1].forward_with_activation(self[0].forward(x), fused_name, defer)
 
