@@ -11,6 +11,7 @@ dx = dout + f.backward(dout).
 
 import numpy as np
 
+from . import ops
 from .layers import (BatchNorm2d, Conv2d, DepthwiseConv2d, Hardswish, Module, PointwiseConv2d,
                      ReLU, ReLU6, Sequential, SqueezeExcitation, _rng, deferral_enabled)
 from .validation import is_int, is_number
@@ -99,7 +100,16 @@ class ConvBNActivation(Sequential):
         # channel by channel, held or lost (0.96-1.13; docs/PERFORMANCE.md, "Batch norm's dx
         # made by the conv"). One run each, on a noisy machine.
         self._defer_gradient = deferral_enabled() and isinstance(self[0], PointwiseConv2d)
-        return self[1].forward_with_activation(self[0].forward(x), fused_name, defer)
+        # The batch norm's statistics are made by the conv as it writes each plane or image,
+        # under the same switch (kernels/batchnorm.py, 3g); the stem's conv does not make them.
+        if (deferral_enabled() and ops.BatchNormStatistics.enabled
+                and isinstance(self[0], (DepthwiseConv2d, PointwiseConv2d))):
+            statistics = ops.BatchNormStatistics()
+            out = self[0].forward(x, statistics)
+        else:
+            statistics = None
+            out = self[0].forward(x)
+        return self[1].forward_with_activation(out, fused_name, defer, statistics)
 
     def backward(self, dout):
         if not self._fused:

@@ -302,9 +302,15 @@ class DepthwiseConv2d(Module):
         if bias:
             self.add_param("bias", np.zeros(channels, dtype=dtype))
 
-    def forward(self, x):
-        out, cache = ops.depthwise_conv2d_forward(x, self.params["weight"], self.stride,
-                                                  self.padding)
+    def forward(self, x, statistics=None):
+        """statistics: an ops.BatchNormStatistics for the batch norm after this conv, which
+        the conv fills as it writes its output (ConvBNActivation); not with a bias."""
+        if statistics is not None and "bias" not in self.params:
+            out, cache = ops.depthwise_conv2d_forward_with_statistics(
+                x, self.params["weight"], self.stride, self.padding, statistics)
+        else:
+            out, cache = ops.depthwise_conv2d_forward(x, self.params["weight"], self.stride,
+                                                      self.padding)
         if "bias" in self.params:
             ops.add_channel_bias(out, self.params["bias"])
         self._keep(cache)
@@ -335,9 +341,15 @@ class PointwiseConv2d(Module):
         if bias:
             self.add_param("bias", np.zeros(out_channels, dtype=dtype))
 
-    def forward(self, x):
-        out, cache = ops.pointwise_conv2d_forward(x, self.params["weight"],
-                                                  self.params.get("bias"))
+    def forward(self, x, statistics=None):
+        """statistics: an ops.BatchNormStatistics for the batch norm after this conv, which
+        the conv fills as it makes its output (ConvBNActivation)."""
+        if statistics is not None:
+            out, cache = ops.pointwise_conv2d_forward_with_statistics(
+                x, self.params["weight"], self.params.get("bias"), statistics)
+        else:
+            out, cache = ops.pointwise_conv2d_forward(x, self.params["weight"],
+                                                      self.params.get("bias"))
         self._keep(cache)
         return out
 
@@ -382,17 +394,18 @@ class BatchNorm2d(Module):
             return out
         return self.forward_with_activation(x, None)
 
-    def forward_with_activation(self, x, activation, defer=False):
+    def forward_with_activation(self, x, activation, defer=False, statistics=None):
         """Training mode: batch norm and then `activation` (one of ops.FUSABLE_ACTIVATIONS,
         or None) in one pass over memory; ConvBNActivation uses it to save memory traffic.
         backward() then goes through both. defer=True returns an ops.NormalizedMap, for a
-        depthwise conv to apply (ops.batchnorm2d_activation_forward)."""
+        depthwise conv to apply (ops.batchnorm2d_activation_forward); `statistics`, an
+        ops.BatchNormStatistics, may hold the statistics made by the conv that made x."""
         if not self.training:
             raise ValueError(f"BatchNorm2d: a fused activation runs in training mode only, "
                              f"got activation={activation!r} in eval mode")
         p, b = self.params, self.buffers
         out, cache = ops.batchnorm2d_activation_forward(x, p["weight"], p["bias"], self.eps,
-                                                        activation, defer)
+                                                        activation, defer, statistics)
         m = self.momentum
         count = x.shape[0] * x.shape[2] * x.shape[3]
         b["running_mean"][...] = (1 - m) * b["running_mean"] + m * cache.mean

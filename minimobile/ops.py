@@ -162,9 +162,12 @@ class BatchNormGradientSums:
     it. Where that conv's backward can sum, as it writes the gradient, what the batch norm's
     first pass would (kernels/batchnorm.py, 3e), it leaves the sums here with the gradient
     they were made from; batchnorm2d_backward uses them only for that very array, and makes
-    its own otherwise. Made by the forward, emptied by the backward."""
+    its own otherwise. Made by the forward, emptied by the backward. `enabled` False (on the
+    class) makes the deferred forward hand on none, so that every batch norm makes its own
+    sums and no conv makes them (benchmarks/bench_fused_sums.py times both ways)."""
 
     __slots__ = ("mean", "rows", "dout")
+    enabled = True
 
     def __init__(self, mean):
         self.mean = mean  # (C,) float64, the batch mean
@@ -176,6 +179,32 @@ class BatchNormGradientSums:
         """The row sums if they were made from `dout` itself, else None; empties the holder."""
         rows = self.rows if self.dout is dout else None
         self.rows = self.dout = None
+        return rows
+
+
+class BatchNormStatistics:
+    """Batch norm's forward statistics, made by the conv that made its input.
+
+    A depthwise or 1x1 conv followed by a batch norm has each plane or image of its output
+    in cache just after making it, where it can sum what the batch norm's statistics would
+    read the whole map back for (kernels/batchnorm.py, 3g). The conv's
+    `*_forward_with_statistics` leaves the row sums here with the output they were made from
+    (none where it cannot make them), and batchnorm2d_activation_forward uses them only for
+    that very array, making its own otherwise. Emptied by the batch norm. `enabled` False (on
+    the class) stops ConvBNActivation from handing one to its conv, so that every batch norm
+    sums its own input (benchmarks/bench_fused_sums.py times both ways)."""
+
+    __slots__ = ("rows", "x")
+    enabled = True
+
+    def __init__(self):
+        self.rows = None  # (2, N, C) float64 row sums: batchnorm2d_forward_from_row_sums
+        self.x = None  # the conv output they were summed from
+
+    def take(self, x):
+        """The row sums if they were made from `x` itself, else None; empties the holder."""
+        rows = self.rows if self.x is x else None
+        self.rows = self.x = None
         return rows
 
 
@@ -252,6 +281,17 @@ def depthwise_conv2d_forward(x, w, stride=1, padding=1):
     x may be a NormalizedMap: the conv then reads act(x.x * scale + shift), normalising each
     plane as it copies it into its scratch, and caches x.x with the constants instead.
     """
+    return _depthwise_conv2d_forward(x, w, stride, padding, None)
+
+
+def depthwise_conv2d_forward_with_statistics(x, w, stride, padding, statistics):
+    """depthwise_conv2d_forward that, on the fast rung, also makes the statistics of the
+    batch norm after it as it writes each plane or image, and leaves them in `statistics`
+    (a BatchNormStatistics) with out, for batchnorm2d_activation_forward."""
+    return _depthwise_conv2d_forward(x, w, stride, padding, statistics)
+
+
+def _depthwise_conv2d_forward(x, w, stride, padding, statistics):
     op = "depthwise_conv2d"
     normalized = x if isinstance(x, NormalizedMap) else None
     if normalized is not None:
@@ -268,13 +308,23 @@ def depthwise_conv2d_forward(x, w, stride=1, padding=1):
     Ho, Wo = conv_output_size(H, K, stride, padding), conv_output_size(W, K, stride, padding)
     out = np.empty((N, C, Ho, Wo), dtype=x.dtype)
     if normalized is None:
-        kernels.pick(depthwise, "depthwise_conv2d_forward")(out, x, w, stride, padding)
-        return out, DepthwiseConv2dCache(x, w, stride, padding)
-    scale, shift, activation = normalized.scale, normalized.shift, normalized.activation
-    kernels.pick(depthwise, "depthwise_conv2d_normalized_forward")(
-        out, x, w, stride, padding, scale, shift, bn_kernels.ACTIVATION_CODES[activation])
-    return out, DepthwiseConv2dCache(x, w, stride, padding, scale, shift, activation,
+        scale, shift, kind = bn_kernels.no_prologue(x)
+        cache = DepthwiseConv2dCache(x, w, stride, padding)
+    else:
+        scale, shift = normalized.scale, normalized.shift
+        kind = bn_kernels.ACTIVATION_CODES[normalized.activation]
+        cache = DepthwiseConv2dCache(x, w, stride, padding, scale, shift, normalized.activation,
                                      normalized.gradient_sums)
+    if statistics is not None and kernels.current() == "fast":
+        statistics.rows = depthwise.depthwise_conv2d_forward_with_statistics(
+            out, x, w, stride, padding, scale, shift, kind)
+        statistics.x = out
+    elif normalized is None:
+        kernels.pick(depthwise, "depthwise_conv2d_forward")(out, x, w, stride, padding)
+    else:
+        kernels.pick(depthwise, "depthwise_conv2d_normalized_forward")(
+            out, x, w, stride, padding, scale, shift, kind)
+    return out, cache
 
 
 def _gradient_prologue(dout, op, whole=False):
@@ -380,6 +430,18 @@ def pointwise_conv2d_forward(x, w, b=None):
     constants instead. Or a ScaledMap (squeeze-excite's output): it reads x.x[n, c] * x.s[n, c]
     the same way, and caches x.x with the gate.
     """
+    return _pointwise_conv2d_forward(x, w, b, None)
+
+
+def pointwise_conv2d_forward_with_statistics(x, w, b, statistics):
+    """pointwise_conv2d_forward that, on the fast rung and without a bias, also makes the
+    statistics of the batch norm after it as it makes each image's product (on maps large
+    enough for one product per image), and leaves them in `statistics` (a
+    BatchNormStatistics) with out, for batchnorm2d_activation_forward."""
+    return _pointwise_conv2d_forward(x, w, b, statistics)
+
+
+def _pointwise_conv2d_forward(x, w, b, statistics):
     op = "pointwise_conv2d"
     scaled = x if isinstance(x, ScaledMap) else None
     if scaled is not None:
@@ -408,18 +470,28 @@ def pointwise_conv2d_forward(x, w, b=None):
     x3 = x.reshape(N, C, H * W)
     out = np.empty((N, C_out, H * W), dtype=x.dtype)
     if normalized is None and scaled is None:
-        kernels.pick(matmul, "pointwise_conv2d_forward")(out, x3, w2)
+        scale, shift, kind = bn_kernels.no_prologue(x)
         cache = PointwiseConv2dCache(x3, x.shape, w2, b is not None)
     else:
         scale, shift, kind = _pointwise_prologue(normalized, scaled, N, C)
-        kernels.pick(matmul, "pointwise_conv2d_normalized_forward")(out, x3, w2, scale, shift,
-                                                                    kind)
         # a batch norm's output alone (not gated): dx will be that batch norm's gradient
         sums = normalized.gradient_sums if scaled is None else None
         cache = PointwiseConv2dCache(x3, x.shape, w2, b is not None, scale, shift, kind, sums)
+    # the statistics of out itself: with a bias, out changes after the product
+    statistics = statistics if b is None and kernels.current() == "fast" else None
+    if statistics is not None:
+        rows = matmul.pointwise_conv2d_forward_with_statistics(out, x3, w2, scale, shift, kind)
+    elif normalized is None and scaled is None:
+        kernels.pick(matmul, "pointwise_conv2d_forward")(out, x3, w2)
+    else:
+        kernels.pick(matmul, "pointwise_conv2d_normalized_forward")(out, x3, w2, scale, shift,
+                                                                    kind)
     if b is not None:
         kernels.pick(elementwise, "add_channel_bias")(out, b)
-    return out.reshape(N, C_out, H, W), cache
+    out = out.reshape(N, C_out, H, W)
+    if statistics is not None:
+        statistics.rows, statistics.x = rows, out
+    return out, cache
 
 
 def _pointwise_prologue(normalized, scaled, N, C):
@@ -583,7 +655,8 @@ def _batchnorm2d_backward(dout, cache, defer):
 FUSABLE_ACTIVATIONS = tuple(a for a in bn_kernels.ACTIVATION_CODES if a is not None)
 
 
-def batchnorm2d_activation_forward(x, gamma, beta, eps=1e-5, activation="relu", defer=False):
+def batchnorm2d_activation_forward(x, gamma, beta, eps=1e-5, activation="relu", defer=False,
+                                   statistics=None):
     """Training-mode batch norm and the activation after it in one pass over memory:
     out = act(batchnorm2d(x)) for activation in FUSABLE_ACTIVATIONS ("relu", "relu6",
     "hardswish"), or None for batch norm alone. On the fast rung, the same numbers as
@@ -593,12 +666,18 @@ def batchnorm2d_activation_forward(x, gamma, beta, eps=1e-5, activation="relu", 
     depthwise or 1x1 conv to apply as it reads (depthwise_conv2d_forward,
     pointwise_conv2d_forward): the map is never written.
     The backward is the same either way.
+
+    `statistics` (a BatchNormStatistics) may hold the statistics' row sums, made by the conv
+    that made x as it wrote it (depthwise_conv2d_forward_with_statistics,
+    pointwise_conv2d_forward_with_statistics): on the fast rung they replace the pass that
+    reads x for them, with the same bits.
     """
     op = "batchnorm2d_activation"
     if activation not in bn_kernels.ACTIVATION_CODES:
         raise ValueError(f"{op}: expected activation None or one of {FUSABLE_ACTIVATIONS}, "
                          f"got {activation!r}")
-    return _batchnorm2d_forward(op, x, gamma, beta, eps, activation, defer)
+    rows = statistics.take(x) if statistics is not None else None
+    return _batchnorm2d_forward(op, x, gamma, beta, eps, activation, defer, rows)
 
 
 def batchnorm2d_activation_backward(dout, cache):
@@ -606,7 +685,7 @@ def batchnorm2d_activation_backward(dout, cache):
     return batchnorm2d_backward(dout, cache)
 
 
-def _batchnorm2d_forward(op, x, gamma, beta, eps, activation, defer=False):
+def _batchnorm2d_forward(op, x, gamma, beta, eps, activation, defer=False, rows=None):
     x, gamma, beta = _check_bn_args(op, x, gamma, beta)
     N, C, H, W = x.shape
     if N * H * W < 2:
@@ -620,13 +699,17 @@ def _batchnorm2d_forward(op, x, gamma, beta, eps, activation, defer=False):
     scale = np.empty(C, dtype=x.dtype)
     shift = np.empty(C, dtype=x.dtype)
     kind = bn_kernels.STATISTICS_ONLY if defer else bn_kernels.ACTIVATION_CODES[activation]
-    kernels.pick(bn_kernels, "batchnorm2d_forward")(
-        out.reshape(N, C, H * W), mean, var, scale, shift, x.reshape(N, C, H * W), gamma, beta,
-        float(eps), kind)
+    args = (out.reshape(N, C, H * W), mean, var, scale, shift, x.reshape(N, C, H * W), gamma,
+            beta, float(eps), kind)
+    if rows is not None and kernels.current() == "fast":
+        # the statistics' row sums were made by the conv that made x (3g): no pass over x
+        bn_kernels.batchnorm2d_forward_from_row_sums(*args, rows)
+    else:
+        kernels.pick(bn_kernels, "batchnorm2d_forward")(*args)
     invstd = 1.0 / np.sqrt(var + eps)
     if not defer:
         return out, BatchNorm2dCache(x, gamma, mean, var, invstd, scale, shift, activation)
-    sums = BatchNormGradientSums(mean)
+    sums = BatchNormGradientSums(mean) if BatchNormGradientSums.enabled else None
     return (NormalizedMap(x, scale, shift, activation, sums),
             BatchNorm2dCache(x, gamma, mean, var, invstd, scale, shift, activation, sums))
 

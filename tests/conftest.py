@@ -21,16 +21,29 @@ def _numba_threads_restored():
         numba.set_num_threads(before)
 
 
+def _record_takes(monkeypatch, holder):
+    """A list that gets, for each holder.take(array) of the test, whether it found the row sums
+    that a conv made for that very array."""
+    made = []
+    take = holder.take
+
+    def recording(self, array):
+        rows = take(self, array)
+        made.append(rows is not None)
+        return rows
+    monkeypatch.setattr(holder, "take", recording)
+    return made
+
+
 @pytest.fixture
 def sums_made(monkeypatch):
     """A list that gets, for each batch norm backward of the test, whether the conv that read
     its output made its first-pass sums (ops.BatchNormGradientSums.take found them)."""
-    made = []
-    take = ops.BatchNormGradientSums.take
+    return _record_takes(monkeypatch, ops.BatchNormGradientSums)
 
-    def recording(self, dout):
-        rows = take(self, dout)
-        made.append(rows is not None)
-        return rows
-    monkeypatch.setattr(ops.BatchNormGradientSums, "take", recording)
-    return made
+
+@pytest.fixture
+def statistics_made(monkeypatch):
+    """A list that gets, for each batch norm forward handed an ops.BatchNormStatistics,
+    whether the conv before it made its statistics' row sums (take found them)."""
+    return _record_takes(monkeypatch, ops.BatchNormStatistics)

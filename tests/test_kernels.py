@@ -551,6 +551,116 @@ def test_a_normalized_gradient_is_made_whole_on_the_lower_rungs(rng):
         ops.pointwise_conv2d_backward(bad, conv_cache)
 
 
+def _conv_then_batchnorm(conv, x, w, stride, activation, defer, statistics):
+    """conv (a plain or normalised input) -> batch norm with its activation, the conv making
+    the batch norm's statistics when `statistics` (an ops.BatchNormStatistics) is given: what
+    the batch norm computed, as arrays."""
+    if conv == "depthwise":
+        out, _ = (ops.depthwise_conv2d_forward(x, w, stride, w.shape[2] // 2)
+                  if statistics is None else
+                  ops.depthwise_conv2d_forward_with_statistics(x, w, stride, w.shape[2] // 2,
+                                                               statistics))
+    else:
+        out, _ = (ops.pointwise_conv2d_forward(x, w) if statistics is None else
+                  ops.pointwise_conv2d_forward_with_statistics(x, w, None, statistics))
+    C = out.shape[1]
+    gamma = np.linspace(0.5, 2, C).astype(out.dtype)
+    beta = np.linspace(-1, 1, C).astype(out.dtype)
+    y, cache = ops.batchnorm2d_activation_forward(out, gamma, beta, 1e-5, activation, defer,
+                                                  statistics)
+    return {"conv": out, "out": y.materialize() if defer else y, "mean": cache.mean,
+            "var": cache.var, "scale": cache.scale, "shift": cache.shift}
+
+
+def _normalized_or_plain_input(rng, prologue, N, C, H, W):
+    x, gamma, beta, _ = _normalized_inputs(rng, np.float32, N, C, H, W, 1)
+    if not prologue:
+        return x
+    return ops.batchnorm2d_activation_forward(x, gamma, beta, 1e-5, "relu6", defer=True)[0]
+
+
+@pytest.mark.parametrize("activation", FUSED)
+@pytest.mark.parametrize("prologue", [False, True])
+@pytest.mark.parametrize("K,stride,H,W", [(3, 1, 9, 8), (3, 2, 9, 8), (5, 1, 6, 7), (3, 1, 4, 4),
+                                          (3, 2, 17, 16)])
+def test_a_depthwise_conv_makes_the_batchnorm_statistics_after_it_with_their_bits(
+        rng, monkeypatch, statistics_made, depthwise_layout, batchnorm_layout, activation,
+        prologue, K, stride, H, W):
+    """kernels/batchnorm.py, 3g: the depthwise conv makes the statistics' row sums of the batch
+    norm after it as it writes each plane (or image, channels last), image 0 first for the
+    shifts; the batch norm adds them in its order (by channel, or by image in SUM_TASKS shares
+    of a batch they do not divide): the same bits as the batch norm summing its input itself,
+    whether the conv reads its input plain or normalised, and whether the batch norm writes
+    its output or defers it. Made only where the batch norm sums row by row: not by image on
+    maps of under BN_ROW_SUMS_MIN_PIXELS (here 4x4 and the stride-2 9x8's 5x4)."""
+    monkeypatch.setattr(tuning, "SUM_TASKS", 3)
+    x = _normalized_or_plain_input(rng, prologue, 7, 5, H, W)
+    w = rng.standard_normal((5, 1, K, K)).astype(np.float32)
+    for defer in (False, True):
+        statistics_made.clear()
+        made = _conv_then_batchnorm("depthwise", x, w, stride, activation, defer,
+                                    ops.BatchNormStatistics())
+        own = _conv_then_batchnorm("depthwise", x, w, stride, activation, defer, None)
+        P = made["conv"].shape[2] * made["conv"].shape[3]
+        assert statistics_made == [batchnorm_layout == "by_channel"
+                                   or P >= tuning.BN_ROW_SUMS_MIN_PIXELS]
+        for name, expected in own.items():
+            np.testing.assert_array_equal(made[name], expected, err_msg=name)
+
+
+@pytest.mark.parametrize("activation", FUSED)
+@pytest.mark.parametrize("prologue", [False, True])
+@pytest.mark.parametrize("H,W", [(9, 8), (6, 7), (4, 4)])
+def test_a_pointwise_conv_makes_the_batchnorm_statistics_after_it_with_their_bits(
+        rng, monkeypatch, statistics_made, pointwise_layout, batchnorm_layout, activation,
+        prologue, H, W):
+    """3g for the 1x1 conv: where it makes one product per image, it makes the batch norm's
+    statistics' row sums just after each product, the same bits as the batch norm making its
+    own; with its images grouped or laid channel-major it does not make them."""
+    monkeypatch.setattr(tuning, "SUM_TASKS", 3)
+    x = _normalized_or_plain_input(rng, prologue, 7, 6, H, W)
+    w = rng.standard_normal((5, 6, 1, 1)).astype(np.float32)
+    for defer in (False, True):
+        statistics_made.clear()
+        made = _conv_then_batchnorm("pointwise", x, w, 1, activation, defer,
+                                    ops.BatchNormStatistics())
+        own = _conv_then_batchnorm("pointwise", x, w, 1, activation, defer, None)
+        assert statistics_made == [pointwise_layout == "per_image" and (
+            batchnorm_layout == "by_channel" or H * W >= tuning.BN_ROW_SUMS_MIN_PIXELS)]
+        for name, expected in own.items():
+            np.testing.assert_array_equal(made[name], expected, err_msg=name)
+
+
+def test_batchnorm_makes_its_own_statistics_for_another_array_a_bias_or_a_lower_rung(
+        rng, statistics_made):
+    """The statistics are used only for the very array they were made from (here a copy is
+    handed on instead), never with a bias added after the product, and not on rungs 1 and 2;
+    the batch norm then makes its own, with the same result, and the holder is emptied."""
+    x = _normalized_or_plain_input(rng, False, 4, 6, 12, 12)
+    w = rng.standard_normal((6, 1, 3, 3)).astype(np.float32)
+    gamma, beta = np.ones(6, np.float32), np.zeros(6, np.float32)
+    results = []
+    for copy in (False, True):
+        statistics = ops.BatchNormStatistics()
+        out, _ = ops.depthwise_conv2d_forward_with_statistics(x, w, 1, 1, statistics)
+        assert statistics.rows is not None and statistics.x is out
+        y, cache = ops.batchnorm2d_activation_forward(out.copy() if copy else out, gamma, beta,
+                                                      1e-5, "relu", False, statistics)
+        assert statistics.rows is None and statistics.x is None
+        results.append((y, cache.mean, cache.var))
+    assert statistics_made == [True, False]
+    for given, own in zip(*results):
+        np.testing.assert_array_equal(given, own)
+
+    statistics = ops.BatchNormStatistics()
+    w1 = rng.standard_normal((5, 6, 1, 1)).astype(np.float32)
+    ops.pointwise_conv2d_forward_with_statistics(x, w1, np.ones(5, np.float32), statistics)
+    assert statistics.rows is None and statistics.x is None
+    with kernels.use("simple"):
+        ops.depthwise_conv2d_forward_with_statistics(x, w, 1, 1, statistics)
+    assert statistics.rows is None and statistics.x is None
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", FUSED)
 @pytest.mark.parametrize("N,C,H,W", [(5, 3, 4, 4), (2, 4, 9, 11), (3, 2, 1, 1), (3, 7, 3, 5)])

@@ -381,13 +381,15 @@ def test_build_model_lives_in_models_and_refuses_a_width_beyond_the_bound():
 
 
 @pytest.mark.parametrize("arch", list(BUILDERS))
-def test_deferring_batch_norm_into_the_next_conv_changes_no_bit(arch, monkeypatch, sums_made):
+def test_deferring_batch_norm_into_the_next_conv_changes_no_bit(arch, monkeypatch, sums_made,
+                                                                 statistics_made):
     """MobileNet.defer_normalization hands each depthwise or 1x1 conv that alone reads a batch
     norm's output a NormalizedMap instead (the map is never written), V3's squeeze-excite its
     depthwise layer's output the same way (counted where it pools it), and V3's projection
     squeeze-excite's output as a ScaledMap, the depthwise and 1x1 convs make such a batch
-    norm's backward sums (kernels/batchnorm.py, 3e), and each 1x1 conv makes its own batch
-    norm's dx (3f): a training step gives the same logits and gradients, bit for bit, as the
+    norm's backward sums (kernels/batchnorm.py, 3e), each 1x1 conv makes its own batch
+    norm's dx (3f), and the depthwise and 1x1 convs make their own batch norm's forward
+    statistics (3g): a training step gives the same logits and gradients, bit for bit, as the
     plain path."""
     handed, gradients = [], []
 
@@ -396,7 +398,8 @@ def test_deferring_batch_norm_into_the_next_conv_changes_no_bit(arch, monkeypatc
         return backward(dout, cache)
     monkeypatch.setattr(ops, "batchnorm2d_backward_deferred", counting_backward)
     for name in ("depthwise_conv2d_forward", "pointwise_conv2d_forward",
-                 "global_avg_pool_forward"):
+                 "depthwise_conv2d_forward_with_statistics",
+                 "pointwise_conv2d_forward_with_statistics", "global_avg_pool_forward"):
         def counting_forward(x, *args, forward=getattr(ops, name)):
             handed.append(isinstance(x, (ops.NormalizedMap, ops.ScaledMap)))
             return forward(x, *args)
@@ -411,11 +414,13 @@ def test_deferring_batch_norm_into_the_next_conv_changes_no_bit(arch, monkeypatc
         model.backward(np.random.default_rng(2).standard_normal(logits.shape).astype(np.float32))
         grads = {name: g.copy() for name, module in model.named_modules()
                  for name_g, g in module.grads.items() for name in [f"{name}.{name_g}"]}
-        steps.append((logits, grads, sum(handed), sum(sums_made), len(gradients)))
+        steps.append((logits, grads, sum(handed), sum(sums_made), len(gradients),
+                      sum(statistics_made)))
         sums_made.clear()
         gradients.clear()
-    ((logits, grads, deferred, made, deferred_gradients),
-     (plain_logits, plain_grads, none, none_made, no_gradients)) = steps
+        statistics_made.clear()
+    ((logits, grads, deferred, made, deferred_gradients, statistics),
+     (plain_logits, plain_grads, none, none_made, no_gradients, no_statistics)) = steps
     expected = sum(isinstance(m, (ConvBNActivation, SqueezeExcitation)) and m.defer_output
                    for _, m in model.named_modules())
     assert deferred == expected > 0 and none == 0
@@ -426,6 +431,10 @@ def test_deferring_batch_norm_into_the_next_conv_changes_no_bit(arch, monkeypatc
                                      and isinstance(m[0], PointwiseConv2d)
                                      for _, m in model.named_modules()) > 0
     assert no_gradients == 0
+    # and the batch norms after depthwise and 1x1 convs on maps of at least
+    # BN_ROW_SUMS_MIN_PIXELS got their statistics from the conv (at 32x32 input, every
+    # network has some)
+    assert statistics > 0 and no_statistics == 0
     np.testing.assert_array_equal(logits, plain_logits)
     assert grads.keys() == plain_grads.keys()
     for name in grads:

@@ -19,7 +19,9 @@ recomputes bn(x) bit for bit.
 
 The staircase: `_loops`, `_simple` (one Numba task per channel, two passes for the
 statistics), `_fast` (one pass of shifted sums, the activation in the same pass, and a loop
-order by image on small maps).
+order by image on small maps). Beyond the fast rung, the passes over memory that the convs
+beside a batch norm can make as they touch the same maps: the backward's first-pass sums
+(3e), its dx (3f) and the forward's statistics (3g).
 """
 
 import numpy as np
@@ -475,15 +477,23 @@ def _shifted_row_sums(sums_d, sums_d2, src, k0, P):
 
 
 @njit(cache=True, parallel=True)
-def batchnorm2d_forward_by_channel(out, mean, var, scale, shift, x, gamma, beta, eps, kind):
+def batchnorm2d_forward_by_channel(out, mean, var, scale, shift, x, gamma, beta, eps, kind,
+                                   rows=None):
     """By channel. mean, var (biased) over (N, H, W); out = act(x * scale + shift) with
-    scale = gamma / sqrt(var + eps) and shift = beta - mean * scale."""
+    scale = gamma / sqrt(var + eps) and shift = beta - mean * scale. `rows`, (2, N, C) sums
+    of d = x - x[0, c, 0] and d * d over each row made where x was made (see 3g below),
+    replaces the statistics' pass: they are added in image order."""
     N, C, P = x.shape
     for c in prange(C):
         k0 = x[0, c, 0]
         sums = np.zeros(2)
-        for n in range(N):
-            _shifted_row_sums(sums[:1], sums[1:], x[n, c], k0, P)
+        if rows is None:
+            for n in range(N):
+                _shifted_row_sums(sums[:1], sums[1:], x[n, c], k0, P)
+        else:
+            for n in range(N):
+                sums[0] += rows[0, n, c]
+                sums[1] += rows[1, n, c]
         _shifted_moments(c, mean, var, np.float64(k0), sums[0], sums[1], N * P)
         _batchnorm_constants(c, mean, var, scale, shift, gamma, beta, eps)
         if kind != STATISTICS_ONLY:
@@ -562,35 +572,42 @@ def _per_channel_total(lanes, C, P):
 
 @njit(cache=True, parallel=True)
 def batchnorm2d_forward_by_image(out, mean, var, scale, shift, x, gamma, beta, eps, kind,
-                                 sum_tasks, row_sums_min_pixels):
+                                 sum_tasks, row_sums_min_pixels, rows=None):
     """By image, for small maps: the same bits on every run and for any thread count, and
     batchnorm2d_forward_by_channel's result up to float32 rounding. x (N, C, P). Rows of
     fewer than row_sums_min_pixels values are summed in float64 lanes, one per position,
     instead of row by row in registers (_shifted_row_sums, which rounds each row's sum to x's
-    dtype, as by channel does)."""
+    dtype, as by channel does). `rows` as by channel (made row by row, so only where P >=
+    row_sums_min_pixels) replaces the statistics' pass: each task adds its images' in order."""
     N, C, P = x.shape
     M = N * P
     xs = x.reshape(N, C * P)
     k0 = np.empty(C)
     for c in range(C):
         k0[c] = x[0, c, 0]
-    by_rows = P >= row_sums_min_pixels
+    by_rows = P >= row_sums_min_pixels or rows is not None
     k0_rows = k0.astype(x.dtype)  # exact: each is one of x's values
     shifts = _spread(k0, 0 if by_rows else P, np.float64)
     lanes = np.zeros((sum_tasks, C if by_rows else C * P))
     lanes_sq = np.zeros((sum_tasks, C if by_rows else C * P))
-    for task in prange(sum_tasks):
-        acc = lanes[task]
-        acc_sq = lanes_sq[task]
-        for n in range(task * N // sum_tasks, (task + 1) * N // sum_tasks):
-            row = xs[n]
-            if by_rows:
-                _shifted_row_sums(acc, acc_sq, row, k0_rows, P)
-                continue
-            for i in range(C * P):
-                d = row[i] - shifts[i]
-                acc[i] += d
-                acc_sq[i] += d * d
+    if rows is None:
+        for task in prange(sum_tasks):
+            acc = lanes[task]
+            acc_sq = lanes_sq[task]
+            for n in range(task * N // sum_tasks, (task + 1) * N // sum_tasks):
+                row = xs[n]
+                if by_rows:
+                    _shifted_row_sums(acc, acc_sq, row, k0_rows, P)
+                    continue
+                for i in range(C * P):
+                    d = row[i] - shifts[i]
+                    acc[i] += d
+                    acc_sq[i] += d * d
+    else:
+        for task in range(sum_tasks):
+            for n in range(task * N // sum_tasks, (task + 1) * N // sum_tasks):
+                lanes[task] += rows[0, n]
+                lanes_sq[task] += rows[1, n]
     if by_rows:
         sum_d = _sum_rows_in_order(lanes)
         sum_d2 = _sum_rows_in_order(lanes_sq)
@@ -683,12 +700,14 @@ def batchnorm2d_backward_fast(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, s
                                    shift, kind)
 
 
-def _batchnorm2d_forward_fast(out, mean, var, scale, shift, x, gamma, beta, eps, kind):
+def _batchnorm2d_forward_fast(out, mean, var, scale, shift, x, gamma, beta, eps, kind,
+                              rows=None):
     if x.shape[2] <= tuning.BN_BY_IMAGE_MAX_PIXELS:
         batchnorm2d_forward_by_image(out, mean, var, scale, shift, x, gamma, beta, eps, kind,
-                                     tuning.SUM_TASKS, tuning.BN_ROW_SUMS_MIN_PIXELS)
+                                     tuning.SUM_TASKS, tuning.BN_ROW_SUMS_MIN_PIXELS, rows)
     else:
-        batchnorm2d_forward_by_channel(out, mean, var, scale, shift, x, gamma, beta, eps, kind)
+        batchnorm2d_forward_by_channel(out, mean, var, scale, shift, x, gamma, beta, eps, kind,
+                                       rows)
 
 
 def _batchnorm2d_backward_fast(dx, dgamma, dbeta, dout, x, mean, invstd, gamma, scale, shift,
@@ -817,3 +836,61 @@ def spread_constants(scale, shift, consts, P):
     if P > tuning.BN_BY_IMAGE_MAX_PIXELS:
         return np.empty((6, 0), dtype=scale.dtype)
     return np.stack([np.repeat(v, P) for v in (scale, shift, *consts)])
+
+
+# ---------------------------------------------------------------------------------------------
+# 3g. The forward's statistics made where its input is made. A batch norm after a depthwise or
+# 1x1 conv reads the conv's whole output back from memory for its statistics, sums of d = x -
+# k0 and d * d over each row (one channel of one image), k0 = x[0, c, 0]. The conv has each
+# plane or image of that output in cache just after making it, so it makes those rows' sums
+# there (add_shifted_row_sums, add_image_shifted_row_sums), and the batch norm adds them in its
+# own order (batchnorm2d_forward_from_row_sums): with its output deferred to the next conv
+# (3c), it then never reads its input at all. The shift must be known before any row is
+# summed, so the conv makes image 0 first, on one thread, and reads k0 off it. A row's sum is
+# the one this module's statistics make, with the same helper, and a float64 total starting
+# from 0 holds it exactly: the same bits. Only where the statistics go row by row
+# (makes_row_sums): rows of under tuning.BN_ROW_SUMS_MIN_PIXELS go into lanes instead.
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def add_shifted_row_sums(rows, n, k, src, k0, channel_order):
+    """rows[0, n, k] and rows[1, n, k] (zeros before) += the sums of one row's d = src - k0[k]
+    and d * d: batch norm's statistics on row (n, k), as batchnorm2d_forward_by_channel
+    (channel_order) or _by_image makes them. src is the row, flat."""
+    if channel_order:
+        _shifted_row_sums(rows[0, n, k:k + 1], rows[1, n, k:k + 1], src, k0[k], src.size)
+    else:
+        _shifted_row_sums(rows[0, n, k:k + 1], rows[1, n, k:k + 1], src, k0[k:k + 1], src.size)
+
+
+@njit(cache=True)
+def add_image_shifted_row_sums(rows, n, image, k0, channel_order):
+    """add_shifted_row_sums for every row of image n, (C, P); by image in one call, as
+    batchnorm2d_forward_by_image sums an image."""
+    C, P = image.shape
+    if channel_order:
+        for k in range(C):
+            _shifted_row_sums(rows[0, n, k:k + 1], rows[1, n, k:k + 1], image[k], k0[k], P)
+    else:
+        _shifted_row_sums(rows[0, n], rows[1, n], image.reshape(C * P), k0, P)
+
+
+def statistics_rows(out):
+    """(rows, k0, channel_order): the zeroed (2, N, C) float64 row sums, the (C,) shifts in
+    out's dtype (the conv fills them from image 0) and the loop order, for a conv making the
+    statistics of the batch norm that reads `out` (N, C, ...); None where batch norm sums its
+    statistics in lanes (makes_row_sums) and the conv cannot make them."""
+    N, C = out.shape[:2]
+    P = int(np.prod(out.shape[2:]))
+    if not makes_row_sums(P):
+        return None
+    return np.zeros((2, N, C)), np.empty(C, dtype=out.dtype), by_channel(P)
+
+
+def batchnorm2d_forward_from_row_sums(out, mean, var, scale, shift, x, gamma, beta, eps, kind,
+                                      rows):
+    """batchnorm2d_forward_fast with its statistics' row sums, rows (2, N, C) float64, made by
+    the conv that made x: the same bits as the whole forward."""
+    with threads_for(x.size):
+        _batchnorm2d_forward_fast(out, mean, var, scale, shift, x, gamma, beta, eps, kind, rows)

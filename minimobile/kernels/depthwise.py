@@ -17,9 +17,10 @@ from numba import get_num_threads, njit, prange, uint64
 
 from .. import tuning
 from . import threads_for
-from .batchnorm import (STATISTICS_ONLY, add_row_sums, affine_activate_plane,  # noqa: F401
-                        by_channel, input_gradient_image, input_gradient_rows, makes_row_sums,
-                        no_prologue, normalized_input)
+from .batchnorm import (STATISTICS_ONLY, add_image_shifted_row_sums,  # noqa: F401
+                        add_row_sums, add_shifted_row_sums, affine_activate_plane, by_channel,
+                        input_gradient_image, input_gradient_rows, makes_row_sums, no_prologue,
+                        normalized_input, statistics_rows)
 
 # ---------------------------------------------------------------------------------------------
 # Rung 1, loops: the definition, one output element at a time.
@@ -267,10 +268,31 @@ def _taps_3x3(o, xp, w, tap_start, Wh):
 
 @njit(cache=True, parallel=True)
 def depthwise_conv2d_forward_phase_planes(out, x, w, stride, pad, ntasks, scale, shift, kind,
-                                          taps_in_registers=True):
+                                          taps_in_registers=True, stats=None):
     """out[n,c,i,j] = sum_{ki,kj} w[c,0,ki,kj] * xpad[n,c,i*s+ki,j*s+kj]; parallel over planes.
     With kind >= 0 the input is act(x * scale + shift) instead of x (see 3c below). 3x3
-    filters sum their taps in registers (_taps_3x3) unless taps_in_registers is False."""
+    filters sum their taps in registers (_taps_3x3) unless taps_in_registers is False. With
+    `stats`, (rows, k0, channel_order) from batchnorm.statistics_rows, each plane's batch-norm
+    row sums are made as it is written (kernels/batchnorm.py, 3g); image 0 goes first, on
+    this thread, as its first pixels are the shifts k0."""
+    N, C = x.shape[:2]
+    total = N * C
+    first = 0
+    if stats is not None:
+        _phase_planes(out, x, w, stride, pad, scale, shift, kind, taps_in_registers, 0, C,
+                      stats)
+        first = C
+    for t in prange(ntasks):
+        _phase_planes(out, x, w, stride, pad, scale, shift, kind, taps_in_registers,
+                      first + t * (total - first) // ntasks,
+                      first + (t + 1) * (total - first) // ntasks, stats)
+
+
+@njit(cache=True)
+def _phase_planes(out, x, w, stride, pad, scale, shift, kind, taps_in_registers, lo, hi,
+                  stats):
+    """Planes nc = n * C + c in [lo, hi) of depthwise_conv2d_forward_phase_planes, with
+    scratch of their own."""
     N, C, H, W = x.shape
     K = w.shape[2]
     Ho, Wo = out.shape[2], out.shape[3]
@@ -278,22 +300,20 @@ def depthwise_conv2d_forward_phase_planes(out, x, w, stride, pad, ntasks, scale,
     Hh, Wh = (H + 2 * pad + s - 1) // s, (W + 2 * pad + s - 1) // s
     L = (Ho - 1) * Wh + Wo  # length of the wide output, pitch Wh
     row_start, col_first, col_count, tap_start = _phase_layout(H, W, K, s, pad, Hh, Wh)
-    total = N * C
-    for t in prange(ntasks):
-        xp = np.zeros(s * s * Hh * Wh, dtype=x.dtype)  # borders stay zero: only the interior
-        acc = np.empty(L, dtype=x.dtype)               # is ever rewritten
-        plane = np.empty((H, W), dtype=x.dtype)
-        for nc in range(t * total // ntasks, (t + 1) * total // ntasks):
-            n = nc // C
-            c = nc % C
-            if kind == STATISTICS_ONLY:
-                _copy_into_phases(xp, x[n, c], s, row_start, col_first, col_count)
-            else:
-                affine_activate_plane(plane, x[n, c], scale[c], shift[c], kind)
-                _copy_into_phases(xp, plane, s, row_start, col_first, col_count)
-            if K == 3 and taps_in_registers:
-                _taps_3x3(out[n, c], xp, w[c, 0], tap_start, Wh)
-                continue
+    xp = np.zeros(s * s * Hh * Wh, dtype=x.dtype)  # borders stay zero: only the interior
+    acc = np.empty(L, dtype=x.dtype)               # is ever rewritten
+    plane = np.empty((H, W), dtype=x.dtype)
+    for nc in range(lo, hi):
+        n = nc // C
+        c = nc % C
+        if kind == STATISTICS_ONLY:
+            _copy_into_phases(xp, x[n, c], s, row_start, col_first, col_count)
+        else:
+            affine_activate_plane(plane, x[n, c], scale[c], shift[c], kind)
+            _copy_into_phases(xp, plane, s, row_start, col_first, col_count)
+        if K == 3 and taps_in_registers:
+            _taps_3x3(out[n, c], xp, w[c, 0], tap_start, Wh)
+        else:
             w0 = w[c, 0, 0, 0]
             for q in range(L):
                 acc[q] = w0 * xp[q]
@@ -308,6 +328,11 @@ def depthwise_conv2d_forward_phase_planes(out, x, w, stride, pad, ntasks, scale,
                 dst = o[i]
                 for j in range(Wo):
                     dst[j] = row[j]
+        if stats is not None:
+            rows, k0, channel_order = stats
+            if n == 0:
+                k0[c] = out[0, c, 0, 0]
+            add_shifted_row_sums(rows, n, c, out[n, c].reshape(Ho * Wo), k0, channel_order)
 
 
 # The backward's dx at stride 1 with 3x3 filters, the same way: the passes above scatter each
@@ -726,9 +751,28 @@ CHANNELS_LAST_ROW_PAD = 16
 
 @njit(cache=True, parallel=True)
 def depthwise_conv2d_forward_channels_last(out, x, w, stride, pad, ntasks, pixel_order_max,
-                                           scale, shift, kind, taps_in_registers=True):
+                                           scale, shift, kind, taps_in_registers=True,
+                                           stats=None):
     """The same result as depthwise_conv2d_forward_phase_planes, for small maps: ntasks tasks,
-    each with its own scratch, take a fixed share of the images (the split changes no bit)."""
+    each with its own scratch, take a fixed share of the images (the split changes no bit).
+    `stats` as there, image by image."""
+    N = x.shape[0]
+    ntasks = max(1, min(N, ntasks))
+    first = 0
+    if stats is not None:
+        _channels_last_images(out, x, w, stride, pad, pixel_order_max, scale, shift, kind,
+                              taps_in_registers, 0, 1, stats)
+        first = 1
+    for t in prange(ntasks):
+        _channels_last_images(out, x, w, stride, pad, pixel_order_max, scale, shift, kind,
+                              taps_in_registers, first + t * (N - first) // ntasks,
+                              first + (t + 1) * (N - first) // ntasks, stats)
+
+
+@njit(cache=True)
+def _channels_last_images(out, x, w, stride, pad, pixel_order_max, scale, shift, kind,
+                          taps_in_registers, lo, hi, stats):
+    """Images [lo, hi) of depthwise_conv2d_forward_channels_last, with scratch of their own."""
     N, C, H, W = x.shape
     K = w.shape[2]
     Ho, Wo = out.shape[2], out.shape[3]
@@ -736,31 +780,36 @@ def depthwise_conv2d_forward_channels_last(out, x, w, stride, pad, ntasks, pixel
     wt = _depthwise_weights_by_tap(w)
     wt_padded = np.zeros((K * K, C + CHANNELS_LAST_ROW_PAD), dtype=w.dtype)
     wt_padded[:, :C] = wt
-    ntasks = max(1, min(N, ntasks))
-    for t in prange(ntasks):
-        # Zeroed once: the images overwrite the interior only, so the border stays zero.
-        xt = np.zeros(((H + 2 * pad) * Wp, C + CHANNELS_LAST_ROW_PAD), dtype=x.dtype)
-        ot = np.empty((Ho * Wo, C), dtype=x.dtype)
-        planes = np.empty((C, H, W) if kind != STATISTICS_ONLY else (0, 0, 0), dtype=x.dtype)
-        for n in range(t * N // ntasks, (t + 1) * N // ntasks):
-            _image_into_channels_last(xt, x[n], pad, Wp, pixel_order_max, scale, shift, kind,
-                                      planes)
-            if K == 3 and taps_in_registers:
-                _taps_3x3_channels_last(ot, xt, wt_padded, stride, Wp, Wo)
-            else:
-                for i in range(Ho):
-                    for j in range(Wo):
-                        acc = ot[i * Wo + j]
-                        src = xt[i * stride * Wp + j * stride]
-                        w0 = wt[0]
+    # Zeroed once: the images overwrite the interior only, so the border stays zero.
+    xt = np.zeros(((H + 2 * pad) * Wp, C + CHANNELS_LAST_ROW_PAD), dtype=x.dtype)
+    ot = np.empty((Ho * Wo, C), dtype=x.dtype)
+    planes = np.empty((C, H, W) if kind != STATISTICS_ONLY else (0, 0, 0), dtype=x.dtype)
+    for n in range(lo, hi):
+        _image_into_channels_last(xt, x[n], pad, Wp, pixel_order_max, scale, shift, kind,
+                                  planes)
+        if K == 3 and taps_in_registers:
+            _taps_3x3_channels_last(ot, xt, wt_padded, stride, Wp, Wo)
+        else:
+            for i in range(Ho):
+                for j in range(Wo):
+                    acc = ot[i * Wo + j]
+                    src = xt[i * stride * Wp + j * stride]
+                    w0 = wt[0]
+                    for c in range(C):
+                        acc[c] = w0[c] * src[c]
+                    for k in range(1, K * K):
+                        src = xt[(i * stride + k // K) * Wp + j * stride + k % K]
+                        wk = wt[k]
                         for c in range(C):
-                            acc[c] = w0[c] * src[c]
-                        for k in range(1, K * K):
-                            src = xt[(i * stride + k // K) * Wp + j * stride + k % K]
-                            wk = wt[k]
-                            for c in range(C):
-                                acc[c] += wk[c] * src[c]
-            _from_channels_last(out[n], ot)
+                            acc[c] += wk[c] * src[c]
+        _from_channels_last(out[n], ot)
+        if stats is not None:
+            rows, k0, channel_order = stats
+            image = out[n].reshape(C, Ho * Wo)
+            if n == 0:
+                for c in range(C):
+                    k0[c] = image[c, 0]
+            add_image_shifted_row_sums(rows, n, image, k0, channel_order)
 
 
 @njit(cache=True)
@@ -1042,15 +1091,28 @@ def depthwise_conv2d_backward_fast(dx, dw, dout, x, w, stride, pad):
         _depthwise_conv2d_backward_fast(dx, dw, dout, x, w, stride, pad, *no_prologue(x))
 
 
-def _depthwise_conv2d_forward_fast(out, x, w, stride, pad, scale, shift, kind):
+def _depthwise_conv2d_forward_fast(out, x, w, stride, pad, scale, shift, kind, stats=None):
     N, C = x.shape[:2]
     if out.shape[2] * out.shape[3] <= tuning.DEPTHWISE_CHANNELS_LAST_MAX_PIXELS:
         ntasks = min(N, tuning.DEPTHWISE_TASKS_PER_THREAD * get_num_threads())
         depthwise_conv2d_forward_channels_last(out, x, w, stride, pad, ntasks,
-                                               tuning.PIXEL_ORDER_MAX_PIXELS, scale, shift, kind)
+                                               tuning.PIXEL_ORDER_MAX_PIXELS, scale, shift, kind,
+                                               True, stats)
     else:
         ntasks = min(N * C, tuning.DEPTHWISE_TASKS_PER_THREAD * get_num_threads())
-        depthwise_conv2d_forward_phase_planes(out, x, w, stride, pad, ntasks, scale, shift, kind)
+        depthwise_conv2d_forward_phase_planes(out, x, w, stride, pad, ntasks, scale, shift, kind,
+                                              True, stats)
+
+
+def depthwise_conv2d_forward_with_statistics(out, x, w, stride, pad, scale, shift, kind):
+    """The fast forward (kind STATISTICS_ONLY: x as it is; else normalised as it is read, 3c)
+    that also makes the statistics of the batch norm reading `out` (kernels/batchnorm.py,
+    3g): returns their (2, N, C) row sums for batchnorm2d_forward_from_row_sums, or None
+    where that batch norm sums in lanes (then the conv runs as it always does)."""
+    stats = statistics_rows(out)
+    with threads_for(x.size):
+        _depthwise_conv2d_forward_fast(out, x, w, stride, pad, scale, shift, kind, stats)
+    return None if stats is None else stats[0]
 
 
 def _uses_phase_planes_backward(dout):

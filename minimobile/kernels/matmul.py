@@ -18,9 +18,10 @@ from numba import get_num_threads, njit, prange
 
 from .. import tuning
 from . import threads_for
-from .batchnorm import (STATISTICS_ONLY, _affine_activate_row, add_row_sums,
-                        affine_activate_plane, by_channel, input_gradient, input_gradient_image,
-                        makes_row_sums, no_prologue, normalized_input)
+from .batchnorm import (STATISTICS_ONLY, _affine_activate_row, add_image_shifted_row_sums,
+                        add_row_sums, affine_activate_plane, by_channel, input_gradient,
+                        input_gradient_image, makes_row_sums, no_prologue, normalized_input,
+                        statistics_rows)
 
 # ---------------------------------------------------------------------------------------------
 # Rung 1, loops.
@@ -298,21 +299,45 @@ def _normalize_image(dst, src, n, scale, shift, kind):
 
 
 @njit(cache=True, parallel=True)
-def matmul_per_image(out, a, b, ntasks, scale, shift, kind):
+def matmul_per_image(out, a, b, ntasks, scale, shift, kind, stats=None):
     """out[n] = a @ b[n] for every n; a (M, K), b (N, K, P), out (N, M, P). With a prologue
     (kind not STATISTICS_ONLY, see 3c below), b[n] is read as act(b[n] * scale + shift), by
-    ntasks tasks with a scratch image each (the split does not change any result)."""
+    ntasks tasks with a scratch image each (the split does not change any result). With
+    `stats`, (rows, k0, channel_order) from batchnorm.statistics_rows, each image's batch-norm
+    row sums are made just after its product, while it is in cache (kernels/batchnorm.py,
+    3g); image 0 goes first, on this thread, as its first pixels are the shifts k0."""
     N, K, P = b.shape
-    if kind == STATISTICS_ONLY:
+    first = 0
+    if stats is not None:
+        _image_products(out, a, b, scale, shift, kind, 0, 1, stats)
+        first = 1
+    if kind == STATISTICS_ONLY and stats is None:
         for n in prange(N):
             np.dot(a, b[n], out[n])
     else:
-        ntasks = max(1, min(N, ntasks))
+        ntasks = max(1, min(N - first, ntasks))
         for t in prange(ntasks):
-            image = np.empty((K, P), dtype=b.dtype)  # one image, normalised: cache-sized
-            for n in range(t * N // ntasks, (t + 1) * N // ntasks):
-                _normalize_image(image, b[n], n, scale, shift, kind)
-                np.dot(a, image, out[n])
+            _image_products(out, a, b, scale, shift, kind, first + t * (N - first) // ntasks,
+                            first + (t + 1) * (N - first) // ntasks, stats)
+
+
+@njit(cache=True)
+def _image_products(out, a, b, scale, shift, kind, lo, hi, stats):
+    """Images [lo, hi) of matmul_per_image, with a scratch image of their own."""
+    N, K, P = b.shape
+    image = np.empty((K, P) if kind != STATISTICS_ONLY else (0, 0), dtype=b.dtype)
+    for n in range(lo, hi):
+        if kind == STATISTICS_ONLY:
+            np.dot(a, b[n], out[n])
+        else:
+            _normalize_image(image, b[n], n, scale, shift, kind)  # cache-sized
+            np.dot(a, image, out[n])
+        if stats is not None:
+            rows, k0, channel_order = stats
+            if n == 0:
+                for k in range(out.shape[1]):
+                    k0[k] = out[0, k, 0]
+            add_image_shifted_row_sums(rows, n, out[n], k0, channel_order)
 
 
 @njit(cache=True)
@@ -788,6 +813,18 @@ def pointwise_conv2d_normalized_forward_fast(out, x, w, scale, shift, kind):
         _pointwise_conv2d_forward_fast(out, x, w, scale, shift, kind)
 
 
+def pointwise_conv2d_forward_with_statistics(out, x, w, scale, shift, kind):
+    """The fast forward (kind as pointwise_conv2d_normalized_forward_fast's, STATISTICS_ONLY
+    for x as it is) that also makes the statistics of the batch norm reading `out`, where
+    the products go image by image (kernels/batchnorm.py, 3g): returns their (2, N, C_out)
+    row sums for batchnorm2d_forward_from_row_sums, or None (then the conv runs as it always
+    does: on small maps the images' products are grouped, and batch norm sums in lanes)."""
+    stats = statistics_rows(out) if _per_image(x) else None
+    with threads_for(max(x.size, out.size)):
+        _pointwise_conv2d_forward_fast(out, x, w, scale, shift, kind, stats)
+    return None if stats is None else stats[0]
+
+
 def pointwise_conv2d_normalized_backward_fast(dx, dw, dout, x, w, scale, shift, kind):
     with threads_for(max(x.size, dout.size)):
         _pointwise_conv2d_backward_fast(dx, dw, dout, x, w, scale, shift, kind)
@@ -821,10 +858,10 @@ def _makes_bn_row_sums(x, kind):
             and (_per_image(x) or tuning.POINTWISE_SMALL_MAPS == "groups"))
 
 
-def _pointwise_conv2d_forward_fast(out, x, w, scale, shift, kind):
+def _pointwise_conv2d_forward_fast(out, x, w, scale, shift, kind, stats=None):
     if _per_image(x):
         matmul_per_image(out, w, x, tuning.POINTWISE_TASKS_PER_THREAD * get_num_threads(),
-                         scale, shift, kind)
+                         scale, shift, kind, stats)
     elif tuning.POINTWISE_SMALL_MAPS == "groups":
         matmul_image_groups(out, w, x, _image_group(x), scale, shift, kind)
     else:
