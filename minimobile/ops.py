@@ -11,7 +11,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from . import kernels
+from . import kernels, tuning
 from .errors import NonFiniteError
 from .validation import is_number
 from .kernels import batchnorm as bn_kernels
@@ -315,7 +315,7 @@ def _depthwise_conv2d_forward(x, w, stride, padding, statistics):
         kind = bn_kernels.ACTIVATION_CODES[normalized.activation]
         cache = DepthwiseConv2dCache(x, w, stride, padding, scale, shift, normalized.activation,
                                      normalized.gradient_sums)
-    if statistics is not None and kernels.current() == "fast":
+    if statistics is not None and _conv_makes_sums(out, statistics):
         statistics.rows = depthwise.depthwise_conv2d_forward_with_statistics(
             out, x, w, stride, padding, scale, shift, kind)
         statistics.x = out
@@ -325,6 +325,17 @@ def _depthwise_conv2d_forward(x, w, stride, padding, statistics):
         kernels.pick(depthwise, "depthwise_conv2d_normalized_forward")(
             out, x, w, stride, padding, scale, shift, kind)
     return out, cache
+
+
+def _conv_makes_sums(out, holder):
+    """Whether a conv writing `out` makes the sums a batch norm's holder asks for (on the fast
+    rung, on maps of at least tuning.CONV_MAKES_BN_SUMS_MIN_PIXELS); else it empties it."""
+    pixels = out[0, 0].size
+    if kernels.current() == "fast" and pixels >= tuning.CONV_MAKES_BN_SUMS_MIN_PIXELS:
+        return True
+    holder.rows = None
+    holder.x = None
+    return False
 
 
 def _gradient_prologue(dout, op, whole=False):
@@ -478,7 +489,9 @@ def _pointwise_conv2d_forward(x, w, b, statistics):
         sums = normalized.gradient_sums if scaled is None else None
         cache = PointwiseConv2dCache(x3, x.shape, w2, b is not None, scale, shift, kind, sums)
     # the statistics of out itself: with a bias, out changes after the product
-    statistics = statistics if b is None and kernels.current() == "fast" else None
+    if statistics is not None and (b is not None or not _conv_makes_sums(out, statistics)):
+        statistics.rows = statistics.x = None
+        statistics = None
     if statistics is not None:
         rows = matmul.pointwise_conv2d_forward_with_statistics(out, x3, w2, scale, shift, kind)
     elif normalized is None and scaled is None:
@@ -709,7 +722,9 @@ def _batchnorm2d_forward(op, x, gamma, beta, eps, activation, defer=False, rows=
     invstd = 1.0 / np.sqrt(var + eps)
     if not defer:
         return out, BatchNorm2dCache(x, gamma, mean, var, invstd, scale, shift, activation)
-    sums = BatchNormGradientSums(mean) if BatchNormGradientSums.enabled else None
+    # the convs make the backward's sums on large maps only (tuning.CONV_MAKES_BN_SUMS_MIN_PIXELS)
+    sums = (BatchNormGradientSums(mean) if BatchNormGradientSums.enabled
+            and H * W >= tuning.CONV_MAKES_BN_SUMS_MIN_PIXELS else None)
     return (NormalizedMap(x, scale, shift, activation, sums),
             BatchNorm2dCache(x, gamma, mean, var, invstd, scale, shift, activation, sums))
 

@@ -102,6 +102,17 @@ BN_BY_IMAGE_MAX_PIXELS = 256
 # 32x32 took 1.06 (V2 0.5) and 0.98 (V1 1.0): no reason to move either number.
 BN_ROW_SUMS_MIN_PIXELS = 32
 
+# The convs make batch norm's backward first-pass sums (kernels/batchnorm.py, 3e) and forward
+# statistics (3g) only on maps of at least this many pixels; smaller maps' batch norms make
+# their own. benchmarks/bench_fused_sums.py (Intel Xeon with AMX, 2026-12-02, 7 rounds, the
+# "own" way with no conv making any sums): on 32x32 maps the conv's sums took 0.92-0.99 of
+# the pair's time for the depthwise convs and 0.97-0.98 for the 1x1s, its statistics
+# 0.92-1.05 and 0.88-1.00; on 16x16 and 8x8 maps, where batch norm sums a whole image in one
+# call, the conv's row-by-row sums lost, 1.08-1.44 (backward) and 1.05-1.75 (forward). Whole
+# steps with the fusions on every map of 8x8 and more took 1.01-1.04 (sums) and 0.99-1.03
+# (statistics) of the steps without. So 32x32 only.
+CONV_MAKES_BN_SUMS_MIN_PIXELS = 1024
+
 # 1x1 conv: maps of at least this many pixels run one product per image on the NCHW array in
 # place; smaller ones (4x4 and 2x2 at the end of a CIFAR network) lay several images side by
 # side, so that each product is long enough for BLAS. bench_pointwise.py (2026-11-29;

@@ -551,6 +551,31 @@ def test_a_normalized_gradient_is_made_whole_on_the_lower_rungs(rng):
         ops.pointwise_conv2d_backward(bad, conv_cache)
 
 
+@pytest.fixture(autouse=True)
+def _convs_make_sums_on_every_map(monkeypatch):
+    """The fusions of kernels/batchnorm.py 3e and 3g run on large maps only in the engine
+    (tuning.CONV_MAKES_BN_SUMS_MIN_PIXELS); the kernel tests check them on every map size
+    their kernels serve."""
+    monkeypatch.setattr(tuning, "CONV_MAKES_BN_SUMS_MIN_PIXELS", 0)
+
+
+def test_the_convs_make_batchnorms_sums_on_large_maps_only(rng, monkeypatch, sums_made,
+                                                          statistics_made):
+    """With the engine's threshold, a 16x16 map's batch norm makes its own statistics and
+    backward sums, and a 32x32 map's gets both from the convs beside it."""
+    monkeypatch.setattr(tuning, "CONV_MAKES_BN_SUMS_MIN_PIXELS", 1024)
+    for H in (16, 32):
+        x, gamma, beta, w = _normalized_inputs(rng, np.float32, 2, 3, H, H, 3)
+        statistics = ops.BatchNormStatistics()
+        out, _ = ops.depthwise_conv2d_forward_with_statistics(x, w, 1, 1, statistics)
+        normalized, bn_cache = ops.batchnorm2d_activation_forward(out, gamma, beta, 1e-5, "relu",
+                                                                  True, statistics)
+        y, cache = ops.depthwise_conv2d_forward(normalized, w, 1, 1)
+        dy, _ = ops.depthwise_conv2d_backward(np.ones_like(y), cache)
+        ops.batchnorm2d_backward(dy, bn_cache)
+    assert statistics_made == [False, True] and sums_made == [True]  # 16x16: no holder at all
+
+
 def _conv_then_batchnorm(conv, x, w, stride, activation, defer, statistics):
     """conv (a plain or normalised input) -> batch norm with its activation, the conv making
     the batch norm's statistics when `statistics` (an ops.BatchNormStatistics) is given: what
