@@ -64,8 +64,9 @@ def small_map_layers(model_name, width, max_pixels):
     seen = collections.Counter()
     for _, module in model.named_modules():
         if isinstance(module, PointwiseConv2d):
-            def spy(x, forward=module.forward):
-                out = forward(x)
+            # *args: in training, ConvBNActivation hands its conv an ops.BatchNormStatistics
+            def spy(x, *args, forward=module.forward):
+                out = forward(x, *args)
                 N, C, H, W = x.shape
                 if H * W <= max_pixels:
                     seen[(C, out.shape[1], H, W)] += 1
