@@ -104,12 +104,12 @@ BN_ROW_SUMS_MIN_PIXELS = 32
 
 # The convs make batch norm's backward first-pass sums (kernels/batchnorm.py, 3e) and forward
 # statistics (3g) only on maps of at least this many pixels; smaller maps' batch norms make
-# their own. benchmarks/bench_fused_sums.py (Intel Xeon with AMX, 2026-12-02, 7 rounds, the
-# "own" way with no conv making any sums): on 32x32 maps the conv's backward sums took
+# their own. benchmarks/bench_fused_sums.py (Intel Xeon with AMX, 2026-12-02, the "own" way
+# with no conv making any sums; 7 rounds before this threshold, 9 after it): on 32x32 maps the conv's backward sums took
 # 0.92-0.99 of the pair's time for the depthwise convs and 0.97-0.98 for the 1x1s, its
 # statistics 0.92-0.93 and 0.88-1.00; on 16x16 and 8x8 maps, where batch norm sums a whole
-# image in one call, the conv's row-by-row sums lost: 1.08-1.44 (depthwise) and 1.05-1.53 (1x1,
-# one pair at 2.97) for the sums, 1.05-1.75 for the statistics. Whole steps with the fusions
+# image in one call, the conv's row-by-row sums lost: 1.08-1.44 (depthwise) and 1.05-2.97 (1x1,
+# all but one pair at 1.05-1.53) for the sums, 1.05-1.75 for the statistics. Whole steps with the fusions
 # on every map of 8x8 and more took 1.01-1.04 (sums) and 0.99-1.03 (statistics) of the steps
 # without; with this threshold, 0.99-1.00 and 0.98-1.00. So 32x32 only.
 CONV_MAKES_BN_SUMS_MIN_PIXELS = 1024
