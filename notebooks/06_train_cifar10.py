@@ -419,7 +419,10 @@ else:
 #   44 min, the best attempt, one test image short of 90 %;
 # - and at width 1.25 with a second seed (`v3s-w1.25-e45-s1`, `--seed 1`), which ends at
 #   89.63 % in 1 h 42 min: width 1.25's two seeds average 89.81 %, only 0.11 above width
-#   1.0's three, so the first seed's lead was mostly its draw.
+#   1.0's three, so the first seed's lead was mostly its draw;
+# - and at width 1.25 for 48 epochs (`v3s-w1.25-e48`, seed 0, by `--epochs` without the budget),
+#   which ends at 89.85 % in 1 h 45 min, 0.14 below the same seed's 45 epochs: three more
+#   epochs did not help at width 1.25 either.
 #
 # Three more are not attempts: `v1-w0.5-recipe-fast-e30`, the fast recipe for 30 epochs (the
 # run whose per-class accuracy the last section quotes); `v1-w1-t70-b128-ls02`, the twelfth
@@ -429,11 +432,12 @@ else:
 # ends at 89.85 %, 0.30 above the 39-epoch run and still short of 90 % (and below
 # V3-Small 1.25's 45 epochs).
 #
-# Each run is tested every 4th, 10th, 12th, 13th, 15th, 17th or 23rd epoch, or once, at its
+# Each run is tested every 4th, 10th, 12th, 13th, 15th, 16th, 17th or 23rd epoch, or once, at its
 # end (its history's `test_acc` is blank until the last row), as its `--eval-every` asked,
 # since a test-time-augmented evaluation costs six forward passes (`--tta-final-only`, used by
-# the two-hour `--time-budget` attempts, V3-Small's 52 epochs and the 60-epoch run, tests the
-# epochs before the last in one pass instead; a history's `test_tta` column says which). For the progressive run the cell
+# the two-hour `--time-budget` attempts, V3-Small's 52 epochs, V3-Small 1.25's 48 and the
+# 60-epoch run, tests the epochs before the last in one pass instead; a history's `test_tta`
+# column says which). For the progressive run the cell
 # also prints what an epoch cost at each size, from its history's `resolution` and
 # `images_per_second` columns.
 
