@@ -58,7 +58,8 @@ gradient) and --decay-norm-and-bias (to measure what skipping it buys);
 --time-budget MINUTES sizes the run to the machine: after the first epoch it sets --epochs
 (at most the one given) so that training and the final evaluation end inside the budget.
 --recipe NAME sets a named bundle of them; options given explicitly override the bundle
-(literature defaults, measured since: results/ablation/ and docs/TOWARDS90.md):
+(fast: literature defaults, measured since in results/ablation/; ninety: the first run to
+90 % in two hours on two cores, docs/TOWARDS90.md):
 {recipes}
 
 Ctrl-C keeps the checkpoint of the last completed epoch (exit code 130); run the same command
@@ -70,10 +71,17 @@ A folder that already holds a run is never overwritten silently: give --resume t
 """
 
 
+def _as_option(key, value):
+    """A recipe's setting as the command-line option that gives it: a flag for True."""
+    option = "--" + key.replace("_", "-")
+    return option if value is True else f"{option}={value}"
+
+
 TRAIN_DESCRIPTION = TRAIN_DESCRIPTION.format(recipes="\n".join(
-    textwrap.fill(f"--recipe {name} = " + " ".join(f"--{key.replace('_', '-')}={value}"
+    textwrap.fill(f"--recipe {name} = " + " ".join(_as_option(key, value)
                                                    for key, value in values.items()),
-                  width=94, initial_indent="  ", subsequent_indent="      ")
+                  width=94, initial_indent="  ", subsequent_indent="      ",
+                  break_on_hyphens=False)
     for name, values in RECIPES.items()))
 
 

@@ -374,6 +374,7 @@ def test_train_help_lists_the_recipes_and_the_techniques(capsys):
     assert main(["train", "--help"]) == 0
     text = capsys.readouterr().out
     assert "--recipe fast = --model=v1" in text
+    assert "--recipe ninety = --model=v3-small" in text and "--batch-size=128" in text
     assert all(option in text for option in ("--ema DECAY", "--tta", "--flip", "--cutout SIZE",
                                              "--decay-norm-and-bias", "--decay-depthwise",
                                              "--crop-padding PX", "--tta-final-only",
@@ -389,6 +390,22 @@ def test_bad_technique_options_are_usage_errors_in_one_line(argv, capsys):
     assert main(["train", *argv]) == 2
     err = capsys.readouterr().err
     assert "usage:" in err and "Traceback" not in err and len(err.splitlines()) == 2
+
+
+def test_the_ninety_recipe_is_the_command_of_the_run_that_reached_90_percent():
+    # results/README.md's command for v3s-w1.25-e45-cp4 (90.17 % in 1 h 40 min), without
+    # --data, --out and --no-progress: the recipe must train exactly that run.
+    measured = ("--model v3-small --width 1.25 --epochs 45 --time-budget 120 --batch-size 128 "
+                "--label-smoothing 0.2 --schedule linear --warmup-epochs 2 --ema 0.999 "
+                "--flip alternate --tta flip,translate --tta-final-only --crop-padding 4 "
+                "--eval-every 15").split()
+    parser = cli.build_parser()
+    explicit = cli.given_train_settings(parser.parse_args(["train", *measured]))
+    recipe = cli.given_train_settings(parser.parse_args(["train", "--recipe", "ninety"]))
+    assert recipe == explicit
+    assert train.TrainConfig(**recipe) == train.recipe_config("ninety")
+    recorded = (Path(__file__).parents[1] / "results" / "README.md").read_text(encoding="utf-8")
+    assert "python -m minimobile train " + " ".join(measured) + " --data" in recorded
 
 
 def test_a_recipe_sets_its_bundle_and_explicit_options_override_it(fake_data, tmp_path, capsys):
